@@ -1,0 +1,55 @@
+//! The core of mesh: the configuration model, workload identity and service discovery.
+//!
+//! This crate knows nothing of tower, hyper or tonic. It describes *what* the mesh should do:
+//!
+//! - the model: a [`ServiceName`] resolves to a [`ServiceSnapshot`] holding its [`Endpoint`]s, the
+//!   [`Subset`]s that group them by label, the [`Route`]s that send requests to subsets by
+//!   [`Weight`], and the [`policy`] structs for retries, timeouts, outlier detection, circuit breaking
+//!   and authorization. Every type is validated when built and when deserialized; a bad value is an
+//!   `Invalid…` error naming the field.
+//! - identity: [`SpiffeId`] and [`TrustDomain`], the names that mTLS certificates carry.
+//! - [`discovery`]: the object-safe [`Discovery`] trait through which a client learns a service's
+//!   snapshot and every later change of it, with two backends: [`StaticDiscovery`] (configured in
+//!   code, changed live through its handle) and [`FileDiscovery`] (a YAML or JSON file, watched).
+//!
+//! `mesh-tower` turns these into tower layers and the client and server stacks.
+//!
+//! # Example
+//!
+//! ```
+//! use mesh_core::{Endpoint, ServiceName, ServiceSnapshot, discovery::{Discovery, StaticDiscovery}};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let reviews: ServiceName = "reviews".parse()?;
+//! let discovery = StaticDiscovery::new();
+//! discovery.set(
+//!     ServiceSnapshot::builder(reviews.clone())
+//!         .endpoint(Endpoint::new("127.0.0.1:9080".parse()?).with_label("version", "v1")?)
+//!         .build()?,
+//! );
+//!
+//! let mut watch = discovery.watch(&reviews);
+//! let snapshot = watch.ready().await?;
+//! assert_eq!(snapshot.endpoints().len(), 1);
+//!
+//! // Change it live: every watch sees the new version.
+//! discovery.update(&reviews, |spec| spec.endpoints.clear())?;
+//! watch.changed().await?;
+//! assert!(watch.current().unwrap().endpoints().is_empty());
+//! # Ok(()) }
+//! ```
+
+pub mod discovery;
+mod duration;
+mod identity;
+mod model;
+pub mod policy;
+
+pub use crate::discovery::{Discovery, DiscoveryError, FileDiscovery, SnapshotWatch, StaticDiscovery};
+pub use crate::identity::{InvalidSpiffeId, InvalidTrustDomain, SpiffeId, TrustDomain};
+pub use crate::model::{
+    Endpoint, HeaderMatch, HeaderName, HeaderValueMatch, InvalidLabel, InvalidMethod, InvalidName,
+    InvalidPathMatch, InvalidSnapshot, InvalidWeight, Labels, Method, PathMatch, Route, RouteMatch,
+    RouteName, ServiceName, ServiceSnapshot, ServiceSnapshotBuilder, ServiceSpec, Subset,
+    SubsetName, WeightedTarget, Weight,
+};

@@ -1,0 +1,297 @@
+//! Subsets, routes and how requests match them.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{HeaderName, InvalidName, Labels, Method, RouteName, SubsetName, Weight};
+use crate::policy::RetryPolicy;
+
+/// A named group of a service's endpoints, selected by labels: `v2` = endpoints labelled
+/// `version: v2`. Routes send traffic to subsets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Subset {
+    /// The subset's name, which routes refer to.
+    pub name: SubsetName,
+    /// The labels an endpoint must carry to belong to the subset. Empty selects every endpoint.
+    #[serde(default)]
+    pub labels: Labels,
+}
+
+impl Subset {
+    /// A subset of the endpoints whose labels include `labels`.
+    pub fn new(name: SubsetName, labels: Labels) -> Self {
+        Self { name, labels }
+    }
+
+    /// The common case: the endpoints labelled `version: <name>`.
+    ///
+    /// ```
+    /// let v2 = mesh_core::Subset::version("v2")?;
+    /// assert_eq!(v2.labels.get("version"), Some("v2"));
+    /// # Ok::<_, mesh_core::InvalidName>(())
+    /// ```
+    pub fn version(version: &str) -> Result<Self, InvalidName> {
+        let name = SubsetName::new(version)?;
+        let mut labels = Labels::new();
+        // A valid subset name is always a valid label value (same characters, same length cap).
+        labels.insert("version", version).unwrap_or_else(|e| unreachable!("{e}"));
+        Ok(Self { name, labels })
+    }
+}
+
+/// A rule for a share of a service's traffic: which requests it matches, where they go, and the
+/// policies they get.
+///
+/// Routes are tried in order and the first match wins; a route with an empty [`RouteMatch`]
+/// matches every request and is a natural last, default route.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Route {
+    /// The route's name, as metrics and traces show it.
+    pub name: RouteName,
+    /// Which requests the route takes. Every condition must hold.
+    #[serde(rename = "match", default)]
+    pub matches: RouteMatch,
+    /// Where the requests go, by weight. Empty means every endpoint of the service.
+    #[serde(default)]
+    pub targets: Vec<WeightedTarget>,
+    /// How the route retries failed requests; `None` falls back to the service's policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+    /// The time a request may take, retries included; `None` falls back to the service's policy.
+    #[serde(default, with = "crate::duration::option", skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+}
+
+impl Route {
+    /// A route that matches every request and spreads it over every endpoint.
+    pub fn new(name: RouteName) -> Self {
+        Self { name, matches: RouteMatch::default(), targets: Vec::new(), retry: None, timeout: None }
+    }
+
+    /// Sets what the route matches.
+    pub fn with_match(mut self, matches: RouteMatch) -> Self {
+        self.matches = matches;
+        self
+    }
+
+    /// Adds a weighted target.
+    pub fn with_target(mut self, subset: SubsetName, weight: Weight) -> Self {
+        self.targets.push(WeightedTarget { subset, weight });
+        self
+    }
+
+    /// Sets the retry policy.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = Some(retry);
+        self
+    }
+
+    /// Sets the timeout.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+}
+
+/// A subset and its share of a route's traffic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedTarget {
+    /// The subset the share goes to.
+    pub subset: SubsetName,
+    /// The share, relative to the route's other targets.
+    pub weight: Weight,
+}
+
+/// The conditions a request must meet to take a route; all of them must hold, and an empty match
+/// takes every request.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RouteMatch {
+    /// The request path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathMatch>,
+    /// The request method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<Method>,
+    /// Request headers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderMatch>,
+}
+
+impl RouteMatch {
+    /// Matches every request.
+    pub fn any() -> Self {
+        Self::default()
+    }
+
+    /// Requires the path.
+    pub fn path(mut self, path: PathMatch) -> Self {
+        self.path = Some(path);
+        self
+    }
+
+    /// Requires the method.
+    pub fn method(mut self, method: Method) -> Self {
+        self.method = Some(method);
+        self
+    }
+
+    /// Requires a header.
+    pub fn header(mut self, header: HeaderMatch) -> Self {
+        self.headers.push(header);
+        self
+    }
+}
+
+/// How a route matches the request path. Paths start with `/`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", try_from = "PathMatchRepr", into = "PathMatchRepr")]
+#[non_exhaustive]
+pub enum PathMatch {
+    /// The path equals this string.
+    Exact(String),
+    /// The path starts with this string, compared segment by segment: `/api` takes `/api` and
+    /// `/api/users` but not `/apis`.
+    Prefix(String),
+}
+
+/// A path match that does not start with `/`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid path match {0:?}: a path starts with '/'")]
+pub struct InvalidPathMatch(String);
+
+impl PathMatch {
+    /// An exact path.
+    pub fn exact(path: impl Into<String>) -> Result<Self, InvalidPathMatch> {
+        let path = path.into();
+        if path.starts_with('/') { Ok(Self::Exact(path)) } else { Err(InvalidPathMatch(path)) }
+    }
+
+    /// A path prefix, matched segment by segment.
+    pub fn prefix(prefix: impl Into<String>) -> Result<Self, InvalidPathMatch> {
+        let prefix = prefix.into();
+        if prefix.starts_with('/') { Ok(Self::Prefix(prefix)) } else { Err(InvalidPathMatch(prefix)) }
+    }
+
+    /// Whether `path` (without the query) matches.
+    ///
+    /// ```
+    /// use mesh_core::PathMatch;
+    /// let api = PathMatch::prefix("/api")?;
+    /// assert!(api.matches("/api") && api.matches("/api/users"));
+    /// assert!(!api.matches("/apis"));
+    /// # Ok::<_, mesh_core::InvalidPathMatch>(())
+    /// ```
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            Self::Exact(exact) => path == exact,
+            Self::Prefix(prefix) => {
+                let prefix = prefix.trim_end_matches('/');
+                match path.strip_prefix(prefix) {
+                    Some(rest) => rest.is_empty() || rest.starts_with('/') || prefix.is_empty(),
+                    None => false,
+                }
+            }
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum PathMatchRepr {
+    Exact(String),
+    Prefix(String),
+}
+
+impl TryFrom<PathMatchRepr> for PathMatch {
+    type Error = InvalidPathMatch;
+    fn try_from(repr: PathMatchRepr) -> Result<Self, Self::Error> {
+        match repr {
+            PathMatchRepr::Exact(p) => Self::exact(p),
+            PathMatchRepr::Prefix(p) => Self::prefix(p),
+        }
+    }
+}
+
+impl From<PathMatch> for PathMatchRepr {
+    fn from(m: PathMatch) -> Self {
+        match m {
+            PathMatch::Exact(p) => Self::Exact(p),
+            PathMatch::Prefix(p) => Self::Prefix(p),
+        }
+    }
+}
+
+/// A condition on one request header.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatch {
+    /// The header's name.
+    pub name: HeaderName,
+    /// What its value must be.
+    pub value: HeaderValueMatch,
+}
+
+impl HeaderMatch {
+    /// The header equals `value`.
+    pub fn exact(name: HeaderName, value: impl Into<String>) -> Self {
+        Self { name, value: HeaderValueMatch::Exact(value.into()) }
+    }
+
+    /// The header is present, whatever its value.
+    pub fn present(name: HeaderName) -> Self {
+        Self { name, value: HeaderValueMatch::Present }
+    }
+}
+
+/// What a header's value must be.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum HeaderValueMatch {
+    /// Exactly this value.
+    Exact(String),
+    /// Any value.
+    Present,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_prefix_is_segment_wise() {
+        let p = PathMatch::prefix("/api/").unwrap();
+        assert!(p.matches("/api"));
+        assert!(p.matches("/api/x"));
+        assert!(!p.matches("/apix"));
+        assert!(PathMatch::prefix("/").unwrap().matches("/anything"));
+        assert!(PathMatch::exact("/a").unwrap().matches("/a"));
+        assert!(!PathMatch::exact("/a").unwrap().matches("/a/b"));
+        assert!(PathMatch::prefix("api").is_err());
+    }
+
+    #[test]
+    fn route_serde() {
+        let route: Route = serde_json::from_str(
+            r#"{"name":"r","match":{"path":{"prefix":"/api"},"method":"GET",
+               "headers":[{"name":"X-Canary","value":{"exact":"1"}},{"name":"x-a","value":"present"}]},
+               "targets":[{"subset":"v1","weight":90},{"subset":"v2","weight":10}],"timeout":"2s"}"#,
+        )
+        .unwrap();
+        assert_eq!(route.matches.headers[0].name.as_str(), "x-canary");
+        assert_eq!(route.timeout, Some(Duration::from_secs(2)));
+        assert_eq!(route.targets[1].weight.get(), 10);
+        let back: Route = serde_json::from_str(&serde_json::to_string(&route).unwrap()).unwrap();
+        assert_eq!(back, route);
+        let err = serde_json::from_str::<Route>(r#"{"name":"r","match":{"path":{"prefix":"api"}}}"#).unwrap_err();
+        assert!(err.to_string().contains("starts with '/'"), "{err}");
+    }
+}
