@@ -1,1 +1,14 @@
-//! wip
+//! mesh: an embeddable, proxyless service mesh for Rust.
+//!
+//! This facade re-exports the workspace's crates under one name:
+//!
+//! - [`core`] (`mesh-core`): the model, identity and discovery; no tower, hyper or tonic.
+//! - [`tower`] (`mesh-tower`): the layers and the client and server stacks.
+//! - [`tonic`] (`mesh-tonic`): gRPC on the mesh.
+//!
+//! Start with the README and `docs/architecture.md`; `cargo run --example quickstart` shows a
+//! client following endpoint changes live.
+
+pub use mesh_core as core;
+pub use mesh_tonic as tonic;
+pub use mesh_tower as tower;

@@ -1,0 +1,41 @@
+use std::time::Duration;
+
+/// How a [`MeshClient`](super::MeshClient) talks to endpoints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientConfig {
+    /// HTTP/1.1 or HTTP/2 to every endpoint.
+    pub protocol: Protocol,
+    /// How long opening a connection may take.
+    pub connect_timeout: Duration,
+    /// How long an idle pooled connection is kept.
+    pub pool_idle_timeout: Duration,
+    /// Idle connections kept per endpoint.
+    pub pool_max_idle_per_endpoint: usize,
+    /// How long a request waits for the destination's first snapshot before failing with
+    /// [`Unresolved`](super::Unresolved).
+    pub resolve_timeout: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            protocol: Protocol::Http1,
+            connect_timeout: Duration::from_secs(3),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_endpoint: usize::MAX,
+            resolve_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The HTTP version spoken to endpoints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Protocol {
+    /// HTTP/1.1 with keep-alive: one request at a time per connection.
+    #[default]
+    Http1,
+    /// HTTP/2 (with prior knowledge on plaintext): many concurrent streams per connection.
+    Http2,
+}

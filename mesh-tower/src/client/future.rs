@@ -1,0 +1,75 @@
+use std::{
+    fmt,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+
+use http::Response;
+use hyper::body::Incoming;
+use hyper_util::client::legacy;
+use pin_project_lite::pin_project;
+
+use crate::{BoxError, Upstream};
+
+type Resolving = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
+
+pin_project! {
+    /// The response future of [`MeshClient`](super::MeshClient).
+    pub struct ResponseFuture {
+        #[pin]
+        state: State,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State {
+        // The usual path: no allocation beyond hyper-util's own.
+        Sending { #[pin] future: legacy::ResponseFuture, address: SocketAddr },
+        // Before the first snapshot only.
+        Resolving { future: Resolving },
+        Failed { error: Option<BoxError> },
+    }
+}
+
+impl ResponseFuture {
+    pub(crate) fn sending(future: legacy::ResponseFuture, address: SocketAddr) -> Self {
+        Self { state: State::Sending { future, address } }
+    }
+
+    pub(crate) fn resolving(
+        future: impl Future<Output = Result<Response<Incoming>, BoxError>> + Send + 'static,
+    ) -> Self {
+        Self { state: State::Resolving { future: Box::pin(future) } }
+    }
+
+    pub(crate) fn failed(error: BoxError) -> Self {
+        Self { state: State::Failed { error: Some(error) } }
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Response<Incoming>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Sending { future, address } => {
+                let mut response = ready!(future.poll(cx))?;
+                response.extensions_mut().insert(Upstream { address: *address });
+                Poll::Ready(Ok(response))
+            }
+            StateProj::Resolving { future } => future.as_mut().poll(cx),
+            StateProj::Failed { error } => {
+                Poll::Ready(Err(error.take().unwrap_or_else(|| "ResponseFuture polled after completion".into())))
+            }
+        }
+    }
+}
+
+impl fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}

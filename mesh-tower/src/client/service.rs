@@ -1,0 +1,219 @@
+use std::{
+    fmt,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use http::{HeaderValue, Request, Response, Uri, header::HOST, uri::Scheme};
+use hyper::body::Incoming;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioTimer},
+};
+use mesh_core::{Discovery, ServiceName};
+
+use super::{
+    ClientConfig, Protocol, ResponseFuture, Unresolved,
+    balance::{Pick, RoundRobin, Target},
+};
+use crate::BoxError;
+
+/// Calls one service by name through discovery. See the [module docs](super).
+///
+/// `B` is the request body type, such as `http_body_util::Full<Bytes>` or `tonic::body::Body`.
+pub struct MeshClient<B> {
+    shared: Arc<Shared>,
+    http: Client<HttpConnector, B>,
+}
+
+struct Shared {
+    service: ServiceName,
+    balancer: RoundRobin,
+    config: ClientConfig,
+    /// Keeps the backend (and its file watcher or control-plane task) alive as long as a client.
+    _discovery: Arc<dyn Discovery>,
+}
+
+/// Configures a [`MeshClient`]. See [`MeshClient::builder`].
+#[derive(Clone)]
+pub struct MeshClientBuilder {
+    discovery: Arc<dyn Discovery>,
+    service: ServiceName,
+    config: ClientConfig,
+}
+
+impl MeshClient<()> {
+    /// Starts configuring a client of `service`, resolved through `discovery`.
+    pub fn builder(discovery: impl Discovery, service: ServiceName) -> MeshClientBuilder {
+        MeshClientBuilder { discovery: Arc::new(discovery), service, config: ClientConfig::default() }
+    }
+}
+
+impl MeshClientBuilder {
+    /// Replaces the whole configuration.
+    pub fn config(mut self, config: ClientConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// HTTP/1.1 (the default) or HTTP/2.
+    ///
+    /// ```
+    /// # let discovery = mesh_core::StaticDiscovery::new();
+    /// use mesh_tower::client::{MeshClient, Protocol};
+    /// let client = MeshClient::builder(discovery, "reviews".parse()?)
+    ///     .protocol(Protocol::Http2)
+    ///     .build::<http_body_util::Empty<bytes::Bytes>>();
+    /// # Ok::<_, mesh_core::InvalidName>(())
+    /// ```
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.config.protocol = protocol;
+        self
+    }
+
+    /// How long opening a connection may take (default 3 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connect_timeout = timeout;
+        self
+    }
+
+    /// How long a request waits for the destination's first snapshot (default 5 s).
+    pub fn resolve_timeout(mut self, timeout: Duration) -> Self {
+        self.config.resolve_timeout = timeout;
+        self
+    }
+
+    /// Builds the client. This opens no connection and spawns nothing; connections are opened
+    /// by the first requests, on the current tokio runtime.
+    pub fn build<B>(self) -> MeshClient<B>
+    where
+        B: http_body::Body + Send + 'static + Unpin,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(self.config.connect_timeout));
+        let mut http = Client::builder(TokioExecutor::new());
+        http.pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(self.config.pool_idle_timeout)
+            .pool_max_idle_per_host(self.config.pool_max_idle_per_endpoint)
+            .http2_only(self.config.protocol == Protocol::Http2);
+        let http = http.build(connector);
+        let watch = self.discovery.watch(&self.service);
+        let shared = Shared {
+            service: self.service,
+            balancer: RoundRobin::new(watch),
+            config: self.config,
+            _discovery: self.discovery,
+        };
+        MeshClient { shared: Arc::new(shared), http }
+    }
+}
+
+impl<B> MeshClient<B>
+where
+    B: http_body::Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    /// The destination.
+    pub fn service(&self) -> &ServiceName {
+        &self.shared.service
+    }
+
+    fn send(http: &Client<HttpConnector, B>, shared: &Shared, request: Request<B>, target: Target) -> ResponseFuture {
+        let address = target.address;
+        match rewrite(request, target, shared) {
+            Ok(request) => ResponseFuture::sending(http.request(request), address),
+            Err(error) => ResponseFuture::failed(error),
+        }
+    }
+}
+
+/// Points the request at the chosen endpoint, keeping its path and query. On HTTP/1.1 the
+/// `Host` header keeps the name the caller used (the service name by default), as a server
+/// behind a sidecar would have seen it.
+fn rewrite<B>(request: Request<B>, target: Target, shared: &Shared) -> Result<Request<B>, BoxError> {
+    let (mut parts, body) = request.into_parts();
+    if shared.config.protocol == Protocol::Http1 && !parts.headers.contains_key(HOST) {
+        let host = match parts.uri.authority() {
+            Some(authority) => HeaderValue::from_str(authority.as_str())?,
+            None => HeaderValue::from_str(shared.service.as_str())?,
+        };
+        parts.headers.insert(HOST, host);
+    }
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(target.authority);
+    if uri.path_and_query.is_none() {
+        uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    parts.uri = Uri::from_parts(uri)?;
+    Ok(Request::from_parts(parts, body))
+}
+
+impl<B> tower::Service<Request<B>> for MeshClient<B>
+where
+    B: http_body::Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Incoming>;
+    type Error = BoxError;
+    type Future = ResponseFuture;
+
+    /// Always ready: endpoints are picked per request, and a client without a snapshot yet
+    /// waits inside the response future.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        match self.shared.balancer.pick() {
+            Pick::Target(target) => Self::send(&self.http, &self.shared, request, target),
+            Pick::NoEndpoints(error) => ResponseFuture::failed(error.into()),
+            Pick::NotResolved => {
+                // Only before the first snapshot: wait for it, then pick as usual.
+                let http = self.http.clone();
+                let shared = self.shared.clone();
+                ResponseFuture::resolving(async move {
+                    let mut watch = shared.balancer.watch().clone();
+                    let waited = tokio::time::timeout(shared.config.resolve_timeout, watch.ready()).await;
+                    if !matches!(waited, Ok(Ok(_))) {
+                        let cause = watch.last_error();
+                        return Err(Unresolved { service: shared.service.clone(), cause }.into());
+                    }
+                    match shared.balancer.pick() {
+                        Pick::Target(target) => Self::send(&http, &shared, request, target).await,
+                        Pick::NoEndpoints(error) => Err(error.into()),
+                        Pick::NotResolved => Err(Unresolved { service: shared.service.clone(), cause: None }.into()),
+                    }
+                })
+            }
+        }
+    }
+}
+
+impl<B> Clone for MeshClient<B> {
+    fn clone(&self) -> Self {
+        Self { shared: self.shared.clone(), http: self.http.clone() }
+    }
+}
+
+impl<B> fmt::Debug for MeshClient<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MeshClient")
+            .field("service", &self.shared.service)
+            .field("config", &self.shared.config)
+            .finish()
+    }
+}
+
+impl fmt::Debug for MeshClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MeshClientBuilder").field("service", &self.service).field("config", &self.config).finish()
+    }
+}
