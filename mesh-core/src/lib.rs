@@ -48,8 +48,7 @@ pub mod policy;
 pub use crate::discovery::{Discovery, DiscoveryError, FileDiscovery, SnapshotWatch, StaticDiscovery};
 pub use crate::identity::{InvalidSpiffeId, InvalidTrustDomain, SpiffeId, TrustDomain};
 pub use crate::model::{
-    Endpoint, HeaderMatch, HeaderName, HeaderValueMatch, InvalidLabel, InvalidMethod, InvalidName,
-    InvalidPathMatch, InvalidSnapshot, InvalidWeight, Labels, Method, PathMatch, Route, RouteMatch,
-    RouteName, ServiceName, ServiceSnapshot, ServiceSnapshotBuilder, ServiceSpec, Subset,
-    SubsetName, WeightedTarget, Weight,
+    Endpoint, HeaderMatch, HeaderName, HeaderValueMatch, InvalidLabel, InvalidMethod, InvalidName, InvalidPathMatch,
+    InvalidSnapshot, InvalidWeight, Labels, Method, PathMatch, Route, RouteMatch, RouteName, ServiceName,
+    ServiceSnapshot, ServiceSnapshotBuilder, ServiceSpec, Subset, SubsetName, Weight, WeightedTarget,
 };

@@ -46,11 +46,7 @@ impl SnapshotPublisher {
 
     /// A new reader.
     pub fn subscribe(&self) -> SnapshotWatch {
-        SnapshotWatch {
-            service: self.service.clone(),
-            current: self.current.clone(),
-            status: self.status.subscribe(),
-        }
+        SnapshotWatch { service: self.service.clone(), current: self.current.clone(), status: self.status.subscribe() }
     }
 
     /// Makes `snapshot` current, stamped with the next version, and clears any reported error.

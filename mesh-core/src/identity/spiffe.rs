@@ -259,11 +259,7 @@ mod tests {
 
     #[test]
     fn accepts_valid_ids() {
-        for ok in [
-            "spiffe://example.org",
-            "spiffe://example.org/ns/prod/sa/reviews",
-            "spiffe://a-b_c.d/x.y/Z_9",
-        ] {
+        for ok in ["spiffe://example.org", "spiffe://example.org/ns/prod/sa/reviews", "spiffe://a-b_c.d/x.y/Z_9"] {
             let id = SpiffeId::new(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
             assert_eq!(id.as_str(), ok);
         }

@@ -155,8 +155,7 @@ fn check_short_name(name: &str) -> Result<(), &'static str> {
 
 /// An HTTP token (RFC 9110 `tchar`), the syntax of header names and methods.
 fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes().all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
+    !s.is_empty() && s.bytes().all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
 }
 
 /// An HTTP header name in a route match, stored lowercase (header names are case-insensitive).

@@ -73,7 +73,10 @@ impl ServiceSpec {
         let mut subsets = HashSet::new();
         for (i, subset) in self.subsets.iter().enumerate() {
             if !subsets.insert(&subset.name) {
-                return fail(format!("subsets[{i}].name"), format!("subset {:?} is defined twice", subset.name.as_str()));
+                return fail(
+                    format!("subsets[{i}].name"),
+                    format!("subset {:?} is defined twice", subset.name.as_str()),
+                );
             }
         }
         let mut routes = HashSet::new();
@@ -128,8 +131,11 @@ impl ServiceSnapshot {
     ///
     /// The version is 0 until a publisher stamps it.
     pub fn new(name: ServiceName, spec: ServiceSpec) -> Result<Self, InvalidSnapshot> {
-        spec.check()
-            .map_err(|Violation(field, reason)| InvalidSnapshot { service: name.to_string(), field, reason })?;
+        spec.check().map_err(|Violation(field, reason)| InvalidSnapshot {
+            service: name.to_string(),
+            field,
+            reason,
+        })?;
         Ok(Self { name, version: 0, spec })
     }
 

@@ -20,10 +20,13 @@ impl AuthorizationPolicy {
     pub fn validate(&self) -> Result<(), InvalidPolicy> {
         for (i, rule) in self.rules.iter().enumerate() {
             for (j, p) in rule.from.iter().enumerate() {
-                if let PrincipalMatch::PathPrefix { prefix, .. } = p {
-                    if !prefix.starts_with('/') {
-                        return Err(InvalidPolicy::new(format!("rules[{i}].from[{j}].prefix"), "a SPIFFE path prefix starts with '/'"));
-                    }
+                if let PrincipalMatch::PathPrefix { prefix, .. } = p
+                    && !prefix.starts_with('/')
+                {
+                    return Err(InvalidPolicy::new(
+                        format!("rules[{i}].from[{j}].prefix"),
+                        "a SPIFFE path prefix starts with '/'",
+                    ));
                 }
             }
         }
@@ -110,9 +113,7 @@ impl PrincipalMatch {
             Self::PathPrefix { trust_domain, prefix } => {
                 id.trust_domain_name() == trust_domain.as_str() && {
                     let prefix = prefix.trim_end_matches('/');
-                    id.path()
-                        .strip_prefix(prefix)
-                        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+                    id.path().strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
                 }
             }
         }
@@ -129,7 +130,8 @@ mod tests {
         assert!(PrincipalMatch::Exact(id.clone()).matches(&id));
         assert!(PrincipalMatch::TrustDomain("example.org".parse().unwrap()).matches(&id));
         assert!(!PrincipalMatch::TrustDomain("example.com".parse().unwrap()).matches(&id));
-        let prefix = |p: &str| PrincipalMatch::PathPrefix { trust_domain: "example.org".parse().unwrap(), prefix: p.into() };
+        let prefix =
+            |p: &str| PrincipalMatch::PathPrefix { trust_domain: "example.org".parse().unwrap(), prefix: p.into() };
         assert!(prefix("/ns/prod").matches(&id));
         assert!(!prefix("/ns/pro").matches(&id));
         let policy: AuthorizationPolicy = serde_json::from_str(

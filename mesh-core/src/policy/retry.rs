@@ -54,10 +54,13 @@ impl RetryPolicy {
             ));
         }
         for (i, on) in self.retry_on.iter().enumerate() {
-            if let RetryOn::Status(code) = on {
-                if !(100..=599).contains(code) {
-                    return Err(InvalidPolicy::new(format!("retry_on[{i}].status"), format!("{code} is not an HTTP status")));
-                }
+            if let RetryOn::Status(code) = on
+                && !(100..=599).contains(code)
+            {
+                return Err(InvalidPolicy::new(
+                    format!("retry_on[{i}].status"),
+                    format!("{code} is not an HTTP status"),
+                ));
             }
         }
         if self.per_try_timeout == Some(Duration::ZERO) {

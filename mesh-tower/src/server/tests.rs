@@ -13,7 +13,10 @@ fn client(http2: bool) -> Client<HttpConnector, Body> {
 }
 
 /// A handler that reports each arrival and holds the request until released.
-fn gated(arrived: Arc<Semaphore>, release: Arc<Notify>) -> impl Service<
+fn gated(
+    arrived: Arc<Semaphore>,
+    release: Arc<Notify>,
+) -> impl Service<
     Request<Incoming>,
     Response = Response<String>,
     Error = Infallible,

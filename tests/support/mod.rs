@@ -1,0 +1,85 @@
+//! Real backends on 127.0.0.1:0 for the integration tests.
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use mesh::tower::server::{Server, ServerHandle};
+use tokio::sync::{Notify, Semaphore, watch};
+
+/// A backend that answers every request with its name, and counts them.
+pub struct Backend {
+    pub name: &'static str,
+    pub handle: ServerHandle,
+    hits: watch::Receiver<usize>,
+}
+
+impl Backend {
+    pub fn addr(&self) -> SocketAddr {
+        self.handle.local_addr()
+    }
+
+    pub fn hits(&self) -> usize {
+        *self.hits.borrow()
+    }
+
+    /// Waits until the backend has answered more than `n` requests in all.
+    pub async fn wait_for_hits_above(&self, n: usize) {
+        let mut hits = self.hits.clone();
+        hits.wait_for(|h| *h > n).await.expect("backend stopped");
+    }
+}
+
+/// Holds requests until released, and tells when they arrive.
+#[derive(Clone)]
+pub struct Gate {
+    pub arrived: Arc<Semaphore>,
+    release: Arc<Notify>,
+    open: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Gate {
+    pub fn new() -> Self {
+        Self { arrived: Arc::new(Semaphore::new(0)), release: Arc::default(), open: Arc::default() }
+    }
+
+    pub async fn wait_arrivals(&self, n: u32) {
+        self.arrived.acquire_many(n).await.expect("gate closed").forget();
+    }
+
+    pub fn open(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.release.notify_waiters();
+    }
+}
+
+pub async fn backend(name: &'static str) -> Backend {
+    start(name, None).await
+}
+
+pub async fn gated_backend(name: &'static str, gate: Gate) -> Backend {
+    start(name, Some(gate)).await
+}
+
+async fn start(name: &'static str, gate: Option<Gate>) -> Backend {
+    let (count, hits) = watch::channel(0usize);
+    let count = Arc::new(count);
+    let service = tower::service_fn(move |_req: Request<Incoming>| {
+        let (count, gate) = (count.clone(), gate.clone());
+        async move {
+            if let Some(gate) = gate {
+                let released = gate.release.notified();
+                gate.arrived.add_permits(1);
+                if !gate.open.load(std::sync::atomic::Ordering::SeqCst) {
+                    released.await;
+                }
+            }
+            count.send_modify(|n| *n += 1);
+            Ok::<_, Infallible>(Response::new(name.to_string()))
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let handle = Server::builder().spawn(listener, service).expect("spawn");
+    Backend { name, handle, hits }
+}
