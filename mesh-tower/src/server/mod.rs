@@ -2,7 +2,7 @@
 //!
 //! [`Server`] accepts connections on a `TcpListener`, speaks HTTP/1.1 or HTTP/2 on each (detected
 //! per connection, or forced), hands every request to a clone of your service with a
-//! [`ConnectionInfo`](crate::ConnectionInfo) in its extensions, and on shutdown:
+//! [`ConnectionInfo`] in its extensions, and on shutdown:
 //!
 //! 1. stops accepting: the listener is closed, so new connections are refused;
 //! 2. tells every connection to finish: HTTP/1.1 connections close after their current request,
