@@ -70,7 +70,7 @@ async fn start_backend(name: &'static str) -> Result<ServerHandle, Error> {
         Ok::<_, Infallible>(http::Response::new(name.to_string()))
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    Ok(Server::builder().spawn(listener, service)?)
+    Ok(Server::builder().build().spawn(listener, service)?)
 }
 
 #[tokio::main]

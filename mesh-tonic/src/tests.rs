@@ -11,7 +11,7 @@ async fn a_generated_tonic_client_calls_through_the_mesh() {
     let mut servers = Vec::new();
     for _ in 0..2 {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        servers.push(Server::builder().spawn(listener, health.clone()).unwrap());
+        servers.push(Server::builder().build().spawn(listener, health.clone()).unwrap());
     }
 
     let name: ServiceName = "health".parse().unwrap();

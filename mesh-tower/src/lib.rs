@@ -23,7 +23,7 @@
 //!     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hello")))
 //! });
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-//! let backend = Server::builder().spawn(listener, hello)?;
+//! let backend = Server::builder().build().spawn(listener, hello)?;
 //!
 //! // Discovery says where `hello` lives; the client calls it by name.
 //! let name: ServiceName = "hello".parse()?;

@@ -80,6 +80,6 @@ async fn start(name: &'static str, gate: Option<Gate>) -> Backend {
         }
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let handle = Server::builder().spawn(listener, service).expect("spawn");
+    let handle = Server::builder().build().spawn(listener, service).expect("spawn");
     Backend { name, handle, hits }
 }

@@ -18,7 +18,7 @@
 //!     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
 //! });
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-//! let server = Server::builder().spawn(listener, ok)?;
+//! let server = Server::builder().build().spawn(listener, ok)?;
 //! println!("listening on {}", server.local_addr());
 //! server.shutdown().await // drains in-flight requests
 //! # }
@@ -210,19 +210,6 @@ impl ServerBuilder {
     /// The server.
     pub fn build(self) -> Server {
         self.server
-    }
-
-    /// Shorthand for `build().spawn(listener, service)`.
-    pub fn spawn<S, B>(self, listener: TcpListener, service: S) -> io::Result<ServerHandle>
-    where
-        S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: http_body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
-    {
-        self.server.spawn(listener, service)
     }
 }
 
