@@ -7,7 +7,9 @@
 //!   [`Weight`], and the [`policy`] structs for retries, timeouts, outlier detection, circuit breaking
 //!   and authorization. Every type is validated when built and when deserialized; a bad value is an
 //!   `Invalid…` error naming the field.
-//! - identity: [`SpiffeId`] and [`TrustDomain`], the names that mTLS certificates carry.
+//! - [`identity`]: [`SpiffeId`] and [`TrustDomain`], the names that mTLS certificates carry; a
+//!   workload's [`Credentials`] and [`TrustBundle`]; the [`IdentitySource`] that renews them; and
+//!   the rustls configurations ([`identity::tls`]) that check peers by SPIFFE ID.
 //! - [`discovery`]: the object-safe [`Discovery`] trait through which a client learns a service's
 //!   snapshot and every later change of it, with two backends: [`StaticDiscovery`] (configured in
 //!   code, changed live through its handle) and [`FileDiscovery`] (a YAML or JSON file, watched).
@@ -41,12 +43,15 @@
 
 pub mod discovery;
 mod duration;
-mod identity;
+pub mod identity;
 mod model;
 pub mod policy;
 
 pub use crate::discovery::{Discovery, DiscoveryError, FileDiscovery, SnapshotWatch, StaticDiscovery};
-pub use crate::identity::{InvalidSpiffeId, InvalidTrustDomain, SpiffeId, TrustDomain};
+pub use crate::identity::{
+    Credentials, Identity, IdentityFiles, IdentitySource, InvalidIdentity, InvalidSpiffeId, InvalidTrustDomain,
+    SpiffeId, TrustBundle, TrustDomain,
+};
 pub use crate::model::{
     Endpoint, HeaderMatch, HeaderName, HeaderValueMatch, InvalidLabel, InvalidMethod, InvalidName, InvalidPathMatch,
     InvalidSnapshot, InvalidWeight, Labels, Method, PathMatch, Route, RouteMatch, RouteName, ServiceName,

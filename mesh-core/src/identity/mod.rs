@@ -1,5 +1,18 @@
-//! Workload identity: SPIFFE IDs and trust domains.
+//! Workload identity: SPIFFE IDs, credentials, trust bundles, where they come from, and the
+//! rustls configurations built from them.
 
+mod credentials;
+#[cfg(any(test, feature = "dev-certs"))]
+pub mod dev;
+mod source;
 mod spiffe;
+pub mod tls;
+mod x509;
 
+pub use self::credentials::{Credentials, InvalidIdentity, TrustBundle};
+pub use self::source::{Identity, IdentityChanges, IdentityFiles, IdentitySource, IdentityUpdater};
 pub use self::spiffe::{InvalidSpiffeId, InvalidTrustDomain, SpiffeId, TrustDomain};
+pub use self::x509::{PeerCertificateError, spiffe_id_of};
+
+#[cfg(test)]
+mod tests;
