@@ -2,8 +2,12 @@
 //! discovery, and endpoint changes while traffic flows.
 //!
 //! ```text
-//! cargo run --example quickstart [-- --requests 3000 --concurrency 8 --json]
+//! cargo run --example quickstart [-- --requests 3000 --concurrency 8 --plaintext --json]
 //! ```
+//!
+//! Every hop is mutual TLS with SPIFFE identities from a throwaway development CA (the backends
+//! are `spiffe://example.org/reviews`, the client `spiffe://example.org/frontend`); `--plaintext`
+//! opts out.
 //!
 //! The client starts with `backend-1` and `backend-2`. A third of the way through, `backend-3`
 //! joins; two thirds of the way, `backend-1` leaves discovery, and once no caller can still be
@@ -22,7 +26,7 @@ use std::{
 
 use http_body_util::{BodyExt, Empty};
 use mesh::{
-    core::{Endpoint, ServiceName, ServiceSnapshot, StaticDiscovery},
+    core::{Endpoint, IdentitySource, ServiceName, ServiceSnapshot, StaticDiscovery, identity::dev::DevCa},
     tower::{
         client::MeshClient,
         server::{Server, ServerHandle},
@@ -36,11 +40,12 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 struct Args {
     requests: usize,
     concurrency: usize,
+    plaintext: bool,
     json: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { requests: 3000, concurrency: 8, json: false };
+    let mut args = Args { requests: 3000, concurrency: 8, plaintext: false, json: false };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut number = |flag: &str| -> Result<usize, String> {
@@ -51,8 +56,9 @@ fn parse_args() -> Result<Args, String> {
             "--requests" => args.requests = number("--requests")?,
             "--concurrency" => args.concurrency = number("--concurrency")?,
             "--json" => args.json = true,
+            "--plaintext" => args.plaintext = true,
             "-h" | "--help" => {
-                println!("usage: quickstart [--requests N] [--concurrency N] [--json]");
+                println!("usage: quickstart [--requests N] [--concurrency N] [--plaintext] [--json]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?} (try --help)")),
@@ -65,12 +71,16 @@ fn parse_args() -> Result<Args, String> {
 }
 
 /// A backend that answers with its name.
-async fn start_backend(name: &'static str) -> Result<ServerHandle, Error> {
+async fn start_backend(name: &'static str, identity: Option<IdentitySource>) -> Result<ServerHandle, Error> {
     let service = tower::service_fn(move |_req: http::Request<hyper::body::Incoming>| async move {
         Ok::<_, Infallible>(http::Response::new(name.to_string()))
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    Ok(Server::builder().build().spawn(listener, service)?)
+    let server = match identity {
+        Some(identity) => Server::builder().identity(identity),
+        None => Server::builder().plaintext(),
+    };
+    Ok(server.build()?.spawn(listener, service)?)
 }
 
 #[tokio::main]
@@ -94,9 +104,17 @@ async fn main() {
 
 async fn run(args: Args) -> Result<usize, Error> {
     let names = ["backend-1", "backend-2", "backend-3"];
+    // Identities from a development CA; in production, IdentitySource::from_files reads what a
+    // SPIRE agent or cert-manager writes, and renews it live.
+    let ca = DevCa::new("example.org".parse()?)?;
+    let (server_identity, client_identity) = if args.plaintext {
+        (None, None)
+    } else {
+        (Some(IdentitySource::fixed(ca.identity("/reviews")?)), Some(IdentitySource::fixed(ca.identity("/frontend")?)))
+    };
     let mut backends = Vec::new();
     for name in names {
-        backends.push(start_backend(name).await?);
+        backends.push(start_backend(name, server_identity.clone()).await?);
     }
     let addrs: Vec<_> = backends.iter().map(ServerHandle::local_addr).collect();
     let label = |addr| names[addrs.iter().position(|a| *a == addr).unwrap_or(0)];
@@ -106,15 +124,27 @@ async fn run(args: Args) -> Result<usize, Error> {
     let discovery = StaticDiscovery::new();
     discovery.set(
         ServiceSnapshot::builder(service.clone())
+            .identity("spiffe://example.org/reviews".parse()?)
             .endpoint(Endpoint::new(addrs[0]))
             .endpoint(Endpoint::new(addrs[1]))
             .build()?,
     );
-    let client = MeshClient::builder(discovery.clone(), service.clone()).build::<Empty<bytes::Bytes>>();
+    let client = MeshClient::builder(discovery.clone(), service.clone());
+    let client = match client_identity {
+        Some(identity) => client.identity(identity),
+        None => client.plaintext(),
+    };
+    let client = client.build::<Empty<bytes::Bytes>>()?;
     if !args.json {
         println!(
-            "quickstart: {} requests from {} concurrent callers to service `reviews`, resolved through discovery",
-            args.requests, args.concurrency
+            "quickstart: {} requests from {} concurrent callers to service `reviews`, resolved through discovery, over {}",
+            args.requests,
+            args.concurrency,
+            if args.plaintext {
+                "plaintext (--plaintext)"
+            } else {
+                "mutual TLS (spiffe://example.org/frontend -> spiffe://example.org/reviews)"
+            }
         );
         for (name, addr) in names.iter().zip(&addrs) {
             println!("  {name} listens on {addr}");
@@ -216,9 +246,10 @@ async fn run(args: Args) -> Result<usize, Error> {
     if args.json {
         let backends: Vec<String> = names.iter().map(|n| format!("\"{n}\":{}", per_backend(n))).collect();
         println!(
-            "{{\"requests\":{},\"errors\":{},\"backends\":{{{}}},\"snapshot_versions\":{}}}",
+            "{{\"requests\":{},\"errors\":{},\"mtls\":{},\"backends\":{{{}}},\"snapshot_versions\":{}}}",
             args.requests,
             failures.len(),
+            !args.plaintext,
             backends.join(","),
             versions.len()
         );

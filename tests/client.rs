@@ -10,7 +10,7 @@ use mesh::{
     core::{DiscoveryError, Endpoint, ServiceName, ServiceSnapshot, StaticDiscovery},
     tower::client::{MeshClient, NoEndpoints, Protocol, Unresolved},
 };
-use support::backend;
+use support::{backend, backend_id, identity};
 use tower::ServiceExt;
 
 type Body = Empty<bytes::Bytes>;
@@ -27,8 +27,14 @@ fn name() -> ServiceName {
 async fn http2_multiplexes_through_the_client() {
     let b = backend("h2").await;
     let discovery = StaticDiscovery::new();
-    discovery.set(ServiceSnapshot::builder(name()).endpoint(Endpoint::new(b.addr())).build().unwrap());
-    let client = MeshClient::builder(discovery, name()).protocol(Protocol::Http2).build::<Body>();
+    discovery.set(
+        ServiceSnapshot::builder(name()).identity(backend_id()).endpoint(Endpoint::new(b.addr())).build().unwrap(),
+    );
+    let client = MeshClient::builder(discovery, name())
+        .identity(identity("/web"))
+        .protocol(Protocol::Http2)
+        .build::<Body>()
+        .unwrap();
     let calls: Vec<_> = (0..32).map(|_| tokio::spawn(client.clone().oneshot(get()))).collect();
     for call in calls {
         let response = call.await.unwrap().unwrap();
@@ -42,18 +48,23 @@ async fn http2_multiplexes_through_the_client() {
 async fn a_request_before_the_first_snapshot_waits_for_it() {
     let b = backend("late").await;
     let discovery = StaticDiscovery::new();
-    let client = MeshClient::builder(discovery.clone(), name()).build::<Body>();
+    let client = MeshClient::builder(discovery.clone(), name()).identity(identity("/web")).build::<Body>().unwrap();
     let call = tokio::spawn(client.oneshot(get()));
     tokio::task::yield_now().await;
-    discovery.set(ServiceSnapshot::builder(name()).endpoint(Endpoint::new(b.addr())).build().unwrap());
+    discovery.set(
+        ServiceSnapshot::builder(name()).identity(backend_id()).endpoint(Endpoint::new(b.addr())).build().unwrap(),
+    );
     let response = tokio::time::timeout(Duration::from_secs(30), call).await.unwrap().unwrap().unwrap();
     assert_eq!(response.status(), 200);
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_unknown_service_fails_with_unresolved_after_the_resolve_timeout() {
-    let client =
-        MeshClient::builder(StaticDiscovery::new(), name()).resolve_timeout(Duration::from_secs(2)).build::<Body>();
+    let client = MeshClient::builder(StaticDiscovery::new(), name())
+        .identity(identity("/web"))
+        .resolve_timeout(Duration::from_secs(2))
+        .build::<Body>()
+        .unwrap();
     let error = client.oneshot(get()).await.unwrap_err();
     let unresolved = error.downcast_ref::<Unresolved>().expect("an Unresolved error");
     assert_eq!(unresolved.service(), &name());
@@ -64,8 +75,8 @@ async fn an_unknown_service_fails_with_unresolved_after_the_resolve_timeout() {
 #[tokio::test]
 async fn an_empty_endpoint_set_fails_fast_with_no_endpoints() {
     let discovery = StaticDiscovery::new();
-    discovery.set(ServiceSnapshot::builder(name()).build().unwrap());
-    let client = MeshClient::builder(discovery, name()).build::<Body>();
+    discovery.set(ServiceSnapshot::builder(name()).identity(backend_id()).build().unwrap());
+    let client = MeshClient::builder(discovery, name()).identity(identity("/web")).build::<Body>().unwrap();
     let error = client.oneshot(get()).await.unwrap_err();
     assert_eq!(error.downcast_ref::<NoEndpoints>().expect("NoEndpoints").service(), &name());
 }
@@ -75,8 +86,9 @@ async fn a_dead_endpoint_is_a_connect_error() {
     // Bind then drop: the port is (almost certainly) closed.
     let addr = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
     let discovery = StaticDiscovery::new();
-    discovery.set(ServiceSnapshot::builder(name()).endpoint(Endpoint::new(addr)).build().unwrap());
-    let client = MeshClient::builder(discovery, name()).build::<Body>();
+    discovery
+        .set(ServiceSnapshot::builder(name()).identity(backend_id()).endpoint(Endpoint::new(addr)).build().unwrap());
+    let client = MeshClient::builder(discovery, name()).identity(identity("/web")).build::<Body>().unwrap();
     let error = client.oneshot(get()).await.unwrap_err();
     let transport = error.downcast_ref::<hyper_util::client::legacy::Error>().expect("a transport error");
     assert!(transport.is_connect(), "{error}");

@@ -17,7 +17,7 @@ use mesh::{
     core::{Discovery, FileDiscovery, ServiceName},
     tower::{Upstream, client::MeshClient},
 };
-use support::backend;
+use support::{backend, identity};
 use tower::ServiceExt;
 
 type Body = Empty<bytes::Bytes>;
@@ -25,7 +25,7 @@ type Body = Empty<bytes::Bytes>;
 const WAIT: Duration = Duration::from_secs(30);
 
 fn file(endpoints: &[std::net::SocketAddr]) -> String {
-    let mut text = String::from("services:\n  reviews:\n    endpoints:\n");
+    let mut text = String::from("services:\n  reviews:\n    identity: spiffe://example.org/backend\n    endpoints:\n");
     for ep in endpoints {
         text.push_str(&format!("      - address: {ep}\n        labels: {{ version: v1 }}\n"));
     }
@@ -50,7 +50,8 @@ async fn edits_while_requests_flow_lose_no_request() {
     let name: ServiceName = "reviews".parse().unwrap();
     let discovery = FileDiscovery::open(&path).unwrap();
     let mut watch = discovery.watch(&name);
-    let client = MeshClient::builder(discovery.clone(), name.clone()).build::<Body>();
+    let client =
+        MeshClient::builder(discovery.clone(), name.clone()).identity(identity("/web")).build::<Body>().unwrap();
 
     // Four callers send requests back to back until told to stop.
     let stop = Arc::new(AtomicBool::new(false));

@@ -10,7 +10,7 @@ use mesh::{
     core::{Endpoint, ServiceName, ServiceSnapshot, StaticDiscovery},
     tower::{Upstream, client::MeshClient},
 };
-use support::{Gate, backend, gated_backend};
+use support::{Gate, backend, backend_id, gated_backend, identity};
 use tower::ServiceExt;
 
 type Body = Empty<bytes::Bytes>;
@@ -27,8 +27,15 @@ async fn removing_an_endpoint_lets_its_in_flight_requests_complete() {
 
     let name: ServiceName = "reviews".parse().unwrap();
     let discovery = StaticDiscovery::new();
-    discovery.set(ServiceSnapshot::builder(name.clone()).endpoint(Endpoint::new(old.addr())).build().unwrap());
-    let client = MeshClient::builder(discovery.clone(), name.clone()).build::<Body>();
+    discovery.set(
+        ServiceSnapshot::builder(name.clone())
+            .identity(backend_id())
+            .endpoint(Endpoint::new(old.addr()))
+            .build()
+            .unwrap(),
+    );
+    let client =
+        MeshClient::builder(discovery.clone(), name.clone()).identity(identity("/web")).build::<Body>().unwrap();
 
     // Eight requests reach `old` and are held there.
     let in_flight: Vec<_> = (0..8)
@@ -82,11 +89,12 @@ async fn round_robin_spreads_requests_evenly() {
     let discovery = StaticDiscovery::new();
     discovery.set(
         ServiceSnapshot::builder(name.clone())
+            .identity(backend_id())
             .endpoints(backends.iter().map(|b| Endpoint::new(b.addr())))
             .build()
             .unwrap(),
     );
-    let client = MeshClient::builder(discovery, name).build::<Body>();
+    let client = MeshClient::builder(discovery, name).identity(identity("/web")).build::<Body>().unwrap();
     for _ in 0..300 {
         let response = client.clone().oneshot(get()).await.unwrap();
         assert_eq!(response.status(), 200);

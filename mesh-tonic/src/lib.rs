@@ -15,8 +15,8 @@
 //! use mesh_tonic::MeshChannel;
 //! use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 //!
-//! # async fn f(discovery: StaticDiscovery) -> Result<(), Box<dyn std::error::Error>> {
-//! let channel = MeshChannel::new(discovery, "inventory".parse()?);
+//! # async fn f(discovery: StaticDiscovery, identity: mesh_core::IdentitySource) -> Result<(), Box<dyn std::error::Error>> {
+//! let channel = MeshChannel::builder(discovery, "inventory".parse()?).identity(identity).build()?;
 //! let mut client = HealthClient::new(channel); // any tonic-generated client
 //! let reply = client.check(HealthCheckRequest { service: String::new() }).await?;
 //! # Ok(()) }
@@ -28,10 +28,10 @@ use std::{
 };
 
 use hyper::body::Incoming;
-use mesh_core::{Discovery, ServiceName};
+use mesh_core::{Discovery, IdentitySource, ServiceName};
 use mesh_tower::{
-    BoxError,
-    client::{ClientConfig, MeshClient, Protocol, ResponseFuture},
+    BoxError, MissingIdentity,
+    client::{ClientConfig, MeshClient, MeshClientBuilder, Protocol, ResponseFuture},
 };
 
 /// A gRPC channel to one service, resolved through discovery.
@@ -44,20 +44,46 @@ pub struct MeshChannel {
 }
 
 impl MeshChannel {
-    /// A channel to `service`, with the default client configuration over HTTP/2.
-    pub fn new(discovery: impl Discovery, service: ServiceName) -> Self {
-        Self::with_config(discovery, service, ClientConfig::default())
-    }
-
-    /// A channel with a client configuration of your own; the protocol is always HTTP/2.
-    pub fn with_config(discovery: impl Discovery, service: ServiceName, config: ClientConfig) -> Self {
-        let client = MeshClient::builder(discovery, service).config(config).protocol(Protocol::Http2).build();
-        Self { client }
+    /// Starts configuring a channel to `service`, resolved through `discovery`.
+    pub fn builder(discovery: impl Discovery, service: ServiceName) -> MeshChannelBuilder {
+        MeshChannelBuilder { client: MeshClient::builder(discovery, service) }
     }
 
     /// The destination.
     pub fn service(&self) -> &ServiceName {
         self.client.service()
+    }
+}
+
+/// Configures a [`MeshChannel`]: the mesh client's settings, always over HTTP/2.
+#[derive(Debug)]
+pub struct MeshChannelBuilder {
+    client: MeshClientBuilder,
+}
+
+impl MeshChannelBuilder {
+    /// Mutual TLS with SPIFFE verification of every endpoint (see
+    /// [`MeshClientBuilder::identity`]).
+    pub fn identity(mut self, source: IdentitySource) -> Self {
+        self.client = self.client.identity(source);
+        self
+    }
+
+    /// Plaintext, as an explicit choice.
+    pub fn plaintext(mut self) -> Self {
+        self.client = self.client.plaintext();
+        self
+    }
+
+    /// The client configuration (the protocol is always HTTP/2).
+    pub fn config(mut self, config: ClientConfig) -> Self {
+        self.client = self.client.config(config);
+        self
+    }
+
+    /// The channel. Fails if neither `identity` nor `plaintext` was chosen.
+    pub fn build(self) -> Result<MeshChannel, MissingIdentity> {
+        Ok(MeshChannel { client: self.client.protocol(Protocol::Http2).build()? })
     }
 }
 

@@ -12,36 +12,49 @@
 //!
 //! ```
 //! use http_body_util::{BodyExt, Empty};
-//! use mesh_core::{Endpoint, ServiceName, ServiceSnapshot, StaticDiscovery};
-//! use mesh_tower::{client::MeshClient, server::Server};
+//! use mesh_core::{Endpoint, IdentitySource, ServiceName, ServiceSnapshot, StaticDiscovery, identity::dev::DevCa};
+//! use mesh_tower::{PeerIdentity, client::MeshClient, server::Server};
 //! use tower::ServiceExt;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-//! // A backend: any tower service.
-//! let hello = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
-//!     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("hello")))
+//! // Identities: in production a SPIRE agent or cert-manager writes them (IdentitySource::from_files).
+//! let ca = DevCa::new("example.org".parse()?)?;
+//! let (hello_id, web_id) = (ca.identity("/hello")?, ca.identity("/web")?);
+//!
+//! // A backend: any tower service; it learns who called from the request's extensions.
+//! let hello = tower::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+//!     let caller = req.extensions().get::<PeerIdentity>().map(|p| p.id().to_string());
+//!     Ok::<_, std::convert::Infallible>(http::Response::new(format!("hello {}", caller.unwrap_or_default())))
 //! });
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-//! let backend = Server::builder().build().spawn(listener, hello)?;
+//! let backend = Server::builder().identity(IdentitySource::fixed(hello_id)).build()?.spawn(listener, hello)?;
 //!
-//! // Discovery says where `hello` lives; the client calls it by name.
+//! // Discovery says where `hello` lives and who it must prove to be; the client calls it by name.
 //! let name: ServiceName = "hello".parse()?;
 //! let discovery = StaticDiscovery::new();
-//! discovery.set(ServiceSnapshot::builder(name.clone()).endpoint(Endpoint::new(backend.local_addr())).build()?);
-//! let client = MeshClient::builder(discovery, name).build::<Empty<bytes::Bytes>>();
+//! discovery.set(
+//!     ServiceSnapshot::builder(name.clone())
+//!         .identity("spiffe://example.org/hello".parse()?)
+//!         .endpoint(Endpoint::new(backend.local_addr()))
+//!         .build()?,
+//! );
+//! let client = MeshClient::builder(discovery, name).identity(IdentitySource::fixed(web_id)).build()?;
 //!
-//! let response = client.oneshot(http::Request::get("/").body(Empty::new())?).await?;
-//! assert_eq!(response.into_body().collect().await?.to_bytes(), "hello");
+//! let response = client.oneshot(http::Request::get("/").body(Empty::<bytes::Bytes>::new())?).await?;
+//! assert_eq!(response.into_body().collect().await?.to_bytes(), "hello spiffe://example.org/web");
 //! backend.shutdown().await?;
 //! # Ok(()) }
 //! ```
 
+pub mod authz;
 pub mod client;
 mod connection;
+mod identity;
 pub mod server;
 
 pub use crate::connection::{ConnectionInfo, Upstream};
+pub use crate::identity::{HandshakeCounts, HandshakeFailure, MissingIdentity, PeerIdentity};
 
 /// The error type of mesh's services: a boxed error that callers downcast to the concrete types
 /// each module documents.

@@ -5,8 +5,27 @@ use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use mesh::tower::server::{Server, ServerHandle};
+use mesh::{
+    core::{IdentitySource, SpiffeId, identity::dev::DevCa},
+    tower::server::{Server, ServerHandle},
+};
 use tokio::sync::{Notify, Semaphore, watch};
+
+/// One development CA per test binary, for `spiffe://example.org`.
+pub fn ca() -> &'static DevCa {
+    static CA: std::sync::OnceLock<DevCa> = std::sync::OnceLock::new();
+    CA.get_or_init(|| DevCa::new("example.org".parse().unwrap()).unwrap())
+}
+
+/// A fixed identity `spiffe://example.org<path>` from the test CA.
+pub fn identity(path: &str) -> IdentitySource {
+    IdentitySource::fixed(ca().identity(path).unwrap())
+}
+
+/// The identity every test backend presents.
+pub fn backend_id() -> SpiffeId {
+    "spiffe://example.org/backend".parse().unwrap()
+}
 
 /// A backend that answers every request with its name, and counts them.
 pub struct Backend {
@@ -80,6 +99,7 @@ async fn start(name: &'static str, gate: Option<Gate>) -> Backend {
         }
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let handle = Server::builder().build().spawn(listener, service).expect("spawn");
+    let server = Server::builder().identity(identity("/backend")).build().expect("server");
+    let handle = server.spawn(listener, service).expect("spawn");
     Backend { name, handle, hits }
 }

@@ -12,7 +12,7 @@ mod x509;
 pub use self::credentials::{Credentials, InvalidIdentity, TrustBundle};
 pub use self::source::{Identity, IdentityChanges, IdentityFiles, IdentitySource, IdentityUpdater};
 pub use self::spiffe::{InvalidSpiffeId, InvalidTrustDomain, SpiffeId, TrustDomain};
-pub use self::x509::{PeerCertificateError, spiffe_id_of};
+pub use self::x509::{PeerCertificateError, serial_of, spiffe_id_of};
 
 #[cfg(test)]
 mod tests;

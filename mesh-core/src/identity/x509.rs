@@ -75,3 +75,9 @@ pub(crate) fn leaf_info(cert: &CertificateDer<'_>) -> Result<LeafInfo, PeerCerti
         not_after: to_system_time(validity.not_after),
     })
 }
+
+/// The serial number of a certificate, in hex, if it parses.
+pub fn serial_of(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(cert.as_ref()).ok()?;
+    Some(parsed.raw_serial_as_string().replace(':', ""))
+}

@@ -16,6 +16,44 @@ pub struct AuthorizationPolicy {
 }
 
 impl AuthorizationPolicy {
+    /// A policy enforcing `rules`.
+    pub fn enforce(rules: Vec<AuthorizationRule>) -> Self {
+        Self { mode: AuthorizationMode::Enforce, rules }
+    }
+
+    /// A policy that only reports what `rules` would deny.
+    pub fn dry_run(rules: Vec<AuthorizationRule>) -> Self {
+        Self { mode: AuthorizationMode::DryRun, rules }
+    }
+
+    /// Decides a call: a matching `deny` rule denies; otherwise a matching `allow` rule allows;
+    /// otherwise the call is denied (default deny). A caller without an identity (`None`: a
+    /// plaintext connection) matches no rule, so it is always denied. The mode is not applied here:
+    /// the caller of `evaluate` decides what a denial does.
+    ///
+    /// ```
+    /// use mesh_core::policy::{AuthorizationPolicy, AuthorizationRule, PrincipalMatch};
+    /// let web: mesh_core::SpiffeId = "spiffe://example.org/web".parse()?;
+    /// let policy = AuthorizationPolicy::enforce(vec![AuthorizationRule::allow(vec![PrincipalMatch::Exact(web.clone())])]);
+    /// assert!(policy.evaluate(Some(&web), "GET", "/").is_allowed());
+    /// assert!(!policy.evaluate(Some(&"spiffe://example.org/batch".parse()?), "GET", "/").is_allowed());
+    /// # Ok::<_, mesh_core::InvalidSpiffeId>(())
+    /// ```
+    pub fn evaluate(&self, peer: Option<&SpiffeId>, method: &str, path: &str) -> AuthorizationDecision {
+        let Some(peer) = peer else {
+            return AuthorizationDecision::Deny { rule: None };
+        };
+        let matching =
+            |action| self.rules.iter().position(|rule| rule.action == action && rule.matches(peer, method, path));
+        if let Some(i) = matching(AuthorizationAction::Deny) {
+            return AuthorizationDecision::Deny { rule: Some(i) };
+        }
+        match matching(AuthorizationAction::Allow) {
+            Some(i) => AuthorizationDecision::Allow { rule: i },
+            None => AuthorizationDecision::Deny { rule: None },
+        }
+    }
+
     /// Checks the policy.
     pub fn validate(&self) -> Result<(), InvalidPolicy> {
         for (i, rule) in self.rules.iter().enumerate() {
@@ -64,7 +102,36 @@ pub struct AuthorizationRule {
     pub methods: Vec<Method>,
 }
 
+/// The outcome of [`AuthorizationPolicy::evaluate`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthorizationDecision {
+    /// Allowed by the rule at this index.
+    Allow {
+        /// The index of the allowing rule.
+        rule: usize,
+    },
+    /// Denied by the `deny` rule at this index, or by default (`None`: no `allow` rule matched).
+    Deny {
+        /// The index of the denying rule, if one denied explicitly.
+        rule: Option<usize>,
+    },
+}
+
+impl AuthorizationDecision {
+    /// Whether the call may proceed.
+    pub fn is_allowed(self) -> bool {
+        matches!(self, Self::Allow { .. })
+    }
+}
+
 impl AuthorizationRule {
+    /// Whether the rule covers this call.
+    pub fn matches(&self, peer: &SpiffeId, method: &str, path: &str) -> bool {
+        (self.from.is_empty() || self.from.iter().any(|p| p.matches(peer)))
+            && (self.paths.is_empty() || self.paths.iter().any(|p| p.matches(path)))
+            && (self.methods.is_empty() || self.methods.iter().any(|m| m.as_str() == method))
+    }
+
     /// A rule that allows the callers in `from` everywhere.
     pub fn allow(from: Vec<PrincipalMatch>) -> Self {
         Self { action: AuthorizationAction::Allow, from, paths: Vec::new(), methods: Vec::new() }
@@ -139,5 +206,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(policy.validate().unwrap_err().field, "rules[0].from[0].prefix");
+    }
+
+    #[test]
+    fn deny_wins_and_default_denies() {
+        let web: SpiffeId = "spiffe://example.org/web".parse().unwrap();
+        let batch: SpiffeId = "spiffe://example.org/batch".parse().unwrap();
+        let td = PrincipalMatch::TrustDomain("example.org".parse().unwrap());
+        let mut deny_batch_admin = AuthorizationRule::deny(vec![PrincipalMatch::Exact(batch.clone())]);
+        deny_batch_admin.paths = vec![PathMatch::prefix("/admin").unwrap()];
+        let mut allow_gets = AuthorizationRule::allow(vec![td]);
+        allow_gets.methods = vec![Method::get()];
+        let policy = AuthorizationPolicy::enforce(vec![deny_batch_admin, allow_gets]);
+        assert_eq!(policy.evaluate(Some(&web), "GET", "/admin"), AuthorizationDecision::Allow { rule: 1 });
+        assert_eq!(policy.evaluate(Some(&batch), "GET", "/admin/x"), AuthorizationDecision::Deny { rule: Some(0) });
+        assert_eq!(policy.evaluate(Some(&batch), "GET", "/data"), AuthorizationDecision::Allow { rule: 1 });
+        assert_eq!(policy.evaluate(Some(&web), "POST", "/data"), AuthorizationDecision::Deny { rule: None });
+        assert_eq!(policy.evaluate(None, "GET", "/data"), AuthorizationDecision::Deny { rule: None });
+        let other: SpiffeId = "spiffe://other.org/web".parse().unwrap();
+        assert!(!policy.evaluate(Some(&other), "GET", "/").is_allowed());
     }
 }

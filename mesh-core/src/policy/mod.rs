@@ -12,7 +12,10 @@ mod authz;
 mod limits;
 mod retry;
 
-pub use self::authz::{AuthorizationAction, AuthorizationMode, AuthorizationPolicy, AuthorizationRule, PrincipalMatch};
+pub use self::authz::{
+    AuthorizationAction, AuthorizationDecision, AuthorizationMode, AuthorizationPolicy, AuthorizationRule,
+    PrincipalMatch,
+};
 pub use self::limits::{CircuitBreaker, OutlierDetection, Percentage};
 pub use self::retry::{Backoff, RetryBudget, RetryOn, RetryPolicy};
 

@@ -10,16 +10,24 @@
 //! ready: a request sent before discovery has any snapshot waits for the first one, up to
 //! [`ClientConfig::resolve_timeout`].
 //!
+//! Connections are mutual TLS ([`MeshClientBuilder::identity`]): the client presents its
+//! workload certificate and accepts only an endpoint that proves the SPIFFE ID discovery expects
+//! of it. Plaintext is an explicit opt-out ([`MeshClientBuilder::plaintext`]); there is no
+//! fallback from one to the other.
+//!
 //! Errors are boxed; downcast them to [`NoEndpoints`], [`Unresolved`], or hyper-util's
-//! `client::legacy::Error` for transport failures.
+//! `client::legacy::Error` for transport failures, whose source is a [`ConnectError`] when the
+//! connection could not be opened (see [`ConnectError::peer_rejected`] for identity failures).
 
 mod balance;
 mod config;
+mod connect;
 mod error;
 mod future;
 mod service;
 
 pub use self::config::{ClientConfig, Protocol};
+pub use self::connect::ConnectError;
 pub use self::error::{NoEndpoints, Unresolved};
 pub use self::future::ResponseFuture;
 pub use self::service::{MeshClient, MeshClientBuilder};

@@ -11,20 +11,21 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioTimer},
 };
-use mesh_core::{Discovery, ServiceName};
+use mesh_core::{Discovery, IdentitySource, ServiceName};
 
 use super::{
     ClientConfig, Protocol, ResponseFuture, Unresolved,
     balance::{Pick, RoundRobin, Target},
+    connect::MeshConnector,
 };
-use crate::BoxError;
+use crate::{BoxError, MissingIdentity};
 
 /// Calls one service by name through discovery. See the [module docs](super).
 ///
 /// `B` is the request body type, such as `http_body_util::Full<Bytes>` or `tonic::body::Body`.
 pub struct MeshClient<B> {
     shared: Arc<Shared>,
-    http: Client<HttpConnector, B>,
+    http: Client<MeshConnector, B>,
 }
 
 struct Shared {
@@ -41,12 +42,26 @@ pub struct MeshClientBuilder {
     discovery: Arc<dyn Discovery>,
     service: ServiceName,
     config: ClientConfig,
+    security: Security,
+}
+
+/// How the client secures connections; there is no default, so plaintext is always a choice.
+#[derive(Clone)]
+enum Security {
+    Unset,
+    Plaintext,
+    Mtls(IdentitySource),
 }
 
 impl MeshClient<()> {
     /// Starts configuring a client of `service`, resolved through `discovery`.
     pub fn builder(discovery: impl Discovery, service: ServiceName) -> MeshClientBuilder {
-        MeshClientBuilder { discovery: Arc::new(discovery), service, config: ClientConfig::default() }
+        MeshClientBuilder {
+            discovery: Arc::new(discovery),
+            service,
+            config: ClientConfig::default(),
+            security: Security::Unset,
+        }
     }
 }
 
@@ -57,15 +72,32 @@ impl MeshClientBuilder {
         self
     }
 
+    /// Dials every endpoint with mutual TLS: presents `source`'s current certificate, and accepts
+    /// only an endpoint whose certificate chains to `source`'s trust bundle and carries the SPIFFE
+    /// ID discovery gives for it (`identity` on the endpoint, else on the service). An endpoint
+    /// without an expected identity is not dialled.
+    pub fn identity(mut self, source: IdentitySource) -> Self {
+        self.security = Security::Mtls(source);
+        self
+    }
+
+    /// Opts out of TLS: connections are plaintext, and peers are not authenticated. For local
+    /// development and for traffic that another layer already protects.
+    pub fn plaintext(mut self) -> Self {
+        self.security = Security::Plaintext;
+        self
+    }
+
     /// HTTP/1.1 (the default) or HTTP/2.
     ///
     /// ```
     /// # let discovery = mesh_core::StaticDiscovery::new();
     /// use mesh_tower::client::{MeshClient, Protocol};
     /// let client = MeshClient::builder(discovery, "reviews".parse()?)
+    ///     .plaintext()
     ///     .protocol(Protocol::Http2)
-    ///     .build::<http_body_util::Empty<bytes::Bytes>>();
-    /// # Ok::<_, mesh_core::InvalidName>(())
+    ///     .build::<http_body_util::Empty<bytes::Bytes>>()?;
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
     /// ```
     pub fn protocol(mut self, protocol: Protocol) -> Self {
         self.config.protocol = protocol;
@@ -86,7 +118,9 @@ impl MeshClientBuilder {
 
     /// Builds the client. This opens no connection and spawns nothing; connections are opened
     /// by the first requests, on the current tokio runtime.
-    pub fn build<B>(self) -> MeshClient<B>
+    ///
+    /// Fails if neither [`identity`](Self::identity) nor [`plaintext`](Self::plaintext) was chosen.
+    pub fn build<B>(self) -> Result<MeshClient<B>, MissingIdentity>
     where
         B: http_body::Body + Send + 'static + Unpin,
         B::Data: Send,
@@ -101,15 +135,20 @@ impl MeshClientBuilder {
             .pool_idle_timeout(self.config.pool_idle_timeout)
             .pool_max_idle_per_host(self.config.pool_max_idle_per_endpoint)
             .http2_only(self.config.protocol == Protocol::Http2);
-        let http = http.build(connector);
         let watch = self.discovery.watch(&self.service);
+        let connector = match self.security {
+            Security::Unset => return Err(MissingIdentity { what: format!("the client of service {}", self.service) }),
+            Security::Plaintext => MeshConnector::plaintext(connector),
+            Security::Mtls(source) => MeshConnector::mtls(connector, source, watch.clone(), self.config.protocol),
+        };
+        let http = http.build(connector);
         let shared = Shared {
             service: self.service,
             balancer: RoundRobin::new(watch),
             config: self.config,
             _discovery: self.discovery,
         };
-        MeshClient { shared: Arc::new(shared), http }
+        Ok(MeshClient { shared: Arc::new(shared), http })
     }
 }
 
@@ -124,7 +163,7 @@ where
         &self.shared.service
     }
 
-    fn send(http: &Client<HttpConnector, B>, shared: &Shared, request: Request<B>, target: Target) -> ResponseFuture {
+    fn send(http: &Client<MeshConnector, B>, shared: &Shared, request: Request<B>, target: Target) -> ResponseFuture {
         let address = target.address;
         match rewrite(request, target, shared) {
             Ok(request) => ResponseFuture::sending(http.request(request), address),
@@ -214,6 +253,15 @@ impl<B> fmt::Debug for MeshClient<B> {
 
 impl fmt::Debug for MeshClientBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MeshClientBuilder").field("service", &self.service).field("config", &self.config).finish()
+        let security = match self.security {
+            Security::Unset => "unset",
+            Security::Plaintext => "plaintext",
+            Security::Mtls(_) => "mtls",
+        };
+        f.debug_struct("MeshClientBuilder")
+            .field("service", &self.service)
+            .field("config", &self.config)
+            .field("security", &security)
+            .finish()
     }
 }

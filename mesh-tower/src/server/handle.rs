@@ -1,6 +1,10 @@
 use std::{io, net::SocketAddr};
 
+use std::sync::Arc;
+
 use tokio::{sync::oneshot, task::JoinHandle};
+
+use crate::{HandshakeCounts, identity::HandshakeStats};
 
 /// A server running in the background, from [`Server::spawn`](super::Server::spawn).
 ///
@@ -11,11 +15,22 @@ pub struct ServerHandle {
     local_addr: SocketAddr,
     trigger: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<io::Result<()>>>,
+    handshakes: Arc<HandshakeStats>,
 }
 
 impl ServerHandle {
-    pub(super) fn new(local_addr: SocketAddr, trigger: oneshot::Sender<()>, task: JoinHandle<io::Result<()>>) -> Self {
-        Self { local_addr, trigger: Some(trigger), task: Some(task) }
+    pub(super) fn new(
+        local_addr: SocketAddr,
+        trigger: oneshot::Sender<()>,
+        task: JoinHandle<io::Result<()>>,
+        handshakes: Arc<HandshakeStats>,
+    ) -> Self {
+        Self { local_addr, trigger: Some(trigger), task: Some(task), handshakes }
+    }
+
+    /// How the server's mTLS handshakes went so far.
+    pub fn handshake_counts(&self) -> HandshakeCounts {
+        self.handshakes.counts()
     }
 
     /// The address the server listens on.

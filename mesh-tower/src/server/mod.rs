@@ -1,8 +1,10 @@
 //! The server stack: serve a tower service over HTTP/1.1 and HTTP/2, and drain it gracefully.
 //!
-//! [`Server`] accepts connections on a `TcpListener`, speaks HTTP/1.1 or HTTP/2 on each (detected
-//! per connection, or forced), hands every request to a clone of your service with a
-//! [`ConnectionInfo`] in its extensions, and on shutdown:
+//! [`Server`] accepts connections on a `TcpListener`, completes a mutual TLS handshake that
+//! verifies the caller's SPIFFE identity ([`ServerBuilder::identity`]; plaintext is an explicit
+//! opt-out), speaks HTTP/1.1 or HTTP/2 on each connection (detected per connection, or forced),
+//! hands every request to a clone of your service with a [`ConnectionInfo`] and the caller's
+//! [`PeerIdentity`](crate::PeerIdentity) in its extensions, and on shutdown:
 //!
 //! 1. stops accepting: the listener is closed, so new connections are refused;
 //! 2. tells every connection to finish: HTTP/1.1 connections close after their current request,
@@ -13,45 +15,90 @@
 //! use mesh_tower::server::Server;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> std::io::Result<()> {
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let ok = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
 //!     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
 //! });
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-//! let server = Server::builder().build().spawn(listener, ok)?;
+//! let server = Server::builder().plaintext().build()?.spawn(listener, ok)?;
 //! println!("listening on {}", server.local_addr());
-//! server.shutdown().await // drains in-flight requests
-//! # }
+//! server.shutdown().await?; // drains in-flight requests
+//! # Ok(()) }
 //! ```
 
 mod handle;
 
-use std::{future::Future, io, time::Duration};
+use std::{fmt, future::Future, io, sync::Arc, time::Duration};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    server::{
+        conn::auto,
+        graceful::{GracefulShutdown, Watcher},
+    },
 };
-use tokio::{net::TcpListener, task::JoinSet};
+use mesh_core::{
+    IdentitySource,
+    identity::{
+        serial_of, spiffe_id_of,
+        tls::{TlsOptions, server_config},
+    },
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, TcpStream},
+    task::JoinSet,
+};
+use tokio_rustls::TlsAcceptor;
 use tower::{Service, ServiceExt};
 
 pub use self::handle::ServerHandle;
-use crate::{BoxError, ConnectionInfo};
+use crate::{
+    BoxError, ConnectionInfo, HandshakeCounts, HandshakeFailure, MissingIdentity, PeerIdentity,
+    identity::HandshakeStats,
+};
 
 /// Serves tower services over HTTP. Cheap to clone; build it with [`Server::builder`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Server {
     protocol: ServerProtocol,
     drain_timeout: Option<Duration>,
     header_read_timeout: Duration,
+    handshake_timeout: Duration,
+    tls: Option<TlsAcceptor>,
+    handshakes: Arc<HandshakeStats>,
 }
 
 /// Configures a [`Server`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ServerBuilder {
-    server: Server,
+    protocol: ServerProtocol,
+    drain_timeout: Option<Duration>,
+    header_read_timeout: Duration,
+    handshake_timeout: Duration,
+    security: Security,
+    tls_options: TlsOptions,
+}
+
+#[derive(Clone)]
+enum Security {
+    Unset,
+    Plaintext,
+    Mtls(IdentitySource),
+}
+
+/// A server that cannot be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerBuildError {
+    /// Neither mTLS nor plaintext was chosen.
+    #[error(transparent)]
+    MissingIdentity(#[from] MissingIdentity),
+    /// The TLS options were refused by rustls.
+    #[error("invalid TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
 }
 
 /// The HTTP versions a [`Server`] accepts.
@@ -68,15 +115,23 @@ pub enum ServerProtocol {
 }
 
 impl Server {
-    /// A server accepting HTTP/1.1 and HTTP/2, draining without a time limit.
+    /// A server accepting HTTP/1.1 and HTTP/2, draining without a time limit. Choose
+    /// [`identity`](ServerBuilder::identity) or [`plaintext`](ServerBuilder::plaintext) before
+    /// building.
     pub fn builder() -> ServerBuilder {
         ServerBuilder {
-            server: Server {
-                protocol: ServerProtocol::Auto,
-                drain_timeout: None,
-                header_read_timeout: Duration::from_secs(30),
-            },
+            protocol: ServerProtocol::Auto,
+            drain_timeout: None,
+            header_read_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            security: Security::Unset,
+            tls_options: TlsOptions::default(),
         }
+    }
+
+    /// How the mTLS handshakes went so far (all zero on a plaintext server).
+    pub fn handshake_counts(&self) -> HandshakeCounts {
+        self.handshakes.counts()
     }
 
     /// Serves `service` on `listener` until `signal` completes, then drains.
@@ -98,8 +153,8 @@ impl Server {
     {
         let local_addr = listener.local_addr()?;
         let mut http = auto::Builder::new(TokioExecutor::new());
-        http.http1().timer(TokioTimer::new()).header_read_timeout(self.header_read_timeout);
         http.http2().timer(TokioTimer::new());
+        http.http1().timer(TokioTimer::new()).header_read_timeout(self.header_read_timeout);
         let http = match self.protocol {
             ServerProtocol::Auto => http,
             ServerProtocol::Http1 => http.http1_only(),
@@ -125,15 +180,13 @@ impl Server {
                         }
                     };
                     let _ = stream.set_nodelay(true);
-                    let info = ConnectionInfo { remote_addr, local_addr };
-                    let service = PerConnection { inner: service.clone(), info };
-                    let connection = http.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                    let connection = graceful.watch(connection);
-                    connections.spawn(async move {
-                        if let Err(error) = connection.await {
-                            tracing::debug!(%remote_addr, error = %error, "connection ended with an error");
-                        }
-                    });
+                    let connection = Accepted {
+                        stream,
+                        info: ConnectionInfo { remote_addr, local_addr },
+                        http: http.clone(),
+                        watcher: graceful.watcher(),
+                    };
+                    connections.spawn(self.clone().handle(connection, service.clone()));
                 }
             }
         }
@@ -153,6 +206,53 @@ impl Server {
             }
         }
         Ok(())
+    }
+
+    /// One connection: the handshake (in its own task, so a slow client never holds up
+    /// accepting), then HTTP until the connection ends or the server drains.
+    async fn handle<S, B>(self, accepted: Accepted, service: S)
+    where
+        S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let Accepted { stream, info, http, watcher } = accepted;
+        let Some(tls) = &self.tls else {
+            let service = PerConnection { inner: service, info, peer: None };
+            return serve_connection(&http, watcher, stream, service, info).await;
+        };
+        let handshake = tokio::time::timeout(self.handshake_timeout, tls.accept(stream)).await;
+        let stream = match handshake {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                let why = HandshakeFailure::classify(&error);
+                self.handshakes.failed(why);
+                tracing::debug!(remote_addr = %info.remote_addr, reason = %why, %error, "mTLS handshake refused");
+                return;
+            }
+            Err(_) => {
+                self.handshakes.failed(HandshakeFailure::Timeout);
+                tracing::debug!(remote_addr = %info.remote_addr, "mTLS handshake timed out");
+                return;
+            }
+        };
+        // The verifier already checked the chain and that there is exactly one SPIFFE ID.
+        let (_, session) = stream.get_ref();
+        let peer = session.peer_certificates().and_then(|certs| certs.first()).and_then(|leaf| {
+            let id = spiffe_id_of(leaf).ok()?;
+            let serial = serial_of(leaf).unwrap_or_default();
+            Some(PeerIdentity { id, serial: serial.into() })
+        });
+        let Some(peer) = peer else {
+            self.handshakes.failed(HandshakeFailure::BadIdentity);
+            return;
+        };
+        self.handshakes.succeeded();
+        let service = PerConnection { inner: service, info, peer: Some(peer) };
+        serve_connection(&http, watcher, stream, service, info).await;
     }
 
     /// Serves `service` on `listener` in a background task; the handle shuts it down.
@@ -177,14 +277,41 @@ impl Server {
             };
             server.serve_with_shutdown(listener, service, signal).await
         });
-        Ok(ServerHandle::new(local_addr, trigger, task))
+        Ok(ServerHandle::new(local_addr, trigger, task, self.handshakes.clone()))
     }
 }
 
 impl ServerBuilder {
+    /// Accepts only mutual TLS: the server presents `source`'s current certificate, requires a
+    /// client certificate chained to `source`'s trust bundle with exactly one SPIFFE ID, and puts
+    /// the caller's [`PeerIdentity`] into every request's extensions. TLS 1.3 only unless
+    /// [`tls_options`](Self::tls_options) says otherwise; ALPN `h2` and `http/1.1`.
+    pub fn identity(mut self, source: IdentitySource) -> Self {
+        self.security = Security::Mtls(source);
+        self
+    }
+
+    /// Opts out of TLS: plaintext connections, callers unauthenticated.
+    pub fn plaintext(mut self) -> Self {
+        self.security = Security::Plaintext;
+        self
+    }
+
+    /// TLS versions and ALPN protocols (with [`identity`](Self::identity)).
+    pub fn tls_options(mut self, options: TlsOptions) -> Self {
+        self.tls_options = options;
+        self
+    }
+
+    /// How long a client may take to complete the TLS handshake (default 10 s).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
     /// Which HTTP versions to accept (default: both).
     pub fn protocol(mut self, protocol: ServerProtocol) -> Self {
-        self.server.protocol = protocol;
+        self.protocol = protocol;
         self
     }
 
@@ -193,23 +320,83 @@ impl ServerBuilder {
     ///
     /// ```
     /// let server = mesh_tower::server::Server::builder()
+    ///     .plaintext()
     ///     .drain_timeout(std::time::Duration::from_secs(30))
-    ///     .build();
+    ///     .build()?;
+    /// # Ok::<_, mesh_tower::server::ServerBuildError>(())
     /// ```
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
-        self.server.drain_timeout = Some(timeout);
+        self.drain_timeout = Some(timeout);
         self
     }
 
     /// How long a client may take to send an HTTP/1.1 request's headers (default 30 s).
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
-        self.server.header_read_timeout = timeout;
+        self.header_read_timeout = timeout;
         self
     }
 
-    /// The server.
-    pub fn build(self) -> Server {
-        self.server
+    /// The server. Fails if neither [`identity`](Self::identity) nor
+    /// [`plaintext`](Self::plaintext) was chosen.
+    pub fn build(self) -> Result<Server, ServerBuildError> {
+        let tls = match &self.security {
+            Security::Unset => return Err(MissingIdentity { what: "the server".into() }.into()),
+            Security::Plaintext => None,
+            Security::Mtls(source) => Some(TlsAcceptor::from(server_config(source, &self.tls_options)?)),
+        };
+        Ok(Server {
+            protocol: self.protocol,
+            drain_timeout: self.drain_timeout,
+            header_read_timeout: self.header_read_timeout,
+            handshake_timeout: self.handshake_timeout,
+            tls,
+            handshakes: Arc::default(),
+        })
+    }
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("protocol", &self.protocol)
+            .field("mtls", &self.tls.is_some())
+            .field("drain_timeout", &self.drain_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerBuilder").field("protocol", &self.protocol).finish_non_exhaustive()
+    }
+}
+
+/// An accepted TCP connection, before its handshake.
+struct Accepted {
+    stream: TcpStream,
+    info: ConnectionInfo,
+    http: auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+}
+
+async fn serve_connection<I, S, B>(
+    http: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+    io: I,
+    service: PerConnection<S>,
+    info: ConnectionInfo,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let connection = http.serve_connection_with_upgrades(TokioIo::new(io), service);
+    if let Err(error) = watcher.watch(connection.into_owned()).await {
+        tracing::debug!(remote_addr = %info.remote_addr, error = %error, "connection ended with an error");
     }
 }
 
@@ -218,6 +405,7 @@ impl ServerBuilder {
 struct PerConnection<S> {
     inner: S,
     info: ConnectionInfo,
+    peer: Option<PeerIdentity>,
 }
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for PerConnection<S>
@@ -232,6 +420,9 @@ where
 
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         request.extensions_mut().insert(self.info);
+        if let Some(peer) = &self.peer {
+            request.extensions_mut().insert(peer.clone());
+        }
         self.inner.clone().oneshot(request)
     }
 }

@@ -40,7 +40,12 @@ async fn shutdown_drains_in_flight_requests_and_refuses_new_connections() {
         let arrived = Arc::new(Semaphore::new(0));
         let release = Arc::new(Notify::new());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let server = Server::builder().build().spawn(listener, gated(arrived.clone(), release.clone())).unwrap();
+        let server = Server::builder()
+            .plaintext()
+            .build()
+            .unwrap()
+            .spawn(listener, gated(arrived.clone(), release.clone()))
+            .unwrap();
         let addr = server.local_addr();
         let client = client(http2);
 
@@ -87,8 +92,10 @@ async fn drain_timeout_cuts_off_stuck_requests() {
     let never = Arc::new(Notify::new());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = Server::builder()
+        .plaintext()
         .drain_timeout(Duration::from_millis(50))
         .build()
+        .unwrap()
         .spawn(listener, gated(arrived.clone(), never))
         .unwrap();
     let uri: http::Uri = format!("http://{}/", server.local_addr()).parse().unwrap();

@@ -1,0 +1,74 @@
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use mesh_core::policy::AuthorizationPolicy;
+use tower::Layer;
+
+use super::Authorization;
+
+/// Applies an [`AuthorizationPolicy`] to the services it wraps. Cheap to clone: the policy and
+/// the counters are shared.
+#[derive(Clone, Debug)]
+pub struct AuthorizationLayer {
+    pub(super) policy: Arc<AuthorizationPolicy>,
+    pub(super) stats: Arc<AuthorizationStats>,
+}
+
+/// What an authorization layer decided so far.
+#[derive(Debug, Default)]
+pub struct AuthorizationStats {
+    allowed: AtomicU64,
+    denied: AtomicU64,
+    would_deny: AtomicU64,
+}
+
+impl AuthorizationStats {
+    /// Calls let through by a rule.
+    pub fn allowed(&self) -> u64 {
+        self.allowed.load(Ordering::Relaxed)
+    }
+
+    /// Calls refused with 403.
+    pub fn denied(&self) -> u64 {
+        self.denied.load(Ordering::Relaxed)
+    }
+
+    /// Calls a dry-run policy would have refused, and let through.
+    pub fn would_deny(&self) -> u64 {
+        self.would_deny.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn record_allowed(&self) {
+        self.allowed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn record_denied(&self) {
+        self.denied.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn record_would_deny(&self) {
+        self.would_deny.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl AuthorizationLayer {
+    /// Enforces (or dry-runs, as the policy's mode says) `policy`.
+    pub fn new(policy: AuthorizationPolicy) -> Self {
+        Self { policy: Arc::new(policy), stats: Arc::default() }
+    }
+
+    /// The counters of every service this layer made.
+    pub fn stats(&self) -> Arc<AuthorizationStats> {
+        self.stats.clone()
+    }
+}
+
+impl<S> Layer<S> for AuthorizationLayer {
+    type Service = Authorization<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Authorization { inner, policy: self.policy.clone(), stats: self.stats.clone() }
+    }
+}

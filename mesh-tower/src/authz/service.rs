@@ -1,0 +1,62 @@
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use http::{Request, Response, StatusCode};
+use mesh_core::policy::{AuthorizationDecision, AuthorizationMode, AuthorizationPolicy};
+use tower::Service;
+
+use super::{AuthorizationStats, ResponseFuture};
+use crate::PeerIdentity;
+
+/// The service [`AuthorizationLayer`](super::AuthorizationLayer) makes.
+#[derive(Clone, Debug)]
+pub struct Authorization<S> {
+    pub(super) inner: S,
+    pub(super) policy: Arc<AuthorizationPolicy>,
+    pub(super) stats: Arc<AuthorizationStats>,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Authorization<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Default,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let peer = request.extensions().get::<PeerIdentity>().map(PeerIdentity::id);
+        let decision = self.policy.evaluate(peer, request.method().as_str(), request.uri().path());
+        let AuthorizationDecision::Deny { rule } = decision else {
+            self.stats.record_allowed();
+            return ResponseFuture::allowed(self.inner.call(request));
+        };
+        let caller = peer.map_or("an unauthenticated caller", |p| p.as_str());
+        let why = rule.map_or_else(|| "no rule allows it".to_owned(), |i| format!("rule {i} denies it"));
+        if self.policy.mode == AuthorizationMode::DryRun {
+            self.stats.record_would_deny();
+            tracing::warn!(
+                target: "mesh::authz",
+                caller, method = %request.method(), path = request.uri().path(), %why,
+                "dry run: would deny",
+            );
+            return ResponseFuture::allowed(self.inner.call(request));
+        }
+        self.stats.record_denied();
+        tracing::info!(
+            target: "mesh::authz",
+            caller, method = %request.method(), path = request.uri().path(), %why,
+            "denied",
+        );
+        let mut response = Response::new(ResBody::default());
+        *response.status_mut() = StatusCode::FORBIDDEN;
+        ResponseFuture::denied(response)
+    }
+}

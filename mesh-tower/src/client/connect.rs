@@ -1,0 +1,272 @@
+//! Dialling an endpoint: TCP, then (unless plaintext was chosen) mutual TLS that checks the
+//! endpoint's expected SPIFFE ID.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    future::Future,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, Mutex, PoisonError},
+    task::{Context, Poll},
+};
+
+use http::Uri;
+use hyper_util::{
+    client::legacy::connect::{Connected, Connection, HttpConnector},
+    rt::TokioIo,
+};
+use mesh_core::{
+    IdentitySource, SnapshotWatch, SpiffeId,
+    identity::tls::{PeerRejected, TlsOptions, client_config},
+};
+use pin_project_lite::pin_project;
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsConnector, client::TlsStream};
+use tower::Service;
+
+use super::Protocol;
+use crate::BoxError;
+
+/// Why a connection to an endpoint could not be opened. Found in the source chain of a
+/// transport error.
+#[derive(Debug)]
+pub struct ConnectError {
+    endpoint: String,
+    kind: ConnectErrorKind,
+}
+
+#[derive(Debug)]
+enum ConnectErrorKind {
+    Tcp(BoxError),
+    Tls(io::Error),
+    NoExpectedIdentity(String),
+    EndpointGone(String),
+}
+
+impl ConnectError {
+    /// The endpoint dialled.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Whether the TLS handshake failed (including a peer refused by identity).
+    pub fn is_tls(&self) -> bool {
+        matches!(self.kind, ConnectErrorKind::Tls(_))
+    }
+
+    /// Why the peer was refused, when its certificate was the problem beyond X.509 validation
+    /// (wrong SPIFFE ID, none, several, untrusted trust domain).
+    pub fn peer_rejected(&self) -> Option<&PeerRejected> {
+        match &self.kind {
+            ConnectErrorKind::Tls(e) => PeerRejected::find(e),
+            _ => None,
+        }
+    }
+
+    /// Whether discovery gave no identity to check the endpoint against, so it was not dialled.
+    pub fn is_missing_identity(&self) -> bool {
+        matches!(self.kind, ConnectErrorKind::NoExpectedIdentity(_))
+    }
+}
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            ConnectErrorKind::Tcp(e) => write!(f, "cannot connect to {}: {e}", self.endpoint),
+            ConnectErrorKind::Tls(e) => write!(f, "mTLS handshake with {} failed: {e}", self.endpoint),
+            ConnectErrorKind::NoExpectedIdentity(service) => write!(
+                f,
+                "endpoint {} of service {service} has no expected SPIFFE ID in discovery (set `identity` on the service \
+                 or the endpoint); refusing to dial it without one",
+                self.endpoint
+            ),
+            ConnectErrorKind::EndpointGone(service) => {
+                write!(f, "endpoint {} left service {service} before it was dialled", self.endpoint)
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConnectError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.kind {
+            ConnectErrorKind::Tcp(e) => Some(e.as_ref()),
+            ConnectErrorKind::Tls(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// What the client dials with.
+#[derive(Clone)]
+pub(crate) struct MeshConnector {
+    http: HttpConnector,
+    tls: Option<Arc<TlsDialer>>,
+}
+
+pub(crate) struct TlsDialer {
+    source: IdentitySource,
+    watch: SnapshotWatch,
+    options: TlsOptions,
+    /// One configuration per expected identity; the identity source is read per handshake, so
+    /// these never go stale.
+    configs: Mutex<HashMap<SpiffeId, Arc<ClientConfig>>>,
+}
+
+impl MeshConnector {
+    pub(crate) fn plaintext(http: HttpConnector) -> Self {
+        Self { http, tls: None }
+    }
+
+    pub(crate) fn mtls(http: HttpConnector, source: IdentitySource, watch: SnapshotWatch, protocol: Protocol) -> Self {
+        let alpn = match protocol {
+            Protocol::Http1 => vec![b"http/1.1".to_vec()],
+            Protocol::Http2 => vec![b"h2".to_vec()],
+        };
+        let mut options = TlsOptions::default();
+        options.alpn = alpn;
+        Self { http, tls: Some(Arc::new(TlsDialer { source, watch, options, configs: Mutex::default() })) }
+    }
+}
+
+impl TlsDialer {
+    /// The identity the endpoint at `address` must present, from the current snapshot.
+    fn expected(&self, address: SocketAddr) -> Result<SpiffeId, ConnectErrorKind> {
+        let service = self.watch.service().to_string();
+        let snapshot = self.watch.current().ok_or_else(|| ConnectErrorKind::EndpointGone(service.clone()))?;
+        let endpoint = snapshot
+            .endpoints()
+            .iter()
+            .find(|ep| ep.address == address)
+            .ok_or_else(|| ConnectErrorKind::EndpointGone(service.clone()))?;
+        snapshot.expected_identity(endpoint).cloned().ok_or(ConnectErrorKind::NoExpectedIdentity(service))
+    }
+
+    fn config(&self, expected: SpiffeId) -> Result<Arc<ClientConfig>, ConnectErrorKind> {
+        let mut configs = self.configs.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(config) = configs.get(&expected) {
+            return Ok(config.clone());
+        }
+        let config = client_config(&self.source, expected.clone(), &self.options)
+            .map_err(|e| ConnectErrorKind::Tls(io::Error::other(e)))?;
+        configs.insert(expected, config.clone());
+        Ok(config)
+    }
+}
+
+impl Service<Uri> for MeshConnector {
+    type Response = MeshStream;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<MeshStream, ConnectError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.http
+            .poll_ready(cx)
+            .map_err(|e| ConnectError { endpoint: String::new(), kind: ConnectErrorKind::Tcp(e.into()) })
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let endpoint = uri.authority().map(|a| a.to_string()).unwrap_or_default();
+        let fail = move |kind| ConnectError { endpoint: endpoint.clone(), kind };
+        // The balancer puts the endpoint's socket address in the URI.
+        let address: Option<SocketAddr> = uri.authority().and_then(|a| a.as_str().parse().ok());
+        let tls = self.tls.clone();
+        let connecting = self.http.call(uri);
+        Box::pin(async move {
+            let Some(tls) = tls else {
+                let tcp = connecting.await.map_err(|e| fail(ConnectErrorKind::Tcp(e.into())))?;
+                return Ok(MeshStream::Plain { io: tcp });
+            };
+            // Check before dialling: never open a connection we could not verify.
+            let address =
+                address.ok_or_else(|| fail(ConnectErrorKind::EndpointGone(tls.watch.service().to_string())))?;
+            let config = tls.expected(address).and_then(|expected| tls.config(expected)).map_err(&fail)?;
+            let tcp = connecting.await.map_err(|e| fail(ConnectErrorKind::Tcp(e.into())))?;
+            let stream = TlsConnector::from(config)
+                .connect(ServerName::IpAddress(address.ip().into()), tcp.into_inner())
+                .await
+                .map_err(|e| fail(ConnectErrorKind::Tls(e)))?;
+            Ok(MeshStream::Tls { io: TokioIo::new(stream) })
+        })
+    }
+}
+
+pin_project! {
+    /// A connection to an endpoint, plaintext or mTLS.
+    #[project = MeshStreamProj]
+    pub(crate) enum MeshStream {
+        Plain { #[pin] io: TokioIo<TcpStream> },
+        Tls { #[pin] io: TokioIo<TlsStream<TcpStream>> },
+    }
+}
+
+impl Connection for MeshStream {
+    fn connected(&self) -> Connected {
+        match self {
+            Self::Plain { io } => io.connected(),
+            Self::Tls { io } => {
+                let (tcp, session) = io.inner().get_ref();
+                let connected = tcp.connected();
+                if session.alpn_protocol() == Some(b"h2") { connected.negotiated_h2() } else { connected }
+            }
+        }
+    }
+}
+
+impl hyper::rt::Read for MeshStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.project() {
+            MeshStreamProj::Plain { io } => io.poll_read(cx, buf),
+            MeshStreamProj::Tls { io } => io.poll_read(cx, buf),
+        }
+    }
+}
+
+impl hyper::rt::Write for MeshStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.project() {
+            MeshStreamProj::Plain { io } => io.poll_write(cx, buf),
+            MeshStreamProj::Tls { io } => io.poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.project() {
+            MeshStreamProj::Plain { io } => io.poll_flush(cx),
+            MeshStreamProj::Tls { io } => io.poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.project() {
+            MeshStreamProj::Plain { io } => io.poll_shutdown(cx),
+            MeshStreamProj::Tls { io } => io.poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.project() {
+            MeshStreamProj::Plain { io } => io.poll_write_vectored(cx, bufs),
+            MeshStreamProj::Tls { io } => io.poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Plain { io } => io.is_write_vectored(),
+            Self::Tls { io } => io.is_write_vectored(),
+        }
+    }
+}
