@@ -4,7 +4,7 @@
 //! verifies the caller's SPIFFE identity ([`ServerBuilder::identity`]; plaintext is an explicit
 //! opt-out), speaks HTTP/1.1 or HTTP/2 on each connection (detected per connection, or forced),
 //! hands every request to a clone of your service with a [`ConnectionInfo`] and the caller's
-//! [`PeerIdentity`](crate::PeerIdentity) in its extensions, and on shutdown:
+//! [`PeerIdentity`] in its extensions, and on shutdown:
 //!
 //! 1. stops accepting: the listener is closed, so new connections are refused;
 //! 2. tells every connection to finish: HTTP/1.1 connections close after their current request,
