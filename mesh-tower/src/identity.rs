@@ -21,10 +21,11 @@ pub struct MissingIdentity {
     pub(crate) what: String,
 }
 
-/// In every request's extensions on an mTLS server: the caller's verified identity.
+/// Who is on the other end of an mTLS connection, verified at the handshake (chained to the
+/// trust bundle, valid, exactly one SPIFFE ID, and on the client side the one discovery expects).
 ///
-/// The certificate was checked once, at the handshake: chained to the trust bundle, valid, with
-/// exactly one SPIFFE ID.
+/// On the server, in every request's extensions: the caller. On the client, in every response's
+/// extensions: the endpoint that answered.
 ///
 /// ```
 /// # fn handler(req: http::Request<()>) {
@@ -140,16 +141,32 @@ impl fmt::Display for HandshakeFailure {
 pub(crate) struct HandshakeStats {
     succeeded: AtomicU64,
     failed: [AtomicU64; HandshakeFailure::ALL.len()],
+    changed: tokio::sync::Notify,
 }
 
 impl HandshakeStats {
     pub(crate) fn succeeded(&self) {
         self.succeeded.fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_waiters();
     }
 
     pub(crate) fn failed(&self, why: HandshakeFailure) {
         let i = HandshakeFailure::ALL.iter().position(|f| *f == why).unwrap_or(0);
         self.failed[i].fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until the counts satisfy `condition`.
+    pub(crate) async fn wait_for(&self, mut condition: impl FnMut(&HandshakeCounts) -> bool) -> HandshakeCounts {
+        loop {
+            // Created before the check, so a change between the check and the wait still wakes us.
+            let changed = self.changed.notified();
+            let counts = self.counts();
+            if condition(&counts) {
+                return counts;
+            }
+            changed.await;
+        }
     }
 
     pub(crate) fn counts(&self) -> HandshakeCounts {

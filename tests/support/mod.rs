@@ -103,3 +103,16 @@ async fn start(name: &'static str, gate: Option<Gate>) -> Backend {
     let handle = server.spawn(listener, service).expect("spawn");
     Backend { name, handle, hits }
 }
+
+/// A plaintext backend (an explicit opt-out), returning its address.
+pub async fn plaintext_backend(name: &'static str) -> SocketAddr {
+    let service = tower::service_fn(move |_req: Request<Incoming>| async move {
+        Ok::<_, Infallible>(Response::new(name.to_string()))
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let handle = Server::builder().plaintext().build().expect("server").spawn(listener, service).expect("spawn");
+    let addr = handle.local_addr();
+    // Runs until the test process ends.
+    std::mem::forget(handle);
+    addr
+}

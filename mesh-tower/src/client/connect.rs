@@ -19,7 +19,10 @@ use hyper_util::{
 };
 use mesh_core::{
     IdentitySource, SnapshotWatch, SpiffeId,
-    identity::tls::{PeerRejected, TlsOptions, client_config},
+    identity::{
+        serial_of, spiffe_id_of,
+        tls::{PeerRejected, TlsOptions, client_config},
+    },
 };
 use pin_project_lite::pin_project;
 use rustls::ClientConfig;
@@ -29,7 +32,7 @@ use tokio_rustls::{TlsConnector, client::TlsStream};
 use tower::Service;
 
 use super::Protocol;
-use crate::BoxError;
+use crate::{BoxError, PeerIdentity};
 
 /// Why a connection to an endpoint could not be opened. Found in the source chain of a
 /// transport error.
@@ -190,7 +193,12 @@ impl Service<Uri> for MeshConnector {
                 .connect(ServerName::IpAddress(address.ip().into()), tcp.into_inner())
                 .await
                 .map_err(|e| fail(ConnectErrorKind::Tls(e)))?;
-            Ok(MeshStream::Tls { io: TokioIo::new(stream) })
+            // The verifier checked the chain and the SPIFFE ID; record who answered so every
+            // response on this connection carries it.
+            let peer = stream.get_ref().1.peer_certificates().and_then(|certs| certs.first()).and_then(|leaf| {
+                Some(PeerIdentity { id: spiffe_id_of(leaf).ok()?, serial: serial_of(leaf).unwrap_or_default().into() })
+            });
+            Ok(MeshStream::Tls { io: TokioIo::new(stream), peer })
         })
     }
 }
@@ -200,7 +208,7 @@ pin_project! {
     #[project = MeshStreamProj]
     pub(crate) enum MeshStream {
         Plain { #[pin] io: TokioIo<TcpStream> },
-        Tls { #[pin] io: TokioIo<TlsStream<TcpStream>> },
+        Tls { #[pin] io: TokioIo<TlsStream<TcpStream>>, peer: Option<PeerIdentity> },
     }
 }
 
@@ -208,9 +216,12 @@ impl Connection for MeshStream {
     fn connected(&self) -> Connected {
         match self {
             Self::Plain { io } => io.connected(),
-            Self::Tls { io } => {
+            Self::Tls { io, peer } => {
                 let (tcp, session) = io.inner().get_ref();
-                let connected = tcp.connected();
+                let mut connected = tcp.connected();
+                if let Some(peer) = peer {
+                    connected = connected.extra(peer.clone());
+                }
                 if session.alpn_protocol() == Some(b"h2") { connected.negotiated_h2() } else { connected }
             }
         }
@@ -225,7 +236,7 @@ impl hyper::rt::Read for MeshStream {
     ) -> Poll<io::Result<()>> {
         match self.project() {
             MeshStreamProj::Plain { io } => io.poll_read(cx, buf),
-            MeshStreamProj::Tls { io } => io.poll_read(cx, buf),
+            MeshStreamProj::Tls { io, .. } => io.poll_read(cx, buf),
         }
     }
 }
@@ -234,21 +245,21 @@ impl hyper::rt::Write for MeshStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.project() {
             MeshStreamProj::Plain { io } => io.poll_write(cx, buf),
-            MeshStreamProj::Tls { io } => io.poll_write(cx, buf),
+            MeshStreamProj::Tls { io, .. } => io.poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.project() {
             MeshStreamProj::Plain { io } => io.poll_flush(cx),
-            MeshStreamProj::Tls { io } => io.poll_flush(cx),
+            MeshStreamProj::Tls { io, .. } => io.poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.project() {
             MeshStreamProj::Plain { io } => io.poll_shutdown(cx),
-            MeshStreamProj::Tls { io } => io.poll_shutdown(cx),
+            MeshStreamProj::Tls { io, .. } => io.poll_shutdown(cx),
         }
     }
 
@@ -259,14 +270,14 @@ impl hyper::rt::Write for MeshStream {
     ) -> Poll<io::Result<usize>> {
         match self.project() {
             MeshStreamProj::Plain { io } => io.poll_write_vectored(cx, bufs),
-            MeshStreamProj::Tls { io } => io.poll_write_vectored(cx, bufs),
+            MeshStreamProj::Tls { io, .. } => io.poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
             Self::Plain { io } => io.is_write_vectored(),
-            Self::Tls { io } => io.is_write_vectored(),
+            Self::Tls { io, .. } => io.is_write_vectored(),
         }
     }
 }

@@ -33,6 +33,11 @@ impl ServerHandle {
         self.handshakes.counts()
     }
 
+    /// Waits until the handshake counts satisfy `condition` (for tests and health checks).
+    pub async fn wait_for_handshakes(&self, condition: impl FnMut(&HandshakeCounts) -> bool) -> HandshakeCounts {
+        self.handshakes.wait_for(condition).await
+    }
+
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
