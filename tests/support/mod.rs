@@ -1,5 +1,5 @@
 //! Real backends on 127.0.0.1:0 for the integration tests.
-#![allow(dead_code, unreachable_pub, missing_docs)]
+#![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
