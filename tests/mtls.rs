@@ -1,5 +1,6 @@
 //! Attacks on mTLS, each over a real TLS handshake on 127.0.0.1: every one fails closed with a
 //! typed error, is counted by the server, and the server keeps serving legitimate clients.
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns
 
 mod support;
 
