@@ -384,3 +384,33 @@ async fn the_client_sees_who_answered() {
     assert!(!peer.serial().is_empty());
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_server_that_never_answers_the_handshake_times_out() {
+    // Accepts TCP, then says nothing.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            held.push(tcp);
+        }
+    });
+    let name: ServiceName = "echo".parse().unwrap();
+    let discovery = StaticDiscovery::new();
+    discovery.set(
+        ServiceSnapshot::builder(name.clone())
+            .identity("spiffe://example.org/echo".parse().unwrap())
+            .endpoint(Endpoint::new(addr))
+            .build()
+            .unwrap(),
+    );
+    let client = MeshClient::builder(discovery, name)
+        .identity(identity("/web"))
+        .connect_timeout(std::time::Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let error = call(&client).await.unwrap_err();
+    let connect = connect_error(&error);
+    assert!(connect.is_tls() && connect.to_string().contains("did not finish"), "{connect}");
+}

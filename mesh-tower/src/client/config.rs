@@ -6,7 +6,8 @@ use std::time::Duration;
 pub struct ClientConfig {
     /// HTTP/1.1 or HTTP/2 to every endpoint.
     pub protocol: Protocol,
-    /// How long opening a connection may take.
+    /// How long opening a connection may take; with mTLS, the TCP connect and the handshake each
+    /// get this long.
     pub connect_timeout: Duration,
     /// How long an idle pooled connection is kept.
     pub pool_idle_timeout: Duration,

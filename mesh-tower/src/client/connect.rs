@@ -48,6 +48,7 @@ enum ConnectErrorKind {
     Tls(io::Error),
     NoExpectedIdentity(String),
     EndpointGone(String),
+    HandshakeTimeout(std::time::Duration),
 }
 
 impl ConnectError {
@@ -56,9 +57,9 @@ impl ConnectError {
         &self.endpoint
     }
 
-    /// Whether the TLS handshake failed (including a peer refused by identity).
+    /// Whether the TLS handshake failed or timed out (including a peer refused by identity).
     pub fn is_tls(&self) -> bool {
-        matches!(self.kind, ConnectErrorKind::Tls(_))
+        matches!(self.kind, ConnectErrorKind::Tls(_) | ConnectErrorKind::HandshakeTimeout(_))
     }
 
     /// Why the peer was refused, when its certificate was the problem beyond X.509 validation
@@ -87,6 +88,9 @@ impl fmt::Display for ConnectError {
                  or the endpoint); refusing to dial it without one",
                 self.endpoint
             ),
+            ConnectErrorKind::HandshakeTimeout(limit) => {
+                write!(f, "mTLS handshake with {} did not finish within {limit:?}", self.endpoint)
+            }
             ConnectErrorKind::EndpointGone(service) => {
                 write!(f, "endpoint {} left service {service} before it was dialled", self.endpoint)
             }
@@ -115,6 +119,7 @@ pub(crate) struct TlsDialer {
     source: IdentitySource,
     watch: SnapshotWatch,
     options: TlsOptions,
+    handshake_timeout: std::time::Duration,
     /// One configuration per expected identity; the identity source is read per handshake, so
     /// these never go stale.
     configs: Mutex<HashMap<SpiffeId, Arc<ClientConfig>>>,
@@ -125,14 +130,21 @@ impl MeshConnector {
         Self { http, tls: None }
     }
 
-    pub(crate) fn mtls(http: HttpConnector, source: IdentitySource, watch: SnapshotWatch, protocol: Protocol) -> Self {
+    pub(crate) fn mtls(
+        http: HttpConnector,
+        source: IdentitySource,
+        watch: SnapshotWatch,
+        protocol: Protocol,
+        handshake_timeout: std::time::Duration,
+    ) -> Self {
         let alpn = match protocol {
             Protocol::Http1 => vec![b"http/1.1".to_vec()],
             Protocol::Http2 => vec![b"h2".to_vec()],
         };
         let mut options = TlsOptions::default();
         options.alpn = alpn;
-        Self { http, tls: Some(Arc::new(TlsDialer { source, watch, options, configs: Mutex::default() })) }
+        let dialer = TlsDialer { source, watch, options, handshake_timeout, configs: Mutex::default() };
+        Self { http, tls: Some(Arc::new(dialer)) }
     }
 }
 
@@ -189,9 +201,12 @@ impl Service<Uri> for MeshConnector {
                 address.ok_or_else(|| fail(ConnectErrorKind::EndpointGone(tls.watch.service().to_string())))?;
             let config = tls.expected(address).and_then(|expected| tls.config(expected)).map_err(&fail)?;
             let tcp = connecting.await.map_err(|e| fail(ConnectErrorKind::Tcp(e.into())))?;
-            let stream = TlsConnector::from(config)
-                .connect(ServerName::IpAddress(address.ip().into()), tcp.into_inner())
+            let handshake =
+                TlsConnector::from(config).connect(ServerName::IpAddress(address.ip().into()), tcp.into_inner());
+            // A peer that accepts TCP and then says nothing must not hold the request forever.
+            let stream = tokio::time::timeout(tls.handshake_timeout, handshake)
                 .await
+                .map_err(|_| fail(ConnectErrorKind::HandshakeTimeout(tls.handshake_timeout)))?
                 .map_err(|e| fail(ConnectErrorKind::Tls(e)))?;
             // The verifier checked the chain and the SPIFFE ID; record who answered so every
             // response on this connection carries it.

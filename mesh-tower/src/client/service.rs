@@ -139,7 +139,9 @@ impl MeshClientBuilder {
         let connector = match self.security {
             Security::Unset => return Err(MissingIdentity { what: format!("the client of service {}", self.service) }),
             Security::Plaintext => MeshConnector::plaintext(connector),
-            Security::Mtls(source) => MeshConnector::mtls(connector, source, watch.clone(), self.config.protocol),
+            Security::Mtls(source) => {
+                MeshConnector::mtls(connector, source, watch.clone(), self.config.protocol, self.config.connect_timeout)
+            }
         };
         let http = http.build(connector);
         let shared = Shared {
