@@ -414,3 +414,32 @@ async fn a_server_that_never_answers_the_handshake_times_out() {
     let connect = connect_error(&error);
     assert!(connect.is_tls() && connect.to_string().contains("did not finish"), "{connect}");
 }
+
+#[tokio::test]
+async fn authorization_follows_the_services_own_snapshot_live() {
+    let name: ServiceName = "echo".parse().unwrap();
+    let discovery = StaticDiscovery::new();
+    let handler = tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+        Ok::<_, Infallible>(http::Response::new(String::from("ok")))
+    });
+    let layer = AuthorizationLayer::from_discovery(&discovery, &name);
+    let service = tower::ServiceBuilder::new().layer(layer).service(handler);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = Server::builder().identity(identity("/echo")).build().unwrap().spawn(listener, service).unwrap();
+    let web = mesh_client(server.local_addr(), "spiffe://example.org/echo", identity("/web"));
+
+    // No snapshot yet: fail closed.
+    assert_eq!(call(&web).await.unwrap().0, http::StatusCode::FORBIDDEN);
+    // A snapshot without a policy: authenticated callers are let through.
+    discovery.set(ServiceSnapshot::builder(name.clone()).identity(id("spiffe://example.org/echo")).build().unwrap());
+    assert_eq!(call(&web).await.unwrap().0, http::StatusCode::OK);
+    // A policy arrives: it applies to the next request, on the same connection.
+    let batch_only = AuthorizationPolicy::enforce(vec![AuthorizationRule::allow(vec![PrincipalMatch::Exact(id(
+        "spiffe://example.org/batch",
+    ))])]);
+    discovery.update(&name, |spec| spec.policies.authorization = Some(batch_only)).unwrap();
+    assert_eq!(call(&web).await.unwrap().0, http::StatusCode::FORBIDDEN);
+    let batch = mesh_client(server.local_addr(), "spiffe://example.org/echo", identity("/batch"));
+    assert_eq!(call(&batch).await.unwrap().0, http::StatusCode::OK);
+    server.shutdown().await.unwrap();
+}

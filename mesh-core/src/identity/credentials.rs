@@ -51,6 +51,14 @@ pub enum InvalidIdentity {
     /// A root certificate could not be added to the trust bundle.
     #[error("a trust bundle root is unusable: {0}")]
     Root(String),
+    /// The certificate does not chain to the bundle's roots of its own trust domain.
+    #[error("the certificate of {id} does not chain to the trust bundle: {reason}")]
+    UntrustedChain {
+        /// The certificate's identity.
+        id: SpiffeId,
+        /// What the verification said.
+        reason: String,
+    },
     /// Credentials from one trust domain with a bundle that does not cover it.
     #[error("the trust bundle has no roots for trust domain {0}, the workload's own")]
     ForeignTrustDomain(TrustDomain),
@@ -198,6 +206,22 @@ impl Credentials {
     /// The chain and key, as rustls presents them.
     pub fn certified_key(&self) -> &Arc<CertifiedKey> {
         &self.inner.certified_key
+    }
+
+    /// Checks that the chain leads to one of `roots`.
+    pub(crate) fn verify_chain(&self, roots: &RootCertStore) -> Result<(), InvalidIdentity> {
+        let chain = &self.inner.certified_key.cert;
+        let leaf = chain.first().ok_or(InvalidIdentity::NoCertificate)?;
+        let parsed = rustls::server::ParsedCertificate::try_from(leaf)
+            .map_err(|e| InvalidIdentity::Certificate(super::PeerCertificateError::Unparsable(e.to_string())))?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            roots,
+            &chain[1..],
+            rustls_pki_types::UnixTime::now(),
+            provider().signature_verification_algorithms.all,
+        )
+        .map_err(|e| InvalidIdentity::UntrustedChain { id: self.inner.id.clone(), reason: e.to_string() })
     }
 }
 

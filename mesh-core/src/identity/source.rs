@@ -20,13 +20,15 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// Pairs credentials with a bundle; the bundle must cover the credentials' own trust domain
-    /// (a workload must be able to verify its own peers in its trust domain).
+    /// Pairs credentials with a bundle. The bundle must cover the credentials' own trust domain,
+    /// and the certificate must chain to it: peers check us against the same roots, so a pair
+    /// that fails here (a new bundle with an old certificate, mid-rotation) would fail with them.
     pub fn new(credentials: Credentials, bundle: TrustBundle) -> Result<Self, InvalidIdentity> {
         let td = credentials.spiffe_id().trust_domain();
-        if bundle.roots(td.as_str()).is_none() {
+        let Some(roots) = bundle.roots(td.as_str()) else {
             return Err(InvalidIdentity::ForeignTrustDomain(td));
-        }
+        };
+        credentials.verify_chain(roots)?;
         Ok(Self { credentials, bundle })
     }
 

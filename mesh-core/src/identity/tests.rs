@@ -46,6 +46,10 @@ fn improper_credentials_are_refused_with_the_reason() {
     let garbage = Credentials::from_pem(b"not pem", good.key_pem.as_bytes()).unwrap_err();
     assert!(matches!(garbage, InvalidIdentity::NoCertificate), "{garbage}");
 
+    let other_ca = DevCa::new("example.org".parse().unwrap()).unwrap();
+    let err = Identity::new(good.credentials().unwrap(), other_ca.bundle().unwrap()).unwrap_err();
+    assert!(matches!(err, InvalidIdentity::UntrustedChain { .. }), "{err}");
+
     let foreign = DevCa::new("other.org".parse().unwrap()).unwrap();
     let err = Identity::new(good.credentials().unwrap(), foreign.bundle().unwrap()).unwrap_err();
     assert!(matches!(err, InvalidIdentity::ForeignTrustDomain(_)), "{err}");

@@ -151,8 +151,10 @@ impl RouteMatch {
 }
 
 /// How a route matches the request path. Paths start with `/`.
+///
+/// In files: `path: { prefix: /api }` or `path: { exact: /healthz }`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", try_from = "PathMatchRepr", into = "PathMatchRepr")]
+#[serde(try_from = "PathMatchRepr", into = "PathMatchRepr")]
 #[non_exhaustive]
 pub enum PathMatch {
     /// The path equals this string.
@@ -162,22 +164,23 @@ pub enum PathMatch {
     Prefix(String),
 }
 
-/// A path match that does not start with `/`.
+/// A path match that is not one path starting with `/`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid path match {0:?}: a path starts with '/'")]
-pub struct InvalidPathMatch(String);
+#[error("invalid path match {input:?}: {reason}")]
+pub struct InvalidPathMatch {
+    input: String,
+    reason: &'static str,
+}
 
 impl PathMatch {
     /// An exact path.
     pub fn exact(path: impl Into<String>) -> Result<Self, InvalidPathMatch> {
-        let path = path.into();
-        if path.starts_with('/') { Ok(Self::Exact(path)) } else { Err(InvalidPathMatch(path)) }
+        check_path(path.into()).map(Self::Exact)
     }
 
     /// A path prefix, matched segment by segment.
     pub fn prefix(prefix: impl Into<String>) -> Result<Self, InvalidPathMatch> {
-        let prefix = prefix.into();
-        if prefix.starts_with('/') { Ok(Self::Prefix(prefix)) } else { Err(InvalidPathMatch(prefix)) }
+        check_path(prefix.into()).map(Self::Prefix)
     }
 
     /// Whether `path` (without the query) matches.
@@ -203,19 +206,32 @@ impl PathMatch {
     }
 }
 
+fn check_path(path: String) -> Result<String, InvalidPathMatch> {
+    if path.starts_with('/') {
+        Ok(path)
+    } else {
+        Err(InvalidPathMatch { input: path, reason: "a path starts with '/'" })
+    }
+}
+
+/// The file form of a path match: a map with exactly one of `exact` and `prefix`. (A map rather
+/// than an enum so that YAML and JSON read the same, without YAML tags.)
 #[derive(Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-enum PathMatchRepr {
-    Exact(String),
-    Prefix(String),
+#[serde(deny_unknown_fields)]
+struct PathMatchRepr {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    prefix: Option<String>,
 }
 
 impl TryFrom<PathMatchRepr> for PathMatch {
     type Error = InvalidPathMatch;
     fn try_from(repr: PathMatchRepr) -> Result<Self, Self::Error> {
-        match repr {
-            PathMatchRepr::Exact(p) => Self::exact(p),
-            PathMatchRepr::Prefix(p) => Self::prefix(p),
+        match (repr.exact, repr.prefix) {
+            (Some(p), None) => Self::exact(p),
+            (None, Some(p)) => Self::prefix(p),
+            _ => Err(InvalidPathMatch { input: String::new(), reason: "write exactly one of `exact` and `prefix`" }),
         }
     }
 }
@@ -223,15 +239,17 @@ impl TryFrom<PathMatchRepr> for PathMatch {
 impl From<PathMatch> for PathMatchRepr {
     fn from(m: PathMatch) -> Self {
         match m {
-            PathMatch::Exact(p) => Self::Exact(p),
-            PathMatch::Prefix(p) => Self::Prefix(p),
+            PathMatch::Exact(p) => Self { exact: Some(p), prefix: None },
+            PathMatch::Prefix(p) => Self { exact: None, prefix: Some(p) },
         }
     }
 }
 
 /// A condition on one request header.
+///
+/// In files: `{ name: x-canary, exact: "1" }` or `{ name: x-debug, present: true }`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "HeaderMatchRepr", into = "HeaderMatchRepr")]
 pub struct HeaderMatch {
     /// The header's name.
     pub name: HeaderName,
@@ -252,14 +270,44 @@ impl HeaderMatch {
 }
 
 /// What a header's value must be.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum HeaderValueMatch {
     /// Exactly this value.
     Exact(String),
     /// Any value.
     Present,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeaderMatchRepr {
+    name: HeaderName,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    exact: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    present: bool,
+}
+
+impl TryFrom<HeaderMatchRepr> for HeaderMatch {
+    type Error = String;
+    fn try_from(repr: HeaderMatchRepr) -> Result<Self, Self::Error> {
+        let value = match (repr.exact, repr.present) {
+            (Some(v), false) => HeaderValueMatch::Exact(v),
+            (None, true) => HeaderValueMatch::Present,
+            _ => return Err(format!("header {}: write exactly one of `exact: VALUE` and `present: true`", repr.name)),
+        };
+        Ok(Self { name: repr.name, value })
+    }
+}
+
+impl From<HeaderMatch> for HeaderMatchRepr {
+    fn from(m: HeaderMatch) -> Self {
+        match m.value {
+            HeaderValueMatch::Exact(v) => Self { name: m.name, exact: Some(v), present: false },
+            HeaderValueMatch::Present => Self { name: m.name, exact: None, present: true },
+        }
+    }
 }
 
 #[cfg(test)]
@@ -282,7 +330,7 @@ mod tests {
     fn route_serde() {
         let route: Route = serde_json::from_str(
             r#"{"name":"r","match":{"path":{"prefix":"/api"},"method":"GET",
-               "headers":[{"name":"X-Canary","value":{"exact":"1"}},{"name":"x-a","value":"present"}]},
+               "headers":[{"name":"X-Canary","exact":"1"},{"name":"x-a","present":true}]},
                "targets":[{"subset":"v1","weight":90},{"subset":"v2","weight":10}],"timeout":"2s"}"#,
         )
         .unwrap();
@@ -293,5 +341,9 @@ mod tests {
         assert_eq!(back, route);
         let err = serde_json::from_str::<Route>(r#"{"name":"r","match":{"path":{"prefix":"api"}}}"#).unwrap_err();
         assert!(err.to_string().contains("starts with '/'"), "{err}");
+        let err = serde_json::from_str::<PathMatch>(r#"{"prefix":"/a","exact":"/a"}"#).unwrap_err();
+        assert!(err.to_string().contains("exactly one"), "{err}");
+        let err = serde_json::from_str::<HeaderMatch>(r#"{"name":"x"}"#).unwrap_err();
+        assert!(err.to_string().contains("exactly one"), "{err}");
     }
 }

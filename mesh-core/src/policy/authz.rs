@@ -154,8 +154,11 @@ pub enum AuthorizationAction {
 }
 
 /// Which callers a rule covers, by SPIFFE ID.
+///
+/// In files, a map with one key: `{ exact: spiffe://example.org/web }`,
+/// `{ trust_domain: example.org }` or `{ path_prefix: { trust_domain: example.org, prefix: /ns/prod } }`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[serde(try_from = "PrincipalMatchRepr", into = "PrincipalMatchRepr")]
 #[non_exhaustive]
 pub enum PrincipalMatch {
     /// Exactly this ID.
@@ -169,6 +172,52 @@ pub enum PrincipalMatch {
         /// The path prefix, starting with `/`.
         prefix: String,
     },
+}
+
+/// The file form: a map with exactly one key (a map rather than an enum so that YAML and JSON
+/// read the same, without YAML tags).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrincipalMatchRepr {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    exact: Option<SpiffeId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    trust_domain: Option<TrustDomain>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    path_prefix: Option<PathPrefixRepr>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PathPrefixRepr {
+    trust_domain: TrustDomain,
+    prefix: String,
+}
+
+impl TryFrom<PrincipalMatchRepr> for PrincipalMatch {
+    type Error = &'static str;
+    fn try_from(repr: PrincipalMatchRepr) -> Result<Self, Self::Error> {
+        match (repr.exact, repr.trust_domain, repr.path_prefix) {
+            (Some(id), None, None) => Ok(Self::Exact(id)),
+            (None, Some(td), None) => Ok(Self::TrustDomain(td)),
+            (None, None, Some(p)) => Ok(Self::PathPrefix { trust_domain: p.trust_domain, prefix: p.prefix }),
+            _ => Err("write exactly one of `exact`, `trust_domain` and `path_prefix`"),
+        }
+    }
+}
+
+impl From<PrincipalMatch> for PrincipalMatchRepr {
+    fn from(m: PrincipalMatch) -> Self {
+        let mut repr = Self { exact: None, trust_domain: None, path_prefix: None };
+        match m {
+            PrincipalMatch::Exact(id) => repr.exact = Some(id),
+            PrincipalMatch::TrustDomain(td) => repr.trust_domain = Some(td),
+            PrincipalMatch::PathPrefix { trust_domain, prefix } => {
+                repr.path_prefix = Some(PathPrefixRepr { trust_domain, prefix })
+            }
+        }
+        repr
+    }
 }
 
 impl PrincipalMatch {

@@ -57,7 +57,8 @@ pub struct ServicePolicies {
     /// Limits on concurrent and pending requests to the service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<CircuitBreaker>,
-    /// Who may call the service (enforced by the service's own server stack).
+    /// Who may call the service: enforced by the service's own servers, with
+    /// `mesh_tower::authz::AuthorizationLayer::from_discovery`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization: Option<AuthorizationPolicy>,
 }

@@ -72,8 +72,10 @@ impl RetryPolicy {
 }
 
 /// A kind of failure that a retry policy may retry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+///
+/// In files, a name (`gateway_error`, `connect_failure`, `grpc_unavailable`…) or an HTTP status
+/// as a number (`429`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum RetryOn {
     /// Any 5xx response.
@@ -94,6 +96,60 @@ pub enum RetryOn {
     GrpcResourceExhausted,
     /// gRPC `CANCELLED`.
     GrpcCancelled,
+}
+
+const RETRY_ON_NAMES: [(&str, RetryOn); 8] = [
+    ("server_error", RetryOn::ServerError),
+    ("gateway_error", RetryOn::GatewayError),
+    ("connect_failure", RetryOn::ConnectFailure),
+    ("reset", RetryOn::Reset),
+    ("per_try_timeout", RetryOn::PerTryTimeout),
+    ("grpc_unavailable", RetryOn::GrpcUnavailable),
+    ("grpc_resource_exhausted", RetryOn::GrpcResourceExhausted),
+    ("grpc_cancelled", RetryOn::GrpcCancelled),
+];
+
+impl Serialize for RetryOn {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Status(code) => serializer.serialize_u16(*code),
+            named => match RETRY_ON_NAMES.iter().find(|(_, v)| v == named) {
+                Some((name, _)) => serializer.serialize_str(name),
+                None => Err(serde::ser::Error::custom("unnamed retry condition")),
+            },
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RetryOn {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = RetryOn;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a retry condition: an HTTP status such as 429, or one of ")?;
+                f.write_str(&RETRY_ON_NAMES.map(|(n, _)| n).join(", "))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RetryOn, E> {
+                RETRY_ON_NAMES
+                    .iter()
+                    .find(|(n, _)| *n == v)
+                    .map(|(_, on)| *on)
+                    .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Str(v), &self))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RetryOn, E> {
+                u16::try_from(v)
+                    .map(RetryOn::Status)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RetryOn, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+                    .and_then(|v| self.visit_u64(v))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// Exponential backoff with full jitter: the n-th retry waits a random time up to
@@ -179,11 +235,14 @@ mod tests {
     #[test]
     fn serde_shape() {
         let p: RetryPolicy = serde_json::from_str(
-            r#"{"max_attempts":2,"retry_on":["gateway_error",{"status":429}],"backoff":{"base":"10ms","max":"1s"}}"#,
+            r#"{"max_attempts":2,"retry_on":["gateway_error",429],"backoff":{"base":"10ms","max":"1s"}}"#,
         )
         .unwrap();
         assert_eq!(p.retry_on, vec![RetryOn::GatewayError, RetryOn::Status(429)]);
         assert_eq!(p.backoff.base, Duration::from_millis(10));
         assert_eq!(p.budget, RetryBudget::default());
+        assert_eq!(serde_json::to_string(&p.retry_on).unwrap(), r#"["gateway_error",429]"#);
+        let err = serde_json::from_str::<RetryOn>(r#""gateway""#).unwrap_err();
+        assert!(err.to_string().contains("gateway_error"), "{err}");
     }
 }

@@ -3,7 +3,7 @@ use std::sync::{
     atomic::{AtomicU64, Ordering},
 };
 
-use mesh_core::policy::AuthorizationPolicy;
+use mesh_core::{Discovery, ServiceName, SnapshotWatch, policy::AuthorizationPolicy};
 use tower::Layer;
 
 use super::Authorization;
@@ -12,8 +12,16 @@ use super::Authorization;
 /// the counters are shared.
 #[derive(Clone, Debug)]
 pub struct AuthorizationLayer {
-    pub(super) policy: Arc<AuthorizationPolicy>,
+    pub(super) policy: PolicySource,
     pub(super) stats: Arc<AuthorizationStats>,
+}
+
+/// Where the policy comes from.
+#[derive(Clone, Debug)]
+pub(super) enum PolicySource {
+    Fixed(Arc<AuthorizationPolicy>),
+    /// The serving service's own snapshot, read per request (lock-free), so edits apply live.
+    Discovery(SnapshotWatch),
 }
 
 /// What an authorization layer decided so far.
@@ -56,7 +64,15 @@ impl AuthorizationStats {
 impl AuthorizationLayer {
     /// Enforces (or dry-runs, as the policy's mode says) `policy`.
     pub fn new(policy: AuthorizationPolicy) -> Self {
-        Self { policy: Arc::new(policy), stats: Arc::default() }
+        Self { policy: PolicySource::Fixed(Arc::new(policy)), stats: Arc::default() }
+    }
+
+    /// Follows the policy under `policies.authorization` in `service`'s own snapshot, live: an
+    /// edit applies to the next request. While the snapshot has no policy, every authenticated
+    /// caller is allowed (nothing is configured); before discovery has any snapshot of the
+    /// service, every call is denied (fail closed), with the reason in the log.
+    pub fn from_discovery(discovery: &impl Discovery, service: &ServiceName) -> Self {
+        Self { policy: PolicySource::Discovery(discovery.watch(service)), stats: Arc::default() }
     }
 
     /// The counters of every service this layer made.

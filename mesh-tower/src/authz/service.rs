@@ -4,17 +4,17 @@ use std::{
 };
 
 use http::{Request, Response, StatusCode};
-use mesh_core::policy::{AuthorizationDecision, AuthorizationMode, AuthorizationPolicy};
+use mesh_core::policy::{AuthorizationDecision, AuthorizationMode};
 use tower::Service;
 
-use super::{AuthorizationStats, ResponseFuture};
+use super::{AuthorizationStats, ResponseFuture, layer::PolicySource};
 use crate::PeerIdentity;
 
 /// The service [`AuthorizationLayer`](super::AuthorizationLayer) makes.
 #[derive(Clone, Debug)]
 pub struct Authorization<S> {
     pub(super) inner: S,
-    pub(super) policy: Arc<AuthorizationPolicy>,
+    pub(super) policy: PolicySource,
     pub(super) stats: Arc<AuthorizationStats>,
 }
 
@@ -33,14 +33,31 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let peer = request.extensions().get::<PeerIdentity>().map(PeerIdentity::id);
-        let decision = self.policy.evaluate(peer, request.method().as_str(), request.uri().path());
+        let (method, path) = (request.method().as_str(), request.uri().path());
+        let (decision, mode) = match &self.policy {
+            PolicySource::Fixed(policy) => (policy.evaluate(peer, method, path), policy.mode),
+            PolicySource::Discovery(watch) => match watch.current() {
+                Some(snapshot) => match &snapshot.policies().authorization {
+                    Some(policy) => (policy.evaluate(peer, method, path), policy.mode),
+                    None if peer.is_some() => (AuthorizationDecision::Allow { rule: 0 }, AuthorizationMode::Enforce),
+                    None => (AuthorizationDecision::Deny { rule: None }, AuthorizationMode::Enforce),
+                },
+                None => (AuthorizationDecision::Deny { rule: None }, AuthorizationMode::Enforce),
+            },
+        };
         let AuthorizationDecision::Deny { rule } = decision else {
             self.stats.record_allowed();
             return ResponseFuture::allowed(self.inner.call(request));
         };
         let caller = peer.map_or("an unauthenticated caller", |p| p.as_str());
-        let why = rule.map_or_else(|| "no rule allows it".to_owned(), |i| format!("rule {i} denies it"));
-        if self.policy.mode == AuthorizationMode::DryRun {
+        let why = match (&self.policy, rule) {
+            (_, Some(i)) => format!("rule {i} denies it"),
+            (PolicySource::Discovery(watch), None) if watch.current().is_none() => {
+                format!("discovery has no snapshot of {} yet, so no policy", watch.service())
+            }
+            (_, None) => "no rule allows it".to_owned(),
+        };
+        if mode == AuthorizationMode::DryRun {
             self.stats.record_would_deny();
             tracing::warn!(
                 target: "mesh::authz",

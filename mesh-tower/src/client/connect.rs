@@ -81,7 +81,11 @@ impl fmt::Display for ConnectError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
             ConnectErrorKind::Tcp(e) => write!(f, "cannot connect to {}: {e}", self.endpoint),
-            ConnectErrorKind::Tls(e) => write!(f, "mTLS handshake with {} failed: {e}", self.endpoint),
+            ConnectErrorKind::Tls(e) => match PeerRejected::find(e) {
+                // rustls would print its own Debug form of our error; say it plainly.
+                Some(rejected) => write!(f, "mTLS handshake with {} failed: {rejected}", self.endpoint),
+                None => write!(f, "mTLS handshake with {} failed: {e}", self.endpoint),
+            },
             ConnectErrorKind::NoExpectedIdentity(service) => write!(
                 f,
                 "endpoint {} of service {service} has no expected SPIFFE ID in discovery (set `identity` on the service \

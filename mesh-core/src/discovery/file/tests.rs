@@ -116,3 +116,48 @@ async fn edits_are_followed_and_bad_edits_keep_the_last_good_snapshot() {
     assert!(watch.last_error().is_none());
     assert!(discovery.last_error().is_none());
 }
+
+#[test]
+fn the_whole_yaml_shape_reads_without_tags() {
+    let text = "\
+services:
+  reviews:
+    identity: spiffe://example.org/ns/prod/sa/reviews
+    endpoints:
+      - { address: 127.0.0.1:9001, labels: { version: v1 } }
+      - { address: 127.0.0.1:9002, labels: { version: v2 }, weight: 3 }
+    subsets:
+      - { name: v1, labels: { version: v1 } }
+      - { name: v2, labels: { version: v2 } }
+    routes:
+      - name: testers
+        match:
+          path: { prefix: /reviews }
+          method: GET
+          headers: [ { name: x-canary, exact: \"1\" }, { name: x-debug, present: true } ]
+        targets: [ { subset: v2, weight: 1 } ]
+      - name: default
+        targets: [ { subset: v1, weight: 90 }, { subset: v2, weight: 10 } ]
+        retry: { max_attempts: 3, retry_on: [ gateway_error, connect_failure, 429 ] }
+        timeout: 2s
+    policies:
+      authorization:
+        mode: dry_run
+        rules:
+          - action: allow
+            from:
+              - { exact: spiffe://example.org/ns/prod/sa/frontend }
+              - { trust_domain: partner.org }
+              - { path_prefix: { trust_domain: example.org, prefix: /ns/prod } }
+            paths: [ { prefix: /reviews } ]
+            methods: [ GET ]
+      outlier_detection: { consecutive_failures: 3, base_ejection_time: 10s }
+      circuit_breaker: { max_concurrent: 100 }
+";
+    let specs = parse(Path::new("s.yaml"), text, false).unwrap_or_else(|e| panic!("{e}"));
+    let spec = &specs[&name()];
+    assert_eq!(spec.routes[0].matches.headers.len(), 2);
+    assert_eq!(spec.routes[1].retry.as_ref().unwrap().retry_on.len(), 3);
+    let authz = spec.policies.authorization.as_ref().unwrap();
+    assert_eq!(authz.rules[0].from.len(), 3);
+}
