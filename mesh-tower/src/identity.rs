@@ -12,6 +12,24 @@ use std::{
 use mesh_core::{SpiffeId, identity::tls::PeerRejected};
 use rustls::CertificateError;
 
+/// How a client or server secures connections. There is no default: plaintext is a choice.
+#[derive(Clone)]
+pub(crate) enum Security {
+    Unset,
+    Plaintext,
+    Mtls(mesh_core::IdentitySource),
+}
+
+impl Security {
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Self::Unset => "unset",
+            Self::Plaintext => "plaintext",
+            Self::Mtls(_) => "mtls",
+        }
+    }
+}
+
 /// A client or server configured without saying how connections are secured.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error(

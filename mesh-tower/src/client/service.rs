@@ -18,7 +18,7 @@ use super::{
     balance::{Pick, RoundRobin, Target},
     connect::MeshConnector,
 };
-use crate::{BoxError, MissingIdentity};
+use crate::{BoxError, MissingIdentity, identity::Security};
 
 /// Calls one service by name through discovery. See the [module docs](super).
 ///
@@ -43,14 +43,6 @@ pub struct MeshClientBuilder {
     service: ServiceName,
     config: ClientConfig,
     security: Security,
-}
-
-/// How the client secures connections; there is no default, so plaintext is always a choice.
-#[derive(Clone)]
-enum Security {
-    Unset,
-    Plaintext,
-    Mtls(IdentitySource),
 }
 
 impl MeshClient<()> {
@@ -255,11 +247,7 @@ impl<B> fmt::Debug for MeshClient<B> {
 
 impl fmt::Debug for MeshClientBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let security = match self.security {
-            Security::Unset => "unset",
-            Security::Plaintext => "plaintext",
-            Security::Mtls(_) => "mtls",
-        };
+        let security = self.security.name();
         f.debug_struct("MeshClientBuilder")
             .field("service", &self.service)
             .field("config", &self.config)

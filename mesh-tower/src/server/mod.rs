@@ -57,7 +57,7 @@ use tower::{Service, ServiceExt};
 pub use self::handle::ServerHandle;
 use crate::{
     BoxError, ConnectionInfo, HandshakeCounts, HandshakeFailure, MissingIdentity, PeerIdentity,
-    identity::HandshakeStats,
+    identity::{HandshakeStats, Security},
 };
 
 /// Serves tower services over HTTP. Cheap to clone; build it with [`Server::builder`].
@@ -80,13 +80,6 @@ pub struct ServerBuilder {
     handshake_timeout: Duration,
     security: Security,
     tls_options: TlsOptions,
-}
-
-#[derive(Clone)]
-enum Security {
-    Unset,
-    Plaintext,
-    Mtls(IdentitySource),
 }
 
 /// A server that cannot be built.
@@ -367,7 +360,10 @@ impl fmt::Debug for Server {
 
 impl fmt::Debug for ServerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServerBuilder").field("protocol", &self.protocol).finish_non_exhaustive()
+        f.debug_struct("ServerBuilder")
+            .field("protocol", &self.protocol)
+            .field("security", &self.security.name())
+            .finish_non_exhaustive()
     }
 }
 
