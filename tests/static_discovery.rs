@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty};
 use mesh::{
-    core::{Endpoint, ServiceName, ServiceSnapshot, StaticDiscovery},
+    core::{Endpoint, ServiceName, ServiceSnapshot, StaticDiscovery, policy::LoadBalancer},
     tower::{Upstream, client::MeshClient},
 };
 use support::{Gate, backend, backend_id, gated_backend, identity};
@@ -91,6 +91,7 @@ async fn round_robin_spreads_requests_evenly() {
         ServiceSnapshot::builder(name.clone())
             .identity(backend_id())
             .endpoints(backends.iter().map(|b| Endpoint::new(b.addr())))
+            .load_balancer(LoadBalancer::round_robin())
             .build()
             .unwrap(),
     );

@@ -53,7 +53,8 @@ pub use crate::identity::{
     SpiffeId, TrustBundle, TrustDomain,
 };
 pub use crate::model::{
-    Endpoint, HeaderMatch, HeaderName, HeaderValueMatch, InvalidLabel, InvalidMethod, InvalidName, InvalidPathMatch,
-    InvalidSnapshot, InvalidWeight, Labels, Method, PathMatch, Route, RouteMatch, RouteName, ServiceName,
-    ServiceSnapshot, ServiceSnapshotBuilder, ServiceSpec, Subset, SubsetName, Weight, WeightedTarget,
+    Endpoint, HeaderMatch, HeaderName, HeaderRegex, HeaderValueMatch, InvalidLabel, InvalidMethod, InvalidName,
+    InvalidPathMatch, InvalidRegex, InvalidSnapshot, InvalidWeight, Labels, Method, PathMatch, Route, RouteMatch,
+    RouteName, ServiceName, ServiceSnapshot, ServiceSnapshotBuilder, ServiceSpec, Subset, SubsetName, Weight,
+    WeightedTarget,
 };

@@ -2,6 +2,8 @@
 
 use std::net::SocketAddr;
 
+use mesh_core::{RouteName, SubsetName};
+
 /// In every request's extensions on the server side: the connection it arrived on.
 ///
 /// ```
@@ -20,10 +22,14 @@ pub struct ConnectionInfo {
     pub local_addr: SocketAddr,
 }
 
-/// In every response's extensions on the client side: the endpoint that answered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// In every response's extensions on the client side: where the request went.
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Upstream {
     /// The endpoint's address.
     pub address: SocketAddr,
+    /// The route the request matched (`None` when the destination has no routes).
+    pub route: Option<RouteName>,
+    /// The subset it was sent to (`None`: every endpoint of the destination).
+    pub subset: Option<SubsetName>,
 }

@@ -48,10 +48,13 @@
 //! ```
 
 pub mod authz;
+pub mod balance;
 pub mod client;
 mod connection;
 mod identity;
+pub mod route;
 pub mod server;
+pub mod split;
 
 pub use crate::connection::{ConnectionInfo, Upstream};
 pub use crate::identity::{HandshakeCounts, HandshakeFailure, MissingIdentity, PeerIdentity};

@@ -247,7 +247,8 @@ impl From<PathMatch> for PathMatchRepr {
 
 /// A condition on one request header.
 ///
-/// In files: `{ name: x-canary, exact: "1" }` or `{ name: x-debug, present: true }`.
+/// In files: `{ name: x-canary, exact: "1" }`, `{ name: x-debug, present: true }` or
+/// `{ name: x-user, regex: "^qa-" }` (a regex matches anywhere unless anchored).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "HeaderMatchRepr", into = "HeaderMatchRepr")]
 pub struct HeaderMatch {
@@ -267,7 +268,58 @@ impl HeaderMatch {
     pub fn present(name: HeaderName) -> Self {
         Self { name, value: HeaderValueMatch::Present }
     }
+
+    /// The header matches `regex`.
+    pub fn regex(name: HeaderName, regex: &str) -> Result<Self, InvalidRegex> {
+        Ok(Self { name, value: HeaderValueMatch::Regex(HeaderRegex::new(regex)?) })
+    }
+
+    /// Whether `value` (the header's value, if present) satisfies the match.
+    pub fn matches_value(&self, value: Option<&[u8]>) -> bool {
+        match (&self.value, value) {
+            (_, None) => false,
+            (HeaderValueMatch::Present, Some(_)) => true,
+            (HeaderValueMatch::Exact(exact), Some(v)) => exact.as_bytes() == v,
+            (HeaderValueMatch::Regex(re), Some(v)) => std::str::from_utf8(v).is_ok_and(|v| re.0.is_match(v)),
+        }
+    }
 }
+
+/// A compiled regular expression for a header match; equal when the patterns are equal.
+#[derive(Clone, Debug)]
+pub struct HeaderRegex(regex::Regex);
+
+/// A header match regex that does not compile.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid header regex {pattern:?}: {reason}")]
+pub struct InvalidRegex {
+    pattern: String,
+    reason: String,
+}
+
+impl HeaderRegex {
+    /// Compiles `pattern` (size-limited, so a file cannot make the matcher huge).
+    pub fn new(pattern: &str) -> Result<Self, InvalidRegex> {
+        regex::RegexBuilder::new(pattern)
+            .size_limit(1 << 20)
+            .build()
+            .map(Self)
+            .map_err(|e| InvalidRegex { pattern: pattern.to_owned(), reason: e.to_string() })
+    }
+
+    /// The pattern.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl PartialEq for HeaderRegex {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for HeaderRegex {}
 
 /// What a header's value must be.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -277,6 +329,8 @@ pub enum HeaderValueMatch {
     Exact(String),
     /// Any value.
     Present,
+    /// A value the regex matches.
+    Regex(HeaderRegex),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -287,15 +341,23 @@ struct HeaderMatchRepr {
     exact: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     present: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    regex: Option<String>,
 }
 
 impl TryFrom<HeaderMatchRepr> for HeaderMatch {
     type Error = String;
     fn try_from(repr: HeaderMatchRepr) -> Result<Self, Self::Error> {
-        let value = match (repr.exact, repr.present) {
-            (Some(v), false) => HeaderValueMatch::Exact(v),
-            (None, true) => HeaderValueMatch::Present,
-            _ => return Err(format!("header {}: write exactly one of `exact: VALUE` and `present: true`", repr.name)),
+        let value = match (repr.exact, repr.present, repr.regex) {
+            (Some(v), false, None) => HeaderValueMatch::Exact(v),
+            (None, true, None) => HeaderValueMatch::Present,
+            (None, false, Some(re)) => HeaderValueMatch::Regex(HeaderRegex::new(&re).map_err(|e| e.to_string())?),
+            _ => {
+                return Err(format!(
+                    "header {}: write exactly one of `exact: VALUE`, `present: true` and `regex: PATTERN`",
+                    repr.name
+                ));
+            }
         };
         Ok(Self { name: repr.name, value })
     }
@@ -304,8 +366,11 @@ impl TryFrom<HeaderMatchRepr> for HeaderMatch {
 impl From<HeaderMatch> for HeaderMatchRepr {
     fn from(m: HeaderMatch) -> Self {
         match m.value {
-            HeaderValueMatch::Exact(v) => Self { name: m.name, exact: Some(v), present: false },
-            HeaderValueMatch::Present => Self { name: m.name, exact: None, present: true },
+            HeaderValueMatch::Exact(v) => Self { name: m.name, exact: Some(v), present: false, regex: None },
+            HeaderValueMatch::Present => Self { name: m.name, exact: None, present: true, regex: None },
+            HeaderValueMatch::Regex(re) => {
+                Self { name: m.name, exact: None, present: false, regex: Some(re.as_str().to_owned()) }
+            }
         }
     }
 }

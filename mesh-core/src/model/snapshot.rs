@@ -245,6 +245,12 @@ impl ServiceSnapshotBuilder {
         self
     }
 
+    /// Sets how the endpoints of each subset share its traffic.
+    pub fn load_balancer(mut self, load_balancer: crate::policy::LoadBalancer) -> Self {
+        self.spec.policies.load_balancer = load_balancer;
+        self
+    }
+
     /// Checks the configuration.
     pub fn build(self) -> Result<ServiceSnapshot, InvalidSnapshot> {
         ServiceSnapshot::new(self.name, self.spec)

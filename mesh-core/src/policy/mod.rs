@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod authz;
+mod balance;
 mod limits;
 mod retry;
 
@@ -16,6 +17,7 @@ pub use self::authz::{
     AuthorizationAction, AuthorizationDecision, AuthorizationMode, AuthorizationPolicy, AuthorizationRule,
     PrincipalMatch,
 };
+pub use self::balance::{LoadBalancer, LoadBalancerKind};
 pub use self::limits::{CircuitBreaker, OutlierDetection, Percentage};
 pub use self::retry::{Backoff, RetryBudget, RetryOn, RetryPolicy};
 
@@ -57,6 +59,9 @@ pub struct ServicePolicies {
     /// Limits on concurrent and pending requests to the service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<CircuitBreaker>,
+    /// How a subset's endpoints share its traffic (default: P2C over peak-EWMA latency).
+    #[serde(default)]
+    pub load_balancer: LoadBalancer,
     /// Who may call the service: enforced by the service's own servers, with
     /// `mesh_tower::authz::AuthorizationLayer::from_discovery`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -78,6 +83,7 @@ impl ServicePolicies {
         if let Some(cb) = &self.circuit_breaker {
             cb.validate().map_err(|e| e.within("circuit_breaker"))?;
         }
+        self.load_balancer.validate().map_err(|e| e.within("load_balancer"))?;
         if let Some(a) = &self.authorization {
             a.validate().map_err(|e| e.within("authorization"))?;
         }

@@ -16,6 +16,13 @@ pub struct ClientConfig {
     /// How long a request waits for the destination's first snapshot before failing with
     /// [`Unresolved`](super::Unresolved).
     pub resolve_timeout: Duration,
+    /// The request header that pins a request to a named subset, whatever the route's weights
+    /// (default `x-mesh-subset`; `None` turns overrides off).
+    pub subset_header: Option<http::HeaderName>,
+    /// The latency a new endpoint is assumed to have until it answers (P2C).
+    pub default_rtt: Duration,
+    /// Seeds the balancer's random choices; fixed in tests for repeatable runs.
+    pub seed: Option<u64>,
 }
 
 impl Default for ClientConfig {
@@ -26,6 +33,9 @@ impl Default for ClientConfig {
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_endpoint: usize::MAX,
             resolve_timeout: Duration::from_secs(5),
+            subset_header: Some(http::HeaderName::from_static("x-mesh-subset")),
+            default_rtt: Duration::from_millis(5),
+            seed: None,
         }
     }
 }

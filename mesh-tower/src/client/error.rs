@@ -1,11 +1,12 @@
 use std::{fmt, sync::Arc};
 
-use mesh_core::{DiscoveryError, ServiceName};
+use mesh_core::{DiscoveryError, ServiceName, SubsetName};
 
-/// The destination's current snapshot has no endpoint that can take traffic.
+/// The chosen subset (or the whole destination) has no endpoint that can take traffic.
 #[derive(Debug, Clone)]
 pub struct NoEndpoints {
     pub(crate) service: ServiceName,
+    pub(crate) subset: Option<SubsetName>,
     pub(crate) version: u64,
 }
 
@@ -14,11 +15,27 @@ impl NoEndpoints {
     pub fn service(&self) -> &ServiceName {
         &self.service
     }
+
+    /// The subset that was chosen, if any.
+    pub fn subset(&self) -> Option<&SubsetName> {
+        self.subset.as_ref()
+    }
 }
 
 impl fmt::Display for NoEndpoints {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "service {} has no endpoint with a weight above 0 (snapshot version {})", self.service, self.version)
+        match &self.subset {
+            Some(subset) => write!(
+                f,
+                "subset {subset} of service {} has no endpoint with a weight above 0 (snapshot version {})",
+                self.service, self.version
+            ),
+            None => write!(
+                f,
+                "service {} has no endpoint with a weight above 0 (snapshot version {})",
+                self.service, self.version
+            ),
+        }
     }
 }
 
@@ -58,3 +75,25 @@ impl std::error::Error for Unresolved {
         self.cause.as_deref().map(|e| e as _)
     }
 }
+
+/// A request pinned (by the subset header) to a subset the destination does not define.
+#[derive(Debug, Clone)]
+pub struct UnknownSubset {
+    pub(crate) service: ServiceName,
+    pub(crate) subset: String,
+}
+
+impl UnknownSubset {
+    /// The subset asked for.
+    pub fn subset(&self) -> &str {
+        &self.subset
+    }
+}
+
+impl fmt::Display for UnknownSubset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the request is pinned to subset {:?}, which service {} does not define", self.subset, self.service)
+    }
+}
+
+impl std::error::Error for UnknownSubset {}

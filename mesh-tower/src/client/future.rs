@@ -1,7 +1,6 @@
 use std::{
     fmt,
     future::Future,
-    net::SocketAddr,
     pin::Pin,
     task::{Context, Poll, ready},
 };
@@ -11,7 +10,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy;
 use pin_project_lite::pin_project;
 
-use crate::{BoxError, Upstream};
+use crate::{BoxError, Upstream, balance::InFlight};
 
 type Resolving = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
 
@@ -27,7 +26,7 @@ pin_project! {
     #[project = StateProj]
     enum State {
         // The usual path: no allocation beyond hyper-util's own.
-        Sending { #[pin] future: legacy::ResponseFuture, address: SocketAddr },
+        Sending { #[pin] future: legacy::ResponseFuture, upstream: Option<Upstream>, in_flight: InFlight },
         // Before the first snapshot only.
         Resolving { future: Resolving },
         Failed { error: Option<BoxError> },
@@ -35,8 +34,8 @@ pin_project! {
 }
 
 impl ResponseFuture {
-    pub(crate) fn sending(future: legacy::ResponseFuture, address: SocketAddr) -> Self {
-        Self { state: State::Sending { future, address } }
+    pub(crate) fn sending(future: legacy::ResponseFuture, upstream: Upstream, in_flight: InFlight) -> Self {
+        Self { state: State::Sending { future, upstream: Some(upstream), in_flight } }
     }
 
     pub(crate) fn resolving(
@@ -55,9 +54,13 @@ impl Future for ResponseFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            StateProj::Sending { future, address } => {
+            StateProj::Sending { future, upstream, in_flight } => {
                 let mut response = ready!(future.poll(cx))?;
-                response.extensions_mut().insert(Upstream { address: *address });
+                // Latency to the response headers: what the balancer compares.
+                in_flight.finish();
+                if let Some(upstream) = upstream.take() {
+                    response.extensions_mut().insert(upstream);
+                }
                 Poll::Ready(Ok(response))
             }
             StateProj::Resolving { future } => future.as_mut().poll(cx),

@@ -15,10 +15,10 @@ use mesh_core::{Discovery, IdentitySource, ServiceName};
 
 use super::{
     ClientConfig, Protocol, ResponseFuture, Unresolved,
-    balance::{Pick, RoundRobin, Target},
     connect::MeshConnector,
+    plan::{Choice, Pick, Planner},
 };
-use crate::{BoxError, MissingIdentity, identity::Security};
+use crate::{BoxError, MissingIdentity, Upstream, balance::InFlight, identity::Security};
 
 /// Calls one service by name through discovery. See the [module docs](super).
 ///
@@ -30,7 +30,7 @@ pub struct MeshClient<B> {
 
 struct Shared {
     service: ServiceName,
-    balancer: RoundRobin,
+    planner: Planner,
     config: ClientConfig,
     /// Keeps the backend (and its file watcher or control-plane task) alive as long as a client.
     _discovery: Arc<dyn Discovery>,
@@ -138,7 +138,12 @@ impl MeshClientBuilder {
         let http = http.build(connector);
         let shared = Shared {
             service: self.service,
-            balancer: RoundRobin::new(watch),
+            planner: Planner::new(
+                watch,
+                self.config.seed.unwrap_or_else(seed_from_clock),
+                self.config.default_rtt,
+                self.config.subset_header.clone(),
+            ),
             config: self.config,
             _discovery: self.discovery,
         };
@@ -157,10 +162,12 @@ where
         &self.shared.service
     }
 
-    fn send(http: &Client<MeshConnector, B>, shared: &Shared, request: Request<B>, target: Target) -> ResponseFuture {
-        let address = target.address;
-        match rewrite(request, target, shared) {
-            Ok(request) => ResponseFuture::sending(http.request(request), address),
+    fn send(http: &Client<MeshConnector, B>, shared: &Shared, request: Request<B>, choice: Choice) -> ResponseFuture {
+        let Choice { target, route, subset } = choice;
+        let upstream = Upstream { address: target.address, route, subset };
+        let in_flight = InFlight::start(target.load);
+        match rewrite(request, target.authority, shared) {
+            Ok(request) => ResponseFuture::sending(http.request(request), upstream, in_flight),
             Err(error) => ResponseFuture::failed(error),
         }
     }
@@ -169,7 +176,7 @@ where
 /// Points the request at the chosen endpoint, keeping its path and query. On HTTP/1.1 the
 /// `Host` header keeps the name the caller used (the service name by default), as a server
 /// behind a sidecar would have seen it.
-fn rewrite<B>(request: Request<B>, target: Target, shared: &Shared) -> Result<Request<B>, BoxError> {
+fn rewrite<B>(request: Request<B>, authority: http::uri::Authority, shared: &Shared) -> Result<Request<B>, BoxError> {
     let (mut parts, body) = request.into_parts();
     if shared.config.protocol == Protocol::Http1 && !parts.headers.contains_key(HOST) {
         let host = match parts.uri.authority() {
@@ -180,7 +187,7 @@ fn rewrite<B>(request: Request<B>, target: Target, shared: &Shared) -> Result<Re
     }
     let mut uri = std::mem::take(&mut parts.uri).into_parts();
     uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(target.authority);
+    uri.authority = Some(authority);
     if uri.path_and_query.is_none() {
         uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
     }
@@ -205,23 +212,23 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        match self.shared.balancer.pick() {
-            Pick::Target(target) => Self::send(&self.http, &self.shared, request, target),
-            Pick::NoEndpoints(error) => ResponseFuture::failed(error.into()),
+        match self.shared.planner.pick(&request) {
+            Pick::Chosen(choice) => Self::send(&self.http, &self.shared, request, choice),
+            Pick::Failed(error) => ResponseFuture::failed(error),
             Pick::NotResolved => {
                 // Only before the first snapshot: wait for it, then pick as usual.
                 let http = self.http.clone();
                 let shared = self.shared.clone();
                 ResponseFuture::resolving(async move {
-                    let mut watch = shared.balancer.watch().clone();
+                    let mut watch = shared.planner.watch().clone();
                     let waited = tokio::time::timeout(shared.config.resolve_timeout, watch.ready()).await;
                     if !matches!(waited, Ok(Ok(_))) {
                         let cause = watch.last_error();
                         return Err(Unresolved { service: shared.service.clone(), cause }.into());
                     }
-                    match shared.balancer.pick() {
-                        Pick::Target(target) => Self::send(&http, &shared, request, target).await,
-                        Pick::NoEndpoints(error) => Err(error.into()),
+                    match shared.planner.pick(&request) {
+                        Pick::Chosen(choice) => Self::send(&http, &shared, request, choice).await,
+                        Pick::Failed(error) => Err(error),
                         Pick::NotResolved => Err(Unresolved { service: shared.service.clone(), cause: None }.into()),
                     }
                 })
@@ -254,4 +261,12 @@ impl fmt::Debug for MeshClientBuilder {
             .field("security", &security)
             .finish()
     }
+}
+
+/// A seed that differs per client and per run, for when none is configured.
+fn seed_from_clock() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CLIENTS: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ CLIENTS.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }

@@ -1,0 +1,223 @@
+//! What the client does with one snapshot version: routes compiled with their splits, subsets
+//! with their endpoints and pickers. Built once per version, read lock-free per request.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use arc_swap::ArcSwapOption;
+use http::{Request, uri::Authority};
+use mesh_core::{RouteName, ServiceSnapshot, SnapshotWatch, SubsetName, policy::LoadBalancerKind};
+
+use super::{NoEndpoints, UnknownSubset};
+use crate::{
+    BoxError,
+    balance::{EndpointLoad, Picker, Ring, Rng},
+    route::{self, NoRoute},
+    split::WeightedSplit,
+};
+
+/// An endpoint ready to be dialled.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    pub(crate) address: SocketAddr,
+    pub(crate) authority: Authority,
+    pub(crate) load: Arc<EndpointLoad>,
+}
+
+/// Where a request goes.
+#[derive(Debug)]
+pub(crate) struct Choice {
+    pub(crate) target: Target,
+    pub(crate) route: Option<RouteName>,
+    pub(crate) subset: Option<SubsetName>,
+}
+
+#[derive(Debug)]
+struct SubsetPlan {
+    /// `None` for the implicit subset of every endpoint.
+    name: Option<SubsetName>,
+    targets: Box<[Target]>,
+    picker: Picker,
+}
+
+#[derive(Debug)]
+struct RoutePlan {
+    name: RouteName,
+    /// Subset indexes, in target order, and the split between them.
+    targets: Box<[usize]>,
+    split: Option<WeightedSplit>,
+}
+
+#[derive(Debug)]
+struct Plan {
+    version: u64,
+    snapshot: Arc<ServiceSnapshot>,
+    routes: Box<[RoutePlan]>,
+    /// The snapshot's subsets, then the implicit subset of every endpoint.
+    subsets: Box<[SubsetPlan]>,
+    hash_header: Option<http::HeaderName>,
+}
+
+impl Plan {
+    fn all(&self) -> usize {
+        self.subsets.len() - 1
+    }
+}
+
+/// Follows the destination's snapshots and picks a target per request.
+#[derive(Debug)]
+pub(crate) struct Planner {
+    watch: SnapshotWatch,
+    cache: ArcSwapOption<Plan>,
+    loads: Mutex<HashMap<SocketAddr, Arc<EndpointLoad>>>,
+    rng: Rng,
+    default_rtt: Duration,
+    subset_header: Option<http::HeaderName>,
+}
+
+/// What a pick found.
+pub(crate) enum Pick {
+    Chosen(Choice),
+    /// Discovery has published nothing yet.
+    NotResolved,
+    Failed(BoxError),
+}
+
+impl Planner {
+    pub(crate) fn new(
+        watch: SnapshotWatch,
+        seed: u64,
+        default_rtt: Duration,
+        subset_header: Option<http::HeaderName>,
+    ) -> Self {
+        Self {
+            watch,
+            cache: ArcSwapOption::empty(),
+            loads: Mutex::default(),
+            rng: Rng::new(seed),
+            default_rtt,
+            subset_header,
+        }
+    }
+
+    pub(crate) fn watch(&self) -> &SnapshotWatch {
+        &self.watch
+    }
+
+    fn plan(&self) -> Option<Arc<Plan>> {
+        let version = self.watch.current_version();
+        if version == 0 {
+            return None;
+        }
+        if let Some(plan) = self.cache.load_full().filter(|p| p.version == version) {
+            return Some(plan);
+        }
+        let snapshot = self.watch.current()?;
+        let fresh = Arc::new(self.build(snapshot));
+        // Racing rebuilds of one version are harmless; a newer plan is never replaced by an older.
+        self.cache.rcu(|old| match old {
+            Some(old) if old.version > fresh.version => Some(old.clone()),
+            _ => Some(fresh.clone()),
+        });
+        Some(fresh)
+    }
+
+    fn build(&self, snapshot: Arc<ServiceSnapshot>) -> Plan {
+        let mut loads = self.loads.lock().unwrap_or_else(PoisonError::into_inner);
+        // Latency estimates follow the address across versions; gone endpoints are forgotten.
+        loads.retain(|addr, _| snapshot.endpoints().iter().any(|ep| ep.address == *addr));
+        let lb = &snapshot.policies().load_balancer;
+        let mut target = |ep: &mesh_core::Endpoint| {
+            let authority = Authority::try_from(ep.address.to_string()).ok()?;
+            let load = loads.entry(ep.address).or_insert_with(|| Arc::new(EndpointLoad::new(self.default_rtt))).clone();
+            Some((Target { address: ep.address, authority, load }, ep.weight.get()))
+        };
+        let subset_plan = |name: Option<SubsetName>, endpoints: Vec<(Target, u32)>| {
+            let ring = (lb.kind == LoadBalancerKind::RingHash)
+                .then(|| Ring::new(endpoints.iter().map(|(t, w)| (t.authority.as_str(), *w))));
+            SubsetPlan {
+                name,
+                targets: endpoints.into_iter().map(|(t, _)| t).collect(),
+                picker: Picker::new(lb.kind, ring),
+            }
+        };
+        let mut subsets = Vec::new();
+        for subset in snapshot.subsets() {
+            let endpoints = snapshot.subset_endpoints(subset).filter(|ep| !ep.weight.is_zero()).filter_map(&mut target);
+            let endpoints = endpoints.collect();
+            subsets.push(subset_plan(Some(subset.name.clone()), endpoints));
+        }
+        let every = snapshot.endpoints().iter().filter(|ep| !ep.weight.is_zero()).filter_map(&mut target).collect();
+        subsets.push(subset_plan(None, every));
+        let routes = snapshot
+            .routes()
+            .iter()
+            .map(|route| {
+                let targets = route
+                    .targets
+                    .iter()
+                    .map(|t| snapshot.subsets().iter().position(|s| s.name == t.subset).unwrap_or(usize::MAX))
+                    .collect();
+                RoutePlan {
+                    name: route.name.clone(),
+                    targets,
+                    split: WeightedSplit::new(route.targets.iter().map(|t| t.weight)),
+                }
+            })
+            .collect();
+        let hash_header = lb.header.as_ref().and_then(|h| http::HeaderName::try_from(h.as_str()).ok());
+        Plan { version: snapshot.version(), snapshot, routes, subsets: subsets.into(), hash_header }
+    }
+
+    /// Route, split, balance: where `request` goes.
+    pub(crate) fn pick<B>(&self, request: &Request<B>) -> Pick {
+        let Some(plan) = self.plan() else { return Pick::NotResolved };
+        let service = || self.watch.service().clone();
+        let route = if plan.routes.is_empty() {
+            None
+        } else {
+            match route::select(plan.snapshot.routes(), request) {
+                Some(i) => Some(&plan.routes[i]),
+                None => {
+                    let path = request.uri().path().to_owned();
+                    return Pick::Failed(NoRoute { service: service(), method: request.method().clone(), path }.into());
+                }
+            }
+        };
+        // A pinned subset (testers, internal traffic) wins over the route's weights.
+        let pinned = self.subset_header.as_ref().and_then(|h| request.headers().get(h));
+        let subset = match (pinned, route) {
+            (Some(value), _) => {
+                let wanted = value.to_str().unwrap_or_default();
+                match plan.subsets.iter().position(|s| s.name.as_ref().is_some_and(|n| n.as_str() == wanted)) {
+                    Some(i) => i,
+                    None => {
+                        return Pick::Failed(UnknownSubset { service: service(), subset: wanted.to_owned() }.into());
+                    }
+                }
+            }
+            (None, Some(RoutePlan { split: Some(split), targets, .. })) => targets[split.pick()],
+            (None, _) => plan.all(),
+        };
+        let Some(subset_plan) = plan.subsets.get(subset) else {
+            return Pick::Failed(NoEndpoints { service: service(), subset: None, version: plan.version }.into());
+        };
+        let hash_key = plan.hash_header.as_ref().and_then(|h| request.headers().get(h)).map(|v| v.as_bytes());
+        let picked =
+            subset_plan.picker.pick(subset_plan.targets.len(), |i| &subset_plan.targets[i].load, &self.rng, hash_key);
+        match picked {
+            Some(i) => Pick::Chosen(Choice {
+                target: subset_plan.targets[i].clone(),
+                route: route.map(|r| r.name.clone()),
+                subset: subset_plan.name.clone(),
+            }),
+            None => Pick::Failed(
+                NoEndpoints { service: service(), subset: subset_plan.name.clone(), version: plan.version }.into(),
+            ),
+        }
+    }
+}
