@@ -116,3 +116,21 @@ pub async fn plaintext_backend(name: &'static str) -> SocketAddr {
     std::mem::forget(handle);
     addr
 }
+
+/// A backend that answers after `delay` (a slow endpoint).
+pub async fn slow_backend(name: &'static str, delay: std::time::Duration) -> Backend {
+    let (count, hits) = watch::channel(0usize);
+    let count = Arc::new(count);
+    let service = tower::service_fn(move |_req: Request<Incoming>| {
+        let count = count.clone();
+        async move {
+            tokio::time::sleep(delay).await;
+            count.send_modify(|n| *n += 1);
+            Ok::<_, Infallible>(Response::new(name.to_string()))
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let server = Server::builder().identity(identity("/backend")).build().expect("server");
+    let handle = server.spawn(listener, service).expect("spawn");
+    Backend { name, handle, hits }
+}
