@@ -284,7 +284,7 @@ async fn endpoint_churn_every_few_milliseconds_fails_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p2c_sends_markedly_less_to_a_slow_endpoint() {
-    let backends = vec![
+    let backends = [
         backend("fast-1").await,
         backend("fast-2").await,
         backend("fast-3").await,
@@ -325,7 +325,7 @@ async fn p2c_sends_markedly_less_to_a_slow_endpoint() {
 
 #[tokio::test]
 async fn ring_hash_keeps_a_user_on_one_endpoint() {
-    let backends = vec![backend("a").await, backend("b").await, backend("c").await];
+    let backends = [backend("a").await, backend("b").await, backend("c").await];
     let discovery = StaticDiscovery::new();
     discovery.set(
         ServiceSnapshot::builder(name())
