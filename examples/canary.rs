@@ -1,0 +1,321 @@
+//! A canary release in one process: a `frontend` client calls the `reviews` service, whose `v1`
+//! and `v2` endpoints run on loopback, all through mesh (mutual TLS, route, weighted split, P2C).
+//!
+//! ```text
+//! cargo run --example canary -- [--requests 20000] [--weights v1=90,v2=10] [--shift v1=50,v2=50]
+//!                                [--concurrency 16] [--plaintext] [--json]
+//! ```
+//!
+//! `--weights` sets the split at start; `--shift` changes it live, halfway through, with no restart.
+//! At the end it prints requests per subset and endpoint, errors and latency percentiles; with
+//! `--json`, the last line is one JSON object:
+//! `{"requests":N,"errors":N,"subsets":{"v1":N,"v2":N},...}`.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::{
+    collections::BTreeMap,
+    convert::Infallible,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use http_body_util::{BodyExt, Empty};
+use mesh::{
+    core::{
+        Endpoint, IdentitySource, Route, RouteName, ServiceName, ServiceSnapshot, StaticDiscovery, Subset, Weight,
+        identity::dev::DevCa,
+    },
+    tower::{
+        Upstream,
+        client::MeshClient,
+        server::{Server, ServerHandle},
+    },
+};
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+const USAGE: &str = "usage: canary [--requests N] [--weights v1=W,v2=W] [--shift v1=W,v2=W] [--concurrency N] \
+                     [--plaintext] [--json]";
+
+struct Args {
+    requests: usize,
+    weights: Vec<(String, u32)>,
+    shift: Option<Vec<(String, u32)>>,
+    concurrency: usize,
+    plaintext: bool,
+    json: bool,
+}
+
+fn parse_weights(flag: &str, text: &str) -> Result<Vec<(String, u32)>, String> {
+    let weights: Vec<(String, u32)> = text
+        .split(',')
+        .map(|pair| {
+            let (subset, weight) = pair.split_once('=').ok_or(format!("{flag}: {pair:?} is not SUBSET=WEIGHT"))?;
+            if subset != "v1" && subset != "v2" {
+                return Err(format!("{flag}: unknown subset {subset:?} (this demo has v1 and v2)"));
+            }
+            let weight = weight.parse().map_err(|_| format!("{flag}: {weight:?} is not a weight"))?;
+            Weight::new(weight).map_err(|e| format!("{flag}: {e}"))?;
+            Ok((subset.to_owned(), weight))
+        })
+        .collect::<Result<_, _>>()?;
+    if weights.iter().all(|(_, w)| *w == 0) {
+        return Err(format!("{flag}: at least one weight must be above 0"));
+    }
+    Ok(weights)
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        requests: 20_000,
+        weights: vec![("v1".into(), 90), ("v2".into(), 10)],
+        shift: None,
+        concurrency: 16,
+        plaintext: false,
+        json: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = |flag: &str| it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match arg.as_str() {
+            "--requests" => args.requests = value("--requests")?.parse().map_err(|_| "--requests: not a number")?,
+            "--concurrency" => {
+                args.concurrency = value("--concurrency")?.parse().map_err(|_| "--concurrency: not a number")?
+            }
+            "--weights" => args.weights = parse_weights("--weights", &value("--weights")?)?,
+            "--shift" => args.shift = Some(parse_weights("--shift", &value("--shift")?)?),
+            "--plaintext" => args.plaintext = true,
+            "--json" => args.json = true,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    if args.requests == 0 || args.concurrency == 0 {
+        return Err("--requests and --concurrency must be at least 1".into());
+    }
+    Ok(args)
+}
+
+fn route(weights: &[(String, u32)]) -> Result<Route, Error> {
+    let mut route = Route::new(RouteName::new("reviews-default")?);
+    for (subset, weight) in weights {
+        route = route.with_target(subset.parse()?, Weight::new(*weight)?);
+    }
+    Ok(route)
+}
+
+async fn start_backend(name: String, identity: Option<IdentitySource>) -> Result<ServerHandle, Error> {
+    let service = tower::service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+        let name = name.clone();
+        async move { Ok::<_, Infallible>(http::Response::new(name)) }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let server = match identity {
+        Some(identity) => Server::builder().identity(identity),
+        None => Server::builder().plaintext(),
+    };
+    Ok(server.build()?.spawn(listener, service)?)
+}
+
+#[derive(Default)]
+struct Tally {
+    per_subset: BTreeMap<String, usize>,
+    per_endpoint: BTreeMap<String, usize>,
+    latencies: BTreeMap<String, Vec<Duration>>,
+    errors: Vec<String>,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+#[tokio::main]
+async fn main() {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("canary: {message}");
+            std::process::exit(2);
+        }
+    };
+    match run(args).await {
+        Ok(0) => {}
+        Ok(_) => std::process::exit(1),
+        Err(error) => {
+            eprintln!("canary: {error}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<usize, Error> {
+    let ca = DevCa::new("example.org".parse()?)?;
+    let (server_id, client_id) = if args.plaintext {
+        (None, None)
+    } else {
+        (
+            Some(IdentitySource::fixed(ca.identity("/ns/prod/sa/reviews")?)),
+            Some(IdentitySource::fixed(ca.identity("/ns/prod/sa/frontend")?)),
+        )
+    };
+
+    // reviews: two v1 endpoints and two v2 endpoints.
+    let mut backends = Vec::new();
+    let mut endpoints = Vec::new();
+    for (version, i) in [("v1", 0), ("v1", 1), ("v2", 0), ("v2", 1)] {
+        let handle = start_backend(format!("reviews-{version}-{i}"), server_id.clone()).await?;
+        endpoints.push(Endpoint::new(handle.local_addr()).with_label("version", version)?);
+        backends.push(handle);
+    }
+    let service: ServiceName = "reviews".parse()?;
+    let discovery = StaticDiscovery::new();
+    discovery.set(
+        ServiceSnapshot::builder(service.clone())
+            .identity("spiffe://example.org/ns/prod/sa/reviews".parse()?)
+            .endpoints(endpoints)
+            .subset(Subset::version("v1")?)
+            .subset(Subset::version("v2")?)
+            .route(route(&args.weights)?)
+            .build()?,
+    );
+    let client = MeshClient::builder(discovery.clone(), service.clone());
+    let client = match client_id {
+        Some(identity) => client.identity(identity),
+        None => client.plaintext(),
+    }
+    .build::<Empty<bytes::Bytes>>()?;
+
+    let show = |w: &[(String, u32)]| w.iter().map(|(s, w)| format!("{s}={w}")).collect::<Vec<_>>().join(",");
+    if !args.json {
+        println!(
+            "canary: {} requests from {} callers, frontend -> reviews over {}, split {}{}",
+            args.requests,
+            args.concurrency,
+            if args.plaintext { "plaintext" } else { "mutual TLS" },
+            show(&args.weights),
+            args.shift.as_ref().map(|s| format!(", shifting to {} halfway", show(s))).unwrap_or_default(),
+        );
+    }
+
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let tickets = Arc::new(AtomicUsize::new(0));
+    let (done_tx, mut done_rx) = watch::channel(0usize);
+    let done_tx = Arc::new(done_tx);
+    let started = Instant::now();
+    let mut callers = Vec::new();
+    for _ in 0..args.concurrency {
+        let (client, tally, tickets, done_tx) = (client.clone(), tally.clone(), tickets.clone(), done_tx.clone());
+        let total = args.requests;
+        callers.push(tokio::spawn(async move {
+            while tickets.fetch_add(1, Ordering::Relaxed) < total {
+                let request = http::Request::get("/reviews/42").body(Empty::new()).expect("static request");
+                let sent = Instant::now();
+                let outcome = match client.clone().oneshot(request).await {
+                    Ok(response) if response.status().is_success() => {
+                        let upstream = response.extensions().get::<Upstream>().cloned();
+                        match response.into_body().collect().await {
+                            Ok(body) => Ok((upstream, body.to_bytes())),
+                            Err(e) => Err(e.to_string()),
+                        }
+                    }
+                    Ok(response) => Err(format!("status {}", response.status())),
+                    Err(error) => Err(error.to_string()),
+                };
+                let latency = sent.elapsed();
+                let mut tally = tally.lock().expect("poisoned");
+                match outcome {
+                    Ok((upstream, body)) => {
+                        let subset = upstream.and_then(|u| u.subset).map_or("none".into(), |s| s.to_string());
+                        *tally.per_subset.entry(subset.clone()).or_default() += 1;
+                        *tally.per_endpoint.entry(String::from_utf8_lossy(&body).into_owned()).or_default() += 1;
+                        tally.latencies.entry(subset).or_default().push(latency);
+                    }
+                    Err(error) => tally.errors.push(error),
+                }
+                drop(tally);
+                done_tx.send_modify(|n| *n += 1);
+            }
+        }));
+    }
+
+    if let Some(shift) = &args.shift {
+        let half = args.requests / 2;
+        done_rx.wait_for(|n| *n >= half).await?;
+        discovery.update(&service, |spec| {
+            if let Ok(route) = route(shift) {
+                spec.routes = vec![route];
+            }
+        })?;
+    }
+    for caller in callers {
+        caller.await?;
+    }
+    let elapsed = started.elapsed();
+    for backend in backends {
+        backend.shutdown().await?;
+    }
+
+    let mut tally =
+        Arc::try_unwrap(tally).map_err(|_| "callers still running")?.into_inner().map_err(|_| "poisoned")?;
+    for latencies in tally.latencies.values_mut() {
+        latencies.sort();
+    }
+    let errors = tally.errors.len();
+    let count = |s: &str| tally.per_subset.get(s).copied().unwrap_or(0);
+    if args.json {
+        let latency: BTreeMap<_, _> = tally
+            .latencies
+            .iter()
+            .map(|(s, l)| {
+                let us = |p| percentile(l, p).as_micros() as u64;
+                (s.clone(), serde_json::json!({"p50_us": us(0.5), "p90_us": us(0.9), "p99_us": us(0.99)}))
+            })
+            .collect();
+        let json = serde_json::json!({
+            "requests": args.requests,
+            "errors": errors,
+            "subsets": {"v1": count("v1"), "v2": count("v2")},
+            "endpoints": tally.per_endpoint,
+            "latency": latency,
+            "elapsed_ms": elapsed.as_millis() as u64,
+        });
+        println!("{json}");
+    } else {
+        println!();
+        println!("{:<10} {:>9} {:>8} {:>10} {:>10} {:>10}", "subset", "requests", "share", "p50", "p90", "p99");
+        for (subset, latencies) in &tally.latencies {
+            let n = latencies.len();
+            println!(
+                "{:<10} {:>9} {:>7.2}% {:>10?} {:>10?} {:>10?}",
+                subset,
+                n,
+                100.0 * n as f64 / args.requests as f64,
+                percentile(latencies, 0.5),
+                percentile(latencies, 0.9),
+                percentile(latencies, 0.99)
+            );
+        }
+        println!();
+        println!("{:<16} {:>9}", "endpoint", "requests");
+        for (endpoint, n) in &tally.per_endpoint {
+            println!("{endpoint:<16} {n:>9}");
+        }
+        println!();
+        println!("errors: {errors}   elapsed: {elapsed:?}");
+        for error in tally.errors.iter().take(5) {
+            println!("  {error}");
+        }
+    }
+    Ok(errors)
+}
