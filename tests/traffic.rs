@@ -350,3 +350,113 @@ async fn ring_hash_keeps_a_user_on_one_endpoint() {
     let distinct: std::collections::HashSet<_> = owners.values().collect();
     assert_eq!(distinct.len(), 3, "50 users spread over the 3 endpoints");
 }
+
+/// A shadow backend: records what it receives, then answers 503 or never answers.
+async fn shadow(
+    hang: bool,
+) -> (Backend, tokio::sync::mpsc::UnboundedReceiver<(Option<String>, bytes::Bytes)>, mesh::tower::server::ServerHandle)
+{
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let service = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let tx = tx.clone();
+        async move {
+            let marker = req.headers().get("x-mesh-mirror").map(|v| v.to_str().unwrap().to_owned());
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let _ = tx.send((marker, body));
+            if hang {
+                std::future::pending::<()>().await;
+            }
+            let mut response = http::Response::new(String::from("shadow failure"));
+            *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = mesh::tower::server::Server::builder().identity(identity("/backend")).build().unwrap();
+    let handle = server.spawn(listener, service).unwrap();
+    let primary = backend("v1-primary").await;
+    (primary, rx, handle)
+}
+
+async fn mirrored_service(
+    primary: &Backend,
+    shadow_addr: std::net::SocketAddr,
+    config: ClientConfig,
+) -> MeshClient<http_body_util::Full<bytes::Bytes>> {
+    let discovery = StaticDiscovery::new();
+    discovery.set(
+        ServiceSnapshot::builder(name())
+            .identity(backend_id())
+            .endpoint(labelled(primary, "v1"))
+            .endpoint(Endpoint::new(shadow_addr).with_label("version", "shadow").unwrap())
+            .subset(Subset::version("v1").unwrap())
+            .subset(Subset::version("shadow").unwrap())
+            .route(
+                route(&[("v1", 100)])
+                    .with_mirror("shadow".parse().unwrap(), mesh::core::policy::Percentage::new(100.0).unwrap()),
+            )
+            .build()
+            .unwrap(),
+    );
+    MeshClient::builder(discovery, name()).identity(identity("/frontend")).config(config).build().unwrap()
+}
+
+fn post(body: &'static [u8]) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    http::Request::post("/reviews").body(http_body_util::Full::new(bytes::Bytes::from_static(body))).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_shadow_changes_nothing_for_the_caller_and_gets_marked_copies() {
+    let (primary, mut received, shadow_handle) = shadow(false).await;
+    let client = mirrored_service(&primary, shadow_handle.local_addr(), ClientConfig::default()).await;
+    for _ in 0..20 {
+        let response = client.clone().oneshot(post(b"{\"stars\":5}")).await.unwrap();
+        assert_eq!(response.status(), 200, "the caller sees the primary's answer only");
+        assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "v1-primary");
+    }
+    for _ in 0..20 {
+        let (marker, body) = received.recv().await.unwrap();
+        assert_eq!(marker.as_deref(), Some("1"), "copies are marked");
+        assert_eq!(body, "{\"stars\":5}", "copies carry the body");
+    }
+    assert_eq!(primary.hits(), 20);
+    let stats = client.mirror_stats();
+    // The shadow's 503s are answers: the copies were sent; none reached the caller.
+    eventually(|| stats.sent() == 20).await;
+    assert_eq!(stats.skipped(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_shadow_changes_nothing_and_large_bodies_are_not_copied() {
+    let (primary, mut received, shadow_handle) = shadow(true).await;
+    let mut config = ClientConfig::default();
+    config.mirror_body_limit = 64;
+    let client = mirrored_service(&primary, shadow_handle.local_addr(), config).await;
+    // Every primary completes although every copy hangs at the shadow.
+    let calls: Vec<_> = (0..40).map(|_| tokio::spawn(client.clone().oneshot(post(b"small")))).collect();
+    for call in calls {
+        let response = tokio::time::timeout(Duration::from_secs(30), call).await.unwrap().unwrap().unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    for _ in 0..40 {
+        received.recv().await.unwrap();
+    }
+    // A body over the limit is sent once, to the primary, and the copy is skipped.
+    let big: &'static [u8] = &[b'x'; 1024];
+    let response = client.clone().oneshot(post(big)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let stats = client.mirror_stats();
+    eventually(|| stats.skipped() == 1).await;
+    assert_eq!(primary.hits(), 41);
+}
+
+/// Mirrors complete in their own tasks, after the caller's response: wait (bounded) for a count.
+async fn eventually(condition: impl Fn() -> bool) {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the condition held within 30 s");
+}

@@ -54,7 +54,7 @@ pub use crate::identity::{
 };
 pub use crate::model::{
     Endpoint, HeaderMatch, HeaderName, HeaderRegex, HeaderValueMatch, InvalidLabel, InvalidMethod, InvalidName,
-    InvalidPathMatch, InvalidRegex, InvalidSnapshot, InvalidWeight, Labels, Method, PathMatch, Route, RouteMatch,
-    RouteName, ServiceName, ServiceSnapshot, ServiceSnapshotBuilder, ServiceSpec, Subset, SubsetName, Weight,
-    WeightedTarget,
+    InvalidPathMatch, InvalidRegex, InvalidSnapshot, InvalidWeight, Labels, Method, Mirror, PathMatch, Route,
+    RouteMatch, RouteName, ServiceName, ServiceSnapshot, ServiceSnapshotBuilder, ServiceSpec, Subset, SubsetName,
+    Weight, WeightedTarget,
 };

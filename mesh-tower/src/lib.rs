@@ -52,6 +52,7 @@ pub mod balance;
 pub mod client;
 mod connection;
 mod identity;
+pub mod mirror;
 pub mod route;
 pub mod server;
 pub mod split;

@@ -11,8 +11,8 @@ pub use self::endpoint::Endpoint;
 pub use self::labels::{InvalidLabel, Labels};
 pub use self::name::{HeaderName, InvalidMethod, InvalidName, Method, RouteName, ServiceName, SubsetName};
 pub use self::route::{
-    HeaderMatch, HeaderRegex, HeaderValueMatch, InvalidPathMatch, InvalidRegex, PathMatch, Route, RouteMatch, Subset,
-    WeightedTarget,
+    HeaderMatch, HeaderRegex, HeaderValueMatch, InvalidPathMatch, InvalidRegex, Mirror, PathMatch, Route, RouteMatch,
+    Subset, WeightedTarget,
 };
 pub(crate) use self::snapshot::CheckedSpec;
 pub use self::snapshot::{InvalidSnapshot, ServiceSnapshot, ServiceSnapshotBuilder, ServiceSpec};

@@ -65,12 +65,29 @@ pub struct Route {
     /// The time a request may take, retries included; `None` falls back to the service's policy.
     #[serde(default, with = "crate::duration::option", skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
+    /// A copy of a share of the route's requests, sent to a shadow subset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Mirror>,
+}
+
+/// Traffic mirroring: a copy of `percent` of a route's requests goes to `subset`, fire and forget.
+/// The copy's response, errors and latency never reach the caller; copies carry the header
+/// `x-mesh-mirror: 1` so the shadow can tell.
+///
+/// In files: `mirror: { subset: v2-shadow, percent: 10 }`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mirror {
+    /// The shadow subset.
+    pub subset: SubsetName,
+    /// The share of the route's requests copied.
+    pub percent: crate::policy::Percentage,
 }
 
 impl Route {
     /// A route that matches every request and spreads it over every endpoint.
     pub fn new(name: RouteName) -> Self {
-        Self { name, matches: RouteMatch::default(), targets: Vec::new(), retry: None, timeout: None }
+        Self { name, matches: RouteMatch::default(), targets: Vec::new(), retry: None, timeout: None, mirror: None }
     }
 
     /// Sets what the route matches.
@@ -94,6 +111,12 @@ impl Route {
     /// Sets the timeout.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// Mirrors `percent` of the route's requests to `subset`.
+    pub fn with_mirror(mut self, subset: SubsetName, percent: crate::policy::Percentage) -> Self {
+        self.mirror = Some(Mirror { subset, percent });
         self
     }
 }

@@ -105,6 +105,14 @@ impl ServiceSpec {
             if let Some(retry) = &route.retry {
                 retry.validate().map_err(|e| Violation(format!("routes[{i}].retry.{}", e.field), e.reason))?;
             }
+            if let Some(mirror) = &route.mirror
+                && !subsets.contains(&mirror.subset)
+            {
+                return fail(
+                    format!("routes[{i}].mirror.subset"),
+                    format!("unknown subset {:?} (define it under `subsets`)", mirror.subset.as_str()),
+                );
+            }
             if route.timeout == Some(Duration::ZERO) {
                 return fail(format!("routes[{i}].timeout"), "a timeout must be longer than zero".into());
             }

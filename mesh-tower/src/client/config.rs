@@ -23,6 +23,12 @@ pub struct ClientConfig {
     pub default_rtt: Duration,
     /// Seeds the balancer's random choices; fixed in tests for repeatable runs.
     pub seed: Option<u64>,
+    /// The largest request body copied for a mirror; larger bodies are not mirrored.
+    pub mirror_body_limit: usize,
+    /// Mirrored copies in flight at once; beyond this, copies are skipped.
+    pub max_mirrors_in_flight: usize,
+    /// How long a mirrored copy may take before it is abandoned.
+    pub mirror_timeout: Duration,
 }
 
 impl Default for ClientConfig {
@@ -36,6 +42,9 @@ impl Default for ClientConfig {
             subset_header: Some(http::HeaderName::from_static("x-mesh-subset")),
             default_rtt: Duration::from_millis(5),
             seed: None,
+            mirror_body_limit: 64 * 1024,
+            max_mirrors_in_flight: 256,
+            mirror_timeout: Duration::from_secs(10),
         }
     }
 }

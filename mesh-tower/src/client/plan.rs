@@ -10,7 +10,7 @@ use std::{
 
 use arc_swap::ArcSwapOption;
 use http::{Request, uri::Authority};
-use mesh_core::{RouteName, ServiceSnapshot, SnapshotWatch, SubsetName, policy::LoadBalancerKind};
+use mesh_core::{RouteName, ServiceSnapshot, SnapshotWatch, SubsetName, Weight, policy::LoadBalancerKind};
 
 use super::{NoEndpoints, UnknownSubset};
 use crate::{
@@ -34,6 +34,8 @@ pub(crate) struct Choice {
     pub(crate) target: Target,
     pub(crate) route: Option<RouteName>,
     pub(crate) subset: Option<SubsetName>,
+    /// Where a copy goes, when the route mirrors this request.
+    pub(crate) mirror: Option<Target>,
 }
 
 #[derive(Debug)]
@@ -50,6 +52,8 @@ struct RoutePlan {
     /// Subset indexes, in target order, and the split between them.
     targets: Box<[usize]>,
     split: Option<WeightedSplit>,
+    /// The shadow subset, and a split whose target 0 means "mirror this one".
+    mirror: Option<(usize, WeightedSplit)>,
 }
 
 #[derive(Debug)]
@@ -162,10 +166,19 @@ impl Planner {
                     .iter()
                     .map(|t| snapshot.subsets().iter().position(|s| s.name == t.subset).unwrap_or(usize::MAX))
                     .collect();
+                let mirror = route.mirror.as_ref().and_then(|m| {
+                    let subset = snapshot.subsets().iter().position(|s| s.name == m.subset)?;
+                    // Percent in hundredths, as weights: [mirrored, not mirrored].
+                    let mirrored = (m.percent.get() * 100.0).round() as u32;
+                    let weights =
+                        [mirrored, 10_000 - mirrored.min(10_000)].map(|w| Weight::new(w).unwrap_or(Weight::ZERO));
+                    Some((subset, WeightedSplit::new(weights)?))
+                });
                 RoutePlan {
                     name: route.name.clone(),
                     targets,
                     split: WeightedSplit::new(route.targets.iter().map(|t| t.weight)),
+                    mirror,
                 }
             })
             .collect();
@@ -209,11 +222,17 @@ impl Planner {
         let hash_key = plan.hash_header.as_ref().and_then(|h| request.headers().get(h)).map(|v| v.as_bytes());
         let picked =
             subset_plan.picker.pick(subset_plan.targets.len(), |i| &subset_plan.targets[i].load, &self.rng, hash_key);
+        let mirror = route.and_then(|r| r.mirror.as_ref()).filter(|(_, split)| split.pick() == 0).and_then(|(s, _)| {
+            let shadow = &plan.subsets[*s];
+            let i = shadow.picker.pick(shadow.targets.len(), |i| &shadow.targets[i].load, &self.rng, hash_key)?;
+            Some(shadow.targets[i].clone())
+        });
         match picked {
             Some(i) => Pick::Chosen(Choice {
                 target: subset_plan.targets[i].clone(),
                 route: route.map(|r| r.name.clone()),
                 subset: subset_plan.name.clone(),
+                mirror,
             }),
             None => Pick::Failed(
                 NoEndpoints { service: service(), subset: subset_plan.name.clone(), version: plan.version }.into(),

@@ -13,11 +13,15 @@ use hyper_util::{
 };
 use mesh_core::{Discovery, IdentitySource, ServiceName};
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+
 use super::{
     ClientConfig, Protocol, ResponseFuture, Unresolved,
     connect::MeshConnector,
-    plan::{Choice, Pick, Planner},
+    plan::{Choice, Pick, Planner, Target},
 };
+use crate::mirror::{MirrorStats, TeeBody};
 use crate::{BoxError, MissingIdentity, Upstream, balance::InFlight, identity::Security};
 
 /// Calls one service by name through discovery. See the [module docs](super).
@@ -25,10 +29,14 @@ use crate::{BoxError, MissingIdentity, Upstream, balance::InFlight, identity::Se
 /// `B` is the request body type, such as `http_body_util::Full<Bytes>` or `tonic::body::Body`.
 pub struct MeshClient<B> {
     shared: Arc<Shared>,
-    http: Client<MeshConnector, B>,
+    http: Client<MeshConnector, TeeBody<B>>,
 }
 
 struct Shared {
+    /// Mirrored copies travel on their own pool, so they never hold up a primary request.
+    mirror_http: Client<MeshConnector, Full<Bytes>>,
+    mirrors: Arc<MirrorStats>,
+    mirror_slots: Arc<tokio::sync::Semaphore>,
     service: ServiceName,
     planner: Planner,
     config: ClientConfig,
@@ -114,8 +122,7 @@ impl MeshClientBuilder {
     /// Fails if neither [`identity`](Self::identity) nor [`plaintext`](Self::plaintext) was chosen.
     pub fn build<B>(self) -> Result<MeshClient<B>, MissingIdentity>
     where
-        B: http_body::Body + Send + 'static + Unpin,
-        B::Data: Send,
+        B: http_body::Body<Data = Bytes> + Send + 'static + Unpin,
         B::Error: Into<BoxError>,
     {
         let mut connector = HttpConnector::new();
@@ -135,8 +142,12 @@ impl MeshClientBuilder {
                 MeshConnector::mtls(connector, source, watch.clone(), self.config.protocol, self.config.connect_timeout)
             }
         };
+        let mirror_http = http.build(connector.clone());
         let http = http.build(connector);
         let shared = Shared {
+            mirror_http,
+            mirrors: Arc::default(),
+            mirror_slots: Arc::new(tokio::sync::Semaphore::new(self.config.max_mirrors_in_flight)),
             service: self.service,
             planner: Planner::new(
                 watch,
@@ -153,8 +164,7 @@ impl MeshClientBuilder {
 
 impl<B> MeshClient<B>
 where
-    B: http_body::Body + Send + 'static + Unpin,
-    B::Data: Send,
+    B: http_body::Body<Data = Bytes> + Send + 'static + Unpin,
     B::Error: Into<BoxError>,
 {
     /// The destination.
@@ -162,14 +172,77 @@ where
         &self.shared.service
     }
 
-    fn send(http: &Client<MeshConnector, B>, shared: &Shared, request: Request<B>, choice: Choice) -> ResponseFuture {
-        let Choice { target, route, subset } = choice;
+    /// The counts of mirrored copies.
+    pub fn mirror_stats(&self) -> Arc<MirrorStats> {
+        self.shared.mirrors.clone()
+    }
+
+    fn send(
+        http: &Client<MeshConnector, TeeBody<B>>,
+        shared: &Arc<Shared>,
+        request: Request<B>,
+        choice: Choice,
+    ) -> ResponseFuture {
+        let Choice { target, route, subset, mirror } = choice;
         let upstream = Upstream { address: target.address, route, subset };
+        let request = match mirror {
+            Some(shadow) => Self::mirror(shared, request, shadow),
+            None => request.map(TeeBody::plain),
+        };
         let in_flight = InFlight::start(target.load);
         match rewrite(request, target.authority, shared) {
             Ok(request) => ResponseFuture::sending(http.request(request), upstream, in_flight),
             Err(error) => ResponseFuture::failed(error),
         }
+    }
+
+    /// Sets up the copy of `request` for `shadow` and returns the primary, whose body keeps the copy.
+    fn mirror(shared: &Arc<Shared>, request: Request<B>, shadow: Target) -> Request<TeeBody<B>> {
+        let Ok(slot) = shared.mirror_slots.clone().try_acquire_owned() else {
+            shared.mirrors.record_skipped();
+            return request.map(TeeBody::plain);
+        };
+        let (parts, body) = request.into_parts();
+        let mut copy =
+            Request::builder().method(parts.method.clone()).uri(parts.uri.clone()).body(()).unwrap_or_default();
+        *copy.headers_mut() = parts.headers.clone();
+        copy.headers_mut().insert(crate::mirror::MIRROR_HEADER, HeaderValue::from_static("1"));
+        let (done, copied) = tokio::sync::oneshot::channel();
+        let body = if body.is_end_stream() {
+            let _ = done.send(Bytes::new());
+            TeeBody::plain(body)
+        } else {
+            TeeBody::tee(body, shared.config.mirror_body_limit, done)
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            // Sent only once the primary body went out in full and within the limit.
+            let Ok(bytes) = copied.await else {
+                shared.mirrors.record_skipped();
+                return;
+            };
+            let copy = copy.map(|()| Full::new(bytes));
+            let outcome = match rewrite(copy, shadow.authority, &shared) {
+                Ok(copy) => tokio::time::timeout(shared.config.mirror_timeout, async {
+                    let response = shared.mirror_http.request(copy).await?;
+                    response.into_body().collect().await.map_err(BoxError::from)?;
+                    Ok::<_, BoxError>(())
+                })
+                .await
+                .map_err(BoxError::from)
+                .and_then(|r| r),
+                Err(error) => Err(error),
+            };
+            match outcome {
+                Ok(()) => shared.mirrors.record_sent(),
+                Err(error) => {
+                    tracing::debug!(%error, shadow = %shadow.address, "mirrored copy failed");
+                    shared.mirrors.record_failed();
+                }
+            }
+        });
+        Request::from_parts(parts, body)
     }
 }
 
@@ -197,8 +270,7 @@ fn rewrite<B>(request: Request<B>, authority: http::uri::Authority, shared: &Sha
 
 impl<B> tower::Service<Request<B>> for MeshClient<B>
 where
-    B: http_body::Body + Send + 'static + Unpin,
-    B::Data: Send,
+    B: http_body::Body<Data = Bytes> + Send + 'static + Unpin,
     B::Error: Into<BoxError>,
 {
     type Response = Response<Incoming>;
@@ -212,6 +284,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
+        // (Route, split and balance happen in the planner: one lock-free pick.)
         match self.shared.planner.pick(&request) {
             Pick::Chosen(choice) => Self::send(&self.http, &self.shared, request, choice),
             Pick::Failed(error) => ResponseFuture::failed(error),
