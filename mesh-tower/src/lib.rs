@@ -50,6 +50,7 @@
 pub mod authz;
 pub mod balance;
 pub mod client;
+pub mod cohort;
 mod connection;
 mod identity;
 pub mod mirror;

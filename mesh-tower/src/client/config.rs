@@ -19,6 +19,10 @@ pub struct ClientConfig {
     /// The request header that pins a request to a named subset, whatever the route's weights
     /// (default `x-mesh-subset`; `None` turns overrides off).
     pub subset_header: Option<http::HeaderName>,
+    /// Cohort pinning across hops (off by default): with a header name, each request is marked
+    /// with the subset it went to, and requests made inside a cohort (see [`crate::cohort`]) are
+    /// pinned to the destination's subset of the same name where one exists.
+    pub cohort_header: Option<http::HeaderName>,
     /// The latency a new endpoint is assumed to have until it answers (P2C).
     pub default_rtt: Duration,
     /// Seeds the balancer's random choices; fixed in tests for repeatable runs.
@@ -40,6 +44,7 @@ impl Default for ClientConfig {
             pool_max_idle_per_endpoint: usize::MAX,
             resolve_timeout: Duration::from_secs(5),
             subset_header: Some(http::HeaderName::from_static("x-mesh-subset")),
+            cohort_header: None,
             default_rtt: Duration::from_millis(5),
             seed: None,
             mirror_body_limit: 64 * 1024,

@@ -81,6 +81,7 @@ pub(crate) struct Planner {
     rng: Rng,
     default_rtt: Duration,
     subset_header: Option<http::HeaderName>,
+    follow_cohort: bool,
 }
 
 /// What a pick found.
@@ -97,6 +98,7 @@ impl Planner {
         seed: u64,
         default_rtt: Duration,
         subset_header: Option<http::HeaderName>,
+        follow_cohort: bool,
     ) -> Self {
         Self {
             watch,
@@ -105,6 +107,7 @@ impl Planner {
             rng: Rng::new(seed),
             default_rtt,
             subset_header,
+            follow_cohort,
         }
     }
 
@@ -186,6 +189,14 @@ impl Planner {
         Plan { version: snapshot.version(), snapshot, routes, subsets: subsets.into(), hash_header }
     }
 
+    fn cohort_subset(&self, plan: &Plan) -> Option<usize> {
+        if !self.follow_cohort {
+            return None;
+        }
+        let cohort = crate::cohort::current()?;
+        plan.subsets.iter().position(|s| s.name.as_ref() == Some(&cohort))
+    }
+
     /// Route, split, balance: where `request` goes.
     pub(crate) fn pick<B>(&self, request: &Request<B>) -> Pick {
         let Some(plan) = self.plan() else { return Pick::NotResolved };
@@ -213,8 +224,14 @@ impl Planner {
                     }
                 }
             }
-            (None, Some(RoutePlan { split: Some(split), targets, .. })) => targets[split.pick()],
-            (None, _) => plan.all(),
+            // The caller's cohort, where this destination has a subset of that name.
+            (None, route) => match self.cohort_subset(&plan) {
+                Some(i) => i,
+                None => match route {
+                    Some(RoutePlan { split: Some(split), targets, .. }) => targets[split.pick()],
+                    _ => plan.all(),
+                },
+            },
         };
         let Some(subset_plan) = plan.subsets.get(subset) else {
             return Pick::Failed(NoEndpoints { service: service(), subset: None, version: plan.version }.into());

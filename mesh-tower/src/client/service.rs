@@ -154,6 +154,7 @@ impl MeshClientBuilder {
                 self.config.seed.unwrap_or_else(seed_from_clock),
                 self.config.default_rtt,
                 self.config.subset_header.clone(),
+                self.config.cohort_header.is_some(),
             ),
             config: self.config,
             _discovery: self.discovery,
@@ -184,6 +185,13 @@ where
         choice: Choice,
     ) -> ResponseFuture {
         let Choice { target, route, subset, mirror } = choice;
+        let mut request = request;
+        if let (Some(header), Some(subset)) = (&shared.config.cohort_header, &subset)
+            && let Ok(value) = HeaderValue::from_str(subset.as_str())
+        {
+            // The next hop runs its handler in this cohort (see `crate::cohort`).
+            request.headers_mut().insert(header.clone(), value);
+        }
         let upstream = Upstream { address: target.address, route, subset };
         let request = match mirror {
             Some(shadow) => Self::mirror(shared, request, shadow),
