@@ -112,6 +112,31 @@ impl std::error::Error for ConnectError {
     }
 }
 
+/// The identity each endpoint address must present, as of the last snapshot that listed it.
+/// Entries outlive the endpoint's removal by [`IdentityBook::RETAIN`], longer than any connect takes.
+#[derive(Debug, Default)]
+pub(crate) struct IdentityBook {
+    entries: Mutex<HashMap<SocketAddr, (Option<SpiffeId>, tokio::time::Instant)>>,
+}
+
+impl IdentityBook {
+    const RETAIN: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// Records what `snapshot` expects of its endpoints.
+    pub(crate) fn record(&self, snapshot: &mesh_core::ServiceSnapshot) {
+        let now = tokio::time::Instant::now();
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.retain(|_, (_, seen)| now.saturating_duration_since(*seen) < Self::RETAIN);
+        for endpoint in snapshot.endpoints() {
+            entries.insert(endpoint.address, (snapshot.expected_identity(endpoint).cloned(), now));
+        }
+    }
+
+    fn lookup(&self, address: SocketAddr) -> Option<Option<SpiffeId>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner).get(&address).map(|(id, _)| id.clone())
+    }
+}
+
 /// What the client dials with.
 #[derive(Clone)]
 pub(crate) struct MeshConnector {
@@ -122,6 +147,7 @@ pub(crate) struct MeshConnector {
 pub(crate) struct TlsDialer {
     source: IdentitySource,
     watch: SnapshotWatch,
+    book: Arc<IdentityBook>,
     options: TlsOptions,
     handshake_timeout: std::time::Duration,
     /// One configuration per expected identity; the identity source is read per handshake, so
@@ -138,6 +164,7 @@ impl MeshConnector {
         http: HttpConnector,
         source: IdentitySource,
         watch: SnapshotWatch,
+        book: Arc<IdentityBook>,
         protocol: Protocol,
         handshake_timeout: std::time::Duration,
     ) -> Self {
@@ -147,22 +174,22 @@ impl MeshConnector {
         };
         let mut options = TlsOptions::default();
         options.alpn = alpn;
-        let dialer = TlsDialer { source, watch, options, handshake_timeout, configs: Mutex::default() };
+        let dialer = TlsDialer { source, watch, book, options, handshake_timeout, configs: Mutex::default() };
         Self { http, tls: Some(Arc::new(dialer)) }
     }
 }
 
 impl TlsDialer {
-    /// The identity the endpoint at `address` must present, from the current snapshot.
+    /// The identity the endpoint at `address` must present: as discovery said when the endpoint
+    /// was last seen, so an endpoint picked just before it left the snapshot is still verified
+    /// against what was expected of it.
     fn expected(&self, address: SocketAddr) -> Result<SpiffeId, ConnectErrorKind> {
         let service = self.watch.service().to_string();
-        let snapshot = self.watch.current().ok_or_else(|| ConnectErrorKind::EndpointGone(service.clone()))?;
-        let endpoint = snapshot
-            .endpoints()
-            .iter()
-            .find(|ep| ep.address == address)
-            .ok_or_else(|| ConnectErrorKind::EndpointGone(service.clone()))?;
-        snapshot.expected_identity(endpoint).cloned().ok_or(ConnectErrorKind::NoExpectedIdentity(service))
+        match self.book.lookup(address) {
+            Some(Some(id)) => Ok(id),
+            Some(None) => Err(ConnectErrorKind::NoExpectedIdentity(service)),
+            None => Err(ConnectErrorKind::EndpointGone(service)),
+        }
     }
 
     fn config(&self, expected: SpiffeId) -> Result<Arc<ClientConfig>, ConnectErrorKind> {

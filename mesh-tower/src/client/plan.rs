@@ -12,7 +12,7 @@ use arc_swap::ArcSwapOption;
 use http::{Request, uri::Authority};
 use mesh_core::{RouteName, ServiceSnapshot, SnapshotWatch, SubsetName, Weight, policy::LoadBalancerKind};
 
-use super::{NoEndpoints, UnknownSubset};
+use super::{NoEndpoints, UnknownSubset, connect::IdentityBook};
 use crate::{
     BoxError,
     balance::{EndpointLoad, Picker, Ring, Rng},
@@ -82,6 +82,7 @@ pub(crate) struct Planner {
     default_rtt: Duration,
     subset_header: Option<http::HeaderName>,
     follow_cohort: bool,
+    identities: Arc<IdentityBook>,
 }
 
 /// What a pick found.
@@ -99,6 +100,7 @@ impl Planner {
         default_rtt: Duration,
         subset_header: Option<http::HeaderName>,
         follow_cohort: bool,
+        identities: Arc<IdentityBook>,
     ) -> Self {
         Self {
             watch,
@@ -108,6 +110,7 @@ impl Planner {
             default_rtt,
             subset_header,
             follow_cohort,
+            identities,
         }
     }
 
@@ -134,6 +137,7 @@ impl Planner {
     }
 
     fn build(&self, snapshot: Arc<ServiceSnapshot>) -> Plan {
+        self.identities.record(&snapshot);
         let mut loads = self.loads.lock().unwrap_or_else(PoisonError::into_inner);
         // Latency estimates follow the address across versions; gone endpoints are forgotten.
         loads.retain(|addr, _| snapshot.endpoints().iter().any(|ep| ep.address == *addr));

@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Full};
 
 use super::{
     ClientConfig, Protocol, ResponseFuture, Unresolved,
-    connect::MeshConnector,
+    connect::{IdentityBook, MeshConnector},
     plan::{Choice, Pick, Planner, Target},
 };
 use crate::mirror::{MirrorStats, TeeBody};
@@ -135,12 +135,18 @@ impl MeshClientBuilder {
             .pool_max_idle_per_host(self.config.pool_max_idle_per_endpoint)
             .http2_only(self.config.protocol == Protocol::Http2);
         let watch = self.discovery.watch(&self.service);
+        let identities = Arc::new(IdentityBook::default());
         let connector = match self.security {
             Security::Unset => return Err(MissingIdentity { what: format!("the client of service {}", self.service) }),
             Security::Plaintext => MeshConnector::plaintext(connector),
-            Security::Mtls(source) => {
-                MeshConnector::mtls(connector, source, watch.clone(), self.config.protocol, self.config.connect_timeout)
-            }
+            Security::Mtls(source) => MeshConnector::mtls(
+                connector,
+                source,
+                watch.clone(),
+                identities.clone(),
+                self.config.protocol,
+                self.config.connect_timeout,
+            ),
         };
         let mirror_http = http.build(connector.clone());
         let http = http.build(connector);
@@ -155,6 +161,7 @@ impl MeshClientBuilder {
                 self.config.default_rtt,
                 self.config.subset_header.clone(),
                 self.config.cohort_header.is_some(),
+                identities,
             ),
             config: self.config,
             _discovery: self.discovery,
