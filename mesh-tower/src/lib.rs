@@ -49,11 +49,13 @@
 
 pub mod authz;
 pub mod balance;
+pub mod classify;
 pub mod client;
 pub mod cohort;
 mod connection;
 mod identity;
 pub mod mirror;
+pub mod retry;
 pub mod route;
 pub mod server;
 pub mod split;

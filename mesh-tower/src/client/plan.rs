@@ -241,8 +241,18 @@ impl Planner {
             return Pick::Failed(NoEndpoints { service: service(), subset: None, version: plan.version }.into());
         };
         let hash_key = plan.hash_header.as_ref().and_then(|h| request.headers().get(h)).map(|v| v.as_bytes());
-        let picked =
+        let mut picked =
             subset_plan.picker.pick(subset_plan.targets.len(), |i| &subset_plan.targets[i].load, &self.rng, hash_key);
+        // A retry goes to an endpoint that has not failed this request, when the subset has one.
+        if let (Some(i), Some(avoid)) = (picked, request.extensions().get::<crate::retry::AvoidEndpoints>()) {
+            let n = subset_plan.targets.len();
+            if avoid.0.contains(&subset_plan.targets[i].address) {
+                picked = (1..n)
+                    .map(|k| (i + k) % n)
+                    .find(|j| !avoid.0.contains(&subset_plan.targets[*j].address))
+                    .or(picked);
+            }
+        }
         let mirror = route.and_then(|r| r.mirror.as_ref()).filter(|(_, split)| split.pick() == 0).and_then(|(s, _)| {
             let shadow = &plan.subsets[*s];
             let i = shadow.picker.pick(shadow.targets.len(), |i| &shadow.targets[i].load, &self.rng, hash_key)?;

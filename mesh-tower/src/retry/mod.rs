@@ -1,0 +1,32 @@
+//! Retries with a budget, per route.
+//!
+//! [`RetryLayer`] reads the destination's snapshot to find the request's route and its
+//! [`RetryPolicy`](mesh_core::policy::RetryPolicy) (the route's own, else the service's). A
+//! request is retried only if:
+//!
+//! - the policy's `retry_on` says the outcome is retryable (see [`crate::classify`]);
+//! - its method is idempotent, or the policy sets `retry_non_idempotent`;
+//! - its body can be replayed: bodies whose size is known to be at most `max_replay_bytes`
+//!   (64 KiB by default) are buffered; larger or unbounded ones are sent once, and counted;
+//! - the destination's **retry budget** allows it. Every original request deposits into the budget
+//!   and every retry withdraws; retries may add `ratio` (20%) on top of original requests, plus
+//!   `min_per_second` so quiet callers can still retry. Fixed retry counts multiply load during an
+//!   outage (3 attempts = 3x); a budget caps the extra at 20% whatever happens (see tower's
+//!   `retry::budget` for the reasoning, and its `TpsBudget`, which this uses).
+//!
+//! Attempts wait an exponential backoff with full jitter, may each be bounded by
+//! `per_try_timeout`, never run past the route's timeout, carry `x-mesh-attempt: N`, and prefer an
+//! endpoint other than the ones that failed. [`RetryStats`] counts retries, exhausted budgets
+//! and bodies too large to replay.
+
+mod service;
+
+pub use self::service::{Retry, RetryBody, RetryLayer, RetryStats, RouteTimeout};
+
+/// The request header that numbers attempts (1 for the first).
+pub const ATTEMPT_HEADER: &str = "x-mesh-attempt";
+
+/// In a request's extensions: endpoints that already failed it, which the balancer avoids when
+/// the subset has others.
+#[derive(Clone, Debug, Default)]
+pub struct AvoidEndpoints(pub Vec<std::net::SocketAddr>);

@@ -1,0 +1,296 @@
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response};
+use http_body::Body;
+use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+use mesh_core::{
+    Discovery, ServiceName, SnapshotWatch,
+    policy::{RetryBudget, RetryPolicy},
+};
+use tower::{
+    Layer, Service, ServiceExt,
+    retry::budget::{Budget, TpsBudget},
+};
+
+use super::{ATTEMPT_HEADER, AvoidEndpoints};
+use crate::{BoxError, Upstream, classify, classify::Outcome, route};
+
+/// The body type the retry layer hands to the service below it: a buffered copy for replayable
+/// requests, the caller's own body otherwise.
+pub type RetryBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Retries requests to one destination by its routes' policies. Cheap to clone: the budget and
+/// the counters are shared by every service it makes.
+#[derive(Clone, Debug)]
+pub struct RetryLayer {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    watch: SnapshotWatch,
+    budget: Mutex<Option<(RetryBudget, Arc<TpsBudget>)>>,
+    stats: Arc<RetryStats>,
+    jitter: AtomicU64,
+}
+
+/// What a retry layer did.
+#[derive(Debug, Default)]
+pub struct RetryStats {
+    requests: AtomicU64,
+    retries: AtomicU64,
+    budget_exhausted: AtomicU64,
+    not_replayable: AtomicU64,
+}
+
+impl RetryStats {
+    /// Original requests.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Retries sent (attempts beyond the first).
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    /// Retries the budget refused.
+    pub fn budget_exhausted(&self) -> u64 {
+        self.budget_exhausted.load(Ordering::Relaxed)
+    }
+
+    /// Requests sent once because their body could not be buffered for replay.
+    pub fn not_replayable(&self) -> u64 {
+        self.not_replayable.load(Ordering::Relaxed)
+    }
+}
+
+/// The route's (or service's) timeout elapsed, retries included.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the request took longer than its route's timeout of {0:?}")]
+pub struct RouteTimeout(pub Duration);
+
+impl RetryLayer {
+    /// Retries requests to `service`, by the policies its snapshot carries.
+    pub fn from_discovery(discovery: &impl Discovery, service: &ServiceName) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                watch: discovery.watch(service),
+                budget: Mutex::new(None),
+                stats: Arc::default(),
+                jitter: AtomicU64::new(0x853C_49E6_748F_EA9B),
+            }),
+        }
+    }
+
+    /// The counters of every service this layer made.
+    pub fn stats(&self) -> Arc<RetryStats> {
+        self.shared.stats.clone()
+    }
+}
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Retry { inner, shared: self.shared.clone() }
+    }
+}
+
+/// The service [`RetryLayer`] makes.
+#[derive(Clone, Debug)]
+pub struct Retry<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl Shared {
+    /// The destination's budget; rebuilt when the policy's budget settings change.
+    fn budget(&self, settings: &RetryBudget) -> Arc<TpsBudget> {
+        let mut budget = self.budget.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*budget {
+            Some((current, b)) if current == settings => b.clone(),
+            _ => {
+                let fresh = Arc::new(TpsBudget::new(
+                    settings.window,
+                    settings.min_per_second.min(i32::MAX as u32 - 1),
+                    settings.ratio as f32,
+                ));
+                *budget = Some((settings.clone(), fresh.clone()));
+                fresh
+            }
+        }
+    }
+
+    /// Full jitter: a uniform wait up to `min(max, base * 2^(retry - 1))`.
+    fn backoff(&self, policy: &RetryPolicy, retry: u32) -> Duration {
+        let ceiling = policy.backoff.base.saturating_mul(1 << (retry - 1).min(16)).min(policy.backoff.max);
+        let mut z = self.jitter.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ceiling.mul_f64((z >> 11) as f64 / (1u64 << 53) as f64)
+    }
+}
+
+type Attempt<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+/// One call, type-erased: keeps the retry loop's future `Send` without higher-ranked bounds.
+fn attempt<S, ResBody>(service: S, request: Request<RetryBody>) -> Attempt<Response<ResBody>, S::Error>
+where
+    S: Service<Request<RetryBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    Box::pin(service.oneshot(request))
+}
+
+/// Buffers a body known to fit (type-erased for the same reason as [`attempt`]).
+fn collect<B>(body: B) -> Attempt<Bytes, BoxError>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    Box::pin(async move { Ok(body.collect().await.map_err(Into::into)?.to_bytes()) })
+}
+
+fn boxed<B>(body: B) -> RetryBody
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}
+
+impl<S, B, ResBody> Service<Request<B>> for Retry<S>
+where
+    S: Service<Request<RetryBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    ResBody: Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ResBody>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let shared = self.shared.clone();
+        // The ready service takes the first attempt; clones take the retries.
+        let inner = self.inner.clone();
+        let first = std::mem::replace(&mut self.inner, inner);
+        Box::pin(async move { shared.run(first, request).await })
+    }
+}
+
+impl Shared {
+    async fn run<S, B, ResBody>(self: Arc<Self>, first: S, request: Request<B>) -> Result<Response<ResBody>, BoxError>
+    where
+        S: Service<Request<RetryBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let (policy, timeout) = match self.watch.current() {
+            Some(snapshot) => {
+                let route = route::select(snapshot.routes(), &request).map(|i| &snapshot.routes()[i]);
+                let policy = route.and_then(|r| r.retry.clone()).or_else(|| snapshot.policies().retry.clone());
+                (policy, route.and_then(|r| r.timeout).or(snapshot.policies().timeout))
+            }
+            None => (None, None),
+        };
+        let attempts = self.clone().attempts(first, request, policy);
+        match timeout {
+            Some(limit) => tokio::time::timeout(limit, attempts).await.map_err(|_| RouteTimeout(limit))?,
+            None => attempts.await,
+        }
+    }
+
+    async fn attempts<S, B, ResBody>(
+        self: Arc<Self>,
+        first: S,
+        request: Request<B>,
+        policy: Option<RetryPolicy>,
+    ) -> Result<Response<ResBody>, BoxError>
+    where
+        S: Service<Request<RetryBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let Some(policy) = policy.filter(|p| p.max_attempts > 1) else {
+            return attempt(first, request.map(boxed)).await.map_err(Into::into);
+        };
+        let budget = self.budget(&policy.budget);
+        budget.deposit();
+        let idempotent = mesh_core::Method::new(request.method().as_str()).is_ok_and(|m| m.is_idempotent());
+        if !idempotent && !policy.retry_non_idempotent {
+            return attempt(first, request.map(boxed)).await.map_err(Into::into);
+        }
+        let (parts, body) = request.into_parts();
+        let fits = body.size_hint().upper().is_some_and(|upper| upper <= policy.max_replay_bytes);
+        if !fits {
+            self.stats.not_replayable.fetch_add(1, Ordering::Relaxed);
+            return attempt(first, Request::from_parts(parts, boxed(body))).await.map_err(Into::into);
+        }
+        let bytes = collect(body).await?;
+
+        let mut service = first;
+        let mut avoid = Vec::new();
+        let mut number = 1u32;
+        loop {
+            let mut request = Request::from_parts(parts.clone(), boxed(Full::new(bytes.clone())));
+            request.headers_mut().insert(ATTEMPT_HEADER, HeaderValue::from(number));
+            if !avoid.is_empty() {
+                request.extensions_mut().insert(AvoidEndpoints(avoid.clone()));
+            }
+            let call = attempt(service.clone(), request);
+            let result = match policy.per_try_timeout {
+                Some(limit) => match tokio::time::timeout(limit, call).await {
+                    Ok(result) => result.map_err(Into::into),
+                    Err(elapsed) => Err(BoxError::from(elapsed)),
+                },
+                None => call.await.map_err(Into::into),
+            };
+            let outcome = match &result {
+                Ok(response) => classify::response(response.status(), response.headers(), &policy.retry_on),
+                Err(error) => classify::error(error, &policy.retry_on),
+            };
+            let Outcome::Retryable(why) = outcome else { return result };
+            if number >= policy.max_attempts {
+                return result;
+            }
+            if !budget.withdraw() {
+                self.stats.budget_exhausted.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(attempt = number, ?why, "retry budget exhausted; returning the failure");
+                return result;
+            }
+            if let Ok(response) = &result
+                && let Some(upstream) = response.extensions().get::<Upstream>()
+            {
+                avoid.push(upstream.address);
+            }
+            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(attempt = number, ?why, "retrying");
+            tokio::time::sleep(self.backoff(&policy, number)).await;
+            number += 1;
+            service = service.clone();
+        }
+    }
+}
