@@ -11,14 +11,17 @@
 //! - the destination's **retry budget** allows it. Every original request deposits into the budget
 //!   and every retry withdraws; retries may add `ratio` (20%) on top of original requests, plus
 //!   `min_per_second` so quiet callers can still retry. Fixed retry counts multiply load during an
-//!   outage (3 attempts = 3x); a budget caps the extra at 20% whatever happens (see tower's
-//!   `retry::budget` for the reasoning, and its `TpsBudget`, which this uses).
+//!   outage (3 attempts = 3x); a budget caps the extra at 20% whatever happens (tower's
+//!   `retry::budget` explains the reasoning). Unlike tower's `TpsBudget`, the per-second floor
+//!   accrues over time instead of being granted up front, so over any stretch retries stay below
+//!   `requests × ratio + min_per_second × seconds`.
 //!
 //! Attempts wait an exponential backoff with full jitter, may each be bounded by
 //! `per_try_timeout`, never run past the route's timeout, carry `x-mesh-attempt: N`, and prefer an
 //! endpoint other than the ones that failed. [`RetryStats`] counts retries, exhausted budgets
 //! and bodies too large to replay.
 
+mod budget;
 mod service;
 
 pub use self::service::{Retry, RetryBody, RetryLayer, RetryStats, RouteTimeout};

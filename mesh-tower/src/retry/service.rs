@@ -17,12 +17,9 @@ use mesh_core::{
     Discovery, ServiceName, SnapshotWatch,
     policy::{RetryBudget, RetryPolicy},
 };
-use tower::{
-    Layer, Service, ServiceExt,
-    retry::budget::{Budget, TpsBudget},
-};
+use tower::{Layer, Service, ServiceExt};
 
-use super::{ATTEMPT_HEADER, AvoidEndpoints};
+use super::{ATTEMPT_HEADER, AvoidEndpoints, budget::Budget};
 use crate::{BoxError, Upstream, classify, classify::Outcome, route};
 
 /// The body type the retry layer hands to the service below it: a buffered copy for replayable
@@ -39,7 +36,7 @@ pub struct RetryLayer {
 #[derive(Debug)]
 struct Shared {
     watch: SnapshotWatch,
-    budget: Mutex<Option<(RetryBudget, Arc<TpsBudget>)>>,
+    budget: Mutex<Option<(RetryBudget, Arc<Budget>)>>,
     stats: Arc<RetryStats>,
     jitter: AtomicU64,
 }
@@ -116,16 +113,12 @@ pub struct Retry<S> {
 
 impl Shared {
     /// The destination's budget; rebuilt when the policy's budget settings change.
-    fn budget(&self, settings: &RetryBudget) -> Arc<TpsBudget> {
+    fn budget(&self, settings: &RetryBudget) -> Arc<Budget> {
         let mut budget = self.budget.lock().unwrap_or_else(PoisonError::into_inner);
         match &*budget {
             Some((current, b)) if current == settings => b.clone(),
             _ => {
-                let fresh = Arc::new(TpsBudget::new(
-                    settings.window,
-                    settings.min_per_second.min(i32::MAX as u32 - 1),
-                    settings.ratio as f32,
-                ));
+                let fresh = Arc::new(Budget::new(settings.ratio, settings.min_per_second, settings.window));
                 *budget = Some((settings.clone(), fresh.clone()));
                 fresh
             }
