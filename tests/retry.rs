@@ -181,3 +181,75 @@ async fn post_is_not_retried_and_a_large_body_is_sent_once() {
     assert_eq!(dead.attempts.load(Ordering::SeqCst), 11, "an idempotent PUT over the replay cap is sent once");
     assert_eq!(stats.not_replayable(), 1);
 }
+
+/// A service that calls `next` through a retrying mesh client and answers with its status.
+async fn hop(next: &Flaky, depth: u32, discovery: &StaticDiscovery, name: &str) -> ServerHandle {
+    let client = stack_with(next, depth, discovery, name);
+    let handler = tower::service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+        let client = client.clone();
+        async move {
+            let request = http::Request::get("/").body(Full::new(bytes::Bytes::new())).unwrap();
+            let status = match client.oneshot(request).await {
+                Ok(response) => response.status(),
+                Err(_) => http::StatusCode::BAD_GATEWAY,
+            };
+            let mut response = http::Response::new(String::new());
+            *response.status_mut() = if status == 200 { status } else { http::StatusCode::SERVICE_UNAVAILABLE };
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let service = tower::ServiceBuilder::new().layer(mesh::tower::context::ContextLayer::new()).service(handler);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    Server::builder().identity(identity("/backend")).build().unwrap().spawn(listener, service).unwrap()
+}
+
+/// A retrying client of service `name` at `next`, with a budget too large to matter.
+fn stack_with(next: &Flaky, depth: u32, discovery: &StaticDiscovery, name: &str) -> Client {
+    let name: ServiceName = name.parse().unwrap();
+    let mut policy = policy();
+    policy.max_retry_depth = depth;
+    policy.budget.ratio = 100.0;
+    policy.budget.min_per_second = 100_000;
+    discovery.set(
+        ServiceSnapshot::builder(name.clone())
+            .identity(backend_id())
+            .endpoint(Endpoint::new(next.handle.local_addr()))
+            .route(Route::new(RouteName::new("default").unwrap()).with_retry(policy))
+            .build()
+            .unwrap(),
+    );
+    let client = MeshClient::builder(discovery.clone(), name.clone())
+        .identity(identity("/caller"))
+        .build::<RetryBody>()
+        .unwrap();
+    BoxCloneService::new(
+        tower::ServiceBuilder::new().layer(RetryLayer::from_discovery(discovery, &name)).service(client),
+    )
+}
+
+async fn chain(depth: u32) -> usize {
+    let discovery = StaticDiscovery::new();
+    let c = flaky(100, 9).await;
+    let b = hop(&c, depth, &discovery, "c").await;
+    let b = Flaky { handle: b, attempts: Arc::default(), attempt_headers: Arc::default() };
+    let a = hop(&b, depth, &discovery, "b").await;
+    let a = Flaky { handle: a, attempts: Arc::default(), attempt_headers: Arc::default() };
+    let edge = stack_with(&a, depth, &discovery, "a");
+    for _ in 0..20 {
+        let request = http::Request::get("/").body(Full::new(bytes::Bytes::new())).unwrap();
+        let response = edge.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 503);
+    }
+    c.attempts.load(Ordering::SeqCst)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hop_guard_keeps_a_chain_from_multiplying_retries() {
+    let guarded = chain(1).await;
+    let unguarded = chain(10).await;
+    eprintln!(
+        "client -> a -> b -> c (c always 503), 3 attempts per hop, 20 requests: c received {guarded} attempts with the guard (depth 1), {unguarded} without"
+    );
+    assert_eq!(guarded, 20 * 3, "only the first retrying hop retries");
+    assert_eq!(unguarded, 20 * 27, "3 x 3 x 3 without the guard");
+}

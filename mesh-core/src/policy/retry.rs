@@ -28,6 +28,10 @@ pub struct RetryPolicy {
     /// Request bodies up to this size are buffered so they can be replayed; larger ones are sent
     /// once and never retried.
     pub max_replay_bytes: u64,
+    /// How many retrying hops a request may already have passed for this hop to retry it too.
+    /// The default, 1, lets only the first retrying hop of a call chain retry: five services
+    /// with three attempts each send at most 3 attempts to the last, not 3^5.
+    pub max_retry_depth: u32,
 }
 
 impl Default for RetryPolicy {
@@ -40,6 +44,7 @@ impl Default for RetryPolicy {
             per_try_timeout: None,
             budget: RetryBudget::default(),
             max_replay_bytes: 64 * 1024,
+            max_retry_depth: 1,
         }
     }
 }

@@ -20,7 +20,7 @@ pub struct ClientConfig {
     /// (default `x-mesh-subset`; `None` turns overrides off).
     pub subset_header: Option<http::HeaderName>,
     /// Cohort pinning across hops (off by default): with a header name, each request is marked
-    /// with the subset it went to, and requests made inside a cohort (see [`crate::cohort`]) are
+    /// with the subset it went to, and requests made inside a cohort (see [`crate::context`]) are
     /// pinned to the destination's subset of the same name where one exists.
     pub cohort_header: Option<http::HeaderName>,
     /// The latency a new endpoint is assumed to have until it answers (P2C).

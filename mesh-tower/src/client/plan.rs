@@ -197,7 +197,7 @@ impl Planner {
         if !self.follow_cohort {
             return None;
         }
-        let cohort = crate::cohort::current()?;
+        let cohort = crate::context::cohort()?;
         plan.subsets.iter().position(|s| s.name.as_ref() == Some(&cohort))
     }
 

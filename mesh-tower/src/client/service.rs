@@ -196,7 +196,7 @@ where
         if let (Some(header), Some(subset)) = (&shared.config.cohort_header, &subset)
             && let Ok(value) = HeaderValue::from_str(subset.as_str())
         {
-            // The next hop runs its handler in this cohort (see `crate::cohort`).
+            // The next hop runs its handler in this cohort (see `crate::context`).
             request.headers_mut().insert(header.clone(), value);
         }
         let upstream = Upstream { address: target.address, route, subset };

@@ -16,6 +16,11 @@
 //!   accrues over time instead of being granted up front, so over any stretch retries stay below
 //!   `requests × ratio + min_per_second × seconds`.
 //!
+//! - fewer than `max_retry_depth` hops upstream retry it already (the hop guard: each retrying
+//!   hop counts itself in `x-mesh-retry-depth`, which servers read with
+//!   [`ContextLayer`](crate::context::ContextLayer); by default only the first retrying hop of a
+//!   call chain retries, so a chain of five cannot multiply load 3^5 times).
+//!
 //! Attempts wait an exponential backoff with full jitter, may each be bounded by
 //! `per_try_timeout`, never run past the route's timeout, carry `x-mesh-attempt: N`, and prefer an
 //! endpoint other than the ones that failed. [`RetryStats`] counts retries, exhausted budgets

@@ -20,6 +20,7 @@ use mesh_core::{
 use tower::{Layer, Service, ServiceExt};
 
 use super::{ATTEMPT_HEADER, AvoidEndpoints, budget::Budget};
+use crate::context::RETRY_DEPTH_HEADER;
 use crate::{BoxError, Upstream, classify, classify::Outcome, route};
 
 /// The body type the retry layer hands to the service below it: a buffered copy for replayable
@@ -227,7 +228,16 @@ impl Shared {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let Some(policy) = policy.filter(|p| p.max_attempts > 1) else {
+        // How many hops upstream already retry this request; this hop retries only below the
+        // policy's depth, and tells the next hop how deep the request now is.
+        let depth = crate::context::retry_depth();
+        let mut request = request;
+        let retrying = policy.as_ref().is_some_and(|p| p.max_attempts > 1 && depth < p.max_retry_depth);
+        let outgoing = depth + u32::from(retrying);
+        if outgoing > 0 {
+            request.headers_mut().insert(RETRY_DEPTH_HEADER, HeaderValue::from(outgoing));
+        }
+        let Some(policy) = policy.filter(|_| retrying) else {
             return attempt(first, request.map(boxed)).await.map_err(Into::into);
         };
         let budget = self.budget(&policy.budget);

@@ -1,0 +1,135 @@
+//! What a server knows about the request it is handling and hands on to the mesh calls the
+//! handler makes, without the application copying a header: the cohort, and how many retrying
+//! hops the request has passed.
+//!
+//! [`ContextLayer`] (server side) reads both from the incoming request and runs the handler inside
+//! them (a tokio task-local); [`MeshClient`](crate::client::MeshClient) and
+//! [`RetryLayer`](crate::retry::RetryLayer) read them from there. Calls made from tasks the handler
+//! spawns do not inherit the context: wrap those with [`scope`]`(`[`current`]`(), ...)`.
+//!
+//! # Cohort pinning across hops (off by default)
+//!
+//! With [`ClientConfig::cohort_header`](crate::client::ClientConfig::cohort_header) set, a client
+//! marks each request with the subset it chose (`x-mesh-cohort: v2`), and, inside a cohort, pins
+//! requests to the destination's subset of the same name where there is one (an explicit
+//! `x-mesh-subset` still wins). So a request routed to `v2` of one service reaches `v2` of the
+//! next. A request keeps its cohort's subset on every retry.
+//!
+//! # Retry depth
+//!
+//! Each retrying hop adds one to `x-mesh-retry-depth`; a retry policy whose `max_retry_depth` is
+//! reached does not retry (see [`crate::retry`]), so a chain of services cannot multiply load by
+//! attempts^hops.
+
+use std::{
+    future::Future,
+    task::{Context, Poll},
+};
+
+use http::{HeaderName, Request};
+use mesh_core::SubsetName;
+use tokio::task::futures::TaskLocalFuture;
+use tower::{Layer, Service};
+
+/// The header that carries the cohort.
+pub const COHORT_HEADER: &str = "x-mesh-cohort";
+/// The header that counts retrying hops upstream.
+pub const RETRY_DEPTH_HEADER: &str = "x-mesh-retry-depth";
+
+/// The context of the request being handled.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MeshContext {
+    /// The subset the request was routed to by its caller, if the caller said.
+    pub cohort: Option<SubsetName>,
+    /// How many hops upstream retry this request.
+    pub retry_depth: u32,
+}
+
+tokio::task_local! {
+    static CONTEXT: MeshContext;
+}
+
+/// The context of the current task (empty outside a handler).
+pub fn current() -> MeshContext {
+    CONTEXT.try_with(Clone::clone).unwrap_or_default()
+}
+
+/// The cohort of the current task, if any.
+pub fn cohort() -> Option<SubsetName> {
+    CONTEXT.try_with(|c| c.cohort.clone()).ok().flatten()
+}
+
+/// The retry depth of the current task (0 outside a handler).
+pub fn retry_depth() -> u32 {
+    CONTEXT.try_with(|c| c.retry_depth).unwrap_or(0)
+}
+
+/// Runs `future` inside `context` (for tasks a handler spawns).
+pub fn scope<F: Future>(context: MeshContext, future: F) -> TaskLocalFuture<MeshContext, F> {
+    CONTEXT.scope(context, future)
+}
+
+/// Runs each request's handler inside the context its headers carry.
+#[derive(Clone, Debug)]
+pub struct ContextLayer {
+    cohort_header: HeaderName,
+}
+
+impl ContextLayer {
+    /// Reads the cohort from `x-mesh-cohort`.
+    pub fn new() -> Self {
+        Self { cohort_header: HeaderName::from_static(COHORT_HEADER) }
+    }
+
+    /// Reads the cohort from `header` (it must match the clients' `cohort_header`).
+    pub fn with_cohort_header(header: HeaderName) -> Self {
+        Self { cohort_header: header }
+    }
+}
+
+impl Default for ContextLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S> Layer<S> for ContextLayer {
+    type Service = WithContext<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        WithContext { inner, cohort_header: self.cohort_header.clone() }
+    }
+}
+
+/// The service [`ContextLayer`] makes.
+#[derive(Clone, Debug)]
+pub struct WithContext<S> {
+    inner: S,
+    cohort_header: HeaderName,
+}
+
+impl<S, B> Service<Request<B>> for WithContext<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = TaskLocalFuture<MeshContext, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        // Unparsable values are ignored: these headers are hints, never a reason to fail.
+        let header = |name: &HeaderName| request.headers().get(name).and_then(|v| v.to_str().ok());
+        let context = MeshContext {
+            cohort: header(&self.cohort_header).and_then(|v| SubsetName::new(v).ok()),
+            retry_depth: header(&HeaderName::from_static(RETRY_DEPTH_HEADER))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+                .min(64),
+        };
+        CONTEXT.scope(context, self.inner.call(request))
+    }
+}
