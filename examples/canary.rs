@@ -3,13 +3,18 @@
 //!
 //! ```text
 //! cargo run --example canary -- [--requests 20000] [--weights v1=90,v2=10] [--shift v1=50,v2=50]
-//!                                [--concurrency 16] [--plaintext] [--json]
+//!                                [--fail v2=0.3] [--retries on|off] [--concurrency 16] [--plaintext] [--json]
 //! ```
+//!
+//! `--fail SUBSET=RATE` makes that subset's backends answer 503 at that rate (seeded);
+//! `--retries on` (the default) retries 502/503/504 and connect failures up to 3 attempts within
+//! the retry budget, on another endpoint when there is one.
 //!
 //! `--weights` sets the split at start; `--shift` changes it live, halfway through, with no restart.
 //! At the end it prints requests per subset and endpoint, errors and latency percentiles; with
 //! `--json`, the last line is one JSON object:
-//! `{"requests":N,"errors":N,"subsets":{"v1":N,"v2":N},...}`.
+//! `{"requests":N,"errors":N,"subsets":{"v1":N,"v2":N},"attempts":N,"retries":N,"budget_exhausted":N,...}`
+//! (`attempts`: requests the backends received in total).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::{
@@ -17,7 +22,7 @@ use std::{
     convert::Infallible,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -27,28 +32,48 @@ use mesh::{
     core::{
         Endpoint, IdentitySource, Route, RouteName, ServiceName, ServiceSnapshot, StaticDiscovery, Subset, Weight,
         identity::dev::DevCa,
+        policy::{RetryOn, RetryPolicy},
     },
     tower::{
         Upstream,
         client::MeshClient,
+        retry::{RetryBody, RetryLayer},
         server::{Server, ServerHandle},
     },
 };
 use tokio::sync::watch;
-use tower::ServiceExt;
+use tower::{ServiceExt, util::BoxCloneService};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
-const USAGE: &str = "usage: canary [--requests N] [--weights v1=W,v2=W] [--shift v1=W,v2=W] [--concurrency N] \
-                     [--plaintext] [--json]";
+const USAGE: &str = "usage: canary [--requests N] [--weights v1=W,v2=W] [--shift v1=W,v2=W] [--fail SUBSET=RATE] \
+                     [--retries on|off] [--concurrency N] [--plaintext] [--json]";
 
 struct Args {
     requests: usize,
     weights: Vec<(String, u32)>,
     shift: Option<Vec<(String, u32)>>,
     concurrency: usize,
+    fail: Vec<(String, f64)>,
+    retries: bool,
     plaintext: bool,
     json: bool,
+}
+
+fn parse_fail(text: &str) -> Result<Vec<(String, f64)>, String> {
+    text.split(',')
+        .map(|pair| {
+            let (subset, rate) = pair.split_once('=').ok_or(format!("--fail: {pair:?} is not SUBSET=RATE"))?;
+            if subset != "v1" && subset != "v2" {
+                return Err(format!("--fail: unknown subset {subset:?} (this demo has v1 and v2)"));
+            }
+            let rate: f64 = rate.parse().map_err(|_| format!("--fail: {rate:?} is not a rate"))?;
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(format!("--fail: {rate} is not between 0 and 1"));
+            }
+            Ok((subset.to_owned(), rate))
+        })
+        .collect()
 }
 
 fn parse_weights(flag: &str, text: &str) -> Result<Vec<(String, u32)>, String> {
@@ -76,6 +101,8 @@ fn parse_args() -> Result<Args, String> {
         weights: vec![("v1".into(), 90), ("v2".into(), 10)],
         shift: None,
         concurrency: 16,
+        fail: Vec::new(),
+        retries: true,
         plaintext: false,
         json: false,
     };
@@ -89,6 +116,14 @@ fn parse_args() -> Result<Args, String> {
             }
             "--weights" => args.weights = parse_weights("--weights", &value("--weights")?)?,
             "--shift" => args.shift = Some(parse_weights("--shift", &value("--shift")?)?),
+            "--fail" => args.fail = parse_fail(&value("--fail")?)?,
+            "--retries" => {
+                args.retries = match value("--retries")?.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    other => return Err(format!("--retries: {other:?} is not on or off")),
+                }
+            }
             "--plaintext" => args.plaintext = true,
             "--json" => args.json = true,
             "-h" | "--help" => {
@@ -104,18 +139,42 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-fn route(weights: &[(String, u32)]) -> Result<Route, Error> {
+fn route(weights: &[(String, u32)], retries: bool) -> Result<Route, Error> {
     let mut route = Route::new(RouteName::new("reviews-default")?);
     for (subset, weight) in weights {
         route = route.with_target(subset.parse()?, Weight::new(*weight)?);
     }
+    if retries {
+        let mut policy = RetryPolicy::default();
+        policy.retry_on = vec![RetryOn::GatewayError, RetryOn::ConnectFailure];
+        route = route.with_retry(policy);
+    }
     Ok(route)
 }
 
-async fn start_backend(name: String, identity: Option<IdentitySource>) -> Result<ServerHandle, Error> {
+/// A backend that answers with its name, or 503 at `fail_rate` (seeded, so runs repeat).
+async fn start_backend(
+    name: String,
+    identity: Option<IdentitySource>,
+    fail_rate: f64,
+    received: Arc<AtomicUsize>,
+    seed: u64,
+) -> Result<ServerHandle, Error> {
+    let state = Arc::new(AtomicU64::new(seed));
     let service = tower::service_fn(move |_req: http::Request<hyper::body::Incoming>| {
-        let name = name.clone();
-        async move { Ok::<_, Infallible>(http::Response::new(name)) }
+        let (name, state) = (name.clone(), state.clone());
+        received.fetch_add(1, Ordering::Relaxed);
+        async move {
+            let mut z = state.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            let roll = (z >> 11) as f64 / (1u64 << 53) as f64;
+            let mut response = http::Response::new(name);
+            if roll < fail_rate {
+                *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+            }
+            Ok::<_, Infallible>(response)
+        }
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let server = match identity {
@@ -173,8 +232,13 @@ async fn run(args: Args) -> Result<usize, Error> {
     // reviews: two v1 endpoints and two v2 endpoints.
     let mut backends = Vec::new();
     let mut endpoints = Vec::new();
+    let received = Arc::new(AtomicUsize::new(0));
     for (version, i) in [("v1", 0), ("v1", 1), ("v2", 0), ("v2", 1)] {
-        let handle = start_backend(format!("reviews-{version}-{i}"), server_id.clone()).await?;
+        let fail_rate = args.fail.iter().find(|(s, _)| s == version).map_or(0.0, |(_, r)| *r);
+        let seed = 7 + i as u64 + if version == "v2" { 100 } else { 0 };
+        let handle =
+            start_backend(format!("reviews-{version}-{i}"), server_id.clone(), fail_rate, received.clone(), seed)
+                .await?;
         endpoints.push(Endpoint::new(handle.local_addr()).with_label("version", version)?);
         backends.push(handle);
     }
@@ -186,7 +250,7 @@ async fn run(args: Args) -> Result<usize, Error> {
             .endpoints(endpoints)
             .subset(Subset::version("v1")?)
             .subset(Subset::version("v2")?)
-            .route(route(&args.weights)?)
+            .route(route(&args.weights, args.retries)?)
             .build()?,
     );
     let client = MeshClient::builder(discovery.clone(), service.clone());
@@ -194,7 +258,13 @@ async fn run(args: Args) -> Result<usize, Error> {
         Some(identity) => client.identity(identity),
         None => client.plaintext(),
     }
-    .build::<Empty<bytes::Bytes>>()?;
+    .build::<RetryBody>()?;
+    // The retry layer reads each route's policy from the snapshot; without one it passes through.
+    let retry = RetryLayer::from_discovery(&discovery, &service);
+    let retry_stats = retry.stats();
+    // Boxed once here, so the callers' tasks hold a plain, `Send` service type.
+    let client: BoxCloneService<http::Request<Empty<bytes::Bytes>>, http::Response<hyper::body::Incoming>, Error> =
+        BoxCloneService::new(tower::ServiceBuilder::new().layer(retry).service(client));
 
     let show = |w: &[(String, u32)]| w.iter().map(|(s, w)| format!("{s}={w}")).collect::<Vec<_>>().join(",");
     if !args.json {
@@ -219,7 +289,8 @@ async fn run(args: Args) -> Result<usize, Error> {
         let total = args.requests;
         callers.push(tokio::spawn(async move {
             while tickets.fetch_add(1, Ordering::Relaxed) < total {
-                let request = http::Request::get("/reviews/42").body(Empty::new()).expect("static request");
+                let request =
+                    http::Request::get("/reviews/42").body(Empty::<bytes::Bytes>::new()).expect("static request");
                 let sent = Instant::now();
                 let outcome = match client.clone().oneshot(request).await {
                     Ok(response) if response.status().is_success() => {
@@ -253,7 +324,7 @@ async fn run(args: Args) -> Result<usize, Error> {
         let half = args.requests / 2;
         done_rx.wait_for(|n| *n >= half).await?;
         discovery.update(&service, |spec| {
-            if let Ok(route) = route(shift) {
+            if let Ok(route) = route(shift, args.retries) {
                 spec.routes = vec![route];
             }
         })?;
@@ -286,6 +357,9 @@ async fn run(args: Args) -> Result<usize, Error> {
             "requests": args.requests,
             "errors": errors,
             "subsets": {"v1": count("v1"), "v2": count("v2")},
+            "attempts": received.load(Ordering::Relaxed),
+            "retries": retry_stats.retries(),
+            "budget_exhausted": retry_stats.budget_exhausted(),
             "endpoints": tally.per_endpoint,
             "latency": latency,
             "elapsed_ms": elapsed.as_millis() as u64,
@@ -312,7 +386,12 @@ async fn run(args: Args) -> Result<usize, Error> {
             println!("{endpoint:<16} {n:>9}");
         }
         println!();
-        println!("errors: {errors}   elapsed: {elapsed:?}");
+        println!(
+            "errors: {errors}   attempts at the backends: {}   retries: {}   refused by the budget: {}   elapsed: {elapsed:?}",
+            received.load(Ordering::Relaxed),
+            retry_stats.retries(),
+            retry_stats.budget_exhausted()
+        );
         for error in tally.errors.iter().take(5) {
             println!("  {error}");
         }
