@@ -54,6 +54,7 @@ pub mod client;
 mod connection;
 pub mod context;
 mod identity;
+pub mod limit;
 pub mod mirror;
 pub mod retry;
 pub mod route;
