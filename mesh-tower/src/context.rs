@@ -15,6 +15,13 @@
 //! `x-mesh-subset` still wins). So a request routed to `v2` of one service reaches `v2` of the
 //! next. A request keeps its cohort's subset on every retry.
 //!
+//! # Deadlines
+//!
+//! A request that carries `x-mesh-timeout: <milliseconds>` (or gRPC's `grpc-timeout`) gets a
+//! deadline: [`ContextLayer`] answers `504 Gateway Timeout` when it passes and drops the handler's
+//! future, so the work stops when the caller has given up; and the mesh calls the handler makes
+//! carry the remaining time on (`MeshClient` sets `x-mesh-timeout` from [`remaining`]).
+//!
 //! # Retry depth
 //!
 //! Each retrying hop adds one to `x-mesh-retry-depth`; a retry policy whose `max_retry_depth` is
@@ -23,18 +30,23 @@
 
 use std::{
     future::Future,
-    task::{Context, Poll},
+    pin::Pin,
+    task::{Context, Poll, ready},
+    time::Duration,
 };
 
-use http::{HeaderName, Request};
+use http::{HeaderName, Request, Response, StatusCode};
 use mesh_core::SubsetName;
-use tokio::task::futures::TaskLocalFuture;
+use pin_project_lite::pin_project;
+use tokio::{task::futures::TaskLocalFuture, time::Instant};
 use tower::{Layer, Service};
 
 /// The header that carries the cohort.
 pub const COHORT_HEADER: &str = "x-mesh-cohort";
 /// The header that counts retrying hops upstream.
 pub const RETRY_DEPTH_HEADER: &str = "x-mesh-retry-depth";
+/// The header that carries the time the caller still waits, in milliseconds.
+pub const TIMEOUT_HEADER: &str = "x-mesh-timeout";
 
 /// The context of the request being handled.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -43,6 +55,8 @@ pub struct MeshContext {
     pub cohort: Option<SubsetName>,
     /// How many hops upstream retry this request.
     pub retry_depth: u32,
+    /// When the caller stops waiting.
+    pub deadline: Option<Instant>,
 }
 
 tokio::task_local! {
@@ -62,6 +76,45 @@ pub fn cohort() -> Option<SubsetName> {
 /// The retry depth of the current task (0 outside a handler).
 pub fn retry_depth() -> u32 {
     CONTEXT.try_with(|c| c.retry_depth).unwrap_or(0)
+}
+
+/// The time left before the current request's deadline, if it has one.
+pub fn remaining() -> Option<Duration> {
+    let deadline = CONTEXT.try_with(|c| c.deadline).ok().flatten()?;
+    Some(deadline.saturating_duration_since(Instant::now()))
+}
+
+/// Parses `x-mesh-timeout` (milliseconds) or `grpc-timeout` (digits and a unit: H, M, S, m, u, n).
+fn timeout_of(headers: &http::HeaderMap) -> Option<Duration> {
+    if let Some(ms) = headers.get(TIMEOUT_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()) {
+        return Some(Duration::from_millis(ms));
+    }
+    let grpc = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = grpc.split_at(grpc.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok().filter(|_| digits.len() <= 8)?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Writes the remaining time onto an outgoing request (both headers for gRPC), unless the caller
+/// already set one.
+pub(crate) fn propagate_timeout(headers: &mut http::HeaderMap, remaining: Duration) {
+    if headers.contains_key(TIMEOUT_HEADER) || headers.contains_key("grpc-timeout") {
+        return;
+    }
+    let ms = remaining.as_millis().min(99_999_999) as u64;
+    headers.insert(TIMEOUT_HEADER, http::HeaderValue::from(ms));
+    let grpc = headers.get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc && let Ok(value) = http::HeaderValue::from_str(&format!("{ms}m")) {
+        headers.insert("grpc-timeout", value);
+    }
 }
 
 /// Runs `future` inside `context` (for tasks a handler spawns).
@@ -108,13 +161,14 @@ pub struct WithContext<S> {
     cohort_header: HeaderName,
 }
 
-impl<S, B> Service<Request<B>> for WithContext<S>
+impl<S, B, ResBody> Service<Request<B>> for WithContext<S>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: Default,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = TaskLocalFuture<MeshContext, S::Future>;
+    type Future = ContextFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -123,13 +177,101 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         // Unparsable values are ignored: these headers are hints, never a reason to fail.
         let header = |name: &HeaderName| request.headers().get(name).and_then(|v| v.to_str().ok());
+        let deadline = timeout_of(request.headers()).map(|t| Instant::now() + t);
         let context = MeshContext {
             cohort: header(&self.cohort_header).and_then(|v| SubsetName::new(v).ok()),
             retry_depth: header(&HeaderName::from_static(RETRY_DEPTH_HEADER))
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0)
                 .min(64),
+            deadline,
         };
-        CONTEXT.scope(context, self.inner.call(request))
+        let inner = match deadline {
+            Some(deadline) => Deadline::Timed { future: tokio::time::timeout_at(deadline, self.inner.call(request)) },
+            None => Deadline::Open { future: self.inner.call(request) },
+        };
+        ContextFuture { inner: CONTEXT.scope(context, inner) }
+    }
+}
+
+pin_project! {
+    /// The response future of [`WithContext`]: the handler's, inside its context, bounded by the
+    /// caller's deadline.
+    pub struct ContextFuture<F> {
+        #[pin]
+        inner: TaskLocalFuture<MeshContext, Deadline<F>>,
+    }
+}
+
+pin_project! {
+    // The handler's future, with or without a deadline.
+    #[project = DeadlineProj]
+    enum Deadline<F> {
+        Open { #[pin] future: F },
+        Timed { #[pin] future: tokio::time::Timeout<F> },
+    }
+}
+
+impl<F, ResBody, E> Future for Deadline<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    ResBody: Default,
+{
+    type Output = Result<Response<ResBody>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            DeadlineProj::Open { future } => future.poll(cx),
+            DeadlineProj::Timed { future } => Poll::Ready(match ready!(future.poll(cx)) {
+                Ok(result) => result,
+                Err(_elapsed) => {
+                    tracing::debug!("the caller's deadline passed; the handler was cancelled");
+                    let mut response = Response::new(ResBody::default());
+                    *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+                    Ok(response)
+                }
+            }),
+        }
+    }
+}
+
+impl<F, ResBody, E> Future for ContextFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    ResBody: Default,
+{
+    type Output = Result<Response<ResBody>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().inner.poll(cx)
+    }
+}
+
+impl<F> std::fmt::Debug for ContextFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContextFuture").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_parse() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("grpc-timeout", "250m".parse().unwrap());
+        assert_eq!(timeout_of(&headers), Some(Duration::from_millis(250)));
+        headers.insert("grpc-timeout", "3S".parse().unwrap());
+        assert_eq!(timeout_of(&headers), Some(Duration::from_secs(3)));
+        headers.insert("grpc-timeout", "123456789m".parse().unwrap());
+        assert_eq!(timeout_of(&headers), None, "more than 8 digits is invalid gRPC");
+        headers.insert(TIMEOUT_HEADER, "180".parse().unwrap());
+        assert_eq!(timeout_of(&headers), Some(Duration::from_millis(180)), "the mesh header wins");
+        let mut out = http::HeaderMap::new();
+        out.insert(http::header::CONTENT_TYPE, "application/grpc".parse().unwrap());
+        propagate_timeout(&mut out, Duration::from_millis(99));
+        assert_eq!(out[TIMEOUT_HEADER], "99");
+        assert_eq!(out["grpc-timeout"], "99m");
     }
 }

@@ -199,6 +199,10 @@ where
             // The next hop runs its handler in this cohort (see `crate::context`).
             request.headers_mut().insert(header.clone(), value);
         }
+        // The caller's remaining time travels on, so the next hop stops when we would.
+        if let Some(remaining) = crate::context::remaining() {
+            crate::context::propagate_timeout(request.headers_mut(), remaining);
+        }
         let upstream = Upstream { address: target.address, route, subset };
         let request = match mirror {
             Some(shadow) => Self::mirror(shared, request, shadow),

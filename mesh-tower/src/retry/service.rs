@@ -208,10 +208,18 @@ impl Shared {
             }
             None => (None, None),
         };
-        let attempts = self.clone().attempts(first, request, policy);
-        match timeout {
-            Some(limit) => tokio::time::timeout(limit, attempts).await.map_err(|_| RouteTimeout(limit))?,
-            None => attempts.await,
+        // The route's timeout, or less if the request being handled has less time left.
+        let limit = match (timeout, crate::context::remaining()) {
+            (Some(route), Some(left)) => Some(route.min(left)),
+            (route, left) => route.or(left),
+        };
+        let deadline = limit.map(|l| tokio::time::Instant::now() + l);
+        let attempts = self.clone().attempts(first, request, policy, deadline);
+        match (limit, deadline) {
+            (Some(limit), Some(deadline)) => {
+                tokio::time::timeout_at(deadline, attempts).await.map_err(|_| RouteTimeout(limit))?
+            }
+            _ => attempts.await,
         }
     }
 
@@ -220,6 +228,7 @@ impl Shared {
         first: S,
         request: Request<B>,
         policy: Option<RetryPolicy>,
+        deadline: Option<tokio::time::Instant>,
     ) -> Result<Response<ResBody>, BoxError>
     where
         S: Service<Request<RetryBody>, Response = Response<ResBody>> + Clone + Send + 'static,
@@ -232,6 +241,15 @@ impl Shared {
         // policy's depth, and tells the next hop how deep the request now is.
         let depth = crate::context::retry_depth();
         let mut request = request;
+        let stamp = |headers: &mut http::HeaderMap| {
+            if let Some(deadline) = deadline {
+                crate::context::propagate_timeout(
+                    headers,
+                    deadline.saturating_duration_since(tokio::time::Instant::now()),
+                );
+            }
+        };
+        stamp(request.headers_mut());
         let retrying = policy.as_ref().is_some_and(|p| p.max_attempts > 1 && depth < p.max_retry_depth);
         let outgoing = depth + u32::from(retrying);
         if outgoing > 0 {
@@ -260,6 +278,10 @@ impl Shared {
         loop {
             let mut request = Request::from_parts(parts.clone(), boxed(Full::new(bytes.clone())));
             request.headers_mut().insert(ATTEMPT_HEADER, HeaderValue::from(number));
+            // Each attempt says how much of the overall deadline is left.
+            request.headers_mut().remove(crate::context::TIMEOUT_HEADER);
+            request.headers_mut().remove("grpc-timeout");
+            stamp(request.headers_mut());
             if !avoid.is_empty() {
                 request.extensions_mut().insert(AvoidEndpoints(avoid.clone()));
             }
