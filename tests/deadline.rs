@@ -6,7 +6,7 @@ mod support;
 
 use std::{convert::Infallible, time::Duration};
 
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{Empty, Full};
 use mesh::{
     core::{Endpoint, Route, RouteName, ServiceName, ServiceSnapshot, StaticDiscovery},
     tower::{
