@@ -56,6 +56,7 @@ pub mod context;
 mod identity;
 pub mod limit;
 pub mod mirror;
+pub mod outlier;
 pub mod retry;
 pub mod route;
 pub mod server;

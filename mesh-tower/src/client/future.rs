@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy;
 use pin_project_lite::pin_project;
 
+use super::plan::OutlierRecorder;
 use crate::{BoxError, Upstream, balance::InFlight};
 
 type Resolving = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
@@ -26,7 +27,12 @@ pin_project! {
     #[project = StateProj]
     enum State {
         // The usual path: no allocation beyond hyper-util's own.
-        Sending { #[pin] future: legacy::ResponseFuture, upstream: Option<Upstream>, in_flight: InFlight },
+        Sending {
+            #[pin] future: legacy::ResponseFuture,
+            upstream: Option<Upstream>,
+            in_flight: InFlight,
+            outlier: Option<OutlierRecorder>,
+        },
         // Before the first snapshot only.
         Resolving { future: Resolving },
         Failed { error: Option<BoxError> },
@@ -34,8 +40,13 @@ pin_project! {
 }
 
 impl ResponseFuture {
-    pub(crate) fn sending(future: legacy::ResponseFuture, upstream: Upstream, in_flight: InFlight) -> Self {
-        Self { state: State::Sending { future, upstream: Some(upstream), in_flight } }
+    pub(crate) fn sending(
+        future: legacy::ResponseFuture,
+        upstream: Upstream,
+        in_flight: InFlight,
+        outlier: Option<OutlierRecorder>,
+    ) -> Self {
+        Self { state: State::Sending { future, upstream: Some(upstream), in_flight, outlier } }
     }
 
     pub(crate) fn resolving(
@@ -54,8 +65,20 @@ impl Future for ResponseFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            StateProj::Sending { future, upstream, in_flight } => {
-                let mut response = ready!(future.poll(cx))?;
+            StateProj::Sending { future, upstream, in_flight, outlier } => {
+                let result = ready!(future.poll(cx));
+                if let Some(outlier) = outlier.take() {
+                    // Server errors and transport failures count against the endpoint; 4xx do not.
+                    let failed = match &result {
+                        Ok(response) => {
+                            response.status().is_server_error()
+                                || response.headers().get("grpc-status").is_some_and(|v| v == "14")
+                        }
+                        Err(_) => true,
+                    };
+                    outlier.record(failed);
+                }
+                let mut response = result?;
                 // Latency to the response headers: what the balancer compares.
                 in_flight.finish();
                 if let Some(upstream) = upstream.take() {

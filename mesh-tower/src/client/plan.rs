@@ -10,12 +10,16 @@ use std::{
 
 use arc_swap::ArcSwapOption;
 use http::{Request, uri::Authority};
-use mesh_core::{RouteName, ServiceSnapshot, SnapshotWatch, SubsetName, Weight, policy::LoadBalancerKind};
+use mesh_core::{
+    RouteName, ServiceSnapshot, SnapshotWatch, SubsetName, Weight,
+    policy::{LoadBalancerKind, OutlierDetection},
+};
 
 use super::{NoEndpoints, UnknownSubset, connect::IdentityBook};
 use crate::{
     BoxError,
     balance::{EndpointLoad, Picker, Ring, Rng},
+    outlier::{Health, OutlierStats},
     route::{self, NoRoute},
     split::WeightedSplit,
 };
@@ -26,6 +30,22 @@ pub(crate) struct Target {
     pub(crate) address: SocketAddr,
     pub(crate) authority: Authority,
     pub(crate) load: Arc<EndpointLoad>,
+    pub(crate) health: Arc<Health>,
+}
+
+/// Where an attempt's outcome is recorded for outlier detection.
+#[derive(Debug, Clone)]
+pub(crate) struct OutlierRecorder {
+    pub(crate) health: Arc<Health>,
+    pub(crate) policy: Arc<OutlierDetection>,
+    pub(crate) all: Arc<[Arc<Health>]>,
+    pub(crate) stats: Arc<OutlierStats>,
+}
+
+impl OutlierRecorder {
+    pub(crate) fn record(&self, failed: bool) {
+        crate::outlier::record(&self.health, failed, &self.policy, &self.all, &self.stats);
+    }
 }
 
 /// Where a request goes.
@@ -36,6 +56,7 @@ pub(crate) struct Choice {
     pub(crate) subset: Option<SubsetName>,
     /// Where a copy goes, when the route mirrors this request.
     pub(crate) mirror: Option<Target>,
+    pub(crate) outlier: Option<OutlierRecorder>,
 }
 
 #[derive(Debug)]
@@ -64,6 +85,8 @@ struct Plan {
     /// The snapshot's subsets, then the implicit subset of every endpoint.
     subsets: Box<[SubsetPlan]>,
     hash_header: Option<http::HeaderName>,
+    outlier: Option<Arc<OutlierDetection>>,
+    all_health: Arc<[Arc<Health>]>,
 }
 
 impl Plan {
@@ -77,7 +100,8 @@ impl Plan {
 pub(crate) struct Planner {
     watch: SnapshotWatch,
     cache: ArcSwapOption<Plan>,
-    loads: Mutex<HashMap<SocketAddr, Arc<EndpointLoad>>>,
+    loads: Mutex<HashMap<SocketAddr, (Arc<EndpointLoad>, Arc<Health>)>>,
+    outlier_stats: Arc<OutlierStats>,
     rng: Rng,
     default_rtt: Duration,
     subset_header: Option<http::HeaderName>,
@@ -106,6 +130,7 @@ impl Planner {
             watch,
             cache: ArcSwapOption::empty(),
             loads: Mutex::default(),
+            outlier_stats: Arc::default(),
             rng: Rng::new(seed),
             default_rtt,
             subset_header,
@@ -116,6 +141,10 @@ impl Planner {
 
     pub(crate) fn watch(&self) -> &SnapshotWatch {
         &self.watch
+    }
+
+    pub(crate) fn outlier_stats(&self) -> Arc<OutlierStats> {
+        self.outlier_stats.clone()
     }
 
     fn plan(&self) -> Option<Arc<Plan>> {
@@ -144,8 +173,11 @@ impl Planner {
         let lb = &snapshot.policies().load_balancer;
         let mut target = |ep: &mesh_core::Endpoint| {
             let authority = Authority::try_from(ep.address.to_string()).ok()?;
-            let load = loads.entry(ep.address).or_insert_with(|| Arc::new(EndpointLoad::new(self.default_rtt))).clone();
-            Some((Target { address: ep.address, authority, load }, ep.weight.get()))
+            let (load, health) = loads
+                .entry(ep.address)
+                .or_insert_with(|| (Arc::new(EndpointLoad::new(self.default_rtt)), Arc::default()))
+                .clone();
+            Some((Target { address: ep.address, authority, load, health }, ep.weight.get()))
         };
         let subset_plan = |name: Option<SubsetName>, endpoints: Vec<(Target, u32)>| {
             let ring = (lb.kind == LoadBalancerKind::RingHash)
@@ -190,7 +222,17 @@ impl Planner {
             })
             .collect();
         let hash_header = lb.header.as_ref().and_then(|h| http::HeaderName::try_from(h.as_str()).ok());
-        Plan { version: snapshot.version(), snapshot, routes, subsets: subsets.into(), hash_header }
+        let outlier = snapshot.policies().outlier_detection.clone().map(Arc::new);
+        let all_health = loads.values().map(|(_, health)| health.clone()).collect();
+        Plan {
+            version: snapshot.version(),
+            snapshot,
+            routes,
+            subsets: subsets.into(),
+            hash_header,
+            outlier,
+            all_health,
+        }
     }
 
     fn cohort_subset(&self, plan: &Plan) -> Option<usize> {
@@ -243,15 +285,15 @@ impl Planner {
         let hash_key = plan.hash_header.as_ref().and_then(|h| request.headers().get(h)).map(|v| v.as_bytes());
         let mut picked =
             subset_plan.picker.pick(subset_plan.targets.len(), |i| &subset_plan.targets[i].load, &self.rng, hash_key);
-        // A retry goes to an endpoint that has not failed this request, when the subset has one.
-        if let (Some(i), Some(avoid)) = (picked, request.extensions().get::<crate::retry::AvoidEndpoints>()) {
+        // Skip ejected endpoints, and on a retry the endpoints that failed this request, when the
+        // subset has another; never leave a request with nowhere to go.
+        let avoid = request.extensions().get::<crate::retry::AvoidEndpoints>();
+        let acceptable = |t: &Target| !t.health.is_ejected() && avoid.is_none_or(|a| !a.0.contains(&t.address));
+        if let Some(i) = picked
+            && !acceptable(&subset_plan.targets[i])
+        {
             let n = subset_plan.targets.len();
-            if avoid.0.contains(&subset_plan.targets[i].address) {
-                picked = (1..n)
-                    .map(|k| (i + k) % n)
-                    .find(|j| !avoid.0.contains(&subset_plan.targets[*j].address))
-                    .or(picked);
-            }
+            picked = (1..n).map(|k| (i + k) % n).find(|j| acceptable(&subset_plan.targets[*j])).or(picked);
         }
         let mirror = route.and_then(|r| r.mirror.as_ref()).filter(|(_, split)| split.pick() == 0).and_then(|(s, _)| {
             let shadow = &plan.subsets[*s];
@@ -260,6 +302,12 @@ impl Planner {
         });
         match picked {
             Some(i) => Pick::Chosen(Choice {
+                outlier: plan.outlier.as_ref().map(|policy| OutlierRecorder {
+                    health: subset_plan.targets[i].health.clone(),
+                    policy: policy.clone(),
+                    all: plan.all_health.clone(),
+                    stats: self.outlier_stats.clone(),
+                }),
                 target: subset_plan.targets[i].clone(),
                 route: route.map(|r| r.name.clone()),
                 subset: subset_plan.name.clone(),

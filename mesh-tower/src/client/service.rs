@@ -180,6 +180,11 @@ where
         &self.shared.service
     }
 
+    /// Ejections by outlier detection so far.
+    pub fn outlier_stats(&self) -> Arc<crate::outlier::OutlierStats> {
+        self.shared.planner.outlier_stats()
+    }
+
     /// The counts of mirrored copies.
     pub fn mirror_stats(&self) -> Arc<MirrorStats> {
         self.shared.mirrors.clone()
@@ -191,7 +196,7 @@ where
         request: Request<B>,
         choice: Choice,
     ) -> ResponseFuture {
-        let Choice { target, route, subset, mirror } = choice;
+        let Choice { target, route, subset, mirror, outlier } = choice;
         let mut request = request;
         if let (Some(header), Some(subset)) = (&shared.config.cohort_header, &subset)
             && let Ok(value) = HeaderValue::from_str(subset.as_str())
@@ -210,7 +215,7 @@ where
         };
         let in_flight = InFlight::start(target.load);
         match rewrite(request, target.authority, shared) {
-            Ok(request) => ResponseFuture::sending(http.request(request), upstream, in_flight),
+            Ok(request) => ResponseFuture::sending(http.request(request), upstream, in_flight, outlier),
             Err(error) => ResponseFuture::failed(error),
         }
     }
