@@ -100,7 +100,7 @@ impl Plan {
 pub(crate) struct Planner {
     watch: SnapshotWatch,
     cache: ArcSwapOption<Plan>,
-    loads: Mutex<HashMap<SocketAddr, (Arc<EndpointLoad>, Arc<Health>)>>,
+    loads: Mutex<HashMap<SocketAddr, EndpointState>>,
     outlier_stats: Arc<OutlierStats>,
     rng: Rng,
     default_rtt: Duration,
@@ -109,7 +109,12 @@ pub(crate) struct Planner {
     identities: Arc<IdentityBook>,
 }
 
+/// What the client keeps per endpoint address across snapshot versions.
+type EndpointState = (Arc<EndpointLoad>, Arc<Health>);
+
 /// What a pick found.
+// Returned once per request and taken apart at once: boxing the large variant would allocate.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Pick {
     Chosen(Choice),
     /// Discovery has published nothing yet.
