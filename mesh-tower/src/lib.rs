@@ -53,6 +53,7 @@ pub mod classify;
 pub mod client;
 mod connection;
 pub mod context;
+pub mod fault;
 mod identity;
 pub mod limit;
 pub mod mirror;

@@ -53,6 +53,13 @@ impl WeightedSplit {
     }
 }
 
+/// Whether the n-th event falls in a `percent` share, by the same low-discrepancy sequence: over
+/// N events, the share is within O(log N / N) of `percent`.
+pub(crate) fn in_share(n: u64, percent: f64) -> bool {
+    let point = n.wrapping_mul(GOLDEN) as f64 / 18_446_744_073_709_551_616.0;
+    point * 100.0 < percent
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -68,6 +68,10 @@ pub struct Route {
     /// A copy of a share of the route's requests, sent to a shadow subset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<Mirror>,
+    /// Faults injected into a share of the route's requests before they leave the client (for
+    /// chaos testing in staging).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<crate::policy::Fault>,
 }
 
 /// Traffic mirroring: a copy of `percent` of a route's requests goes to `subset`, fire and forget.
@@ -87,7 +91,15 @@ pub struct Mirror {
 impl Route {
     /// A route that matches every request and spreads it over every endpoint.
     pub fn new(name: RouteName) -> Self {
-        Self { name, matches: RouteMatch::default(), targets: Vec::new(), retry: None, timeout: None, mirror: None }
+        Self {
+            name,
+            matches: RouteMatch::default(),
+            targets: Vec::new(),
+            retry: None,
+            timeout: None,
+            mirror: None,
+            fault: None,
+        }
     }
 
     /// Sets what the route matches.
@@ -111,6 +123,12 @@ impl Route {
     /// Sets the timeout.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// Injects `fault` into the route's requests.
+    pub fn with_fault(mut self, fault: crate::policy::Fault) -> Self {
+        self.fault = Some(fault);
         self
     }
 

@@ -113,6 +113,9 @@ impl ServiceSpec {
                     format!("unknown subset {:?} (define it under `subsets`)", mirror.subset.as_str()),
                 );
             }
+            if let Some(fault) = &route.fault {
+                fault.validate().map_err(|e| Violation(format!("routes[{i}].fault.{}", e.field), e.reason))?;
+            }
             if route.timeout == Some(Duration::ZERO) {
                 return fail(format!("routes[{i}].timeout"), "a timeout must be longer than zero".into());
             }

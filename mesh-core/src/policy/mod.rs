@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 mod authz;
 mod balance;
+mod fault;
 mod limits;
 mod retry;
 
@@ -18,6 +19,7 @@ pub use self::authz::{
     PrincipalMatch,
 };
 pub use self::balance::{LoadBalancer, LoadBalancerKind};
+pub use self::fault::{Fault, FaultAbort, FaultDelay};
 pub use self::limits::{CircuitBreaker, OutlierDetection, Percentage};
 pub use self::retry::{Backoff, RetryBudget, RetryOn, RetryPolicy};
 

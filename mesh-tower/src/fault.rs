@@ -1,0 +1,182 @@
+//! Fault injection, per route, for chaos testing in staging: a share of requests delayed, a share
+//! aborted with a status, before they leave the client.
+//!
+//! [`FaultLayer::from_discovery`] reads the matched route's `fault` from the destination's
+//! snapshot, live. Shares are exact (the low-discrepancy sequence of [`crate::split`]), so "5%"
+//! means 5 of every 100. An abort is the typed error [`InjectedFault`] carrying the status; it
+//! sits above retries in the client stack, so injected aborts are not retried (as in Istio).
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+};
+
+use http::{Request, StatusCode};
+use mesh_core::{Discovery, ServiceName, SnapshotWatch};
+use tower::{Layer, Service, ServiceExt};
+
+use crate::{BoxError, route, split::in_share};
+
+/// A request failed on purpose by the route's fault policy.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("fault injected by the route's policy: aborted with status {status}")]
+pub struct InjectedFault {
+    status: StatusCode,
+}
+
+impl InjectedFault {
+    /// The status the policy asked for.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+/// Injects the faults the destination's routes ask for. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct FaultLayer {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    watch: SnapshotWatch,
+    delays: AtomicU64,
+    aborts: AtomicU64,
+    injected: AtomicU64,
+}
+
+impl FaultLayer {
+    /// Follows `service`'s routes.
+    pub fn from_discovery(discovery: &impl Discovery, service: &ServiceName) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                watch: discovery.watch(service),
+                delays: AtomicU64::new(0),
+                aborts: AtomicU64::new(0),
+                injected: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Faults injected so far (delays and aborts).
+    pub fn injected(&self) -> u64 {
+        self.shared.injected.load(Ordering::Relaxed)
+    }
+}
+
+impl<S> Layer<S> for FaultLayer {
+    type Service = Faults<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Faults { inner, shared: self.shared.clone() }
+    }
+}
+
+/// The service [`FaultLayer`] makes.
+#[derive(Clone, Debug)]
+pub struct Faults<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S, B> Service<Request<B>> for Faults<S>
+where
+    S: Service<Request<B>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let inner = self.inner.clone();
+        let service = std::mem::replace(&mut self.inner, inner);
+        let fault = self.shared.watch.current().and_then(|snapshot| {
+            let i = route::select(snapshot.routes(), &request)?;
+            snapshot.routes()[i].fault.clone()
+        });
+        let Some(fault) = fault else {
+            return Box::pin(async move { service.oneshot(request).await.map_err(Into::into) });
+        };
+        let shared = &self.shared;
+        if let Some(abort) = &fault.abort
+            && in_share(shared.aborts.fetch_add(1, Ordering::Relaxed), abort.percent.get())
+        {
+            shared.injected.fetch_add(1, Ordering::Relaxed);
+            let status = StatusCode::from_u16(abort.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            return Box::pin(async move { Err(InjectedFault { status }.into()) });
+        }
+        let delay = fault
+            .delay
+            .filter(|d| in_share(shared.delays.fetch_add(1, Ordering::Relaxed), d.percent.get()))
+            .map(|d| d.duration);
+        if delay.is_some() {
+            shared.injected.fetch_add(1, Ordering::Relaxed);
+        }
+        Box::pin(async move {
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
+            service.oneshot(request).await.map_err(Into::into)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{convert::Infallible, time::Duration};
+
+    use mesh_core::{
+        Route, RouteName, ServiceSnapshot, StaticDiscovery,
+        policy::{Fault, Percentage},
+    };
+
+    use super::*;
+
+    fn layer(fault: Fault) -> FaultLayer {
+        let name: ServiceName = "reviews".parse().unwrap();
+        let discovery = StaticDiscovery::new();
+        discovery.set(
+            ServiceSnapshot::builder(name.clone())
+                .route(Route::new(RouteName::new("default").unwrap()).with_fault(fault))
+                .build()
+                .unwrap(),
+        );
+        FaultLayer::from_discovery(&discovery, &name)
+    }
+
+    #[tokio::test]
+    async fn aborts_an_exact_share() {
+        let layer = layer(Fault::abort(503, Percentage::new(5.0).unwrap()));
+        let service = layer.layer(tower::service_fn(|_: Request<()>| async { Ok::<_, Infallible>("ok") }));
+        let mut aborted = 0;
+        for _ in 0..1000 {
+            if let Err(e) = service.clone().oneshot(Request::new(())).await {
+                assert_eq!(e.downcast_ref::<InjectedFault>().unwrap().status(), StatusCode::SERVICE_UNAVAILABLE);
+                aborted += 1;
+            }
+        }
+        assert_eq!(aborted, 50);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delays_before_the_request_leaves() {
+        let layer = layer(Fault::delay(Duration::from_millis(300), Percentage::new(100.0).unwrap()));
+        let service = layer.layer(tower::service_fn(|_: Request<()>| async { Ok::<_, Infallible>("ok") }));
+        let started = tokio::time::Instant::now();
+        service.oneshot(Request::new(())).await.unwrap();
+        assert_eq!(started.elapsed(), Duration::from_millis(300));
+    }
+}
