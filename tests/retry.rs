@@ -253,3 +253,21 @@ async fn the_hop_guard_keeps_a_chain_from_multiplying_retries() {
     assert_eq!(guarded, 20 * 3, "only the first retrying hop retries");
     assert_eq!(unguarded, 20 * 27, "3 x 3 x 3 without the guard");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_assembled_stack_retries_too() {
+    let endpoints = [flaky(30, 11).await, flaky(0, 12).await];
+    let name: ServiceName = "reviews".parse().unwrap();
+    let discovery = StaticDiscovery::new();
+    discovery.set(
+        ServiceSnapshot::builder(name.clone())
+            .identity(backend_id())
+            .endpoints(endpoints.iter().map(|f| Endpoint::new(f.handle.local_addr())))
+            .route(Route::new(RouteName::new("default").unwrap()).with_retry(policy()))
+            .build()
+            .unwrap(),
+    );
+    let client: Client = MeshClient::builder(discovery, name).identity(identity("/frontend")).build_stack().unwrap();
+    let (ok, _) = run(&client, http::Method::GET, bytes::Bytes::new(), 1000).await;
+    assert_eq!(ok, 1000);
+}

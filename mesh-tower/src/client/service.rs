@@ -170,6 +170,38 @@ impl MeshClientBuilder {
     }
 }
 
+impl MeshClientBuilder {
+    /// The whole client stack, in the order `docs/architecture.md` gives: fault injection, retries
+    /// (with the budget, the hop guard and the route timeout), the circuit breaker, then the
+    /// client (route, split, balance, outlier detection, mTLS connection). Every layer reads its
+    /// policy from the destination's snapshot, live. Boxed once, at this boundary.
+    ///
+    /// ```
+    /// # let discovery = mesh_core::StaticDiscovery::new();
+    /// let client = mesh_tower::client::MeshClient::builder(discovery, "reviews".parse()?)
+    ///     .plaintext()
+    ///     .build_stack::<http_body_util::Full<bytes::Bytes>>()?;
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn build_stack<B>(self) -> Result<ClientStack<B>, MissingIdentity>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let (discovery, service) = (self.discovery.clone(), self.service.clone());
+        let client = self.build::<crate::retry::RetryBody>()?;
+        let stack = tower::ServiceBuilder::new()
+            .layer(crate::fault::FaultLayer::from_discovery(&discovery, &service))
+            .layer(crate::retry::RetryLayer::from_discovery(&discovery, &service))
+            .layer(crate::limit::ConcurrencyLimitLayer::from_discovery(&discovery, &service))
+            .service(client);
+        Ok(tower::util::BoxCloneService::new(stack))
+    }
+}
+
+/// The whole client stack for request bodies `B`, from [`MeshClientBuilder::build_stack`].
+pub type ClientStack<B> = tower::util::BoxCloneService<Request<B>, Response<Incoming>, BoxError>;
+
 impl<B> MeshClient<B>
 where
     B: http_body::Body<Data = Bytes> + Send + 'static + Unpin,
