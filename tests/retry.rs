@@ -269,5 +269,8 @@ async fn the_assembled_stack_retries_too() {
     );
     let client: Client = MeshClient::builder(discovery, name).identity(identity("/frontend")).build_stack().unwrap();
     let (ok, _) = run(&client, http::Method::GET, bytes::Bytes::new(), 1000).await;
-    assert_eq!(ok, 1000);
+    // 15% of first attempts fail here. The budget grants no reserve up front, so a failure among
+    // the very first requests (before 5 have deposited, or a second of floor has accrued) may not
+    // be retried: a handful at most.
+    assert!(ok >= 990, "{ok}/1000 succeeded");
 }
