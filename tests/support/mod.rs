@@ -74,19 +74,27 @@ impl Gate {
 }
 
 pub async fn backend(name: &'static str) -> Backend {
-    start(name, None).await
+    start(name, None, None).await
 }
 
 pub async fn gated_backend(name: &'static str, gate: Gate) -> Backend {
-    start(name, Some(gate)).await
+    start(name, Some(gate), None).await
 }
 
-async fn start(name: &'static str, gate: Option<Gate>) -> Backend {
+/// A backend that answers after `delay` (a slow endpoint).
+pub async fn slow_backend(name: &'static str, delay: std::time::Duration) -> Backend {
+    start(name, None, Some(delay)).await
+}
+
+async fn start(name: &'static str, gate: Option<Gate>, delay: Option<std::time::Duration>) -> Backend {
     let (count, hits) = watch::channel(0usize);
     let count = Arc::new(count);
     let service = tower::service_fn(move |_req: Request<Incoming>| {
         let (count, gate) = (count.clone(), gate.clone());
         async move {
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
             if let Some(gate) = gate {
                 let released = gate.release.notified();
                 gate.arrived.add_permits(1);
@@ -115,22 +123,4 @@ pub async fn plaintext_backend(name: &'static str) -> SocketAddr {
     // Runs until the test process ends.
     std::mem::forget(handle);
     addr
-}
-
-/// A backend that answers after `delay` (a slow endpoint).
-pub async fn slow_backend(name: &'static str, delay: std::time::Duration) -> Backend {
-    let (count, hits) = watch::channel(0usize);
-    let count = Arc::new(count);
-    let service = tower::service_fn(move |_req: Request<Incoming>| {
-        let count = count.clone();
-        async move {
-            tokio::time::sleep(delay).await;
-            count.send_modify(|n| *n += 1);
-            Ok::<_, Infallible>(Response::new(name.to_string()))
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let server = Server::builder().identity(identity("/backend")).build().expect("server");
-    let handle = server.spawn(listener, service).expect("spawn");
-    Backend { name, handle, hits }
 }
