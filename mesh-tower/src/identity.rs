@@ -171,6 +171,7 @@ impl HandshakeStats {
     pub(crate) fn failed(&self, why: HandshakeFailure) {
         let i = HandshakeFailure::ALL.iter().position(|f| *f == why).unwrap_or(0);
         self.failed[i].fetch_add(1, Ordering::Relaxed);
+        crate::metrics::tls_handshake_failure(why.as_str());
         self.changed.notify_waiters();
     }
 

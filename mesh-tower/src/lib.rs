@@ -56,6 +56,7 @@ pub mod context;
 pub mod fault;
 mod identity;
 pub mod limit;
+pub mod metrics;
 pub mod mirror;
 pub mod outlier;
 pub mod retry;

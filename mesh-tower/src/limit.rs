@@ -144,6 +144,7 @@ where
                 if waiting >= policy.max_pending as usize {
                     shared.pending.fetch_sub(1, Ordering::AcqRel);
                     shared.shed.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::per_service(crate::metrics::CIRCUIT_BREAKER_REJECTIONS, shared.watch.service());
                     let error = Overloaded {
                         service: shared.watch.service().clone(),
                         max_concurrent: policy.max_concurrent,

@@ -50,22 +50,22 @@ impl OutlierStats {
     }
 }
 
-/// Records one outcome. `all` lists the health of every endpoint of the destination, to respect
-/// the ejection cap.
+/// Records one outcome; returns whether it ejected the endpoint. `all` lists the health of every
+/// endpoint of the destination, to respect the ejection cap.
 pub(crate) fn record(
     health: &Health,
     failed: bool,
     policy: &OutlierDetection,
     all: &[Arc<Health>],
     stats: &OutlierStats,
-) {
+) -> bool {
     if !failed {
         health.consecutive_failures.store(0, Ordering::Relaxed);
-        return;
+        return false;
     }
     let failures = health.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
     if failures < policy.consecutive_failures || health.is_ejected() {
-        return;
+        return false;
     }
     // Serialize ejections so two endpoints cannot both pass the cap check at once.
     static EJECTING: Mutex<()> = Mutex::new(());
@@ -74,7 +74,7 @@ pub(crate) fn record(
     let max = ((all.len() as f64) * policy.max_ejection_percent.get() / 100.0).floor().max(1.0) as usize;
     if ejected + 1 > max {
         stats.refused.fetch_add(1, Ordering::Relaxed);
-        return;
+        return false;
     }
     let n = health.ejections.fetch_add(1, Ordering::Relaxed) + 1;
     let duration = policy.base_ejection_time.saturating_mul(n).min(policy.max_ejection_time);
@@ -82,6 +82,7 @@ pub(crate) fn record(
     health.consecutive_failures.store(0, Ordering::Relaxed);
     stats.ejections.fetch_add(1, Ordering::Relaxed);
     tracing::info!(?duration, ejection = n, "endpoint ejected after {failures} failures in a row");
+    true
 }
 
 #[cfg(test)]

@@ -59,6 +59,7 @@ where
         };
         if mode == AuthorizationMode::DryRun {
             self.stats.record_would_deny();
+            crate::metrics::authz_denial(true);
             tracing::warn!(
                 target: "mesh::authz",
                 caller, method = %request.method(), path = request.uri().path(), %why,
@@ -67,6 +68,7 @@ where
             return ResponseFuture::allowed(self.inner.call(request));
         }
         self.stats.record_denied();
+        crate::metrics::authz_denial(false);
         tracing::info!(
             target: "mesh::authz",
             caller, method = %request.method(), path = request.uri().path(), %why,

@@ -36,6 +36,7 @@ pub(crate) struct Target {
 /// Where an attempt's outcome is recorded for outlier detection.
 #[derive(Debug, Clone)]
 pub(crate) struct OutlierRecorder {
+    pub(crate) service: mesh_core::ServiceName,
     pub(crate) health: Arc<Health>,
     pub(crate) policy: Arc<OutlierDetection>,
     pub(crate) all: Arc<[Arc<Health>]>,
@@ -44,7 +45,9 @@ pub(crate) struct OutlierRecorder {
 
 impl OutlierRecorder {
     pub(crate) fn record(&self, failed: bool) {
-        crate::outlier::record(&self.health, failed, &self.policy, &self.all, &self.stats);
+        if crate::outlier::record(&self.health, failed, &self.policy, &self.all, &self.stats) {
+            crate::metrics::per_service(crate::metrics::OUTLIER_EJECTIONS, &self.service);
+        }
     }
 }
 
@@ -308,6 +311,7 @@ impl Planner {
         match picked {
             Some(i) => Pick::Chosen(Choice {
                 outlier: plan.outlier.as_ref().map(|policy| OutlierRecorder {
+                    service: self.watch.service().clone(),
                     health: subset_plan.targets[i].health.clone(),
                     policy: policy.clone(),
                     all: plan.all_health.clone(),

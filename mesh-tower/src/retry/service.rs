@@ -268,6 +268,7 @@ impl Shared {
         let fits = body.size_hint().upper().is_some_and(|upper| upper <= policy.max_replay_bytes);
         if !fits {
             self.stats.not_replayable.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::per_service(crate::metrics::RETRY_NOT_REPLAYABLE, self.watch.service());
             return attempt(first, Request::from_parts(parts, boxed(body))).await.map_err(Into::into);
         }
         let bytes = collect(body).await?;
@@ -303,6 +304,7 @@ impl Shared {
             }
             if !budget.withdraw() {
                 self.stats.budget_exhausted.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::per_service(crate::metrics::RETRY_BUDGET_EXHAUSTED, self.watch.service());
                 tracing::debug!(attempt = number, ?why, "retry budget exhausted; returning the failure");
                 return result;
             }
@@ -312,6 +314,7 @@ impl Shared {
                 avoid.push(upstream.address);
             }
             self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::per_service(crate::metrics::RETRIES, self.watch.service());
             tracing::debug!(attempt = number, ?why, "retrying");
             tokio::time::sleep(self.backoff(&policy, number)).await;
             number += 1;
