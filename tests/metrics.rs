@@ -20,7 +20,10 @@ use support::{backend_id, identity};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::ServiceExt;
 
-fn counter(snapshot: &[(String, Vec<(String, String)>, u64)], name: &str, label: (&str, &str)) -> u64 {
+/// A counter's name, labels and value.
+type Counter = (String, Vec<(String, String)>, u64);
+
+fn counter(snapshot: &[Counter], name: &str, label: (&str, &str)) -> u64 {
     snapshot
         .iter()
         .filter(|(n, labels, _)| n == name && labels.iter().any(|(k, v)| k == label.0 && v == label.1))
@@ -82,7 +85,7 @@ async fn counters_after_known_traffic() {
     let _ = tcp.read_to_end(&mut Vec::new()).await;
     server.wait_for_handshakes(|c| c.failed(mesh::tower::HandshakeFailure::NotTls) == 1).await;
 
-    let snapshot: Vec<(String, Vec<(String, String)>, u64)> = snapshotter
+    let snapshot: Vec<Counter> = snapshotter
         .snapshot()
         .into_vec()
         .into_iter()
