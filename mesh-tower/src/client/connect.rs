@@ -18,7 +18,7 @@ use hyper_util::{
     rt::TokioIo,
 };
 use mesh_core::{
-    IdentitySource, SnapshotWatch, SpiffeId,
+    IdentitySource, SpiffeId,
     identity::{
         serial_of, spiffe_id_of,
         tls::{PeerRejected, TlsOptions, client_config},
@@ -146,7 +146,7 @@ pub(crate) struct MeshConnector {
 
 pub(crate) struct TlsDialer {
     source: IdentitySource,
-    watch: SnapshotWatch,
+    service: mesh_core::ServiceName,
     book: Arc<IdentityBook>,
     options: TlsOptions,
     handshake_timeout: std::time::Duration,
@@ -163,7 +163,7 @@ impl MeshConnector {
     pub(crate) fn mtls(
         http: HttpConnector,
         source: IdentitySource,
-        watch: SnapshotWatch,
+        service: mesh_core::ServiceName,
         book: Arc<IdentityBook>,
         protocol: Protocol,
         handshake_timeout: std::time::Duration,
@@ -174,7 +174,7 @@ impl MeshConnector {
         };
         let mut options = TlsOptions::default();
         options.alpn = alpn;
-        let dialer = TlsDialer { source, watch, book, options, handshake_timeout, configs: Mutex::default() };
+        let dialer = TlsDialer { source, service, book, options, handshake_timeout, configs: Mutex::default() };
         Self { http, tls: Some(Arc::new(dialer)) }
     }
 }
@@ -184,7 +184,7 @@ impl TlsDialer {
     /// was last seen, so an endpoint picked just before it left the snapshot is still verified
     /// against what was expected of it.
     fn expected(&self, address: SocketAddr) -> Result<SpiffeId, ConnectErrorKind> {
-        let service = self.watch.service().to_string();
+        let service = self.service.to_string();
         match self.book.lookup(address) {
             Some(Some(id)) => Ok(id),
             Some(None) => Err(ConnectErrorKind::NoExpectedIdentity(service)),
@@ -228,8 +228,7 @@ impl Service<Uri> for MeshConnector {
                 return Ok(MeshStream::Plain { io: tcp });
             };
             // Check before dialling: never open a connection we could not verify.
-            let address =
-                address.ok_or_else(|| fail(ConnectErrorKind::EndpointGone(tls.watch.service().to_string())))?;
+            let address = address.ok_or_else(|| fail(ConnectErrorKind::EndpointGone(tls.service.to_string())))?;
             let config = tls.expected(address).and_then(|expected| tls.config(expected)).map_err(&fail)?;
             let tcp = connecting.await.map_err(|e| fail(ConnectErrorKind::Tcp(e.into())))?;
             let handshake =

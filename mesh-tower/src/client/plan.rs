@@ -4,14 +4,17 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
 use arc_swap::ArcSwapOption;
 use http::{Request, uri::Authority};
 use mesh_core::{
-    RouteName, ServiceSnapshot, SnapshotWatch, SubsetName, Weight,
+    RouteName, ServiceSnapshot, SnapshotWatch, SubsetName,
     policy::{LoadBalancerKind, OutlierDetection},
 };
 
@@ -21,7 +24,7 @@ use crate::{
     balance::{EndpointLoad, Picker, Ring, Rng},
     outlier::{Health, OutlierStats},
     route::{self, NoRoute},
-    split::WeightedSplit,
+    split::{WeightedSplit, in_share},
 };
 
 /// An endpoint ready to be dialled.
@@ -76,8 +79,8 @@ struct RoutePlan {
     /// Subset indexes, in target order, and the split between them.
     targets: Box<[usize]>,
     split: Option<WeightedSplit>,
-    /// The shadow subset, and a split whose target 0 means "mirror this one".
-    mirror: Option<(usize, WeightedSplit)>,
+    /// The shadow subset, the share mirrored, and the route's request count.
+    mirror: Option<(usize, f64, AtomicU64)>,
 }
 
 #[derive(Debug)]
@@ -215,11 +218,7 @@ impl Planner {
                     .collect();
                 let mirror = route.mirror.as_ref().and_then(|m| {
                     let subset = snapshot.subsets().iter().position(|s| s.name == m.subset)?;
-                    // Percent in hundredths, as weights: [mirrored, not mirrored].
-                    let mirrored = (m.percent.get() * 100.0).round() as u32;
-                    let weights =
-                        [mirrored, 10_000 - mirrored.min(10_000)].map(|w| Weight::new(w).unwrap_or(Weight::ZERO));
-                    Some((subset, WeightedSplit::new(weights)?))
+                    Some((subset, m.percent.get(), AtomicU64::new(0)))
                 });
                 RoutePlan {
                     name: route.name.clone(),
@@ -303,11 +302,14 @@ impl Planner {
             let n = subset_plan.targets.len();
             picked = (1..n).map(|k| (i + k) % n).find(|j| acceptable(&subset_plan.targets[*j])).or(picked);
         }
-        let mirror = route.and_then(|r| r.mirror.as_ref()).filter(|(_, split)| split.pick() == 0).and_then(|(s, _)| {
-            let shadow = &plan.subsets[*s];
-            let i = shadow.picker.pick(shadow.targets.len(), |i| &shadow.targets[i].load, &self.rng, hash_key)?;
-            Some(shadow.targets[i].clone())
-        });
+        let mirror = route
+            .and_then(|r| r.mirror.as_ref())
+            .filter(|(_, percent, count)| in_share(count.fetch_add(1, Ordering::Relaxed), *percent))
+            .and_then(|(s, _, _)| {
+                let shadow = &plan.subsets[*s];
+                let i = shadow.picker.pick(shadow.targets.len(), |i| &shadow.targets[i].load, &self.rng, hash_key)?;
+                Some(shadow.targets[i].clone())
+            });
         match picked {
             Some(i) => Pick::Chosen(Choice {
                 outlier: plan.outlier.as_ref().map(|policy| OutlierRecorder {

@@ -142,7 +142,7 @@ impl MeshClientBuilder {
             Security::Mtls(source) => MeshConnector::mtls(
                 connector,
                 source,
-                watch.clone(),
+                self.service.clone(),
                 identities.clone(),
                 self.config.protocol,
                 self.config.connect_timeout,

@@ -21,7 +21,7 @@ use tower::{Layer, Service, ServiceExt};
 
 use super::{ATTEMPT_HEADER, AvoidEndpoints, budget::Budget};
 use crate::context::RETRY_DEPTH_HEADER;
-use crate::{BoxError, Upstream, classify, classify::Outcome, route};
+use crate::{BoxError, Upstream, balance::Rng, classify, classify::Outcome, route};
 
 /// The body type the retry layer hands to the service below it: a buffered copy for replayable
 /// requests, the caller's own body otherwise.
@@ -39,7 +39,7 @@ struct Shared {
     watch: SnapshotWatch,
     budget: Mutex<Option<(RetryBudget, Arc<Budget>)>>,
     stats: Arc<RetryStats>,
-    jitter: AtomicU64,
+    jitter: Rng,
 }
 
 /// What a retry layer did.
@@ -86,7 +86,7 @@ impl RetryLayer {
                 watch: discovery.watch(service),
                 budget: Mutex::new(None),
                 stats: Arc::default(),
-                jitter: AtomicU64::new(0x853C_49E6_748F_EA9B),
+                jitter: Rng::new(0x853C_49E6_748F_EA9B),
             }),
         }
     }
@@ -129,10 +129,7 @@ impl Shared {
     /// Full jitter: a uniform wait up to `min(max, base * 2^(retry - 1))`.
     fn backoff(&self, policy: &RetryPolicy, retry: u32) -> Duration {
         let ceiling = policy.backoff.base.saturating_mul(1 << (retry - 1).min(16)).min(policy.backoff.max);
-        let mut z = self.jitter.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ceiling.mul_f64((z >> 11) as f64 / (1u64 << 53) as f64)
+        ceiling.mul_f64((self.jitter.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
     }
 }
 
