@@ -267,7 +267,8 @@ async fn the_assembled_stack_retries_too() {
             .build()
             .unwrap(),
     );
-    let client: Client = MeshClient::builder(discovery, name).identity(identity("/frontend")).build_stack().unwrap();
+    let stack = MeshClient::builder(discovery, name).identity(identity("/frontend")).build_stack().unwrap();
+    let client: Client = BoxCloneService::new(stack.map_response(|r| r.map(|body| body.into_inner())));
     let (ok, _) = run(&client, http::Method::GET, bytes::Bytes::new(), 1000).await;
     // 15% of first attempts fail here. The budget grants no reserve up front, so a failure among
     // the very first requests (before 5 have deposited, or a second of floor has accrued) may not

@@ -63,6 +63,7 @@ pub mod retry;
 pub mod route;
 pub mod server;
 pub mod split;
+pub mod telemetry;
 
 pub use crate::connection::{ConnectionInfo, Upstream};
 pub use crate::identity::{HandshakeCounts, HandshakeFailure, MissingIdentity, PeerIdentity};

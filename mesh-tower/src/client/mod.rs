@@ -34,5 +34,5 @@ pub use self::config::{ClientConfig, Protocol};
 pub use self::connect::ConnectError;
 pub use self::error::{NoEndpoints, UnknownSubset, Unresolved};
 pub use self::future::ResponseFuture;
-pub use self::service::{ClientStack, MeshClient, MeshClientBuilder};
+pub use self::service::{ClientStack, MeshClient, MeshClientBuilder, ResponseBody};
 pub use crate::route::NoRoute;

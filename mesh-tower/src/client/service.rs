@@ -194,13 +194,18 @@ impl MeshClientBuilder {
             .layer(crate::fault::FaultLayer::from_discovery(&discovery, &service))
             .layer(crate::retry::RetryLayer::from_discovery(&discovery, &service))
             .layer(crate::limit::ConcurrencyLimitLayer::from_discovery(&discovery, &service))
+            .map_response(|response: Response<Incoming>| response.map(ResponseBody::new))
             .service(client);
         Ok(tower::util::BoxCloneService::new(stack))
     }
 }
 
 /// The whole client stack for request bodies `B`, from [`MeshClientBuilder::build_stack`].
-pub type ClientStack<B> = tower::util::BoxCloneService<Request<B>, Response<Incoming>, BoxError>;
+pub type ClientStack<B> = tower::util::BoxCloneService<Request<B>, Response<ResponseBody>, BoxError>;
+
+/// The response body of a [`ClientStack`]: hyper's body, observed by telemetry to its end (the
+/// gRPC status in the trailers counts in metrics and spans).
+pub type ResponseBody = crate::telemetry::TelemetryBody<Incoming>;
 
 impl<B> MeshClient<B>
 where
