@@ -1,0 +1,71 @@
+//! The configurations compared: what sits between the load generator and the hello handler.
+
+use std::{fmt, str::FromStr};
+
+/// One path a request can take from the load generator to the hello handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Config {
+    /// hyper-util client -> hyper server, plaintext: the physical limit of the stack.
+    Bare,
+    /// The same with hand-wired tokio-rustls mutual TLS on both sides (TLS 1.3, ring, no
+    /// session resumption, like mesh).
+    BareMtls,
+    /// mesh's whole client stack -> mesh's server with authorization.
+    Mesh,
+    /// plaintext client -> nginx -> mTLS -> nginx -> plaintext hyper server.
+    SidecarNginx,
+    /// plaintext client -> haproxy -> mTLS (h2) -> haproxy -> plaintext hyper server.
+    SidecarHaproxy,
+}
+
+impl Config {
+    /// Every configuration, in the order runs interleave them.
+    pub(crate) const ALL: [Config; 5] =
+        [Config::Bare, Config::BareMtls, Config::Mesh, Config::SidecarNginx, Config::SidecarHaproxy];
+
+    /// The name used on the command line and in `summary.json`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Config::Bare => "bare",
+            Config::BareMtls => "bare-mtls",
+            Config::Mesh => "mesh",
+            Config::SidecarNginx => "sidecar-nginx",
+            Config::SidecarHaproxy => "sidecar-haproxy",
+        }
+    }
+
+    /// Whether a proxy pair sits on the path.
+    pub(crate) fn is_sidecar(self) -> bool {
+        matches!(self, Config::SidecarNginx | Config::SidecarHaproxy)
+    }
+
+    /// What the server process behind the path serves (sidecars front a bare plaintext server).
+    pub(crate) fn server(self) -> Config {
+        if self.is_sidecar() { Config::Bare } else { self }
+    }
+
+    /// Whether "one new connection per request" measures mutual TLS handshakes on this path
+    /// (sidecars keep their mTLS connections pooled, so there it would not).
+    pub(crate) fn handshakes(self) -> bool {
+        matches!(self, Config::BareMtls | Config::Mesh)
+    }
+}
+
+/// A configuration name that does not exist.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown configuration {0:?} (bare, bare-mtls, mesh, sidecar-nginx, sidecar-haproxy)")]
+pub(crate) struct UnknownConfig(String);
+
+impl FromStr for Config {
+    type Err = UnknownConfig;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Config::ALL.into_iter().find(|c| c.name() == s).ok_or_else(|| UnknownConfig(s.to_owned()))
+    }
+}
+
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}

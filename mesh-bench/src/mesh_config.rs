@@ -1,0 +1,136 @@
+//! The `mesh` configuration: mesh's whole client stack and mesh's server with authorization.
+//!
+//! The server process listens on [`ENDPOINTS`] ports, one endpoint each. Discovery
+//! (`StaticDiscovery`) labels two endpoints `v1` and two `v2`, and the request's route
+//! (`/hello`, after a header-matched route it does not take) splits 50/50 between the two
+//! subsets, so every request goes through route match, a real weighted split and a real P2C pick
+//! between two endpoints. The route has a retry policy (gateway errors and connect failures, up
+//! to 3 attempts, with the default 20% budget) and a 5 s timeout; the service has a circuit
+//! breaker and outlier detection. Connections are mutual TLS, verified by SPIFFE ID both ways;
+//! the server allows exactly the client's SPIFFE ID. Nothing fails in the benchmark, so no
+//! request is ever retried: what is measured is the bookkeeping every request pays.
+
+use std::{path::Path, time::Duration};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use mesh_core::{
+    Endpoint, HeaderMatch, PathMatch, Route, RouteMatch, RouteName, ServiceName, ServiceSnapshot, StaticDiscovery,
+    Subset, Weight,
+    policy::{
+        AuthorizationPolicy, AuthorizationRule, CircuitBreaker, OutlierDetection, PrincipalMatch, RetryOn, RetryPolicy,
+        ServicePolicies,
+    },
+};
+use mesh_tower::{
+    authz::AuthorizationLayer,
+    client::{ClientConfig, ClientStack, MeshClient, Protocol},
+    context::ContextLayer,
+    server::{Server, ServerHandle},
+};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+
+use crate::{
+    BoxError,
+    certs::{self, CLIENT_ID, SERVER_ID},
+};
+
+/// Endpoints (listening ports) of the mesh server process.
+pub(crate) const ENDPOINTS: usize = 4;
+
+/// What [`install_telemetry`] set up; keep it alive as long as the process serves.
+#[derive(Debug)]
+pub(crate) struct Telemetry {
+    /// The Prometheus recorder's handle (rendering the text exposition is the scraper's job).
+    pub(crate) prometheus: PrometheusHandle,
+}
+
+/// Installs the process's telemetry as a production service would: a real `metrics` recorder
+/// (Prometheus, installed globally) and a `tracing` subscriber (INFO to stderr).
+pub(crate) fn install_telemetry() -> Result<Telemetry, BoxError> {
+    let prometheus = PrometheusBuilder::new().install_recorder()?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init()?;
+    // TODO(telemetry): install the OpenTelemetry pipeline (mesh_tower::telemetry's OTLP exporter
+    // helper, with a realistic sampler) here, and add mesh_tower::telemetry's client and server
+    // layers to the stacks below once they land.
+    Ok(Telemetry { prometheus })
+}
+
+fn service() -> Result<ServiceName, BoxError> {
+    Ok("hello".parse()?)
+}
+
+/// The destination as discovery describes it: `ports` on loopback, half `v1`, half `v2`.
+pub(crate) fn snapshot(ports: &[u16]) -> Result<ServiceSnapshot, BoxError> {
+    let mut retry = RetryPolicy::default();
+    retry.retry_on = vec![RetryOn::GatewayError, RetryOn::ConnectFailure];
+    let testers = Route::new(RouteName::new("testers")?)
+        .with_match(RouteMatch::any().header(HeaderMatch::exact("x-user".parse()?, "qa")))
+        .with_target("v2".parse()?, Weight::new(100)?);
+    let hello = Route::new(RouteName::new("hello")?)
+        .with_match(RouteMatch::any().path(PathMatch::prefix("/hello")?))
+        .with_target("v1".parse()?, Weight::new(50)?)
+        .with_target("v2".parse()?, Weight::new(50)?)
+        .with_retry(retry)
+        .with_timeout(Duration::from_secs(5));
+    let mut policies = ServicePolicies::default();
+    policies.circuit_breaker = Some(CircuitBreaker::default());
+    policies.outlier_detection = Some(OutlierDetection::default());
+    let mut builder = ServiceSnapshot::builder(service()?)
+        .identity(SERVER_ID.parse()?)
+        .subset(Subset::version("v1")?)
+        .subset(Subset::version("v2")?)
+        .route(testers)
+        .route(hello)
+        .policies(policies);
+    for (i, port) in ports.iter().enumerate() {
+        let version = if i < ports.len() / 2 { "v1" } else { "v2" };
+        builder = builder.endpoint(Endpoint::new(([127, 0, 0, 1], *port).into()).with_label("version", version)?);
+    }
+    Ok(builder.build()?)
+}
+
+/// The whole client stack (`build_stack`: fault, retry with budget and deadline, concurrency
+/// limit, then route, split, P2C and the mTLS connection pool). With `pooled == false` every
+/// request opens a new connection (the handshake workload).
+pub(crate) fn client(
+    certs: &Path,
+    ports: &[u16],
+    h2: bool,
+    pooled: bool,
+) -> Result<ClientStack<Full<Bytes>>, BoxError> {
+    let discovery = StaticDiscovery::new();
+    discovery.set(snapshot(ports)?);
+    let mut config = ClientConfig::default();
+    config.protocol = if h2 { Protocol::Http2 } else { Protocol::Http1 };
+    if !pooled {
+        config.pool_max_idle_per_endpoint = 0;
+    }
+    Ok(MeshClient::builder(discovery, service()?)
+        .config(config)
+        .identity(certs::identity(certs, "client")?)
+        .build_stack::<Full<Bytes>>()?)
+}
+
+/// Starts the mesh server on [`ENDPOINTS`] listeners: mTLS, authorization allowing only the
+/// client's SPIFFE ID, the request context layer, then the hello handler.
+pub(crate) async fn serve(certs: &Path) -> Result<(Vec<u16>, Vec<ServerHandle>), BoxError> {
+    let server = Server::builder().identity(certs::identity(certs, "server")?).build()?;
+    let policy =
+        AuthorizationPolicy::enforce(vec![AuthorizationRule::allow(vec![PrincipalMatch::Exact(CLIENT_ID.parse()?)])]);
+    let service = tower::ServiceBuilder::new()
+        .layer(AuthorizationLayer::new(policy))
+        .layer(ContextLayer::new())
+        .service_fn(crate::server::hello);
+    let (mut ports, mut handles) = (Vec::new(), Vec::new());
+    for _ in 0..ENDPOINTS {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let handle = server.spawn(listener, service.clone())?;
+        ports.push(handle.local_addr().port());
+        handles.push(handle);
+    }
+    Ok((ports, handles))
+}

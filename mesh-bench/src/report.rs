@@ -1,0 +1,251 @@
+//! Medians, ratios, goals: `summary.json` and the table on stdout.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use crate::{configs::Config, loadgen::Measurement, procstat::Usage};
+
+/// One client process's run of one workload against one configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct Record {
+    pub(crate) config: Config,
+    pub(crate) workload: String,
+    pub(crate) round: usize,
+    pub(crate) client: Measurement,
+    /// The server process over the measured window (CPU delta; peak RSS at its end).
+    pub(crate) server: Usage,
+    /// Both proxies of a sidecar pair, the same way.
+    pub(crate) proxies: Option<Usage>,
+}
+
+/// How the run was made.
+#[derive(Debug, Clone)]
+pub(crate) struct Meta {
+    pub(crate) mode: &'static str,
+    pub(crate) rounds: usize,
+    pub(crate) warmup_s: f64,
+    pub(crate) duration_s: f64,
+    pub(crate) pinned: bool,
+    pub(crate) wall_s: f64,
+    pub(crate) loadavg_before: Option<String>,
+    pub(crate) loadavg_after: Option<String>,
+}
+
+/// `/proc/loadavg`, to show how quiet the machine was.
+pub(crate) fn loadavg() -> Option<String> {
+    std::fs::read_to_string("/proc/loadavg").ok().map(|s| s.trim().to_owned())
+}
+
+fn cpu_model() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    info.lines().find_map(|l| l.strip_prefix("model name")).map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+}
+
+/// The median (mean of the middle two for an even count).
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.retain(|v| v.is_finite());
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    Some(if values.len() % 2 == 0 { (values[mid - 1] + values[mid]) / 2.0 } else { values[mid] })
+}
+
+fn per_10k(cpu_s: f64, requests: u64) -> f64 {
+    if requests == 0 { f64::NAN } else { cpu_s / requests as f64 * 10_000.0 }
+}
+
+/// The medians of one configuration's runs of one workload.
+fn medians(runs: &[&Record]) -> Value {
+    let m = |f: &dyn Fn(&Record) -> f64| median(runs.iter().map(|r| f(r)).collect());
+    let proxies_cpu = |r: &Record| r.proxies.map_or(0.0, |p| p.cpu_s);
+    let rps: Vec<f64> = runs.iter().map(|r| r.client.rps).collect();
+    json!({
+        "rps": m(&|r| r.client.rps),
+        "rps_min": rps.iter().copied().reduce(f64::min),
+        "rps_max": rps.iter().copied().reduce(f64::max),
+        "p50_us": m(&|r| r.client.p50_us as f64),
+        "p90_us": m(&|r| r.client.p90_us as f64),
+        "p99_us": m(&|r| r.client.p99_us as f64),
+        "p999_us": m(&|r| r.client.p999_us as f64),
+        "errors": runs.iter().map(|r| r.client.errors).sum::<u64>(),
+        "dropped": runs.iter().map(|r| r.client.dropped).sum::<u64>(),
+        "cpu_s_per_10k": {
+            "client": m(&|r| per_10k(r.client.cpu_s, r.client.requests)),
+            "server": m(&|r| per_10k(r.server.cpu_s, r.client.requests)),
+            "proxies": m(&|r| per_10k(proxies_cpu(r), r.client.requests)),
+            "total": m(&|r| per_10k(r.client.cpu_s + r.server.cpu_s + proxies_cpu(r), r.client.requests)),
+        },
+        "peak_rss_kib": {
+            "client": m(&|r| r.client.peak_rss_kib as f64),
+            "server": m(&|r| r.server.peak_rss_kib as f64),
+            "proxies": m(&|r| r.proxies.map_or(0.0, |p| p.peak_rss_kib as f64)),
+        },
+    })
+}
+
+fn get(results: &Value, config: Config, workload: &str, field: &str) -> Option<f64> {
+    let mut value = &results[config.name()][workload];
+    for part in field.split('.') {
+        value = &value[part];
+    }
+    value.as_f64()
+}
+
+/// Builds `summary.json` from every run.
+pub(crate) fn summarize(records: &[Record], meta: Meta) -> Value {
+    let mut grouped: BTreeMap<(Config, String), Vec<&Record>> = BTreeMap::new();
+    for record in records {
+        grouped.entry((record.config, record.workload.clone())).or_default().push(record);
+    }
+    let mut results = json!({});
+    for ((config, workload), runs) in &grouped {
+        let mut entry = medians(runs);
+        entry["runs"] = runs
+            .iter()
+            .map(|r| {
+                json!({
+                    "round": r.round,
+                    "client": r.client,
+                    "server": { "cpu_s": r.server.cpu_s, "peak_rss_kib": r.server.peak_rss_kib },
+                    "proxies": r.proxies.map(|p| json!({ "cpu_s": p.cpu_s, "peak_rss_kib": p.peak_rss_kib })),
+                })
+            })
+            .collect();
+        results[config.name()][workload] = entry;
+    }
+    let (h1, h2, rate, hs) = ("h1_c32", "h2_c8x16", "rate2000_h1_c32", "handshake_c16");
+    let ratio = |config: Config, workload: &str| {
+        let mesh = get(&results, Config::Mesh, workload, "rps")?;
+        Some(mesh / get(&results, config, workload, "rps")?)
+    };
+    let p99_added = get(&results, Config::Mesh, rate, "p99_us")
+        .zip(get(&results, Config::BareMtls, rate, "p99_us"))
+        .map(|(mesh, mtls)| mesh - mtls);
+    let cpu_ratio = get(&results, Config::Mesh, rate, "cpu_s_per_10k.total")
+        .zip(get(&results, Config::BareMtls, rate, "cpu_s_per_10k.total"))
+        .map(|(mesh, mtls)| mesh / mtls);
+    let ratios = json!({
+        "mesh_over_bare_h1": ratio(Config::Bare, h1),
+        "mesh_over_bare_mtls_h1": ratio(Config::BareMtls, h1),
+        "mesh_over_sidecar_nginx_h1": ratio(Config::SidecarNginx, h1),
+        "mesh_over_sidecar_haproxy_h1": ratio(Config::SidecarHaproxy, h1),
+        "mesh_over_bare_h2": ratio(Config::Bare, h2),
+        "mesh_over_bare_mtls_h2": ratio(Config::BareMtls, h2),
+        "mesh_over_sidecar_nginx_h2": ratio(Config::SidecarNginx, h2),
+        "mesh_over_sidecar_haproxy_h2": ratio(Config::SidecarHaproxy, h2),
+        "handshakes_mesh_over_rustls": ratio(Config::BareMtls, hs),
+        "p99_added_us_fixed_rate": p99_added,
+        "cpu_per_request_mesh_over_bare_mtls_fixed_rate": cpu_ratio,
+    });
+    let at_least = |key: &str, target: f64| {
+        let value = ratios[key].as_f64();
+        json!({ "value": value, "target": format!(">= {target}"), "met": value.map(|v| v >= target) })
+    };
+    let at_most = |key: &str, target: f64| {
+        let value = ratios[key].as_f64();
+        json!({ "value": value, "target": format!("<= {target}"), "met": value.map(|v| v <= target) })
+    };
+    let goals = json!({
+        "mesh_over_bare_mtls_h1": at_least("mesh_over_bare_mtls_h1", 0.90),
+        "mesh_over_bare_mtls_h2": at_least("mesh_over_bare_mtls_h2", 0.90),
+        "mesh_over_bare_h1": at_least("mesh_over_bare_h1", 0.80),
+        "mesh_over_bare_h2": at_least("mesh_over_bare_h2", 0.80),
+        "mesh_over_sidecar_haproxy_h1": at_least("mesh_over_sidecar_haproxy_h1", 4.0),
+        "mesh_over_sidecar_nginx_h1": at_least("mesh_over_sidecar_nginx_h1", 5.0),
+        "p99_added_us_fixed_rate": at_most("p99_added_us_fixed_rate", 100.0),
+        "cpu_per_request_mesh_over_bare_mtls_fixed_rate": at_most("cpu_per_request_mesh_over_bare_mtls_fixed_rate", 1.25),
+        "handshakes_mesh_over_rustls": at_least("handshakes_mesh_over_rustls", 0.90),
+    });
+    json!({
+        "machine": {
+            "nproc": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            "cpu_model": cpu_model(),
+            "loadavg_before": meta.loadavg_before,
+            "loadavg_after": meta.loadavg_after,
+        },
+        "run": {
+            "mode": meta.mode,
+            "rounds": meta.rounds,
+            "interleaved": true,
+            "warmup_s": meta.warmup_s,
+            "duration_s": meta.duration_s,
+            "pinned_client_core0_servers_core1": meta.pinned,
+            "wall_s": meta.wall_s,
+        },
+        "ratios": ratios,
+        "goals": goals,
+        "results": results,
+    })
+}
+
+fn cell(value: &Value, decimals: usize) -> String {
+    value.as_f64().map_or_else(|| "-".to_owned(), |v| format!("{v:.decimals$}"))
+}
+
+/// The table on stdout: one row per configuration and workload, then the ratios and goals.
+pub(crate) fn print_table(summary: &Value) {
+    let out = crate::println_out;
+    out(&format!(
+        "{:<16} {:<18} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>7}",
+        "config", "workload", "req/s", "p50µs", "p90µs", "p99µs", "p99.9µs", "cpu/10k", "srv+prx", "rss KiB", "errors"
+    ));
+    for config in Config::ALL {
+        let Some(workloads) = summary["results"][config.name()].as_object() else { continue };
+        for (workload, m) in workloads {
+            let server_rss = m["peak_rss_kib"]["server"].as_f64().unwrap_or(0.0);
+            let proxy_rss = m["peak_rss_kib"]["proxies"].as_f64().unwrap_or(0.0);
+            let server_cpu = m["cpu_s_per_10k"]["server"].as_f64().unwrap_or(0.0);
+            let proxy_cpu = m["cpu_s_per_10k"]["proxies"].as_f64().unwrap_or(0.0);
+            out(&format!(
+                "{:<16} {:<18} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9.0} {:>7}",
+                config.name(),
+                workload,
+                cell(&m["rps"], 0),
+                cell(&m["p50_us"], 0),
+                cell(&m["p90_us"], 0),
+                cell(&m["p99_us"], 0),
+                cell(&m["p999_us"], 0),
+                cell(&m["cpu_s_per_10k"]["total"], 3),
+                format!("{:.3}", server_cpu + proxy_cpu),
+                server_rss + proxy_rss,
+                m["errors"],
+            ));
+        }
+    }
+    out("\nratios (medians):");
+    if let Some(ratios) = summary["ratios"].as_object() {
+        for (key, value) in ratios {
+            out(&format!("  {key:<50} {}", cell(value, 3)));
+        }
+    }
+    out("\ngoals:");
+    if let Some(goals) = summary["goals"].as_object() {
+        for (key, goal) in goals {
+            let met = match goal["met"].as_bool() {
+                Some(true) => "met",
+                Some(false) => "NOT met",
+                None => "not measured",
+            };
+            out(&format!(
+                "  {key:<50} {:>9} {:<8} {met}",
+                cell(&goal["value"], 3),
+                goal["target"].as_str().unwrap_or("")
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(vec![f64::NAN]), None);
+    }
+}

@@ -1,0 +1,90 @@
+//! `mesh-bench server`: the hello handler behind each configuration, in its own process.
+//!
+//! Every server runs on a current-thread tokio runtime (the run pins it to one core), binds
+//! `127.0.0.1:0`, prints `LISTENING port[,port..]` and serves until killed.
+
+use std::{convert::Infallible, io::Write, path::Path};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+};
+use tokio_rustls::TlsAcceptor;
+
+use crate::{BoxError, cli::ServerArgs, configs::Config, mesh_config};
+
+/// The response every configuration returns.
+pub(crate) const HELLO: &[u8] = b"hello world";
+
+/// The handler: a fixed small body.
+pub(crate) async fn hello<B>(_request: Request<B>) -> Result<Response<Full<Bytes>>, Infallible> {
+    Ok(Response::new(Full::new(Bytes::from_static(HELLO))))
+}
+
+/// Runs the server for `args.config` until the process is killed.
+pub(crate) fn main(args: ServerArgs) -> Result<(), BoxError> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(serve(args.config.server(), &args.certs))
+}
+
+fn announce(ports: &[u16]) -> Result<(), BoxError> {
+    let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "LISTENING {}", ports.join(","))?;
+    out.flush()?;
+    Ok(())
+}
+
+async fn serve(config: Config, certs: &Path) -> Result<(), BoxError> {
+    match config {
+        Config::Mesh => {
+            let _telemetry = mesh_config::install_telemetry()?;
+            let (ports, _servers) = mesh_config::serve(certs).await?;
+            announce(&ports)?;
+            std::future::pending::<()>().await;
+            Ok(())
+        }
+        Config::BareMtls => bare(Some(crate::tls::acceptor(certs)?)).await,
+        _ => bare(None).await,
+    }
+}
+
+/// hyper-util's auto (HTTP/1.1 or HTTP/2) connection builder with its defaults, the mTLS
+/// handshake (if any) in the connection's own task.
+async fn bare(tls: Option<TlsAcceptor>) -> Result<(), BoxError> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    announce(&[listener.local_addr()?.port()])?;
+    let http = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        let _ = tcp.set_nodelay(true);
+        let (http, tls) = (http.clone(), tls.clone());
+        tokio::spawn(async move {
+            match tls {
+                None => connection(&http, tcp).await,
+                Some(tls) => match tls.accept(tcp).await {
+                    Ok(stream) => connection(&http, stream).await,
+                    Err(error) => tracing::debug!(%error, "handshake failed"),
+                },
+            }
+        });
+    }
+}
+
+async fn connection<I>(http: &auto::Builder<TokioExecutor>, io: I)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(hello::<Incoming>);
+    if let Err(error) = http.serve_connection(TokioIo::new(io), service).await {
+        tracing::debug!(%error, "connection ended with an error");
+    }
+}
