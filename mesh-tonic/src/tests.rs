@@ -1,4 +1,4 @@
-use mesh_core::{Endpoint, IdentitySource, ServiceSnapshot, StaticDiscovery, identity::dev::DevCa};
+use mesh_core::{Endpoint, IdentitySource, ServiceName, ServiceSnapshot, StaticDiscovery, identity::dev::DevCa};
 use mesh_tower::server::Server;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 

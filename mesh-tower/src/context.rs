@@ -18,9 +18,11 @@
 //! # Deadlines
 //!
 //! A request that carries `x-mesh-timeout: <milliseconds>` (or gRPC's `grpc-timeout`) gets a
-//! deadline: [`ContextLayer`] answers `504 Gateway Timeout` when it passes and drops the handler's
-//! future, so the work stops when the caller has given up; and the mesh calls the handler makes
-//! carry the remaining time on (`MeshClient` sets `x-mesh-timeout` from [`remaining`]).
+//! deadline: [`ContextLayer`] answers `504 Gateway Timeout` when it passes (a gRPC request gets
+//! `grpc-status: 4`, `DEADLINE_EXCEEDED`, as a trailers-only response, which is what gRPC clients
+//! expect) and drops the handler's future, so the work stops when the caller has given up; and the
+//! mesh calls the handler makes carry the remaining time on (`MeshClient` sets `x-mesh-timeout`
+//! from [`remaining`]).
 //!
 //! # Retry depth
 //!
@@ -85,7 +87,7 @@ pub fn remaining() -> Option<Duration> {
 }
 
 /// Parses `x-mesh-timeout` (milliseconds) or `grpc-timeout` (digits and a unit: H, M, S, m, u, n).
-fn timeout_of(headers: &http::HeaderMap) -> Option<Duration> {
+pub(crate) fn timeout_of(headers: &http::HeaderMap) -> Option<Duration> {
     if let Some(ms) = headers.get(TIMEOUT_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()) {
         return Some(Duration::from_millis(ms));
     }
@@ -111,10 +113,49 @@ pub(crate) fn propagate_timeout(headers: &mut http::HeaderMap, remaining: Durati
     }
     let ms = remaining.as_millis().min(99_999_999) as u64;
     headers.insert(TIMEOUT_HEADER, http::HeaderValue::from(ms));
-    let grpc = headers.get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    if grpc && let Ok(value) = http::HeaderValue::from_str(&format!("{ms}m")) {
+    if is_grpc(headers)
+        && let Ok(value) = http::HeaderValue::from_str(&format!("{ms}m"))
+    {
         headers.insert("grpc-timeout", value);
     }
+}
+
+/// Whether a message is gRPC: `content-type: application/grpc`, `application/grpc+proto`, ...
+///
+/// mesh-tower knows gRPC only by this header and writes gRPC's few headers by hand, so it never
+/// depends on a gRPC library.
+pub(crate) fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers.get(http::header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.starts_with(b"application/grpc") && matches!(v.get(16), None | Some(b'+' | b';'))
+    })
+}
+
+/// A trailers-only gRPC response: HTTP 200 with the status in the headers and an empty body, the
+/// way a gRPC server answers a call it fails before sending any message.
+pub(crate) fn grpc_status_response<B: Default>(code: u8, message: &str) -> Response<B> {
+    let mut response = Response::new(B::default());
+    let headers = response.headers_mut();
+    headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+    headers.insert("grpc-status", http::HeaderValue::from(u16::from(code)));
+    if let Ok(value) = http::HeaderValue::from_str(&grpc_percent_encode(message)) {
+        headers.insert("grpc-message", value);
+    }
+    response
+}
+
+/// gRPC's encoding of `grpc-message`: printable ASCII except `%` as is, every other byte `%XX`.
+fn grpc_percent_encode(message: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(message.len());
+    for byte in message.bytes() {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            out.push(char::from(byte));
+        } else {
+            let _ = write!(out, "%{byte:02X}");
+        }
+    }
+    out
 }
 
 /// Runs `future` inside `context` (for tasks a handler spawns).
@@ -186,8 +227,11 @@ where
                 .min(64),
             deadline,
         };
+        let grpc = is_grpc(request.headers());
         let inner = match deadline {
-            Some(deadline) => Deadline::Timed { future: tokio::time::timeout_at(deadline, self.inner.call(request)) },
+            Some(deadline) => {
+                Deadline::Timed { future: tokio::time::timeout_at(deadline, self.inner.call(request)), grpc }
+            }
             None => Deadline::Open { future: self.inner.call(request) },
         };
         ContextFuture { inner: CONTEXT.scope(context, inner) }
@@ -208,7 +252,7 @@ pin_project! {
     #[project = DeadlineProj]
     enum Deadline<F> {
         Open { #[pin] future: F },
-        Timed { #[pin] future: tokio::time::Timeout<F> },
+        Timed { #[pin] future: tokio::time::Timeout<F>, grpc: bool },
     }
 }
 
@@ -222,8 +266,12 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             DeadlineProj::Open { future } => future.poll(cx),
-            DeadlineProj::Timed { future } => Poll::Ready(match ready!(future.poll(cx)) {
+            DeadlineProj::Timed { future, grpc } => Poll::Ready(match ready!(future.poll(cx)) {
                 Ok(result) => result,
+                Err(_elapsed) if *grpc => {
+                    tracing::debug!("the caller's deadline passed; the gRPC handler was cancelled");
+                    Ok(grpc_status_response(4, "the caller's deadline passed; the server cancelled the call"))
+                }
                 Err(_elapsed) => {
                     tracing::debug!("the caller's deadline passed; the handler was cancelled");
                     let mut response = Response::new(ResBody::default());
@@ -273,5 +321,30 @@ mod tests {
         propagate_timeout(&mut out, Duration::from_millis(99));
         assert_eq!(out[TIMEOUT_HEADER], "99");
         assert_eq!(out["grpc-timeout"], "99m");
+    }
+
+    #[test]
+    fn grpc_is_known_by_its_content_type() {
+        let mut headers = http::HeaderMap::new();
+        assert!(!is_grpc(&headers));
+        for (value, grpc) in [
+            ("application/grpc", true),
+            ("application/grpc+proto", true),
+            ("application/grpc;charset=utf-8", true),
+            ("application/grpc-web", false),
+            ("application/json", false),
+        ] {
+            headers.insert(http::header::CONTENT_TYPE, value.parse().unwrap());
+            assert_eq!(is_grpc(&headers), grpc, "{value}");
+        }
+    }
+
+    #[test]
+    fn trailers_only_status_with_an_encoded_message() {
+        let response: Response<()> = grpc_status_response(7, "100% denied: caf\u{e9}");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["grpc-status"], "7");
+        assert_eq!(response.headers()["content-type"], "application/grpc");
+        assert_eq!(response.headers()["grpc-message"], "100%25 denied: caf%C3%A9");
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! [`AuthorizationLayer`] enforces an [`AuthorizationPolicy`](mesh_core::policy::AuthorizationPolicy) on the server side. It reads the
 //! caller's [`PeerIdentity`](crate::PeerIdentity) (which the mTLS server stack puts in each
-//! request's extensions) and asks the policy: a denied call gets `403 Forbidden` and never reaches
-//! the inner service. Once a policy is configured, anything no `allow` rule covers is denied,
+//! request's extensions) and asks the policy: a denied call gets `403 Forbidden` (a gRPC call,
+//! known by its `content-type: application/grpc`, gets `grpc-status: 7`, `PERMISSION_DENIED`) and
+//! never reaches the inner service. Rules match the request's path, which for gRPC is
+//! `/package.Service/Method`, so a policy can allow some methods of a service and not others. Once a policy is configured, anything no `allow` rule covers is denied,
 //! including callers without an identity.
 //!
 //! In [`DryRun`](mesh_core::policy::AuthorizationMode::DryRun) mode, denials are logged (target

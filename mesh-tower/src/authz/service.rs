@@ -74,6 +74,12 @@ where
             caller, method = %request.method(), path = request.uri().path(), %why,
             "denied",
         );
+        if crate::context::is_grpc(request.headers()) {
+            // gRPC clients read the outcome from `grpc-status`, not the HTTP status: a 403 would
+            // surface as a vague UNKNOWN or UNIMPLEMENTED instead of PERMISSION_DENIED.
+            let message = format!("{caller} may not call {}: {why}", request.uri().path());
+            return ResponseFuture::denied(crate::context::grpc_status_response(7, &message));
+        }
         let mut response = Response::new(ResBody::default());
         *response.status_mut() = StatusCode::FORBIDDEN;
         ResponseFuture::denied(response)

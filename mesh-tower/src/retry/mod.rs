@@ -21,18 +21,35 @@
 //!   [`ContextLayer`](crate::context::ContextLayer); by default only the first retrying hop of a
 //!   call chain retries, so a chain of five cannot multiply load 3^5 times).
 //!
+//! # gRPC
+//!
+//! A gRPC call (`content-type: application/grpc`) is retried by the same policy, following gRPC's
+//! retry design: the outcome is read from `grpc-status` in the response headers (a call that
+//! fails before its first message answers trailers-only, so the status is there; once messages
+//! flow the call is committed and never retried); the policy on the method's route is what makes
+//! it retryable, so its `POST` is not held against it; retried attempts carry
+//! `grpc-previous-rpc-attempts`; and a server's `grpc-retry-pushback-ms` replaces the backoff (or,
+//! if it is not a number, stops the retries). A gRPC request body never says its size, so the
+//! messages ready when the call starts are buffered (all of a unary or server-streaming call);
+//! a client stream still waiting on the application is sent once.
+//!
 //! Attempts wait an exponential backoff with full jitter, may each be bounded by
 //! `per_try_timeout`, never run past the route's timeout, carry `x-mesh-attempt: N`, and prefer an
 //! endpoint other than the ones that failed. [`RetryStats`] counts retries, exhausted budgets
 //! and bodies too large to replay.
 
 mod budget;
+mod replay;
 mod service;
 
 pub use self::service::{Retry, RetryBody, RetryLayer, RetryStats, RouteTimeout};
 
 /// The request header that numbers attempts (1 for the first).
 pub const ATTEMPT_HEADER: &str = "x-mesh-attempt";
+
+/// The request header on a retried gRPC call that counts the attempts before it, as gRPC's retry
+/// design specifies.
+pub const GRPC_PREVIOUS_ATTEMPTS_HEADER: &str = "grpc-previous-rpc-attempts";
 
 /// In a request's extensions: endpoints that already failed it, which the balancer avoids when
 /// the subset has others.

@@ -19,9 +19,16 @@ use mesh_core::{
 };
 use tower::{Layer, Service, ServiceExt};
 
-use super::{ATTEMPT_HEADER, AvoidEndpoints, budget::Budget};
+use super::{
+    ATTEMPT_HEADER, AvoidEndpoints, GRPC_PREVIOUS_ATTEMPTS_HEADER,
+    budget::Budget,
+    replay::{Buffered, ready_prefix},
+};
 use crate::context::RETRY_DEPTH_HEADER;
 use crate::{BoxError, Upstream, balance::Rng, classify, classify::Outcome, route};
+
+/// The response header a gRPC server uses to ask for a delay before the next retry, or none.
+const GRPC_PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";
 
 /// The body type the retry layer hands to the service below it: a buffered copy for replayable
 /// requests, the caller's own body otherwise.
@@ -73,9 +80,13 @@ impl RetryStats {
     }
 }
 
-/// The route's (or service's) timeout elapsed, retries included.
+/// The request's deadline passed, retries included: the route's (or service's) timeout, or the
+/// request's own `grpc-timeout`/`x-mesh-timeout`, or the time left to the call being handled,
+/// whichever is shortest.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("the request took longer than its route's timeout of {0:?}")]
+#[error(
+    "the request took longer than its deadline of {0:?} (the route's timeout, or less if the request or the call being handled had less time)"
+)]
 pub struct RouteTimeout(pub Duration);
 
 impl RetryLayer {
@@ -205,11 +216,12 @@ impl Shared {
             }
             None => (None, None),
         };
-        // The route's timeout, or less if the request being handled has less time left.
-        let limit = match (timeout, crate::context::remaining()) {
-            (Some(route), Some(left)) => Some(route.min(left)),
-            (route, left) => route.or(left),
-        };
+        // The route's timeout, or less if the caller asked for less (a tonic client's
+        // `grpc-timeout`) or the request being handled has less time left.
+        let limit = [timeout, crate::context::timeout_of(request.headers()), crate::context::remaining()]
+            .into_iter()
+            .flatten()
+            .min();
         let deadline = limit.map(|l| tokio::time::Instant::now() + l);
         let attempts = self.clone().attempts(first, request, policy, deadline);
         match (limit, deadline) {
@@ -257,18 +269,38 @@ impl Shared {
         };
         let budget = self.budget(&policy.budget);
         budget.deposit();
-        let idempotent = mesh_core::Method::new(request.method().as_str()).is_ok_and(|m| m.is_idempotent());
+        // Every gRPC call is a POST; as in gRPC's retry design, a policy listing the method's
+        // route is the declaration that the method may be retried.
+        let grpc = crate::context::is_grpc(request.headers());
+        let idempotent = grpc || mesh_core::Method::new(request.method().as_str()).is_ok_and(|m| m.is_idempotent());
         if !idempotent && !policy.retry_non_idempotent {
             return attempt(first, request.map(boxed)).await.map_err(Into::into);
         }
         let (parts, body) = request.into_parts();
         let fits = body.size_hint().upper().is_some_and(|upper| upper <= policy.max_replay_bytes);
-        if !fits {
-            self.stats.not_replayable.fetch_add(1, Ordering::Relaxed);
-            crate::metrics::per_service(crate::metrics::RETRY_NOT_REPLAYABLE, self.watch.service());
-            return attempt(first, Request::from_parts(parts, boxed(body))).await.map_err(Into::into);
-        }
-        let bytes = collect(body).await?;
+        let bytes = if fits {
+            collect(body).await?
+        } else {
+            // gRPC bodies never say their size; a unary or server-streaming call's one message is
+            // ready at once, while a client stream may wait on the application, so only what is
+            // ready now is buffered.
+            let body = if grpc {
+                match ready_prefix(body, policy.max_replay_bytes).await? {
+                    Buffered::Whole(bytes) => Ok(bytes),
+                    Buffered::Partial(body) => Err(body),
+                }
+            } else {
+                Err(boxed(body))
+            };
+            match body {
+                Ok(bytes) => bytes,
+                Err(body) => {
+                    self.stats.not_replayable.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::per_service(crate::metrics::RETRY_NOT_REPLAYABLE, self.watch.service());
+                    return attempt(first, Request::from_parts(parts, body)).await.map_err(Into::into);
+                }
+            }
+        };
 
         let mut service = first;
         let mut avoid = Vec::new();
@@ -276,6 +308,9 @@ impl Shared {
         loop {
             let mut request = Request::from_parts(parts.clone(), boxed(Full::new(bytes.clone())));
             request.headers_mut().insert(ATTEMPT_HEADER, HeaderValue::from(number));
+            if grpc && number > 1 {
+                request.headers_mut().insert(GRPC_PREVIOUS_ATTEMPTS_HEADER, HeaderValue::from(number - 1));
+            }
             // Each attempt says how much of the overall deadline is left.
             request.headers_mut().remove(crate::context::TIMEOUT_HEADER);
             request.headers_mut().remove("grpc-timeout");
@@ -299,6 +334,15 @@ impl Shared {
             if number >= policy.max_attempts {
                 return result;
             }
+            // gRPC server pushback: a delay to wait instead of the backoff, or (any value that is
+            // not a count of milliseconds) a request not to retry at all.
+            let pushback = match result.as_ref().ok().and_then(|r| r.headers().get(GRPC_PUSHBACK_HEADER)) {
+                Some(value) => match value.to_str().ok().and_then(|v| v.parse::<u64>().ok()) {
+                    Some(ms) => Some(Duration::from_millis(ms)),
+                    None => return result,
+                },
+                None => None,
+            };
             if !budget.withdraw() {
                 self.stats.budget_exhausted.fetch_add(1, Ordering::Relaxed);
                 crate::metrics::per_service(crate::metrics::RETRY_BUDGET_EXHAUSTED, self.watch.service());
@@ -313,7 +357,7 @@ impl Shared {
             self.stats.retries.fetch_add(1, Ordering::Relaxed);
             crate::metrics::per_service(crate::metrics::RETRIES, self.watch.service());
             tracing::debug!(attempt = number, ?why, "retrying");
-            tokio::time::sleep(self.backoff(&policy, number)).await;
+            tokio::time::sleep(pushback.unwrap_or_else(|| self.backoff(&policy, number))).await;
             number += 1;
             service = service.clone();
         }

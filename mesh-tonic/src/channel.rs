@@ -1,0 +1,161 @@
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::{Mutex, PoisonError},
+    task::{Context, Poll},
+};
+
+use mesh_core::{Discovery, IdentitySource, ServiceName};
+use mesh_tower::{
+    BoxError, MissingIdentity,
+    client::{ClientConfig, ClientStack, MeshClient, MeshClientBuilder, Protocol, ResponseBody},
+};
+use tonic::Status;
+
+use crate::status_from_error;
+
+/// A gRPC channel to one service, resolved through discovery, with the whole mesh client stack.
+///
+/// What a generated tonic client takes in place of tonic's `Channel`
+/// (`GreeterClient::new(channel)`). Each call goes through fault injection, retries (by gRPC
+/// status, with the destination's budget and the call's deadline), the circuit breaker, the
+/// route matching `/package.Service/Method`, the weighted split, P2C balancing, outlier
+/// detection, and an HTTP/2 connection with mTLS that checks the endpoint's SPIFFE ID; see
+/// [`MeshClientBuilder::build_stack`]. Errors come back as [`Status`]es (see
+/// [`status_from_error`]).
+///
+/// Cheap to clone, like tonic's `Channel`: clones share the connection pool, the balancer, the
+/// retry budget and the circuit breaker, so make one per destination and clone it into every
+/// task that calls it. It is `Send` and `Sync`, so a client can live in shared application state.
+pub struct MeshChannel {
+    // The stack is `Send` but not `Sync`, and cloning takes `&self`; the lock makes the channel
+    // `Sync` and is taken only to clone. Calls take `&mut self` and never lock.
+    stack: Mutex<ClientStack<tonic::body::Body>>,
+    service: ServiceName,
+}
+
+impl MeshChannel {
+    /// Starts configuring a channel to `service`, resolved through `discovery`.
+    ///
+    /// ```
+    /// use mesh_core::{IdentitySource, StaticDiscovery, identity::dev::DevCa};
+    /// use mesh_tonic::MeshChannel;
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let ca = DevCa::new("example.org".parse()?)?;
+    /// let me = IdentitySource::fixed(ca.identity("/frontend")?);
+    /// let channel = MeshChannel::builder(StaticDiscovery::new(), "greeter".parse()?).identity(me).build()?;
+    /// assert_eq!(channel.service().as_str(), "greeter");
+    /// # Ok(()) }
+    /// ```
+    pub fn builder(discovery: impl Discovery, service: ServiceName) -> MeshChannelBuilder {
+        MeshChannelBuilder { client: MeshClient::builder(discovery, service.clone()), service }
+    }
+
+    /// The destination.
+    pub fn service(&self) -> &ServiceName {
+        &self.service
+    }
+}
+
+impl Clone for MeshChannel {
+    fn clone(&self) -> Self {
+        let stack = self.stack.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        Self { stack: Mutex::new(stack), service: self.service.clone() }
+    }
+}
+
+/// Configures a [`MeshChannel`]: the mesh client's settings, always over HTTP/2.
+#[derive(Clone)]
+pub struct MeshChannelBuilder {
+    client: MeshClientBuilder,
+    service: ServiceName,
+}
+
+impl MeshChannelBuilder {
+    /// Mutual TLS with SPIFFE verification of every endpoint (see
+    /// [`MeshClientBuilder::identity`]).
+    pub fn identity(mut self, source: IdentitySource) -> Self {
+        self.client = self.client.identity(source);
+        self
+    }
+
+    /// Plaintext, as an explicit choice: peers are not authenticated.
+    pub fn plaintext(mut self) -> Self {
+        self.client = self.client.plaintext();
+        self
+    }
+
+    /// The client configuration (its protocol is ignored: gRPC is always HTTP/2).
+    ///
+    /// ```
+    /// use mesh_tower::client::ClientConfig;
+    /// # let discovery = mesh_core::StaticDiscovery::new();
+    /// let mut config = ClientConfig::default();
+    /// config.seed = Some(7); // repeatable balancing and splits, for tests
+    /// let channel = mesh_tonic::MeshChannel::builder(discovery, "greeter".parse()?)
+    ///     .plaintext()
+    ///     .config(config)
+    ///     .build()?;
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn config(mut self, config: ClientConfig) -> Self {
+        self.client = self.client.config(config);
+        self
+    }
+
+    /// The channel. Opens no connection (the first call does). Fails if neither
+    /// [`identity`](Self::identity) nor [`plaintext`](Self::plaintext) was chosen.
+    pub fn build(self) -> Result<MeshChannel, MissingIdentity> {
+        let stack = self.client.protocol(Protocol::Http2).build_stack::<tonic::body::Body>()?;
+        Ok(MeshChannel { stack: Mutex::new(stack), service: self.service })
+    }
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for MeshChannel {
+    type Response = http::Response<ResponseBody>;
+    type Error = Status;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.stack.get_mut().unwrap_or_else(PoisonError::into_inner).poll_ready(cx).map_err(status_from_error)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        ResponseFuture { inner: self.stack.get_mut().unwrap_or_else(PoisonError::into_inner).call(request) }
+    }
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<http::Response<ResponseBody>, BoxError>> + Send>>;
+
+/// The response future of [`MeshChannel`]: the stack's, with its error as a [`Status`].
+pub struct ResponseFuture {
+    inner: BoxFuture,
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<http::Response<ResponseBody>, Status>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx).map_err(status_from_error)
+    }
+}
+
+impl fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for MeshChannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MeshChannel").field("service", &self.service).finish()
+    }
+}
+
+impl fmt::Debug for MeshChannelBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MeshChannelBuilder").field("service", &self.service).finish_non_exhaustive()
+    }
+}

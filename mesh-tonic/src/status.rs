@@ -1,0 +1,163 @@
+//! The one place mesh's errors become gRPC statuses.
+
+use std::error::Error as StdError;
+
+use http::StatusCode;
+use mesh_tower::{
+    BoxError,
+    client::{ConnectError, NoEndpoints, NoRoute, UnknownSubset, Unresolved},
+    fault::InjectedFault,
+    limit::Overloaded,
+    retry::RouteTimeout,
+};
+use tonic::{Code, Status};
+
+/// The [`Status`] a gRPC caller sees for an error of the mesh client stack.
+///
+/// | error | code |
+/// |---|---|
+/// | a `Status` already (anywhere in the source chain) | as is |
+/// | [`NoRoute`]: no route of the destination matches the method | `UNIMPLEMENTED` |
+/// | [`UnknownSubset`]: pinned to a subset the destination does not define | `FAILED_PRECONDITION` |
+/// | [`NoEndpoints`], [`Unresolved`], [`ConnectError`] (refused, TLS, wrong peer identity) | `UNAVAILABLE` |
+/// | [`RouteTimeout`], a per-try timeout | `DEADLINE_EXCEEDED` |
+/// | [`Overloaded`]: the circuit breaker shed the call | `RESOURCE_EXHAUSTED` |
+/// | [`InjectedFault`]: by its HTTP status, as gRPC maps HTTP statuses | `UNAVAILABLE`, `PERMISSION_DENIED`, … |
+/// | an HTTP/2 stream reset | by its reason, as gRPC's HTTP/2 mapping says (`REFUSED_STREAM`: `UNAVAILABLE`, `CANCEL`: `CANCELLED`, …) |
+/// | any other transport failure | `UNAVAILABLE` |
+/// | anything else | `UNKNOWN` |
+///
+/// The message is the error with its causes (`wrong peer: ... but spiffe://… was expected`), so
+/// it says what happened rather than only which code it maps to.
+///
+/// ```
+/// use mesh_tonic::status_from_error;
+///
+/// let status = status_from_error(Box::new(mesh_tower::retry::RouteTimeout(std::time::Duration::from_millis(250))));
+/// assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+/// ```
+pub fn status_from_error(error: BoxError) -> Status {
+    let error = match error.downcast::<Status>() {
+        Ok(status) => return *status,
+        Err(error) => error,
+    };
+    let code = code_of(&*error);
+    if code == Code::Unknown
+        && let Some(status) = chain(&*error).find_map(|e| e.downcast_ref::<Status>())
+    {
+        return status.clone();
+    }
+    Status::new(code, describe(&*error))
+}
+
+fn chain<'a>(error: &'a (dyn StdError + 'static)) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+    std::iter::successors(Some(error), |e| (*e).source())
+}
+
+fn code_of(error: &(dyn StdError + 'static)) -> Code {
+    for e in chain(error) {
+        if e.is::<NoRoute>() {
+            return Code::Unimplemented;
+        }
+        if e.is::<UnknownSubset>() {
+            return Code::FailedPrecondition;
+        }
+        if e.is::<NoEndpoints>() || e.is::<Unresolved>() || e.is::<ConnectError>() {
+            return Code::Unavailable;
+        }
+        if e.is::<RouteTimeout>() || e.is::<tokio::time::error::Elapsed>() {
+            return Code::DeadlineExceeded;
+        }
+        if e.is::<Overloaded>() {
+            return Code::ResourceExhausted;
+        }
+        if let Some(fault) = e.downcast_ref::<InjectedFault>() {
+            return code_of_http(fault.status());
+        }
+        if let Some(h2) = e.downcast_ref::<h2::Error>()
+            && let Some(reason) = h2.reason()
+        {
+            return code_of_h2(reason);
+        }
+        if let Some(hyper) = e.downcast_ref::<hyper::Error>() {
+            if hyper.is_canceled() {
+                return Code::Cancelled;
+            }
+            if hyper.source().is_none_or(|s| !s.is::<h2::Error>()) {
+                return Code::Unavailable;
+            }
+        }
+        if e.downcast_ref::<hyper_util::client::legacy::Error>().is_some_and(|e| e.is_connect()) {
+            return Code::Unavailable;
+        }
+        if e.is::<std::io::Error>() {
+            return Code::Unavailable;
+        }
+    }
+    if chain(error).any(|e| e.is::<hyper_util::client::legacy::Error>()) {
+        return Code::Unavailable;
+    }
+    Code::Unknown
+}
+
+/// gRPC's mapping of an HTTP status from something that is not a gRPC server.
+fn code_of_http(status: StatusCode) -> Code {
+    match status.as_u16() {
+        400 => Code::Internal,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::Unimplemented,
+        429 | 502..=504 => Code::Unavailable,
+        _ => Code::Unknown,
+    }
+}
+
+/// gRPC's mapping of an HTTP/2 `RST_STREAM` reason.
+fn code_of_h2(reason: h2::Reason) -> Code {
+    match reason {
+        h2::Reason::REFUSED_STREAM => Code::Unavailable,
+        h2::Reason::CANCEL => Code::Cancelled,
+        h2::Reason::ENHANCE_YOUR_CALM => Code::ResourceExhausted,
+        h2::Reason::INADEQUATE_SECURITY => Code::PermissionDenied,
+        _ => Code::Internal,
+    }
+}
+
+/// The error and its causes, each said once (wrappers often repeat their source's message).
+fn describe(error: &(dyn StdError + 'static)) -> String {
+    let mut out = String::new();
+    for e in chain(error) {
+        let text = e.to_string();
+        if text.is_empty() || out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_pass_through_and_http_faults_map_like_grpc() {
+        let status = status_from_error(Box::new(Status::not_found("gone")));
+        assert_eq!((status.code(), status.message()), (Code::NotFound, "gone"));
+        assert_eq!(code_of_http(StatusCode::SERVICE_UNAVAILABLE), Code::Unavailable);
+        assert_eq!(code_of_http(StatusCode::FORBIDDEN), Code::PermissionDenied);
+        assert_eq!(code_of_h2(h2::Reason::REFUSED_STREAM), Code::Unavailable);
+        let other = status_from_error("something odd".into());
+        assert_eq!((other.code(), other.message()), (Code::Unknown, "something odd"));
+    }
+
+    #[test]
+    fn causes_are_said_once() {
+        let io = std::io::Error::other("connection reset");
+        let status = status_from_error(Box::new(io));
+        assert_eq!((status.code(), status.message()), (Code::Unavailable, "connection reset"));
+    }
+}
