@@ -32,4 +32,6 @@ pub struct Upstream {
     pub route: Option<RouteName>,
     /// The subset it was sent to (`None`: every endpoint of the destination).
     pub subset: Option<SubsetName>,
+    /// Which attempt this response answers: 1 for the first, 2 for the first retry...
+    pub attempt: u32,
 }

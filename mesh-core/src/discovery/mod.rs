@@ -51,6 +51,7 @@
 
 mod file;
 mod memory;
+pub mod metrics;
 mod watch;
 
 use std::sync::Arc;

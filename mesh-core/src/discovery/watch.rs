@@ -62,6 +62,7 @@ impl SnapshotPublisher {
             let stamped = Arc::new(snapshot.with_version(status.version));
             // Store before readers are woken, so a woken reader sees the new snapshot.
             self.current.store(Some(stamped.clone()));
+            super::metrics::published(&stamped);
             published = Some(stamped);
         });
         Ok(published.unwrap_or_else(|| unreachable!("send_modify runs its closure")))
@@ -71,6 +72,7 @@ impl SnapshotPublisher {
     /// [`SnapshotWatch::last_error`] until the next [`publish`](Self::publish).
     pub fn report_error(&self, error: DiscoveryError) {
         let error = Arc::new(error);
+        super::metrics::error(&self.service);
         self.status.send_modify(|status| status.error = Some(error));
     }
 

@@ -22,7 +22,7 @@ use super::{
     plan::{Choice, Pick, Planner, Target},
 };
 use crate::mirror::{MirrorStats, TeeBody};
-use crate::{BoxError, MissingIdentity, Upstream, balance::InFlight, identity::Security};
+use crate::{BoxError, MissingIdentity, Upstream, balance::InFlight, identity::Security, telemetry::TelemetryLayer};
 
 /// Calls one service by name through discovery. See the [module docs](super).
 ///
@@ -51,6 +51,7 @@ pub struct MeshClientBuilder {
     service: ServiceName,
     config: ClientConfig,
     security: Security,
+    telemetry: Option<TelemetryLayer>,
 }
 
 impl MeshClient<()> {
@@ -61,11 +62,20 @@ impl MeshClient<()> {
             service,
             config: ClientConfig::default(),
             security: Security::Unset,
+            telemetry: None,
         }
     }
 }
 
 impl MeshClientBuilder {
+    /// The telemetry of the [client stack](Self::build_stack): by default
+    /// `TelemetryLayer::client(service)` (spans and metrics on, access log off). Keep
+    /// [`TelemetryLayer::golden_signals`] before handing it over to read the signals.
+    pub fn telemetry(mut self, telemetry: TelemetryLayer) -> Self {
+        self.telemetry = Some(telemetry);
+        self
+    }
+
     /// Replaces the whole configuration.
     pub fn config(mut self, config: ClientConfig) -> Self {
         self.config = config;
@@ -171,7 +181,8 @@ impl MeshClientBuilder {
 }
 
 impl MeshClientBuilder {
-    /// The whole client stack, in the order `docs/architecture.md` gives: fault injection, retries
+    /// The whole client stack, in the order `docs/architecture.md` gives: telemetry (span,
+    /// metrics, access log, golden signals; see [`telemetry`](Self::telemetry)), fault injection, retries
     /// (with the budget, the hop guard and the route timeout), the circuit breaker, then the
     /// client (route, split, balance, outlier detection, mTLS connection). Every layer reads its
     /// policy from the destination's snapshot, live. Boxed once, at this boundary.
@@ -189,12 +200,13 @@ impl MeshClientBuilder {
         B::Error: Into<BoxError>,
     {
         let (discovery, service) = (self.discovery.clone(), self.service.clone());
+        let telemetry = self.telemetry.clone().unwrap_or_else(|| TelemetryLayer::client(service.clone()));
         let client = self.build::<crate::retry::RetryBody>()?;
         let stack = tower::ServiceBuilder::new()
+            .layer(telemetry)
             .layer(crate::fault::FaultLayer::from_discovery(&discovery, &service))
             .layer(crate::retry::RetryLayer::from_discovery(&discovery, &service))
             .layer(crate::limit::ConcurrencyLimitLayer::from_discovery(&discovery, &service))
-            .map_response(|response: Response<Incoming>| response.map(ResponseBody::new))
             .service(client);
         Ok(tower::util::BoxCloneService::new(stack))
     }
@@ -245,7 +257,12 @@ where
         if let Some(remaining) = crate::context::remaining() {
             crate::context::propagate_timeout(request.headers_mut(), remaining);
         }
-        let upstream = Upstream { address: target.address, route, subset };
+        let attempt = request
+            .headers()
+            .get(crate::retry::ATTEMPT_HEADER)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(1);
+        let upstream = Upstream { address: target.address, route, subset, attempt };
         let request = match mirror {
             Some(shadow) => Self::mirror(shared, request, shadow),
             None => request.map(TeeBody::plain),

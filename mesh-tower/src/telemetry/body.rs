@@ -1,26 +1,37 @@
 use std::{
     pin::Pin,
-    task::{Context, Poll},
+    task::{Context, Poll, ready},
 };
 
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use super::exchange::{End, Exchange};
+
 pin_project! {
-    /// A response body that reports to telemetry when it ends: the gRPC status in its trailers,
-    /// an error, or the end of the stream. Otherwise it is the inner body, frame for frame.
+    /// A response body that tells telemetry how the exchange ended: the gRPC status in its
+    /// trailers, an error, the end of the stream, or being dropped before it. Otherwise it is the
+    /// inner body, frame for frame.
     pub struct TelemetryBody<B> {
         #[pin]
         inner: B,
+        exchange: Option<Exchange>,
+    }
+}
+
+impl<B: Body> TelemetryBody<B> {
+    pub(crate) fn new(inner: B, mut exchange: Exchange) -> Self {
+        if inner.is_end_stream() {
+            // Servers and clients may drop an empty body without polling it: it is complete.
+            exchange.finish(End::Complete);
+            return Self { inner, exchange: None };
+        }
+        Self { inner, exchange: Some(exchange) }
     }
 }
 
 impl<B> TelemetryBody<B> {
-    pub(crate) fn new(inner: B) -> Self {
-        Self { inner }
-    }
-
-    /// The inner body.
+    /// The inner body. The exchange counts as ended now.
     pub fn into_inner(self) -> B {
         self.inner
     }
@@ -31,7 +42,23 @@ impl<B: Body> Body for TelemetryBody<B> {
     type Error = B::Error;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        self.project().inner.poll_frame(cx)
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        if let Some(exchange) = this.exchange {
+            match &frame {
+                Some(Ok(frame)) => {
+                    if let Some(trailers) = frame.trailers_ref() {
+                        exchange.on_grpc_status(trailers);
+                    }
+                }
+                Some(Err(_)) => exchange.finish(End::BodyError),
+                None => exchange.finish(End::Complete),
+            }
+            if !matches!(frame, Some(Ok(_))) {
+                *this.exchange = None;
+            }
+        }
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -1,5 +1,198 @@
-//! Traces, golden metrics and access logs for every request, client and server side.
+//! Traces, golden metrics and access logs for every request, on the client and the server side.
+//!
+//! [`TelemetryLayer`] is the outermost layer of both stacks (see `docs/architecture.md`), so it
+//! sees what the application sees: one span, one metrics sample and (optionally) one access-log
+//! event per request, however many attempts the retry layer made below it.
+//!
+//! # Traces
+//!
+//! Each request gets a [`tracing`] span named after the OpenTelemetry semantic conventions for
+//! HTTP and RPC (`otel.kind` client or server, `http.request.method`, `url.path`,
+//! `http.response.status_code`, `server.address`, `rpc.system`/`rpc.service`/`rpc.method` and
+//! `rpc.grpc.status_code` for gRPC, `error.type` and an error status on failure) plus mesh's own
+//! attributes (`mesh.service`, `mesh.route`, `mesh.subset`, `mesh.endpoint`, `mesh.attempts`,
+//! `mesh.peer_identity`). With the `tracing-opentelemetry` layer installed (the `otlp` feature's
+//! [`otlp::OtlpTelemetry`] sets one up) they become OpenTelemetry spans.
+//!
+//! Context flows with no help from the application: the server side reads W3C `traceparent`,
+//! `tracestate` and `baggage` (and B3, with [`TelemetryLayer::accept_b3`]), runs the handler in
+//! its span, and every mesh client call the handler makes is a child span whose context is
+//! written on the outgoing request. Calls from tasks the handler spawns need the span carried
+//! along (`tokio::spawn(fut.in_current_span())`), as with any `tracing` span.
+//!
+//! # Metrics
+//!
+//! `mesh_requests_total` and `mesh_request_duration_seconds` per direction, service, route,
+//! subset, status class, gRPC code and peer identity, through the [`metrics`] facade; the table
+//! of every name is in [`crate::metrics`].
+//!
+//! # Access log
+//!
+//! With [`TelemetryLayer::access_log`], one `tracing` event per request at `INFO` on the target
+//! [`ACCESS_LOG_TARGET`] (`mesh::access`), so it can be routed or filtered on its own
+//! (`RUST_LOG=mesh::access=info`).
+//!
+//! # Golden signals
+//!
+//! [`GoldenSignals`] keeps requests, success rate and latency percentiles per subset over a
+//! sliding window, in process, for a canary controller to read.
 
 mod body;
+mod exchange;
+mod golden;
+#[cfg(feature = "otlp")]
+pub mod otlp;
+mod propagation;
+mod service;
+
+use std::{sync::Arc, time::Duration};
+
+use mesh_core::{ServiceName, SubsetName};
+use tower::Layer;
 
 pub use self::body::TelemetryBody;
+pub use self::golden::{GoldenSignals, SubsetSignals};
+pub use self::service::{Telemetry, TelemetryFuture};
+
+/// The `tracing` target of access-log events.
+pub const ACCESS_LOG_TARGET: &str = "mesh::access";
+/// The `tracing` target of request spans.
+pub const SPAN_TARGET: &str = "mesh::trace";
+
+/// Which side of a call a [`TelemetryLayer`] is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Requests this process sends (client side); metrics label `outbound`, span kind client.
+    Outbound,
+    /// Requests this process serves (server side); metrics label `inbound`, span kind server.
+    Inbound,
+}
+
+impl Direction {
+    /// The metrics label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Outbound => "outbound",
+            Self::Inbound => "inbound",
+        }
+    }
+}
+
+/// Traces, metrics, access log and golden signals for every request. See the
+/// [module docs](self).
+///
+/// Cheap to clone. Client side, hand it to
+/// [`MeshClientBuilder::telemetry`](crate::client::MeshClientBuilder::telemetry) (the client stack
+/// has one by default); server side, make it the outermost layer:
+///
+/// ```
+/// use mesh_tower::{authz::AuthorizationLayer, context::ContextLayer, telemetry::TelemetryLayer};
+/// # fn f(discovery: mesh_core::StaticDiscovery, app: tower::util::BoxCloneService<http::Request<hyper::body::Incoming>, http::Response<String>, std::convert::Infallible>) -> Result<(), Box<dyn std::error::Error>> {
+/// let me = "reviews".parse()?;
+/// let service = tower::ServiceBuilder::new()
+///     .layer(TelemetryLayer::server(me).version("v2".parse()?).access_log(true))
+///     .layer(AuthorizationLayer::from_discovery(&discovery, &"reviews".parse()?))
+///     .layer(ContextLayer::new())
+///     .service(app);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct TelemetryLayer {
+    shared: Arc<Shared>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Shared {
+    pub(crate) direction: Direction,
+    pub(crate) service: ServiceName,
+    pub(crate) version: Option<SubsetName>,
+    pub(crate) traces: bool,
+    pub(crate) metrics: bool,
+    pub(crate) access_log: bool,
+    pub(crate) b3: bool,
+    pub(crate) golden: GoldenSignals,
+}
+
+impl TelemetryLayer {
+    /// The client side of calls to `service`.
+    pub fn client(service: ServiceName) -> Self {
+        Self::new(Direction::Outbound, service)
+    }
+
+    /// The server side of `service` (this process).
+    pub fn server(service: ServiceName) -> Self {
+        Self::new(Direction::Inbound, service)
+    }
+
+    fn new(direction: Direction, service: ServiceName) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                direction,
+                service,
+                version: None,
+                traces: true,
+                metrics: true,
+                access_log: false,
+                b3: false,
+                golden: GoldenSignals::new(Duration::from_secs(60)),
+            }),
+        }
+    }
+
+    fn edit(mut self, f: impl FnOnce(&mut Shared)) -> Self {
+        f(Arc::make_mut(&mut self.shared));
+        self
+    }
+
+    /// Server side: the version (subset) this process serves, for the `subset` label and the
+    /// golden signals. Client side the subset is the one each request went to.
+    pub fn version(self, version: SubsetName) -> Self {
+        self.edit(|s| s.version = Some(version))
+    }
+
+    /// One span per request (default on).
+    pub fn traces(self, on: bool) -> Self {
+        self.edit(|s| s.traces = on)
+    }
+
+    /// Request counts and durations through the `metrics` facade (default on).
+    pub fn metrics(self, on: bool) -> Self {
+        self.edit(|s| s.metrics = on)
+    }
+
+    /// One access-log event per request on [`ACCESS_LOG_TARGET`] (default off).
+    pub fn access_log(self, on: bool) -> Self {
+        self.edit(|s| s.access_log = on)
+    }
+
+    /// Server side: accept a B3 parent (`b3` or `X-B3-*` headers) when the request has no W3C
+    /// `traceparent` (default off).
+    pub fn accept_b3(self, on: bool) -> Self {
+        self.edit(|s| s.b3 = on)
+    }
+
+    /// The sliding window of the golden signals (default 60 s). Starts a fresh set of signals:
+    /// call it before [`golden_signals`](Self::golden_signals).
+    pub fn golden_window(self, window: Duration) -> Self {
+        self.edit(|s| s.golden = GoldenSignals::new(window))
+    }
+
+    /// The golden signals this layer records into; every service made from this layer (or its
+    /// clones) shares them.
+    pub fn golden_signals(&self) -> GoldenSignals {
+        self.shared.golden.clone()
+    }
+
+    /// Which side this layer is on.
+    pub fn direction(&self) -> Direction {
+        self.shared.direction
+    }
+}
+
+impl<S> Layer<S> for TelemetryLayer {
+    type Service = Telemetry<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Telemetry::new(inner, self.shared.clone())
+    }
+}

@@ -1,0 +1,384 @@
+//! One request's telemetry from start to end: its span, what the response said, and the single
+//! place that records metrics, golden signals and the access log when it ends.
+
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use mesh_core::{RouteName, SpiffeId, SubsetName};
+use opentelemetry::trace::{TraceContextExt, TraceId};
+use tracing::{Span, field::Empty};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use super::{ACCESS_LOG_TARGET, Direction, SPAN_TARGET, Shared};
+use crate::{BoxError, ConnectionInfo, PeerIdentity, Upstream};
+
+/// How the exchange ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum End {
+    /// The response body reached its end.
+    Complete,
+    /// The response body failed part way.
+    BodyError,
+    /// The response was dropped before its end (the caller stopped reading).
+    Dropped,
+    /// No response: the service failed.
+    Failed(&'static str),
+}
+
+pub(crate) struct Exchange {
+    shared: Arc<Shared>,
+    pub(crate) span: Span,
+    start: Instant,
+    method: Method,
+    /// Only kept for the access log: raw paths never become metric labels.
+    path: Option<Box<str>>,
+    grpc: bool,
+    status: Option<StatusCode>,
+    grpc_code: Option<u16>,
+    route: Option<RouteName>,
+    subset: Option<SubsetName>,
+    endpoint: Option<SocketAddr>,
+    attempts: u32,
+    peer: Option<SpiffeId>,
+    trace_id: Option<TraceId>,
+    done: bool,
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers.get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// `/package.Service/Method` split into service and method.
+fn rpc_names(path: &str) -> Option<(&str, &str)> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    (!service.is_empty() && !method.is_empty() && !method.contains('/')).then_some((service, method))
+}
+
+impl Exchange {
+    /// Starts the exchange of `request`: opens its span (parented on `parent` server side).
+    pub(crate) fn start<B>(shared: &Arc<Shared>, request: &Request<B>) -> Self {
+        let grpc = is_grpc(request.headers());
+        let path = request.uri().path();
+        let span = if shared.traces { Self::span(shared, request, grpc, path) } else { Span::none() };
+        let mut exchange = Self {
+            shared: shared.clone(),
+            span,
+            start: Instant::now(),
+            method: request.method().clone(),
+            path: shared.access_log.then(|| path.into()),
+            grpc,
+            status: None,
+            grpc_code: None,
+            route: None,
+            subset: shared.version.clone(),
+            endpoint: None,
+            attempts: 1,
+            peer: None,
+            trace_id: None,
+            done: false,
+        };
+        if shared.direction == Direction::Inbound {
+            exchange.peer = request.extensions().get::<PeerIdentity>().map(|p| p.id().clone());
+            if let Some(peer) = &exchange.peer {
+                exchange.span.record("mesh.peer_identity", peer.as_str());
+            }
+        }
+        exchange
+    }
+
+    fn span<B>(shared: &Shared, request: &Request<B>, grpc: bool, path: &str) -> Span {
+        let (kind, direction) = match shared.direction {
+            Direction::Outbound => ("client", "outbound"),
+            Direction::Inbound => ("server", "inbound"),
+        };
+        let method = request.method().as_str();
+        let rpc = if grpc { rpc_names(path) } else { None };
+        let span = tracing::info_span!(
+            target: SPAN_TARGET,
+            "request",
+            otel.name = Empty,
+            otel.kind = kind,
+            otel.status_code = Empty,
+            otel.status_description = Empty,
+            http.request.method = method,
+            url.path = path,
+            http.response.status_code = Empty,
+            server.address = Empty,
+            server.port = Empty,
+            client.address = Empty,
+            rpc.system = Empty,
+            rpc.service = Empty,
+            rpc.method = Empty,
+            rpc.grpc.status_code = Empty,
+            error.type = Empty,
+            mesh.direction = direction,
+            mesh.service = shared.service.as_str(),
+            mesh.route = Empty,
+            mesh.subset = Empty,
+            mesh.endpoint = Empty,
+            mesh.attempts = Empty,
+            mesh.peer_identity = Empty,
+        );
+        if span.is_disabled() {
+            return span;
+        }
+        // Span names stay low-cardinality: `package.Service/Method` for gRPC, the method for HTTP.
+        match rpc {
+            Some((service, method)) => {
+                span.record("otel.name", format_args!("{service}/{method}"));
+                span.record("rpc.system", "grpc");
+                span.record("rpc.service", service);
+                span.record("rpc.method", method);
+            }
+            None => {
+                span.record("otel.name", method);
+            }
+        }
+        if let Some(version) = &shared.version {
+            span.record("mesh.subset", version.as_str());
+        }
+        if shared.direction == Direction::Inbound
+            && let Some(info) = request.extensions().get::<ConnectionInfo>()
+        {
+            span.record("server.address", format_args!("{}", info.local_addr.ip()));
+            span.record("server.port", info.local_addr.port());
+            span.record("client.address", format_args!("{}", info.remote_addr.ip()));
+        }
+        span
+    }
+
+    /// The trace this exchange belongs to, for the access log (read once the span has a parent).
+    pub(crate) fn note_trace(&mut self, cx: &opentelemetry::Context) {
+        let span = cx.span();
+        let id = span.span_context().trace_id();
+        if id != TraceId::INVALID {
+            self.trace_id = Some(id);
+        }
+    }
+
+    /// The span's OpenTelemetry context, if an OpenTelemetry layer is installed and enabled it.
+    pub(crate) fn otel_context(&self) -> Option<opentelemetry::Context> {
+        if self.span.is_disabled() {
+            return None;
+        }
+        let cx = self.span.context();
+        cx.span().span_context().is_valid().then_some(cx)
+    }
+
+    /// Reads what the response head says: status, trailers-only gRPC status, and (client side)
+    /// where it went and who answered.
+    pub(crate) fn on_response<B>(&mut self, response: &Response<B>) {
+        let status = response.status();
+        self.status = Some(status);
+        self.span.record("http.response.status_code", status.as_u16());
+        self.on_grpc_status(response.headers());
+        if self.shared.direction == Direction::Outbound {
+            if let Some(upstream) = response.extensions().get::<Upstream>() {
+                self.endpoint = Some(upstream.address);
+                self.attempts = upstream.attempt;
+                self.route = upstream.route.clone();
+                self.subset = upstream.subset.clone();
+                let span = &self.span;
+                span.record("server.address", format_args!("{}", upstream.address.ip()));
+                span.record("server.port", upstream.address.port());
+                span.record("mesh.endpoint", format_args!("{}", upstream.address));
+                span.record("mesh.attempts", upstream.attempt);
+                if let Some(route) = &upstream.route {
+                    span.record("mesh.route", route.as_str());
+                }
+                if let Some(subset) = &upstream.subset {
+                    span.record("mesh.subset", subset.as_str());
+                }
+            }
+            if let Some(peer) = response.extensions().get::<PeerIdentity>() {
+                self.span.record("mesh.peer_identity", peer.id().as_str());
+                self.peer = Some(peer.id().clone());
+            }
+        }
+    }
+
+    /// A `grpc-status` in the response headers (trailers-only) or trailers.
+    pub(crate) fn on_grpc_status(&mut self, headers: &HeaderMap) {
+        if let Some(code) = headers.get("grpc-status").and_then(|v| v.to_str().ok()?.parse::<u16>().ok()) {
+            self.grpc_code = Some(code);
+            self.span.record("rpc.grpc.status_code", code);
+        }
+    }
+
+    pub(crate) fn finish_error(&mut self, error: &BoxError) {
+        let kind = error_type(error);
+        self.span.record("otel.status_description", format_args!("{error}"));
+        self.finish(End::Failed(kind));
+    }
+
+    /// Records the exchange once: span status, metrics, golden signals, access log.
+    pub(crate) fn finish(&mut self, end: End) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let elapsed = self.start.elapsed();
+        let server_failure = self.server_failure(end);
+        let error_type = match end {
+            End::Failed(kind) => Some(kind),
+            End::BodyError => Some("body"),
+            End::Complete | End::Dropped => None,
+        };
+        // Semantic conventions: a client span fails on any 4xx/5xx or non-OK gRPC status; a
+        // server span only on what is the server's fault.
+        let span_failed = match self.shared.direction {
+            Direction::Outbound => {
+                error_type.is_some()
+                    || self.status.is_some_and(|s| s.as_u16() >= 400)
+                    || self.grpc_code.is_some_and(|c| c != 0)
+            }
+            Direction::Inbound => server_failure,
+        };
+        if let Some(kind) = error_type {
+            self.span.record("error.type", kind);
+        } else if span_failed {
+            match (self.grpc_code, self.status) {
+                (Some(code), _) if code != 0 => self.span.record("error.type", grpc_code_name(code)),
+                (_, Some(status)) => self.span.record("error.type", status.as_u16()),
+                _ => &self.span,
+            };
+        }
+        // A failure without a response already set an error status with its description.
+        if span_failed && !matches!(end, End::Failed(_)) {
+            self.span.record("otel.status_code", "error");
+        }
+        if self.shared.metrics {
+            self.record_metrics(elapsed);
+        }
+        self.shared.golden.record(self.subset.as_ref(), elapsed, !server_failure);
+        if self.shared.access_log {
+            self.access_log(end, elapsed);
+        }
+    }
+
+    /// Did the request fail on the server's side (or in transit)? What golden signals count as
+    /// a failure: no answer, a 5xx, or a gRPC status that blames the server.
+    fn server_failure(&self, end: End) -> bool {
+        matches!(end, End::Failed(_) | End::BodyError)
+            || self.status.is_some_and(|s| s.is_server_error())
+            || self.grpc_code.is_some_and(|c| matches!(c, 2 | 4 | 12 | 13 | 14 | 15))
+    }
+
+    fn record_metrics(&self, elapsed: std::time::Duration) {
+        let status_class = match self.status {
+            Some(status) => status_class(status),
+            None => "error",
+        };
+        let grpc_code = match (self.grpc, self.grpc_code) {
+            (_, Some(code)) => grpc_code_name(code),
+            (true, None) => "NONE",
+            (false, None) => "",
+        };
+        let labels = [
+            ("direction", self.shared.direction.as_str().to_owned()),
+            ("service", self.shared.service.as_str().to_owned()),
+            ("route", self.route.as_ref().map_or_else(String::new, |r| r.as_str().to_owned())),
+            ("subset", self.subset.as_ref().map_or_else(String::new, |s| s.as_str().to_owned())),
+            ("status_class", status_class.to_owned()),
+            ("grpc_code", grpc_code.to_owned()),
+            ("peer", self.peer.as_ref().map_or_else(String::new, |p| p.as_str().to_owned())),
+        ];
+        metrics::counter!(crate::metrics::REQUESTS, &labels).increment(1);
+        metrics::histogram!(crate::metrics::REQUEST_DURATION, &labels).record(elapsed.as_secs_f64());
+    }
+
+    fn access_log(&self, end: End, elapsed: std::time::Duration) {
+        let outcome = match end {
+            End::Complete => "complete",
+            End::BodyError => "body_error",
+            End::Dropped => "dropped",
+            End::Failed(kind) => kind,
+        };
+        tracing::info!(
+            target: ACCESS_LOG_TARGET,
+            direction = self.shared.direction.as_str(),
+            service = self.shared.service.as_str(),
+            method = self.method.as_str(),
+            path = self.path.as_deref().unwrap_or(""),
+            status = self.status.map_or(0, |s| s.as_u16()),
+            grpc_status = self.grpc_code.map(i64::from).unwrap_or(-1),
+            duration_us = elapsed.as_micros() as u64,
+            peer = self.peer.as_ref().map_or("", |p| p.as_str()),
+            upstream = self.endpoint.map(|a| a.to_string()).unwrap_or_default(),
+            route = self.route.as_ref().map_or("", |r| r.as_str()),
+            subset = self.subset.as_ref().map_or("", |s| s.as_str()),
+            attempts = self.attempts,
+            trace_id = self.trace_id.map(|t| t.to_string()).unwrap_or_default(),
+            outcome,
+            "request"
+        );
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        self.finish(End::Dropped);
+    }
+}
+
+fn status_class(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// The canonical name of a gRPC status code.
+pub(crate) fn grpc_code_name(code: u16) -> &'static str {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    NAMES.get(usize::from(code)).copied().unwrap_or("UNKNOWN")
+}
+
+/// A low-cardinality name for an error, for `error.type` and the access log.
+pub(crate) fn error_type(error: &BoxError) -> &'static str {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
+    while let Some(e) = source {
+        let kind = if e.is::<crate::route::NoRoute>() {
+            Some("no_route")
+        } else if e.is::<crate::client::NoEndpoints>() || e.is::<crate::client::UnknownSubset>() {
+            Some("no_endpoints")
+        } else if e.is::<crate::client::Unresolved>() {
+            Some("unresolved")
+        } else if e.is::<crate::client::ConnectError>() {
+            Some("connect")
+        } else if e.is::<crate::retry::RouteTimeout>() || e.is::<tokio::time::error::Elapsed>() {
+            Some("timeout")
+        } else if e.is::<crate::limit::Overloaded>() {
+            Some("overloaded")
+        } else if e.is::<crate::fault::InjectedFault>() {
+            Some("injected_fault")
+        } else {
+            None
+        };
+        if let Some(kind) = kind {
+            return kind;
+        }
+        source = e.source();
+    }
+    "transport"
+}
