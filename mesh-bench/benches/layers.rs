@@ -1,2 +1,227 @@
-//! Placeholder.
-fn main() {}
+//! Per-request cost of each mesh-tower layer, against a no-op inner service, through public APIs.
+//!
+//! ```text
+//! cargo bench -p mesh-bench --bench layers            # all
+//! cargo bench -p mesh-bench --bench layers -- retry   # one group
+//! ```
+//!
+//! Every service benchmark drives one request to completion on a current-thread runtime
+//! (`block_on`), request construction included; `baseline/noop` is that harness alone, so a
+//! layer's own cost is its figure minus the baseline. The snapshot is the one the `mesh`
+//! configuration of `mesh-bench run` uses: two routes (the second matches), a 50/50 split over two
+//! subsets of two endpoints, a retry policy with a budget, a 5 s route timeout, a circuit breaker
+//! and outlier detection.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::{convert::Infallible, hint::black_box, time::Duration};
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Empty, Full};
+use mesh_core::{
+    Endpoint, HeaderMatch, PathMatch, Route, RouteMatch, RouteName, ServiceName, ServiceSnapshot, StaticDiscovery,
+    Subset, Weight,
+    policy::{
+        AuthorizationPolicy, AuthorizationRule, CircuitBreaker, OutlierDetection, PrincipalMatch, RetryOn, RetryPolicy,
+        ServicePolicies,
+    },
+};
+use mesh_tower::{
+    authz::AuthorizationLayer,
+    balance::{EndpointLoad, InFlight, Rng},
+    context::ContextLayer,
+    fault::FaultLayer,
+    limit::ConcurrencyLimitLayer,
+    retry::RetryLayer,
+    split::WeightedSplit,
+};
+use tower::{Layer, Service, ServiceExt};
+
+fn name() -> ServiceName {
+    "hello".parse().unwrap()
+}
+
+/// The `mesh` configuration's snapshot (see `mesh-bench/src/mesh_config.rs`).
+fn snapshot() -> ServiceSnapshot {
+    let mut retry = RetryPolicy::default();
+    retry.retry_on = vec![RetryOn::GatewayError, RetryOn::ConnectFailure];
+    let testers = Route::new(RouteName::new("testers").unwrap())
+        .with_match(RouteMatch::any().header(HeaderMatch::exact("x-user".parse().unwrap(), "qa")))
+        .with_target("v2".parse().unwrap(), Weight::new(100).unwrap());
+    let hello = Route::new(RouteName::new("hello").unwrap())
+        .with_match(RouteMatch::any().path(PathMatch::prefix("/hello").unwrap()))
+        .with_target("v1".parse().unwrap(), Weight::new(50).unwrap())
+        .with_target("v2".parse().unwrap(), Weight::new(50).unwrap())
+        .with_retry(retry)
+        .with_timeout(Duration::from_secs(5));
+    let mut policies = ServicePolicies::default();
+    policies.circuit_breaker = Some(CircuitBreaker::default());
+    policies.outlier_detection = Some(OutlierDetection::default());
+    let mut builder = ServiceSnapshot::builder(name())
+        .identity("spiffe://bench.mesh/hello".parse().unwrap())
+        .subset(Subset::version("v1").unwrap())
+        .subset(Subset::version("v2").unwrap())
+        .route(testers)
+        .route(hello)
+        .policies(policies);
+    for (i, port) in [9001u16, 9002, 9003, 9004].into_iter().enumerate() {
+        let version = if i < 2 { "v1" } else { "v2" };
+        builder =
+            builder.endpoint(Endpoint::new(([127, 0, 0, 1], port).into()).with_label("version", version).unwrap());
+    }
+    builder.build().unwrap()
+}
+
+fn discovery() -> StaticDiscovery {
+    let discovery = StaticDiscovery::new();
+    discovery.set(snapshot());
+    discovery
+}
+
+fn request() -> Request<Full<Bytes>> {
+    Request::get("/hello").body(Full::new(Bytes::new())).unwrap()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// The no-op inner service: an empty 200 at once.
+fn noop<B>()
+-> impl Service<Request<B>, Response = Response<Empty<Bytes>>, Error = Infallible, Future: Send> + Clone + Send {
+    tower::service_fn(|_request: Request<B>| async { Ok::<_, Infallible>(Response::new(Empty::new())) })
+}
+
+/// One request through `service`, to completion.
+fn drive<S>(c: &mut Criterion, id: &str, mut service: S)
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<Empty<Bytes>>>,
+    S::Error: std::fmt::Debug,
+{
+    let rt = runtime();
+    c.bench_function(id, |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let response = service.ready().await.unwrap().call(request()).await.unwrap();
+                black_box(response);
+            })
+        })
+    });
+}
+
+fn baseline(c: &mut Criterion) {
+    drive(c, "baseline/noop", noop());
+}
+
+fn route(c: &mut Criterion) {
+    let snapshot = snapshot();
+    let request = request();
+    c.bench_function("route/select_second_of_two", |b| {
+        b.iter(|| black_box(mesh_tower::route::select(snapshot.routes(), black_box(&request))))
+    });
+}
+
+fn split(c: &mut Criterion) {
+    let split = WeightedSplit::new([Weight::new(50).unwrap(), Weight::new(50).unwrap()]).unwrap();
+    c.bench_function("split/pick_50_50", |b| b.iter(|| black_box(split.pick())));
+}
+
+fn balance(c: &mut Criterion) {
+    let loads: Vec<std::sync::Arc<EndpointLoad>> =
+        (0..2).map(|_| std::sync::Arc::new(EndpointLoad::new(Duration::from_millis(5)))).collect();
+    let rng = Rng::new(7);
+    // What the client's P2C pick does through public parts: two random draws, two cost reads.
+    c.bench_function("balance/p2c_pick_of_2", |b| {
+        b.iter(|| {
+            let a = rng.below(2);
+            let other = (a + 1 + rng.below(1)) % 2;
+            black_box(if loads[other].cost() < loads[a].cost() { other } else { a })
+        })
+    });
+    // What every request pays after the pick: the in-flight count and the latency estimate.
+    c.bench_function("balance/in_flight_start_finish", |b| {
+        b.iter(|| {
+            let mut in_flight = InFlight::start(loads[0].clone());
+            in_flight.finish();
+            black_box(in_flight);
+        })
+    });
+}
+
+fn retry(c: &mut Criterion) {
+    let rt = runtime();
+    let _guard = rt.enter();
+    // The route's retry policy: budget deposit, body buffered for replay, attempt header, deadline.
+    drive(c, "retry/route_with_policy", RetryLayer::from_discovery(&discovery(), &name()).layer(noop()));
+    // A destination without routes or policies: the layer's floor.
+    let plain = StaticDiscovery::new();
+    plain.set(ServiceSnapshot::builder(name()).build().unwrap());
+    drive(c, "retry/no_policy", RetryLayer::from_discovery(&plain, &name()).layer(noop()));
+}
+
+fn fault(c: &mut Criterion) {
+    drive(c, "fault/route_without_fault", FaultLayer::from_discovery(&discovery(), &name()).layer(noop()));
+}
+
+fn limit(c: &mut Criterion) {
+    drive(
+        c,
+        "limit/circuit_breaker_default",
+        ConcurrencyLimitLayer::from_discovery(&discovery(), &name()).layer(noop()),
+    );
+}
+
+fn authz(c: &mut Criterion) {
+    let client: mesh_core::SpiffeId = "spiffe://bench.mesh/loadgen".parse().unwrap();
+    let policy =
+        AuthorizationPolicy::enforce(vec![AuthorizationRule::allow(vec![PrincipalMatch::Exact(client.clone())])]);
+    // The allow path's decision (a PeerIdentity cannot be made outside a TLS connection, so the
+    // layer's own allow path is measured end to end by `mesh-bench run` only).
+    c.bench_function("authz/evaluate_allow", |b| b.iter(|| black_box(policy.evaluate(Some(&client), "GET", "/hello"))));
+    // The layer on a request without a peer: the deny path (403, counter, log event).
+    drive(c, "authz/layer_deny_no_peer", AuthorizationLayer::new(policy).layer(noop()));
+}
+
+fn context(c: &mut Criterion) {
+    drive(c, "context/layer_no_headers", ContextLayer::new().layer(noop()));
+    let rt = runtime();
+    let mut service = ContextLayer::new().layer(noop());
+    c.bench_function("context/layer_with_timeout_header", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let mut request = request();
+                request.headers_mut().insert("x-mesh-timeout", http::HeaderValue::from_static("5000"));
+                black_box(service.ready().await.unwrap().call(request).await.unwrap());
+            })
+        })
+    });
+}
+
+/// `build_stack`'s layers above `MeshClient` (fault, retry, limit), over the no-op service.
+fn stack(c: &mut Criterion) {
+    let rt = runtime();
+    let _guard = rt.enter();
+    let discovery = discovery();
+    let service = tower::ServiceBuilder::new()
+        .layer(FaultLayer::from_discovery(&discovery, &name()))
+        .layer(RetryLayer::from_discovery(&discovery, &name()))
+        .layer(ConcurrencyLimitLayer::from_discovery(&discovery, &name()))
+        .service(noop());
+    drive(c, "stack/fault_retry_limit", service);
+}
+
+/// Keeps the body type honest: the response of a boxed stack is read to its end.
+fn body(c: &mut Criterion) {
+    let rt = runtime();
+    c.bench_function("baseline/collect_empty_body", |b| {
+        b.iter(|| rt.block_on(async { black_box(Empty::<Bytes>::new().collect().await.unwrap().to_bytes()) }))
+    });
+}
+
+criterion_group! {
+    name = layers;
+    config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    targets = baseline, body, route, split, balance, retry, fault, limit, authz, context, stack
+}
+criterion_main!(layers);
