@@ -4,7 +4,13 @@
 //! ```text
 //! cargo run --example canary -- [--requests 20000] [--weights v1=90,v2=10] [--shift v1=50,v2=50]
 //!                                [--fail v2=0.3] [--retries on|off] [--concurrency 16] [--plaintext] [--json]
+//!                                [--otlp http://HOST:4317]
 //! ```
+//!
+//! `--otlp URL` (or the standard `OTEL_EXPORTER_OTLP_ENDPOINT`) exports a trace per request over
+//! OTLP/gRPC, client and server spans, and flushes them before exiting. The run ends with the
+//! golden signals per subset (requests, success rate, latency percentiles) as the client's
+//! telemetry layer computed them in process.
 //!
 //! `--fail SUBSET=RATE` makes that subset's backends answer 503 at that rate (seeded);
 //! `--retries on` (the default) retries 502/503/504 and connect failures up to 3 attempts within
@@ -13,7 +19,8 @@
 //! `--weights` sets the split at start; `--shift` changes it live, halfway through, with no restart.
 //! At the end it prints requests per subset and endpoint, errors and latency percentiles; with
 //! `--json`, the last line is one JSON object:
-//! `{"requests":N,"errors":N,"subsets":{"v1":N,"v2":N},"attempts":N,"retries":N,"budget_exhausted":N,...}`
+//! `{"requests":N,"errors":N,"subsets":{"v1":N,"v2":N},"attempts":N,"retries":N,"budget_exhausted":N,...,
+//! "golden":{"v1":{"requests":N,"success_rate":F,"p50_us":N,"p90_us":N,"p99_us":N},...},"golden_attempts":{...}}`
 //! (`attempts`: requests the backends received in total).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -39,6 +46,7 @@ use mesh::{
         client::MeshClient,
         retry::{RetryBody, RetryLayer},
         server::{Server, ServerHandle},
+        telemetry::{SubsetSignals, TelemetryBody, TelemetryLayer, otlp},
     },
 };
 use tokio::sync::watch;
@@ -47,7 +55,7 @@ use tower::{ServiceExt, util::BoxCloneService};
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
 const USAGE: &str = "usage: canary [--requests N] [--weights v1=W,v2=W] [--shift v1=W,v2=W] [--fail SUBSET=RATE] \
-                     [--retries on|off] [--concurrency N] [--plaintext] [--json]";
+                     [--retries on|off] [--concurrency N] [--plaintext] [--json] [--otlp http://HOST:PORT]";
 
 struct Args {
     requests: usize,
@@ -58,6 +66,7 @@ struct Args {
     retries: bool,
     plaintext: bool,
     json: bool,
+    otlp: Option<String>,
 }
 
 fn parse_fail(text: &str) -> Result<Vec<(String, f64)>, String> {
@@ -105,6 +114,7 @@ fn parse_args() -> Result<Args, String> {
         retries: true,
         plaintext: false,
         json: false,
+        otlp: std::env::var(otlp::ENDPOINT_ENV).ok().filter(|e| !e.is_empty()),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -126,6 +136,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--plaintext" => args.plaintext = true,
             "--json" => args.json = true,
+            "--otlp" => args.otlp = Some(value("--otlp")?),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -154,6 +165,7 @@ fn route(weights: &[(String, u32)], retries: bool) -> Result<Route, Error> {
 
 /// A backend that answers with its name, or 503 at `fail_rate` (seeded, so runs repeat).
 async fn start_backend(
+    version: &str,
     name: String,
     identity: Option<IdentitySource>,
     fail_rate: f64,
@@ -176,6 +188,8 @@ async fn start_backend(
             Ok::<_, Infallible>(response)
         }
     });
+    let telemetry = TelemetryLayer::server("reviews".parse()?).version(version.parse()?);
+    let service = tower::ServiceBuilder::new().layer(telemetry).service(service);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let server = match identity {
         Some(identity) => Server::builder().identity(identity),
@@ -219,6 +233,18 @@ async fn main() {
 }
 
 async fn run(args: Args) -> Result<usize, Error> {
+    // Traces over OTLP when asked: one pipeline for the client and the backends (one process).
+    let exporter = match &args.otlp {
+        Some(endpoint) => {
+            let telemetry = otlp::OtlpConfig::new("frontend".parse()?)
+                .endpoint(endpoint.clone())
+                .identity(&"spiffe://example.org/ns/prod/sa/frontend".parse()?)
+                .build()?;
+            telemetry.install()?;
+            Some(telemetry)
+        }
+        None => None,
+    };
     let ca = DevCa::new("example.org".parse()?)?;
     let (server_id, client_id) = if args.plaintext {
         (None, None)
@@ -236,9 +262,15 @@ async fn run(args: Args) -> Result<usize, Error> {
     for (version, i) in [("v1", 0), ("v1", 1), ("v2", 0), ("v2", 1)] {
         let fail_rate = args.fail.iter().find(|(s, _)| s == version).map_or(0.0, |(_, r)| *r);
         let seed = 7 + i as u64 + if version == "v2" { 100 } else { 0 };
-        let handle =
-            start_backend(format!("reviews-{version}-{i}"), server_id.clone(), fail_rate, received.clone(), seed)
-                .await?;
+        let handle = start_backend(
+            version,
+            format!("reviews-{version}-{i}"),
+            server_id.clone(),
+            fail_rate,
+            received.clone(),
+            seed,
+        )
+        .await?;
         endpoints.push(Endpoint::new(handle.local_addr()).with_label("version", version)?);
         backends.push(handle);
     }
@@ -253,7 +285,11 @@ async fn run(args: Args) -> Result<usize, Error> {
             .route(route(&args.weights, args.retries)?)
             .build()?,
     );
-    let client = MeshClient::builder(discovery.clone(), service.clone());
+    // Spans, metrics and the golden signals per subset, outermost as in `build_stack`; the client
+    // below records every attempt into the attempt signals.
+    let telemetry = TelemetryLayer::client(service.clone());
+    let (golden, attempt_golden) = (telemetry.golden_signals(), telemetry.attempt_signals());
+    let client = MeshClient::builder(discovery.clone(), service.clone()).telemetry(telemetry.clone());
     let client = match client_id {
         Some(identity) => client.identity(identity),
         None => client.plaintext(),
@@ -263,8 +299,9 @@ async fn run(args: Args) -> Result<usize, Error> {
     let retry = RetryLayer::from_discovery(&discovery, &service);
     let retry_stats = retry.stats();
     // Boxed once here, so the callers' tasks hold a plain, `Send` service type.
-    let client: BoxCloneService<http::Request<Empty<bytes::Bytes>>, http::Response<hyper::body::Incoming>, Error> =
-        BoxCloneService::new(tower::ServiceBuilder::new().layer(retry).service(client));
+    type Response = http::Response<TelemetryBody<hyper::body::Incoming>>;
+    let client: BoxCloneService<http::Request<Empty<bytes::Bytes>>, Response, Error> =
+        BoxCloneService::new(tower::ServiceBuilder::new().layer(telemetry).layer(retry).service(client));
 
     let show = |w: &[(String, u32)]| w.iter().map(|(s, w)| format!("{s}={w}")).collect::<Vec<_>>().join(",");
     if !args.json {
@@ -336,6 +373,14 @@ async fn run(args: Args) -> Result<usize, Error> {
     for backend in backends {
         backend.shutdown().await?;
     }
+    let (golden, attempt_golden) = (golden.snapshot(), attempt_golden.snapshot());
+    if let Some(exporter) = exporter {
+        let endpoint = exporter.endpoint().to_owned();
+        exporter.shutdown().await?;
+        if !args.json {
+            println!("traces: exported to {endpoint} (OTLP/gRPC)");
+        }
+    }
 
     let mut tally =
         Arc::try_unwrap(tally).map_err(|_| "callers still running")?.into_inner().map_err(|_| "poisoned")?;
@@ -363,6 +408,8 @@ async fn run(args: Args) -> Result<usize, Error> {
             "endpoints": tally.per_endpoint,
             "latency": latency,
             "elapsed_ms": elapsed.as_millis() as u64,
+            "golden": golden_json(&golden),
+            "golden_attempts": golden_json(&attempt_golden),
         });
         println!("{json}");
     } else {
@@ -395,6 +442,48 @@ async fn run(args: Args) -> Result<usize, Error> {
         for error in tally.errors.iter().take(5) {
             println!("  {error}");
         }
+        print_golden("golden signals per request (after retries)", &golden);
+        print_golden("golden signals per attempt (what canary analysis reads)", &attempt_golden);
     }
     Ok(errors)
+}
+
+fn print_golden(title: &str, golden: &[SubsetSignals]) {
+    println!();
+    println!(
+        "{title}, client side, last {:?} (percentiles within 9%):",
+        golden.first().map_or(Duration::ZERO, |g| g.window)
+    );
+    println!("{:<10} {:>9} {:>9} {:>10} {:>10} {:>10}", "subset", "requests", "success", "p50", "p90", "p99");
+    for g in golden {
+        let name = g.subset.as_ref().map_or("none".to_owned(), |s| s.to_string());
+        let show = |d: Option<Duration>| d.map_or("-".to_owned(), |d| format!("{d:?}"));
+        println!(
+            "{:<10} {:>9} {:>8.2}% {:>10} {:>10} {:>10}",
+            name,
+            g.requests,
+            g.success_rate() * 100.0,
+            show(g.p50),
+            show(g.p90),
+            show(g.p99)
+        );
+    }
+}
+
+fn golden_json(golden: &[SubsetSignals]) -> BTreeMap<String, serde_json::Value> {
+    golden
+        .iter()
+        .map(|g| {
+            let us = |d: Option<Duration>| d.map_or(0, |d| d.as_micros() as u64);
+            let name = g.subset.as_ref().map_or("none".to_owned(), |s| s.to_string());
+            let figures = serde_json::json!({
+                "requests": g.requests,
+                "success_rate": g.success_rate(),
+                "p50_us": us(g.p50),
+                "p90_us": us(g.p90),
+                "p99_us": us(g.p99),
+            });
+            (name, figures)
+        })
+        .collect()
 }

@@ -29,7 +29,7 @@ use opentelemetry_proto::tonic::{
     common::v1::{AnyValue, any_value::Value},
     trace::v1::{Span, span::SpanKind, status::StatusCode},
 };
-use support::identity;
+use support::{example, identity};
 use tokio::sync::mpsc;
 use tower::ServiceExt;
 
@@ -248,4 +248,49 @@ async fn two_hops_form_one_trace() {
     for handle in [a, b, collector] {
         handle.shutdown().await.unwrap();
     }
+}
+
+/// The canary example with `--otlp`: its client and server spans reach the receiver before it
+/// exits, paired into traces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_example_exports_over_otlp() {
+    let (spans_tx, mut spans_rx) = mpsc::unbounded_channel();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector = Server::builder()
+        .plaintext()
+        .build()
+        .unwrap()
+        .spawn(listener, TraceServiceServer::new(Collector(spans_tx)))
+        .unwrap();
+    let endpoint = format!("http://{}", collector.local_addr());
+    let output = tokio::process::Command::new(example("canary"))
+        .args(["--requests", "40", "--concurrency", "4", "--json", "--otlp", &endpoint])
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let last = String::from_utf8(output.stdout).unwrap();
+    let summary: serde_json::Value = serde_json::from_str(last.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["requests"], 40);
+    assert_eq!(
+        summary["golden"]["v1"]["requests"].as_u64().unwrap() + summary["golden"]["v2"]["requests"].as_u64().unwrap(),
+        40
+    );
+
+    // The example has exited: whatever it flushed has arrived.
+    let mut spans = Vec::new();
+    while let Ok(span) = spans_rx.try_recv() {
+        spans.push(span);
+    }
+    let clients: Vec<&Span> = spans.iter().filter(|s| s.kind == SpanKind::Client as i32).collect();
+    let servers: Vec<&Span> = spans.iter().filter(|s| s.kind == SpanKind::Server as i32).collect();
+    assert_eq!(clients.len(), 40, "one client span per request");
+    assert_eq!(servers.len(), 40, "one server span per attempt (no failures, so no retries)");
+    for server in servers {
+        let parent =
+            clients.iter().find(|c| c.span_id == server.parent_span_id).expect("each server span has its client");
+        assert_eq!(parent.trace_id, server.trace_id);
+        assert_eq!(attr(server, "mesh.subset"), attr(parent, "mesh.subset"));
+    }
+    collector.shutdown().await.unwrap();
 }

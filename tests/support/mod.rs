@@ -124,3 +124,11 @@ pub async fn plaintext_backend(name: &'static str) -> SocketAddr {
     std::mem::forget(handle);
     addr
 }
+
+/// The path of an example binary: `cargo test` builds the examples next to the test binaries,
+/// in target/<profile>/examples.
+pub fn example(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    dir.join("examples").join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
+}

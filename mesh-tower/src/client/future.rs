@@ -3,6 +3,7 @@ use std::{
     future::Future,
     pin::Pin,
     task::{Context, Poll, ready},
+    time::Instant,
 };
 
 use http::Response;
@@ -11,7 +12,7 @@ use hyper_util::client::legacy;
 use pin_project_lite::pin_project;
 
 use super::plan::OutlierRecorder;
-use crate::{BoxError, Upstream, balance::InFlight};
+use crate::{BoxError, Upstream, balance::InFlight, telemetry::GoldenSignals};
 
 type Resolving = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
 
@@ -32,6 +33,7 @@ pin_project! {
             upstream: Option<Upstream>,
             in_flight: InFlight,
             outlier: Option<OutlierRecorder>,
+            signals: Option<(GoldenSignals, Instant)>,
         },
         // Before the first snapshot only.
         Resolving { future: Resolving },
@@ -45,8 +47,10 @@ impl ResponseFuture {
         upstream: Upstream,
         in_flight: InFlight,
         outlier: Option<OutlierRecorder>,
+        signals: Option<GoldenSignals>,
     ) -> Self {
-        Self { state: State::Sending { future, upstream: Some(upstream), in_flight, outlier } }
+        let signals = signals.map(|s| (s, Instant::now()));
+        Self { state: State::Sending { future, upstream: Some(upstream), in_flight, outlier, signals } }
     }
 
     pub(crate) fn resolving(
@@ -65,18 +69,21 @@ impl Future for ResponseFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            StateProj::Sending { future, upstream, in_flight, outlier } => {
+            StateProj::Sending { future, upstream, in_flight, outlier, signals } => {
                 let result = ready!(future.poll(cx));
+                // Server errors and transport failures count against the endpoint; 4xx do not.
+                let failed = match &result {
+                    Ok(response) => {
+                        response.status().is_server_error()
+                            || response.headers().get("grpc-status").is_some_and(|v| v == "14")
+                    }
+                    Err(_) => true,
+                };
                 if let Some(outlier) = outlier.take() {
-                    // Server errors and transport failures count against the endpoint; 4xx do not.
-                    let failed = match &result {
-                        Ok(response) => {
-                            response.status().is_server_error()
-                                || response.headers().get("grpc-status").is_some_and(|v| v == "14")
-                        }
-                        Err(_) => true,
-                    };
                     outlier.record(failed);
+                }
+                if let (Some((signals, started)), Some(upstream)) = (signals.take(), upstream.as_ref()) {
+                    signals.record(upstream.subset.as_ref(), started.elapsed(), !failed);
                 }
                 let mut response = result?;
                 // Latency to the response headers: what the balancer compares.

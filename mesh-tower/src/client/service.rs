@@ -22,7 +22,12 @@ use super::{
     plan::{Choice, Pick, Planner, Target},
 };
 use crate::mirror::{MirrorStats, TeeBody};
-use crate::{BoxError, MissingIdentity, Upstream, balance::InFlight, identity::Security, telemetry::TelemetryLayer};
+use crate::{
+    BoxError, MissingIdentity, Upstream,
+    balance::InFlight,
+    identity::Security,
+    telemetry::{GoldenSignals, TelemetryLayer},
+};
 
 /// Calls one service by name through discovery. See the [module docs](super).
 ///
@@ -37,6 +42,8 @@ struct Shared {
     mirror_http: Client<MeshConnector, Full<Bytes>>,
     mirrors: Arc<MirrorStats>,
     mirror_slots: Arc<tokio::sync::Semaphore>,
+    /// Per-attempt golden signals, when a telemetry layer asked for them.
+    attempt_signals: Option<GoldenSignals>,
     service: ServiceName,
     planner: Planner,
     config: ClientConfig,
@@ -70,7 +77,9 @@ impl MeshClient<()> {
 impl MeshClientBuilder {
     /// The telemetry of the [client stack](Self::build_stack): by default
     /// `TelemetryLayer::client(service)` (spans and metrics on, access log off). Keep
-    /// [`TelemetryLayer::golden_signals`] before handing it over to read the signals.
+    /// [`TelemetryLayer::golden_signals`] and [`TelemetryLayer::attempt_signals`] before handing
+    /// it over, to read the signals. A client from [`build`](Self::build) has no telemetry layer
+    /// of its own but still records every attempt into the layer's attempt signals.
     pub fn telemetry(mut self, telemetry: TelemetryLayer) -> Self {
         self.telemetry = Some(telemetry);
         self
@@ -164,6 +173,7 @@ impl MeshClientBuilder {
             mirror_http,
             mirrors: Arc::default(),
             mirror_slots: Arc::new(tokio::sync::Semaphore::new(self.config.max_mirrors_in_flight)),
+            attempt_signals: self.telemetry.as_ref().map(TelemetryLayer::attempt_signals),
             service: self.service,
             planner: Planner::new(
                 watch,
@@ -194,13 +204,13 @@ impl MeshClientBuilder {
     ///     .build_stack::<http_body_util::Full<bytes::Bytes>>()?;
     /// # Ok::<_, Box<dyn std::error::Error>>(())
     /// ```
-    pub fn build_stack<B>(self) -> Result<ClientStack<B>, MissingIdentity>
+    pub fn build_stack<B>(mut self) -> Result<ClientStack<B>, MissingIdentity>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
         let (discovery, service) = (self.discovery.clone(), self.service.clone());
-        let telemetry = self.telemetry.clone().unwrap_or_else(|| TelemetryLayer::client(service.clone()));
+        let telemetry = self.telemetry.get_or_insert_with(|| TelemetryLayer::client(service.clone())).clone();
         let client = self.build::<crate::retry::RetryBody>()?;
         let stack = tower::ServiceBuilder::new()
             .layer(telemetry)
@@ -269,7 +279,13 @@ where
         };
         let in_flight = InFlight::start(target.load);
         match rewrite(request, target.authority, shared) {
-            Ok(request) => ResponseFuture::sending(http.request(request), upstream, in_flight, outlier),
+            Ok(request) => ResponseFuture::sending(
+                http.request(request),
+                upstream,
+                in_flight,
+                outlier,
+                shared.attempt_signals.clone(),
+            ),
             Err(error) => ResponseFuture::failed(error),
         }
     }

@@ -111,6 +111,7 @@ pub(crate) struct Shared {
     pub(crate) access_log: bool,
     pub(crate) b3: bool,
     pub(crate) golden: GoldenSignals,
+    pub(crate) attempts: GoldenSignals,
 }
 
 impl TelemetryLayer {
@@ -135,6 +136,7 @@ impl TelemetryLayer {
                 access_log: false,
                 b3: false,
                 golden: GoldenSignals::new(Duration::from_secs(60)),
+                attempts: GoldenSignals::new(Duration::from_secs(60)),
             }),
         }
     }
@@ -171,16 +173,30 @@ impl TelemetryLayer {
         self.edit(|s| s.b3 = on)
     }
 
-    /// The sliding window of the golden signals (default 60 s). Starts a fresh set of signals:
-    /// call it before [`golden_signals`](Self::golden_signals).
+    /// The sliding window of the golden signals (default 60 s). Starts fresh sets of signals:
+    /// call it before [`golden_signals`](Self::golden_signals) and
+    /// [`attempt_signals`](Self::attempt_signals).
     pub fn golden_window(self, window: Duration) -> Self {
-        self.edit(|s| s.golden = GoldenSignals::new(window))
+        self.edit(|s| {
+            s.golden = GoldenSignals::new(window);
+            s.attempts = GoldenSignals::new(window);
+        })
     }
 
-    /// The golden signals this layer records into; every service made from this layer (or its
-    /// clones) shares them.
+    /// The golden signals of requests as the application saw them (client side: after retries,
+    /// under the subset of the last attempt; server side: this server's version). Every service
+    /// made from this layer (or its clones) records into them.
     pub fn golden_signals(&self) -> GoldenSignals {
         self.shared.golden.clone()
+    }
+
+    /// Client side: the golden signals of every attempt, under the subset it went to, timed to
+    /// the response headers. Retries hide a failing canary from
+    /// [`golden_signals`](Self::golden_signals) (its failed attempts succeed on the stable
+    /// version); here they count against it, which is what canary analysis should read. Filled
+    /// by the client of [`MeshClientBuilder::telemetry`](crate::client::MeshClientBuilder::telemetry).
+    pub fn attempt_signals(&self) -> GoldenSignals {
+        self.shared.attempts.clone()
     }
 
     /// Which side this layer is on.
