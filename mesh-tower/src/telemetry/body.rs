@@ -42,19 +42,23 @@ impl<B: Body> Body for TelemetryBody<B> {
     type Error = B::Error;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
         if let Some(exchange) = this.exchange {
-            match &frame {
+            let ended = match &frame {
                 Some(Ok(frame)) => {
                     if let Some(trailers) = frame.trailers_ref() {
                         exchange.on_grpc_status(trailers);
                     }
+                    // Readers stop at `is_end_stream` (hyper does, after the last byte of a
+                    // known length) without polling for the end: that is the end too.
+                    this.inner.is_end_stream().then_some(End::Complete)
                 }
-                Some(Err(_)) => exchange.finish(End::BodyError),
-                None => exchange.finish(End::Complete),
-            }
-            if !matches!(frame, Some(Ok(_))) {
+                Some(Err(_)) => Some(End::BodyError),
+                None => Some(End::Complete),
+            };
+            if let Some(end) = ended {
+                exchange.finish(end);
                 *this.exchange = None;
             }
         }
