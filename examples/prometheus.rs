@@ -142,15 +142,14 @@ async fn run(listen: &str, requests: usize) -> Result<(), Error> {
     let metrics = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let prometheus = prometheus.clone();
         async move {
-            let response = if req.uri().path() == "/metrics" {
+            if req.uri().path() == "/metrics" {
                 prometheus.run_upkeep();
                 http::Response::builder()
                     .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")
                     .body(prometheus.render())
             } else {
                 http::Response::builder().status(http::StatusCode::NOT_FOUND).body(String::new())
-            };
-            Ok::<_, http::Error>(response?)
+            }
         }
     });
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("binding {listen}: {e}"))?;

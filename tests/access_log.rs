@@ -61,7 +61,7 @@ impl<S: tracing::Subscriber> Layer<S> for AccessLog {
 async fn backend(version: &'static str, flaky: bool) -> ServerHandle {
     let n = Arc::new(AtomicU64::new(0));
     let app = tower::service_fn(move |_req: http::Request<hyper::body::Incoming>| {
-        let failed = flaky && n.fetch_add(1, Ordering::Relaxed) % 2 == 0;
+        let failed = flaky && n.fetch_add(1, Ordering::Relaxed).is_multiple_of(2);
         async move {
             let mut response = http::Response::new(version.to_owned());
             if failed {
