@@ -9,7 +9,7 @@ use opentelemetry::trace::{TraceContextExt, TraceId};
 use tracing::{Span, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::{ACCESS_LOG_TARGET, Direction, SPAN_TARGET, Shared};
+use super::{ACCESS_LOG_TARGET, Direction, SPAN_TARGET, Shared, metrics::RequestLabels};
 use crate::{BoxError, ConnectionInfo, PeerIdentity, Upstream};
 
 /// How the exchange ended.
@@ -273,17 +273,14 @@ impl Exchange {
             (true, None) => "NONE",
             (false, None) => "",
         };
-        let labels = [
-            ("direction", self.shared.direction.as_str().to_owned()),
-            ("service", self.shared.service.as_str().to_owned()),
-            ("route", self.route.as_ref().map_or_else(String::new, |r| r.as_str().to_owned())),
-            ("subset", self.subset.as_ref().map_or_else(String::new, |s| s.as_str().to_owned())),
-            ("status_class", status_class.to_owned()),
-            ("grpc_code", grpc_code.to_owned()),
-            ("peer", self.peer.as_ref().map_or_else(String::new, |p| p.as_str().to_owned())),
-        ];
-        metrics::counter!(crate::metrics::REQUESTS, &labels).increment(1);
-        metrics::histogram!(crate::metrics::REQUEST_DURATION, &labels).record(elapsed.as_secs_f64());
+        let labels = RequestLabels {
+            route: self.route.clone(),
+            subset: self.subset.clone(),
+            status_class,
+            grpc_code,
+            peer: self.peer.clone(),
+        };
+        self.shared.request_metrics.record(labels, elapsed);
     }
 
     fn access_log(&self, end: End, elapsed: std::time::Duration) {

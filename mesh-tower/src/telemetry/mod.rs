@@ -23,8 +23,9 @@
 //! # Metrics
 //!
 //! `mesh_requests_total` and `mesh_request_duration_seconds` per direction, service, route,
-//! subset, status class, gRPC code and peer identity, through the [`metrics`] facade; the table
-//! of every name is in [`crate::metrics`].
+//! subset, status class, gRPC code and peer identity, through the [`metrics`](::metrics) facade;
+//! the table of every name is in [`crate::metrics`]. Each layer registers the handles of a label
+//! set once and keeps them, so install the recorder before the first request.
 //!
 //! # Access log
 //!
@@ -40,6 +41,7 @@
 mod body;
 mod exchange;
 mod golden;
+mod metrics;
 #[cfg(feature = "otlp")]
 pub mod otlp;
 mod propagation;
@@ -112,6 +114,7 @@ pub(crate) struct Shared {
     pub(crate) b3: bool,
     pub(crate) golden: GoldenSignals,
     pub(crate) attempts: GoldenSignals,
+    pub(crate) request_metrics: metrics::SharedRequestMetrics,
 }
 
 impl TelemetryLayer {
@@ -129,7 +132,7 @@ impl TelemetryLayer {
         Self {
             shared: Arc::new(Shared {
                 direction,
-                service,
+                service: service.clone(),
                 version: None,
                 traces: true,
                 metrics: true,
@@ -137,6 +140,7 @@ impl TelemetryLayer {
                 b3: false,
                 golden: GoldenSignals::new(Duration::from_secs(60)),
                 attempts: GoldenSignals::new(Duration::from_secs(60)),
+                request_metrics: Arc::new(metrics::RequestMetrics::new(direction, service.clone())),
             }),
         }
     }

@@ -1,0 +1,89 @@
+//! `mesh_requests_total` and `mesh_request_duration_seconds`, with their handles registered once
+//! per label set and kept, so a request costs a lock-free map lookup instead of building seven
+//! owned labels and asking the recorder twice.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use arc_swap::ArcSwap;
+use mesh_core::{RouteName, ServiceName, SpiffeId, SubsetName};
+use metrics::{Counter, Histogram, Label};
+
+use super::Direction;
+use crate::metrics::{REQUEST_DURATION, REQUESTS};
+
+/// Label sets beyond this many are recorded without caching their handles: label values are
+/// bounded by design, so reaching it means something upstream is not.
+const MAX_CACHED: usize = 4096;
+
+/// The labels of one request, other than direction and service (fixed per layer).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct RequestLabels {
+    pub(crate) route: Option<RouteName>,
+    pub(crate) subset: Option<SubsetName>,
+    pub(crate) status_class: &'static str,
+    pub(crate) grpc_code: &'static str,
+    pub(crate) peer: Option<SpiffeId>,
+}
+
+#[derive(Clone)]
+struct Handles {
+    requests: Counter,
+    duration: Histogram,
+}
+
+pub(crate) struct RequestMetrics {
+    direction: Direction,
+    service: ServiceName,
+    handles: ArcSwap<HashMap<RequestLabels, Handles>>,
+}
+
+impl std::fmt::Debug for RequestMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestMetrics").field("label_sets", &self.handles.load().len()).finish()
+    }
+}
+
+impl RequestMetrics {
+    pub(crate) fn new(direction: Direction, service: ServiceName) -> Self {
+        Self { direction, service, handles: ArcSwap::default() }
+    }
+
+    pub(crate) fn record(&self, labels: RequestLabels, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        if let Some(handles) = self.handles.load().get(&labels) {
+            handles.requests.increment(1);
+            handles.duration.record(seconds);
+            return;
+        }
+        let handles = self.register(&labels);
+        handles.requests.increment(1);
+        handles.duration.record(seconds);
+        if self.handles.load().len() < MAX_CACHED {
+            self.handles.rcu(|cached| {
+                let mut cached = HashMap::clone(cached);
+                cached.insert(labels.clone(), handles.clone());
+                cached
+            });
+        }
+    }
+
+    fn register(&self, labels: &RequestLabels) -> Handles {
+        let name = |n: Option<&str>| n.unwrap_or("").to_owned();
+        let labels = vec![
+            Label::new("direction", self.direction.as_str()),
+            Label::new("service", self.service.as_str().to_owned()),
+            Label::new("route", name(labels.route.as_ref().map(RouteName::as_str))),
+            Label::new("subset", name(labels.subset.as_ref().map(SubsetName::as_str))),
+            Label::new("status_class", labels.status_class),
+            Label::new("grpc_code", labels.grpc_code),
+            Label::new("peer", name(labels.peer.as_ref().map(SpiffeId::as_str))),
+        ];
+        Handles {
+            requests: metrics::counter!(REQUESTS, labels.clone()),
+            duration: metrics::histogram!(REQUEST_DURATION, labels),
+        }
+    }
+}
+
+/// Shared by every service a layer makes.
+pub(crate) type SharedRequestMetrics = Arc<RequestMetrics>;
