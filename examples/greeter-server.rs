@@ -29,7 +29,7 @@ use mesh::{
         policy::{AuthorizationPolicy, AuthorizationRule, PrincipalMatch},
     },
     tonic::{GrpcServer, PeerIdentityExt},
-    tower::{authz::AuthorizationLayer, server::Server},
+    tower::{authz::AuthorizationLayer, server::Server, telemetry::TelemetryLayer},
 };
 use tonic::{Request, Response, Status};
 
@@ -150,7 +150,12 @@ async fn run(args: Args) -> Result<(), Error> {
     let identity = IdentitySource::from_files(IdentityFiles::new(&args.cert, &args.key, &args.ca, me.trust_domain()))?;
 
     let server = Server::builder().identity(identity).drain_timeout(Duration::from_secs(5)).build()?;
-    let mut grpc = GrpcServer::new(server.clone());
+    // Spans and request metrics for every call, denied ones included.
+    let mut telemetry = TelemetryLayer::server("greeter".parse()?);
+    if let Ok(version) = args.version.parse() {
+        telemetry = telemetry.version(version);
+    }
+    let mut grpc = GrpcServer::new(server.clone()).telemetry(telemetry);
     let mut stats = None;
     if !args.allow.is_empty() {
         let from = args.allow.iter().cloned().map(PrincipalMatch::Exact).collect();

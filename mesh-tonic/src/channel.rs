@@ -10,6 +10,7 @@ use mesh_core::{Discovery, IdentitySource, ServiceName};
 use mesh_tower::{
     BoxError, MissingIdentity,
     client::{ClientConfig, ClientStack, MeshClient, MeshClientBuilder, Protocol, ResponseBody},
+    telemetry::TelemetryLayer,
 };
 use tonic::Status;
 
@@ -18,11 +19,11 @@ use crate::status_from_error;
 /// A gRPC channel to one service, resolved through discovery, with the whole mesh client stack.
 ///
 /// What a generated tonic client takes in place of tonic's `Channel`
-/// (`GreeterClient::new(channel)`). Each call goes through fault injection, retries (by gRPC
-/// status, with the destination's budget and the call's deadline), the circuit breaker, the
-/// route matching `/package.Service/Method`, the weighted split, P2C balancing, outlier
-/// detection, and an HTTP/2 connection with mTLS that checks the endpoint's SPIFFE ID; see
-/// [`MeshClientBuilder::build_stack`]. Errors come back as [`Status`]es (see
+/// (`GreeterClient::new(channel)`). Each call goes through telemetry (spans, metrics), fault
+/// injection, retries (by gRPC status, with the destination's budget and the call's deadline),
+/// the circuit breaker, the route matching `/package.Service/Method`, the weighted split, P2C
+/// balancing, outlier detection, and an HTTP/2 connection with mTLS that checks the endpoint's
+/// SPIFFE ID; see [`MeshClientBuilder::build_stack`]. Errors come back as [`Status`]es (see
 /// [`status_from_error`]).
 ///
 /// Cheap to clone, like tonic's `Channel`: clones share the connection pool, the balancer, the
@@ -102,6 +103,13 @@ impl MeshChannelBuilder {
     /// ```
     pub fn config(mut self, config: ClientConfig) -> Self {
         self.client = self.client.config(config);
+        self
+    }
+
+    /// The channel's telemetry (by default `TelemetryLayer::client(service)`; see
+    /// [`MeshClientBuilder::telemetry`]).
+    pub fn telemetry(mut self, telemetry: TelemetryLayer) -> Self {
+        self.client = self.client.telemetry(telemetry);
         self
     }
 

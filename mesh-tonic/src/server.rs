@@ -7,6 +7,7 @@ use mesh_tower::{
     authz::{Authorization, AuthorizationLayer},
     context::{ContextLayer, WithContext},
     server::{Server, ServerHandle},
+    telemetry::TelemetryLayer,
 };
 use tokio::net::TcpListener;
 use tower::{Layer, Service, util::Either};
@@ -18,6 +19,9 @@ use tower::{Layer, Service, util::Either};
 /// handler with [`PeerIdentityExt`]), graceful drain (`GOAWAY`, then the RPCs in flight finish).
 /// Then, per call, in this order:
 ///
+/// 0. telemetry, if configured ([`telemetry`](Self::telemetry)): the server span with the
+///    caller's trace context, request metrics, the access log; above authorization, so denied
+///    calls are seen and counted;
 /// 1. authorization ([`authorization`](Self::authorization)), by caller and by gRPC method (a
 ///    rule's paths match `/package.Service/Method`): a denied call is answered
 ///    `PERMISSION_DENIED` and never reaches the service;
@@ -48,6 +52,7 @@ use tower::{Layer, Service, util::Either};
 #[derive(Clone)]
 pub struct GrpcServer {
     server: Server,
+    telemetry: Option<TelemetryLayer>,
     authorization: Option<AuthorizationLayer>,
     context: ContextLayer,
 }
@@ -59,7 +64,13 @@ pub type GrpcStack<S> = Either<Authorization<WithContext<S>>, WithContext<S>>;
 impl GrpcServer {
     /// Serves with `server`'s connection settings (identity, timeouts, drain).
     pub fn new(server: Server) -> Self {
-        Self { server, authorization: None, context: ContextLayer::new() }
+        Self { server, telemetry: None, authorization: None, context: ContextLayer::new() }
+    }
+
+    /// Traces, measures and logs every call: `TelemetryLayer::server(service_name)`.
+    pub fn telemetry(mut self, layer: TelemetryLayer) -> Self {
+        self.telemetry = Some(layer);
+        self
     }
 
     /// Authorizes every call before it reaches the service: [`AuthorizationLayer::new`] for a
@@ -76,7 +87,8 @@ impl GrpcServer {
         self
     }
 
-    /// Wraps `service` in the per-call layers, for a caller that runs its own server loop.
+    /// Wraps `service` in authorization and the deadline, for a caller that runs its own server
+    /// loop (and places its own telemetry above).
     pub fn stack<S>(&self, service: S) -> GrpcStack<S> {
         let service = self.context.layer(service);
         match &self.authorization {
@@ -97,13 +109,18 @@ impl GrpcServer {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        self.server.spawn(listener, self.stack(service))
+        let stack = self.stack(service);
+        match &self.telemetry {
+            Some(telemetry) => self.server.spawn(listener, telemetry.layer(stack)),
+            None => self.server.spawn(listener, stack),
+        }
     }
 }
 
 impl std::fmt::Debug for GrpcServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GrpcServer")
+            .field("telemetry", &self.telemetry.is_some())
             .field("authorization", &self.authorization.is_some())
             .field("context", &self.context)
             .finish_non_exhaustive()
