@@ -1,5 +1,6 @@
 //! gRPC traffic management and resilience through `MeshChannel`, over real sockets and mTLS: a
-//! weighted canary split, retries on UNAVAILABLE (with `grpc-previous-rpc-attempts`), and
+//! weighted canary split, retries on UNAVAILABLE (with `grpc-previous-rpc-attempts`, and no
+//! retry when the server's pushback says so), and
 //! deadlines that end as DEADLINE_EXCEEDED on both sides.
 #![allow(clippy::unwrap_used)] // helpers outside #[test] fns
 
@@ -117,6 +118,27 @@ async fn unavailable_is_retried_and_the_retry_says_how_many_came_before() {
     }
     assert_eq!(backend.seen.calls.load(Ordering::SeqCst), 1 + 2 * 10, "two attempts per call");
     assert_eq!(*backend.seen.previous_attempts.lock().unwrap(), vec!["1"; 10]);
+    backend.handle.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_server_pushback_that_is_not_a_delay_stops_the_retries() {
+    let backend =
+        serve(identity("/backend"), Options { behaviour: Behaviour::RefuseRetries, ..Options::default() }).await;
+    let mut retry = RetryPolicy::default();
+    retry.budget.ratio = 2.0;
+    let discovery = StaticDiscovery::new();
+    discovery.set(
+        ServiceSnapshot::builder(greeter())
+            .identity(backend_id())
+            .endpoint(backend.endpoint("v1"))
+            .route(greeter_route().with_retry(retry))
+            .build()
+            .unwrap(),
+    );
+    let status = GreeterClient::new(channel(&discovery)).say_hello(hello("x")).await.unwrap_err();
+    assert_eq!((status.code(), status.message()), (Code::Unavailable, "overloaded; do not retry"));
+    assert_eq!(backend.seen.calls.load(Ordering::SeqCst), 1, "the server asked for no retry");
     backend.handle.shutdown().await.unwrap();
 }
 

@@ -51,6 +51,8 @@ pub enum Behaviour {
     /// The first attempt of every call fails with UNAVAILABLE; retries (which carry
     /// `grpc-previous-rpc-attempts`) are answered.
     FailFirstAttempts,
+    /// Every call fails with UNAVAILABLE and a pushback that asks the client not to retry.
+    RefuseRetries,
     /// Never answers; says on the channel when the handler is dropped (the caller gave up).
     Hang(mpsc::UnboundedSender<&'static str>),
 }
@@ -93,6 +95,11 @@ impl Greeter for TestGreeter {
                 return Err(Status::unavailable("first attempts fail in this test"));
             }
             Behaviour::FailFirstAttempts => {}
+            Behaviour::RefuseRetries => {
+                let mut status = Status::unavailable("overloaded; do not retry");
+                status.metadata_mut().insert("grpc-retry-pushback-ms", "-1".parse().unwrap());
+                return Err(status);
+            }
             Behaviour::Hang(tx) => {
                 let _guard = Dropped(tx.clone());
                 std::future::pending::<()>().await;
