@@ -45,7 +45,7 @@ fn main() -> ExitCode {
             println_out(cli::USAGE);
             Ok(())
         }
-        cli::Command::Certs { out } => certs::write(&out).map(|_| ()).map_err(BoxError::from),
+        cli::Command::Certs { out } => certs::write(&out).map(|_| ()),
         cli::Command::Server(args) => server::main(args),
         cli::Command::Client(args) => loadgen::main(args),
         cli::Command::Run(args) => run::main(args),
