@@ -163,6 +163,7 @@ pub struct Options {
     pub behaviour: Behaviour,
     pub authorization: Option<AuthorizationLayer>,
     pub gate: Option<Arc<Semaphore>>,
+    pub telemetry: Option<mesh::tower::telemetry::TelemetryLayer>,
 }
 
 /// Starts a server presenting `identity` (usually the test backend's).
@@ -186,6 +187,9 @@ pub async fn serve(identity: IdentitySource, options: Options) -> GrpcBackend {
     let mut grpc = GrpcServer::new(server);
     if let Some(layer) = options.authorization {
         grpc = grpc.authorization(layer);
+    }
+    if let Some(layer) = options.telemetry {
+        grpc = grpc.telemetry(layer);
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let handle = grpc.spawn(listener, both).unwrap();
