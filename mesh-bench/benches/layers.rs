@@ -35,6 +35,7 @@ use mesh_tower::{
     limit::ConcurrencyLimitLayer,
     retry::RetryLayer,
     split::WeightedSplit,
+    telemetry::TelemetryLayer,
 };
 use tower::{Layer, Service, ServiceExt};
 
@@ -211,6 +212,51 @@ fn stack(c: &mut Criterion) {
     drive(c, "stack/fault_retry_limit", service);
 }
 
+/// `TelemetryLayer` (span, request metrics, golden signals) over the no-op service, the response
+/// body read to its end (where the request is recorded). A Prometheus recorder is installed
+/// globally once; spans cost what the subscriber makes them cost, so they are measured three ways.
+fn telemetry(c: &mut Criterion) {
+    let _ = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder();
+    let rt = runtime();
+    let run = |c: &mut Criterion, id: &str, layer: TelemetryLayer, dispatch: Option<tracing::Dispatch>| {
+        let mut service = layer.layer(noop());
+        c.bench_function(id, |b| {
+            b.iter(|| {
+                let once = async {
+                    let response = service.ready().await.unwrap().call(request()).await.unwrap();
+                    black_box(response.into_body().collect().await.unwrap());
+                };
+                match &dispatch {
+                    Some(dispatch) => tracing::dispatcher::with_default(dispatch, || rt.block_on(once)),
+                    None => rt.block_on(once),
+                }
+            })
+        });
+    };
+    // No subscriber: spans are disabled, metrics and golden signals remain.
+    run(c, "telemetry/client_no_subscriber", TelemetryLayer::client(name()), None);
+    run(c, "telemetry/server_no_subscriber", TelemetryLayer::server(name()), None);
+    // A log layer that keeps request spans out (what `mesh-bench run` installs).
+    let filtered = || {
+        use tracing_subscriber::{Layer, layer::SubscriberExt};
+        let logs = tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(std::io::sink)
+            .with_filter(tracing_subscriber::EnvFilter::new("info,mesh::trace=off"));
+        tracing::Dispatch::new(tracing_subscriber::registry().with(logs))
+    };
+    run(c, "telemetry/client_log_layer_without_spans", TelemetryLayer::client(name()), Some(filtered()));
+    // A plain `fmt` subscriber at INFO: it formats every request span's fields.
+    let fmt = tracing::Dispatch::new(
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(std::io::sink)
+            .with_max_level(tracing::Level::INFO)
+            .finish(),
+    );
+    run(c, "telemetry/client_fmt_subscriber_info", TelemetryLayer::client(name()), Some(fmt));
+}
+
 /// Keeps the body type honest: the response of a boxed stack is read to its end.
 fn body(c: &mut Criterion) {
     let rt = runtime();
@@ -222,6 +268,6 @@ fn body(c: &mut Criterion) {
 criterion_group! {
     name = layers;
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
-    targets = baseline, body, route, split, balance, retry, fault, limit, authz, context, stack
+    targets = baseline, body, route, split, balance, retry, fault, limit, authz, context, stack, telemetry
 }
 criterion_main!(layers);
