@@ -2,7 +2,6 @@ use std::{
     fmt,
     future::Future,
     pin::Pin,
-    sync::{Mutex, PoisonError},
     task::{Context, Poll},
 };
 
@@ -29,10 +28,9 @@ use crate::status_from_error;
 /// Cheap to clone, like tonic's `Channel`: clones share the connection pool, the balancer, the
 /// retry budget and the circuit breaker, so make one per destination and clone it into every
 /// task that calls it. It is `Send` and `Sync`, so a client can live in shared application state.
+#[derive(Clone)]
 pub struct MeshChannel {
-    // The stack is `Send` but not `Sync`, and cloning takes `&self`; the lock makes the channel
-    // `Sync` and is taken only to clone. Calls take `&mut self` and never lock.
-    stack: Mutex<ClientStack<tonic::body::Body>>,
+    stack: ClientStack<tonic::body::Body>,
     service: ServiceName,
 }
 
@@ -57,13 +55,6 @@ impl MeshChannel {
     /// The destination.
     pub fn service(&self) -> &ServiceName {
         &self.service
-    }
-}
-
-impl Clone for MeshChannel {
-    fn clone(&self) -> Self {
-        let stack = self.stack.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        Self { stack: Mutex::new(stack), service: self.service.clone() }
     }
 }
 
@@ -117,7 +108,7 @@ impl MeshChannelBuilder {
     /// [`identity`](Self::identity) nor [`plaintext`](Self::plaintext) was chosen.
     pub fn build(self) -> Result<MeshChannel, MissingIdentity> {
         let stack = self.client.protocol(Protocol::Http2).build_stack::<tonic::body::Body>()?;
-        Ok(MeshChannel { stack: Mutex::new(stack), service: self.service })
+        Ok(MeshChannel { stack, service: self.service })
     }
 }
 
@@ -127,11 +118,11 @@ impl tower::Service<http::Request<tonic::body::Body>> for MeshChannel {
     type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.stack.get_mut().unwrap_or_else(PoisonError::into_inner).poll_ready(cx).map_err(status_from_error)
+        self.stack.poll_ready(cx).map_err(status_from_error)
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        ResponseFuture { inner: self.stack.get_mut().unwrap_or_else(PoisonError::into_inner).call(request) }
+        ResponseFuture { inner: self.stack.call(request) }
     }
 }
 

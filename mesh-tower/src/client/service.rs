@@ -218,12 +218,12 @@ impl MeshClientBuilder {
             .layer(crate::retry::RetryLayer::from_discovery(&discovery, &service))
             .layer(crate::limit::ConcurrencyLimitLayer::from_discovery(&discovery, &service))
             .service(client);
-        Ok(tower::util::BoxCloneService::new(stack))
+        Ok(tower::util::BoxCloneSyncService::new(stack))
     }
 }
 
 /// The whole client stack for request bodies `B`, from [`MeshClientBuilder::build_stack`].
-pub type ClientStack<B> = tower::util::BoxCloneService<Request<B>, Response<ResponseBody>, BoxError>;
+pub type ClientStack<B> = tower::util::BoxCloneSyncService<Request<B>, Response<ResponseBody>, BoxError>;
 
 /// The response body of a [`ClientStack`]: hyper's body, observed by telemetry to its end (the
 /// gRPC status in the trailers counts in metrics and spans).
