@@ -48,8 +48,12 @@ pub(crate) struct Telemetry {
     pub(crate) prometheus: PrometheusHandle,
 }
 
+/// How often [`install_telemetry`]'s stand-in for a Prometheus server scrapes the recorder.
+const SCRAPE_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Installs the process's telemetry as a production service would: a real `metrics` recorder
-/// (Prometheus, installed globally; mesh-tower's request and event metrics land in it) and a
+/// (Prometheus, installed globally; mesh-tower's request and event metrics land in it, and a task
+/// renders it every [`SCRAPE_INTERVAL`] as a scraper would; call it on a tokio runtime) and a
 /// `tracing` subscriber whose log layer writes INFO events to stderr without ANSI colours.
 ///
 /// The log layer does not take mesh's request spans (target `mesh::trace`): formatting every
@@ -68,6 +72,16 @@ pub(crate) fn install_telemetry() -> Result<Telemetry, BoxError> {
     // (feature `otlp` of mesh-tower, and an OTLP receiver for it to export to), so the request
     // spans of `TelemetryLayer` go through a real exporter with a realistic sampler.
     tracing_subscriber::registry().with(logs).try_init()?;
+    // A Prometheus server scrapes every 10-15 s; rendering also drains the histograms' raw
+    // samples, which otherwise pile up in memory for as long as the process runs.
+    let scrape = prometheus.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(SCRAPE_INTERVAL);
+        loop {
+            every.tick().await;
+            std::hint::black_box(scrape.render());
+        }
+    });
     Ok(Telemetry { prometheus })
 }
 

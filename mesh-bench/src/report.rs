@@ -62,8 +62,13 @@ fn medians(runs: &[&Record]) -> Value {
     let m = |f: &dyn Fn(&Record) -> f64| median(runs.iter().map(|r| f(r)).collect());
     let proxies_cpu = |r: &Record| r.proxies.map_or(0.0, |p| p.cpu_s);
     let rps: Vec<f64> = runs.iter().map(|r| r.client.rps).collect();
+    // Throughput per second of the busiest core's CPU time: the client's core, or the server's
+    // (server and proxies share it). On a machine where other work steals CPU this estimates
+    // what a quiet machine would do, as long as the busiest core is the bottleneck.
+    let busiest = |r: &Record| (r.client.cpu_s.max(r.server.cpu_s + proxies_cpu(r))).max(f64::MIN_POSITIVE);
     json!({
         "rps": m(&|r| r.client.rps),
+        "rps_per_busiest_core": m(&|r| r.client.requests as f64 / busiest(r)),
         "rps_min": rps.iter().copied().reduce(f64::min),
         "rps_max": rps.iter().copied().reduce(f64::max),
         "p50_us": m(&|r| r.client.p50_us as f64),
@@ -117,10 +122,12 @@ pub(crate) fn summarize(records: &[Record], meta: Meta) -> Value {
         results[config.name()][workload] = entry;
     }
     let (h1, h2, rate, hs) = ("h1_c32", "h2_c8x16", "rate2000_h1_c32", "handshake_c16");
-    let ratio = |config: Config, workload: &str| {
-        let mesh = get(&results, Config::Mesh, workload, "rps")?;
-        Some(mesh / get(&results, config, workload, "rps")?)
+    let ratio_of = |config: Config, workload: &str, field: &str| {
+        let mesh = get(&results, Config::Mesh, workload, field)?;
+        Some(mesh / get(&results, config, workload, field)?)
     };
+    let ratio = |config: Config, workload: &str| ratio_of(config, workload, "rps");
+    let per_core = |config: Config, workload: &str| ratio_of(config, workload, "rps_per_busiest_core");
     let p99_added = get(&results, Config::Mesh, rate, "p99_us")
         .zip(get(&results, Config::BareMtls, rate, "p99_us"))
         .map(|(mesh, mtls)| mesh - mtls);
@@ -139,6 +146,18 @@ pub(crate) fn summarize(records: &[Record], meta: Meta) -> Value {
         "handshakes_mesh_over_rustls": ratio(Config::BareMtls, hs),
         "p99_added_us_fixed_rate": p99_added,
         "cpu_per_request_mesh_over_bare_mtls_fixed_rate": cpu_ratio,
+    });
+    // The same throughput ratios from requests per CPU-second of the busiest core (see `medians`).
+    let cpu_normalized = json!({
+        "mesh_over_bare_h1": per_core(Config::Bare, h1),
+        "mesh_over_bare_mtls_h1": per_core(Config::BareMtls, h1),
+        "mesh_over_sidecar_nginx_h1": per_core(Config::SidecarNginx, h1),
+        "mesh_over_sidecar_haproxy_h1": per_core(Config::SidecarHaproxy, h1),
+        "mesh_over_bare_h2": per_core(Config::Bare, h2),
+        "mesh_over_bare_mtls_h2": per_core(Config::BareMtls, h2),
+        "mesh_over_sidecar_nginx_h2": per_core(Config::SidecarNginx, h2),
+        "mesh_over_sidecar_haproxy_h2": per_core(Config::SidecarHaproxy, h2),
+        "handshakes_mesh_over_rustls": per_core(Config::BareMtls, hs),
     });
     let at_least = |key: &str, target: f64| {
         let value = ratios[key].as_f64();
@@ -176,6 +195,7 @@ pub(crate) fn summarize(records: &[Record], meta: Meta) -> Value {
             "wall_s": meta.wall_s,
         },
         "ratios": ratios,
+        "ratios_cpu_normalized": cpu_normalized,
         "goals": goals,
         "results": results,
     })
@@ -217,6 +237,12 @@ pub(crate) fn print_table(summary: &Value) {
     }
     out("\nratios (medians):");
     if let Some(ratios) = summary["ratios"].as_object() {
+        for (key, value) in ratios {
+            out(&format!("  {key:<50} {}", cell(value, 3)));
+        }
+    }
+    out("\nratios per CPU-second of the busiest core (robust to CPU taken by other work):");
+    if let Some(ratios) = summary["ratios_cpu_normalized"].as_object() {
         for (key, value) in ratios {
             out(&format!("  {key:<50} {}", cell(value, 3)));
         }
