@@ -5,7 +5,6 @@
 mod support;
 
 use std::{
-    collections::BTreeMap,
     convert::Infallible,
     sync::{
         Arc, Mutex,
@@ -26,26 +25,13 @@ use mesh::{
     },
 };
 use support::identity;
+use support::{Fields, Visitor};
 use tower::ServiceExt;
 use tracing_subscriber::{Layer, layer::SubscriberExt};
-
-type Fields = BTreeMap<String, String>;
 
 /// Keeps the fields of every access-log event.
 #[derive(Clone, Default)]
 struct AccessLog(Arc<Mutex<Vec<Fields>>>);
-
-struct Visitor<'a>(&'a mut Fields);
-
-impl tracing::field::Visit for Visitor<'_> {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        self.0.insert(field.name().to_owned(), format!("{value:?}"));
-    }
-
-    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        self.0.insert(field.name().to_owned(), value.to_owned());
-    }
-}
 
 impl<S: tracing::Subscriber> Layer<S> for AccessLog {
     fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {

@@ -6,10 +6,7 @@
 mod grpc_support;
 mod support;
 
-use std::{
-    collections::BTreeMap,
-    sync::{Arc, Mutex},
-};
+use std::sync::{Arc, Mutex};
 
 use grpc_support::{Options, greeter, hello, pb::greeter_client::GreeterClient, serve};
 use mesh::{
@@ -25,26 +22,13 @@ use mesh::{
     },
 };
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use support::{Fields, Visitor};
 use support::{backend_id, identity};
 use tracing_subscriber::{Layer, layer::SubscriberExt, registry::LookupSpan};
-
-type Fields = BTreeMap<String, String>;
 
 /// Keeps the fields of every closed mesh request span.
 #[derive(Clone, Default)]
 struct Spans(Arc<Mutex<Vec<Fields>>>);
-
-struct Visitor<'a>(&'a mut Fields);
-
-impl tracing::field::Visit for Visitor<'_> {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        self.0.insert(field.name().to_owned(), format!("{value:?}"));
-    }
-
-    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        self.0.insert(field.name().to_owned(), value.to_owned());
-    }
-}
 
 impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Spans {
     fn on_new_span(

@@ -53,6 +53,19 @@ impl TraceService for Collector {
     }
 }
 
+/// The OTLP receiver, plaintext like a local collector, and the spans it receives.
+async fn start_collector() -> (ServerHandle, mpsc::UnboundedReceiver<Span>) {
+    let (spans_tx, spans_rx) = mpsc::unbounded_channel();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector = Server::builder()
+        .plaintext()
+        .build()
+        .unwrap()
+        .spawn(listener, TraceServiceServer::new(Collector(spans_tx)))
+        .unwrap();
+    (collector, spans_rx)
+}
+
 fn attr(span: &Span, key: &str) -> Option<String> {
     span.attributes.iter().find(|kv| kv.key == key).and_then(|kv| match &kv.value {
         Some(AnyValue { value: Some(Value::StringValue(s)) }) => Some(s.clone()),
@@ -102,15 +115,7 @@ fn start_a(listener: tokio::net::TcpListener, to_b: ClientStack<Body>) -> Server
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hops_form_one_trace() {
-    // The OTLP receiver, plaintext like a local collector.
-    let (spans_tx, mut spans_rx) = mpsc::unbounded_channel();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let collector = Server::builder()
-        .plaintext()
-        .build()
-        .unwrap()
-        .spawn(listener, TraceServiceServer::new(Collector(spans_tx)))
-        .unwrap();
+    let (collector, mut spans_rx) = start_collector().await;
     let telemetry =
         OtlpConfig::new(service("tests")).endpoint(format!("http://{}", collector.local_addr())).build().unwrap();
     telemetry.install().unwrap();
@@ -254,14 +259,7 @@ async fn two_hops_form_one_trace() {
 /// exits, paired into traces.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canary_example_exports_over_otlp() {
-    let (spans_tx, mut spans_rx) = mpsc::unbounded_channel();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let collector = Server::builder()
-        .plaintext()
-        .build()
-        .unwrap()
-        .spawn(listener, TraceServiceServer::new(Collector(spans_tx)))
-        .unwrap();
+    let (collector, mut spans_rx) = start_collector().await;
     let endpoint = format!("http://{}", collector.local_addr());
     let output = tokio::process::Command::new(example("canary"))
         .args(["--requests", "40", "--concurrency", "4", "--json", "--otlp", &endpoint])

@@ -132,3 +132,19 @@ pub fn example(name: &str) -> std::path::PathBuf {
     let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
     dir.join("examples").join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
 }
+
+/// The fields of a `tracing` span or event, as strings.
+pub type Fields = std::collections::BTreeMap<String, String>;
+
+/// Records `tracing` fields into [`Fields`].
+pub struct Visitor<'a>(pub &'a mut Fields);
+
+impl tracing::field::Visit for Visitor<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+}
