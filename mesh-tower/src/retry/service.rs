@@ -208,10 +208,12 @@ impl Shared {
         B::Error: Into<BoxError>,
     {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let (policy, timeout) = match self.watch.current() {
+        // The policy is read in place from the snapshot this call holds: no copy per request.
+        let snapshot = self.watch.current();
+        let (policy, timeout) = match &snapshot {
             Some(snapshot) => {
                 let route = route::select(snapshot.routes(), &request).map(|i| &snapshot.routes()[i]);
-                let policy = route.and_then(|r| r.retry.clone()).or_else(|| snapshot.policies().retry.clone());
+                let policy = route.and_then(|r| r.retry.as_ref()).or(snapshot.policies().retry.as_ref());
                 (policy, route.and_then(|r| r.timeout).or(snapshot.policies().timeout))
             }
             None => (None, None),
@@ -236,7 +238,7 @@ impl Shared {
         self: Arc<Self>,
         first: S,
         request: Request<B>,
-        policy: Option<RetryPolicy>,
+        policy: Option<&RetryPolicy>,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<Response<ResBody>, BoxError>
     where
@@ -258,13 +260,13 @@ impl Shared {
                 );
             }
         };
-        stamp(request.headers_mut());
-        let retrying = policy.as_ref().is_some_and(|p| p.max_attempts > 1 && depth < p.max_retry_depth);
+        let retrying = policy.is_some_and(|p| p.max_attempts > 1 && depth < p.max_retry_depth);
         let outgoing = depth + u32::from(retrying);
         if outgoing > 0 {
             request.headers_mut().insert(RETRY_DEPTH_HEADER, HeaderValue::from(outgoing));
         }
         let Some(policy) = policy.filter(|_| retrying) else {
+            stamp(request.headers_mut());
             return attempt(first, request.map(boxed)).await.map_err(Into::into);
         };
         let budget = self.budget(&policy.budget);
@@ -274,6 +276,7 @@ impl Shared {
         let grpc = crate::context::is_grpc(request.headers());
         let idempotent = grpc || mesh_core::Method::new(request.method().as_str()).is_ok_and(|m| m.is_idempotent());
         if !idempotent && !policy.retry_non_idempotent {
+            stamp(request.headers_mut());
             return attempt(first, request.map(boxed)).await.map_err(Into::into);
         }
         let (parts, body) = request.into_parts();
@@ -297,7 +300,9 @@ impl Shared {
                 Err(body) => {
                     self.stats.not_replayable.fetch_add(1, Ordering::Relaxed);
                     crate::metrics::per_service(crate::metrics::RETRY_NOT_REPLAYABLE, self.watch.service());
-                    return attempt(first, Request::from_parts(parts, body)).await.map_err(Into::into);
+                    let mut request = Request::from_parts(parts, body);
+                    stamp(request.headers_mut());
+                    return attempt(first, request).await.map_err(Into::into);
                 }
             }
         };
@@ -357,7 +362,7 @@ impl Shared {
             self.stats.retries.fetch_add(1, Ordering::Relaxed);
             crate::metrics::per_service(crate::metrics::RETRIES, self.watch.service());
             tracing::debug!(attempt = number, ?why, "retrying");
-            tokio::time::sleep(pushback.unwrap_or_else(|| self.backoff(&policy, number))).await;
+            tokio::time::sleep(pushback.unwrap_or_else(|| self.backoff(policy, number))).await;
             number += 1;
             service = service.clone();
         }

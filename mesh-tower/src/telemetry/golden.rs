@@ -3,10 +3,11 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, PoisonError, RwLock},
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
+use arc_swap::ArcSwap;
 use mesh_core::SubsetName;
 
 /// Slots per window: the window slides in steps of a tenth of its length.
@@ -39,7 +40,8 @@ pub struct GoldenSignals {
 struct Inner {
     window: Duration,
     origin: Instant,
-    subsets: RwLock<HashMap<Option<SubsetName>, Arc<Mutex<Window>>>>,
+    /// Read on every request without a lock; copied on the rare insert of a new subset.
+    subsets: ArcSwap<HashMap<Option<SubsetName>, Arc<Mutex<Window>>>>,
 }
 
 /// The figures of one subset over the window, from [`GoldenSignals::snapshot`].
@@ -94,7 +96,7 @@ impl GoldenSignals {
     /// Signals over a sliding `window` (at least 10 ms).
     pub fn new(window: Duration) -> Self {
         let window = window.max(Duration::from_millis(10));
-        Self { inner: Arc::new(Inner { window, origin: Instant::now(), subsets: RwLock::default() }) }
+        Self { inner: Arc::new(Inner { window, origin: Instant::now(), subsets: ArcSwap::default() }) }
     }
 
     /// The window length.
@@ -123,22 +125,23 @@ impl GoldenSignals {
 
     fn window_of(&self, subset: Option<&SubsetName>) -> Arc<Mutex<Window>> {
         let key = subset.cloned();
-        if let Some(window) = self.inner.subsets.read().unwrap_or_else(PoisonError::into_inner).get(&key) {
+        if let Some(window) = self.inner.subsets.load().get(&key) {
             return window.clone();
         }
-        let mut subsets = self.inner.subsets.write().unwrap_or_else(PoisonError::into_inner);
-        subsets
-            .entry(key)
-            .or_insert_with(|| Arc::new(Mutex::new(Window { slots: Box::new(std::array::from_fn(|_| Slot::empty())) })))
-            .clone()
+        let fresh = Arc::new(Mutex::new(Window { slots: Box::new(std::array::from_fn(|_| Slot::empty())) }));
+        let mut chosen = None;
+        self.inner.subsets.rcu(|subsets| {
+            let mut subsets = HashMap::clone(subsets);
+            chosen = Some(subsets.entry(key.clone()).or_insert_with(|| fresh.clone()).clone());
+            subsets
+        });
+        chosen.unwrap_or(fresh)
     }
 
     /// The figures of every subset seen, over the window ending now, sorted by subset name.
     pub fn snapshot(&self) -> Vec<SubsetSignals> {
-        let windows: Vec<_> = {
-            let subsets = self.inner.subsets.read().unwrap_or_else(PoisonError::into_inner);
-            subsets.iter().map(|(name, window)| (name.clone(), window.clone())).collect()
-        };
+        let windows: Vec<_> =
+            self.inner.subsets.load().iter().map(|(name, window)| (name.clone(), window.clone())).collect();
         let now = self.step(Instant::now());
         let mut out: Vec<_> = windows.into_iter().map(|(name, window)| self.read(name, &window, now)).collect();
         out.sort_by(|a, b| a.subset.cmp(&b.subset));
@@ -148,7 +151,7 @@ impl GoldenSignals {
     /// The figures of one subset over the window ending now (zero requests if never seen).
     pub fn subset(&self, subset: &SubsetName) -> SubsetSignals {
         let window =
-            self.inner.subsets.read().unwrap_or_else(PoisonError::into_inner).get(&Some(subset.clone())).cloned();
+            self.inner.subsets.load().get(&Some(subset.clone())).cloned();
         match window {
             Some(window) => self.read(Some(subset.clone()), &window, self.step(Instant::now())),
             None => SubsetSignals {
