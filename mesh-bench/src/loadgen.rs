@@ -240,9 +240,11 @@ async fn run(args: ClientArgs) -> Result<Measurement, BoxError> {
     while let Some(tally) = tasks.join_next().await {
         total.merge(tally??)?;
     }
-    if let Some(telemetry) = &telemetry {
-        // Shows the recorder saw the run (the counters mesh-tower records, if any fired).
+    if let Some(telemetry) = telemetry {
+        // Shows the recorder and the trace pipeline saw the run.
         tracing::info!(bytes = telemetry.prometheus.render().len(), "prometheus exposition rendered");
+        let spans = telemetry.flush_traces().await?;
+        tracing::info!(spans, "sampled client spans received by the OTLP sink");
     }
     let h = &total.histogram;
     let seconds = match args.workload {

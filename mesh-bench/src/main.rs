@@ -19,6 +19,7 @@ mod cli;
 mod configs;
 mod loadgen;
 mod mesh_config;
+mod otlp_sink;
 mod procstat;
 mod report;
 mod run;

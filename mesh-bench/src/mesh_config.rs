@@ -28,7 +28,10 @@ use mesh_tower::{
     client::{ClientConfig, ClientStack, MeshClient, Protocol},
     context::ContextLayer,
     server::{Server, ServerHandle},
-    telemetry::TelemetryLayer,
+    telemetry::{
+        TelemetryLayer,
+        otlp::{OtlpConfig, OtlpTelemetry},
+    },
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
@@ -46,14 +49,22 @@ pub(crate) const ENDPOINTS: usize = 4;
 pub(crate) struct Telemetry {
     /// The Prometheus recorder's handle (rendering the text exposition is the scraper's job).
     pub(crate) prometheus: PrometheusHandle,
+    /// The trace export pipeline.
+    pub(crate) otlp: OtlpTelemetry,
+    /// Where the traces go.
+    pub(crate) sink: crate::otlp_sink::OtlpSink,
 }
+
+/// The share of new traces sampled: a typical production setting.
+pub(crate) const TRACE_SAMPLE_RATIO: f64 = 0.01;
 
 /// How often [`install_telemetry`]'s stand-in for a Prometheus server scrapes the recorder.
 const SCRAPE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Installs the process's telemetry as a production service would: a real `metrics` recorder
 /// (Prometheus, installed globally; mesh-tower's request and event metrics land in it, and a task
-/// renders it every [`SCRAPE_INTERVAL`] as a scraper would; call it on a tokio runtime) and a
+/// renders it every [`SCRAPE_INTERVAL`] as a scraper would; call it on a tokio runtime), an
+/// OpenTelemetry trace pipeline ([`TRACE_SAMPLE_RATIO`], OTLP/gRPC to [`crate::otlp_sink`]) and a
 /// `tracing` subscriber whose log layer writes INFO events to stderr without ANSI colours.
 ///
 /// The log layer does not take mesh's request spans (target `mesh::trace`): formatting every
@@ -67,11 +78,14 @@ pub(crate) fn install_telemetry() -> Result<Telemetry, BoxError> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,mesh::trace=off"));
     let logs = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(std::io::stderr).with_filter(filter);
-    // TODO(telemetry): add the OpenTelemetry pipeline here, e.g.
-    // `.with(mesh_tower::telemetry::otlp::OtlpConfig::new(service).sample_ratio(0.01).build()?.layer())`
-    // (feature `otlp` of mesh-tower, and an OTLP receiver for it to export to), so the request
-    // spans of `TelemetryLayer` go through a real exporter with a realistic sampler.
-    tracing_subscriber::registry().with(logs).try_init()?;
+    // Traces: the OTLP/gRPC exporter behind the SDK's batch processor, sampling 1% of new traces
+    // (the server follows the client's decision), to a collector stand-in in this process.
+    let sink = crate::otlp_sink::start()?;
+    let otlp = OtlpConfig::new(service()?)
+        .endpoint(format!("http://{}", sink.handle.local_addr()))
+        .sample_ratio(TRACE_SAMPLE_RATIO)
+        .build()?;
+    tracing_subscriber::registry().with(otlp.layer()).with(logs).try_init()?;
     // A Prometheus server scrapes every 10-15 s; rendering also drains the histograms' raw
     // samples, which otherwise pile up in memory for as long as the process runs.
     let scrape = prometheus.clone();
@@ -82,7 +96,15 @@ pub(crate) fn install_telemetry() -> Result<Telemetry, BoxError> {
             std::hint::black_box(scrape.render());
         }
     });
-    Ok(Telemetry { prometheus })
+    Ok(Telemetry { prometheus, otlp, sink })
+}
+
+impl Telemetry {
+    /// Exports what the batch processor holds and returns the spans the sink has received.
+    pub(crate) async fn flush_traces(self) -> Result<u64, BoxError> {
+        self.otlp.shutdown().await?;
+        Ok(self.sink.spans.load(std::sync::atomic::Ordering::Relaxed))
+    }
 }
 
 fn service() -> Result<ServiceName, BoxError> {
