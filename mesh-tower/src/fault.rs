@@ -7,8 +7,6 @@
 //! sits above retries in the client stack, so injected aborts are not retried (as in Istio).
 
 use std::{
-    future::Future,
-    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -20,7 +18,7 @@ use http::{Request, StatusCode};
 use mesh_core::{Discovery, ServiceName, SnapshotWatch};
 use tower::{Layer, Service, ServiceExt};
 
-use crate::{BoxError, route, split::in_share};
+use crate::{BoxError, future::PassThrough, route, split::in_share};
 
 /// A request failed on purpose by the route's fault policy.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -94,29 +92,30 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
+    type Future = PassThrough<S::Future, S::Response>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let inner = self.inner.clone();
-        let service = std::mem::replace(&mut self.inner, inner);
         let fault = self.shared.watch.current().and_then(|snapshot| {
             let i = route::select(snapshot.routes(), &request)?;
             snapshot.routes()[i].fault.clone()
         });
         let Some(fault) = fault else {
-            return Box::pin(async move { service.oneshot(request).await.map_err(Into::into) });
+            // No fault on this route: the ready inner service takes the request, unboxed.
+            return PassThrough::direct(self.inner.call(request), None);
         };
+        let inner = self.inner.clone();
+        let service = std::mem::replace(&mut self.inner, inner);
         let shared = &self.shared;
         if let Some(abort) = &fault.abort
             && in_share(shared.aborts.fetch_add(1, Ordering::Relaxed), abort.percent.get())
         {
             shared.injected.fetch_add(1, Ordering::Relaxed);
             let status = StatusCode::from_u16(abort.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            return Box::pin(async move { Err(InjectedFault { status }.into()) });
+            return PassThrough::boxed(async move { Err(InjectedFault { status }.into()) });
         }
         let delay = fault
             .delay
@@ -125,7 +124,7 @@ where
         if delay.is_some() {
             shared.injected.fetch_add(1, Ordering::Relaxed);
         }
-        Box::pin(async move {
+        PassThrough::boxed(async move {
             if let Some(delay) = delay {
                 tokio::time::sleep(delay).await;
             }

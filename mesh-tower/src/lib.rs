@@ -54,6 +54,7 @@ pub mod client;
 mod connection;
 pub mod context;
 pub mod fault;
+pub mod future;
 mod identity;
 pub mod limit;
 pub mod metrics;

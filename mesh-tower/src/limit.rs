@@ -7,8 +7,6 @@
 //! `policies.circuit_breaker` live; without one, requests pass untouched.
 
 use std::{
-    future::Future,
-    pin::Pin,
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicU64, AtomicUsize, Ordering},
@@ -17,6 +15,8 @@ use std::{
 };
 
 use mesh_core::{Discovery, ServiceName, SnapshotWatch, policy::CircuitBreaker};
+
+use crate::future::PassThrough;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service, ServiceExt};
 
@@ -104,8 +104,6 @@ impl Drop for Waiting {
     }
 }
 
-type ResponseFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
-
 impl<S, Req> Service<Req> for ConcurrencyLimit<S>
 where
     S: Service<Req> + Clone + Send + 'static,
@@ -116,29 +114,26 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Response>;
+    type Future = PassThrough<S::Future, S::Response>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        let inner = self.inner.clone();
-        let service = std::mem::replace(&mut self.inner, inner);
         let policy = self.shared.watch.current().and_then(|s| s.policies().circuit_breaker.clone());
         let Some(policy) = policy else {
-            return Box::pin(async move { service.oneshot(request).await.map_err(Into::into) });
+            return PassThrough::direct(self.inner.call(request), None);
         };
         let slots = self.shared.slots(&policy);
-        let shared = self.shared.clone();
         let permit: Result<OwnedSemaphorePermit, _> = slots.clone().try_acquire_owned();
         match permit {
-            Ok(permit) => Box::pin(async move {
-                let response = service.oneshot(request).await.map_err(Into::into);
-                drop(permit);
-                response
-            }),
+            // A free slot: the ready inner service takes the request, unboxed, holding the slot.
+            Ok(permit) => PassThrough::direct(self.inner.call(request), Some(permit)),
             Err(_) => {
+                let inner = self.inner.clone();
+                let service = std::mem::replace(&mut self.inner, inner);
+                let shared = self.shared.clone();
                 // Full: wait only if the waiting room has space.
                 let waiting = shared.pending.fetch_add(1, Ordering::AcqRel);
                 if waiting >= policy.max_pending as usize {
@@ -150,10 +145,10 @@ where
                         max_concurrent: policy.max_concurrent,
                         max_pending: policy.max_pending,
                     };
-                    return Box::pin(async move { Err(error.into()) });
+                    return PassThrough::boxed(async move { Err(error.into()) });
                 }
                 let waiting = Waiting(shared);
-                Box::pin(async move {
+                PassThrough::boxed(async move {
                     let permit = slots.acquire_owned().await;
                     // Leaves the waiting room (also when the caller gives up while waiting).
                     drop(waiting);

@@ -41,6 +41,8 @@ pub(crate) struct Exchange {
     attempts: u32,
     peer: Option<SpiffeId>,
     trace_id: Option<TraceId>,
+    /// Whether the span's fields are worth recording (see [`Exchange::record`]).
+    recording: bool,
     done: bool,
 }
 
@@ -75,6 +77,7 @@ impl Exchange {
             attempts: 1,
             peer: None,
             trace_id: None,
+            recording: true,
             done: false,
         };
         if shared.direction == Direction::Inbound {
@@ -147,6 +150,20 @@ impl Exchange {
         span
     }
 
+    /// Records a field on the span, unless nobody will see it: an OpenTelemetry span that was not
+    /// sampled is never exported, so its attributes are not worth building (OpenTelemetry's own
+    /// instrumentation checks `is_recording` the same way).
+    fn record(&self, field: &str, value: impl tracing::Value) {
+        if self.recording {
+            self.span.record(field, value);
+        }
+    }
+
+    /// Stops recording response fields: the span's OpenTelemetry context says it is not sampled.
+    pub(crate) fn not_sampled(&mut self) {
+        self.recording = false;
+    }
+
     /// The trace this exchange belongs to, for the access log (read once the span has a parent).
     pub(crate) fn note_trace(&mut self, cx: &opentelemetry::Context) {
         let span = cx.span();
@@ -170,7 +187,7 @@ impl Exchange {
     pub(crate) fn on_response<B>(&mut self, response: &Response<B>) {
         let status = response.status();
         self.status = Some(status);
-        self.span.record("http.response.status_code", status.as_u16());
+        self.record("http.response.status_code", status.as_u16());
         self.on_grpc_status(response.headers());
         if self.shared.direction == Direction::Outbound {
             if let Some(upstream) = response.extensions().get::<Upstream>() {
@@ -178,20 +195,19 @@ impl Exchange {
                 self.attempts = upstream.attempt;
                 self.route = upstream.route.clone();
                 self.subset = upstream.subset.clone();
-                let span = &self.span;
-                span.record("server.address", format_args!("{}", upstream.address.ip()));
-                span.record("server.port", upstream.address.port());
-                span.record("mesh.endpoint", format_args!("{}", upstream.address));
-                span.record("mesh.attempts", upstream.attempt);
+                self.record("server.address", format_args!("{}", upstream.address.ip()));
+                self.record("server.port", upstream.address.port());
+                self.record("mesh.endpoint", format_args!("{}", upstream.address));
+                self.record("mesh.attempts", upstream.attempt);
                 if let Some(route) = &upstream.route {
-                    span.record("mesh.route", route.as_str());
+                    self.record("mesh.route", route.as_str());
                 }
                 if let Some(subset) = &upstream.subset {
-                    span.record("mesh.subset", subset.as_str());
+                    self.record("mesh.subset", subset.as_str());
                 }
             }
             if let Some(peer) = response.extensions().get::<PeerIdentity>() {
-                self.span.record("mesh.peer_identity", peer.id().as_str());
+                self.record("mesh.peer_identity", peer.id().as_str());
                 self.peer = Some(peer.id().clone());
             }
         }
@@ -201,13 +217,13 @@ impl Exchange {
     pub(crate) fn on_grpc_status(&mut self, headers: &HeaderMap) {
         if let Some(code) = headers.get("grpc-status").and_then(|v| v.to_str().ok()?.parse::<u16>().ok()) {
             self.grpc_code = Some(code);
-            self.span.record("rpc.grpc.status_code", code);
+            self.record("rpc.grpc.status_code", code);
         }
     }
 
     pub(crate) fn finish_error(&mut self, error: &BoxError) {
         let kind = error_type(error);
-        self.span.record("otel.status_description", format_args!("{error}"));
+        self.record("otel.status_description", format_args!("{error}"));
         self.finish(End::Failed(kind));
     }
 
@@ -234,17 +250,17 @@ impl Exchange {
             Direction::Inbound => server_failure,
         };
         if let Some(kind) = error_type {
-            self.span.record("error.type", kind);
+            self.record("error.type", kind);
         } else if span_failed {
             match (self.grpc_code, self.status) {
-                (Some(code), _) if code != 0 => self.span.record("error.type", grpc_code_name(code)),
-                (_, Some(status)) => self.span.record("error.type", status.as_u16()),
-                _ => &self.span,
-            };
+                (Some(code), _) if code != 0 => self.record("error.type", grpc_code_name(code)),
+                (_, Some(status)) => self.record("error.type", status.as_u16()),
+                _ => {}
+            }
         }
         // A failure without a response already set an error status with its description.
         if span_failed && !matches!(end, End::Failed(_)) {
-            self.span.record("otel.status_code", "error");
+            self.record("otel.status_code", "error");
         }
         if self.shared.metrics {
             self.record_metrics(elapsed);

@@ -150,8 +150,7 @@ impl GoldenSignals {
 
     /// The figures of one subset over the window ending now (zero requests if never seen).
     pub fn subset(&self, subset: &SubsetName) -> SubsetSignals {
-        let window =
-            self.inner.subsets.load().get(&Some(subset.clone())).cloned();
+        let window = self.inner.subsets.load().get(&Some(subset.clone())).cloned();
         match window {
             Some(window) => self.read(Some(subset.clone()), &window, self.step(Instant::now())),
             None => SubsetSignals {
