@@ -218,6 +218,9 @@ impl OtlpTelemetry {
             .with_target(false)
             .with_level(false)
             .with_tracked_inactivity(false)
+            // mesh attaches the request's context itself where it matters (the server handler);
+            // activating it on every span entry would cost a context switch per poll.
+            .with_context_activation(false)
             .with_filter(filter)
     }
 

@@ -84,7 +84,14 @@ where
                 None
             }
         };
-        let span = exchange.span.clone();
+        // Server side the handler runs inside the span (its own spans and mesh calls are
+        // children). Client side nothing of the application's runs below this layer, so the span
+        // is not entered on every poll: with an OpenTelemetry layer that is a context switch each
+        // time, for nothing.
+        let span = match self.shared.direction {
+            Direction::Inbound => exchange.span.clone(),
+            Direction::Outbound => Span::none(),
+        };
         let inner = {
             let _entered = span.enter();
             let _attached = attach.clone().map(opentelemetry::Context::attach);
