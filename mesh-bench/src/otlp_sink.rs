@@ -23,13 +23,8 @@ impl TraceService for Sink {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let spans: usize = request
-            .into_inner()
-            .resource_spans
-            .iter()
-            .flat_map(|r| r.scope_spans.iter())
-            .map(|s| s.spans.len())
-            .sum();
+        let spans: usize =
+            request.into_inner().resource_spans.iter().flat_map(|r| r.scope_spans.iter()).map(|s| s.spans.len()).sum();
         self.0.fetch_add(spans as u64, Ordering::Relaxed);
         Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
     }
@@ -53,6 +48,7 @@ pub(crate) fn start() -> Result<OtlpSink, BoxError> {
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let spans = Arc::new(AtomicU64::new(0));
-    let handle = Server::builder().plaintext().build()?.spawn(listener, TraceServiceServer::new(Sink(spans.clone())))?;
+    let handle =
+        Server::builder().plaintext().build()?.spawn(listener, TraceServiceServer::new(Sink(spans.clone())))?;
     Ok(OtlpSink { handle, spans })
 }
