@@ -2,13 +2,14 @@ use std::{
     future::Future,
     pin::Pin,
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
 };
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use http_body::Body;
@@ -44,7 +45,8 @@ pub struct RetryLayer {
 #[derive(Debug)]
 struct Shared {
     watch: SnapshotWatch,
-    budget: Mutex<Option<(RetryBudget, Arc<Budget>)>>,
+    /// The budget and the settings it was made with; read without a lock on every request.
+    budget: ArcSwapOption<(RetryBudget, Arc<Budget>)>,
     stats: Arc<RetryStats>,
     jitter: Rng,
 }
@@ -95,7 +97,7 @@ impl RetryLayer {
         Self {
             shared: Arc::new(Shared {
                 watch: discovery.watch(service),
-                budget: Mutex::new(None),
+                budget: ArcSwapOption::empty(),
                 stats: Arc::default(),
                 jitter: Rng::new(0x853C_49E6_748F_EA9B),
             }),
@@ -126,15 +128,15 @@ pub struct Retry<S> {
 impl Shared {
     /// The destination's budget; rebuilt when the policy's budget settings change.
     fn budget(&self, settings: &RetryBudget) -> Arc<Budget> {
-        let mut budget = self.budget.lock().unwrap_or_else(PoisonError::into_inner);
-        match &*budget {
-            Some((current, b)) if current == settings => b.clone(),
-            _ => {
-                let fresh = Arc::new(Budget::new(settings.ratio, settings.min_per_second, settings.window));
-                *budget = Some((settings.clone(), fresh.clone()));
-                fresh
-            }
+        if let Some(current) = self.budget.load().as_ref()
+            && current.0 == *settings
+        {
+            return current.1.clone();
         }
+        // Racing rebuilds after a change are harmless: one of the fresh budgets stays.
+        let fresh = Arc::new(Budget::new(settings.ratio, settings.min_per_second, settings.window));
+        self.budget.store(Some(Arc::new((settings.clone(), fresh.clone()))));
+        fresh
     }
 
     /// Full jitter: a uniform wait up to `min(max, base * 2^(retry - 1))`.
@@ -274,14 +276,19 @@ impl Shared {
         // Every gRPC call is a POST; as in gRPC's retry design, a policy listing the method's
         // route is the declaration that the method may be retried.
         let grpc = crate::context::is_grpc(request.headers());
-        let idempotent = grpc || mesh_core::Method::new(request.method().as_str()).is_ok_and(|m| m.is_idempotent());
+        // RFC 9110's idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE).
+        let idempotent = grpc || request.method().is_idempotent();
         if !idempotent && !policy.retry_non_idempotent {
             stamp(request.headers_mut());
             return attempt(first, request.map(boxed)).await.map_err(Into::into);
         }
         let (parts, body) = request.into_parts();
-        let fits = body.size_hint().upper().is_some_and(|upper| upper <= policy.max_replay_bytes);
-        let bytes = if fits {
+        let hint = body.size_hint();
+        let fits = hint.upper().is_some_and(|upper| upper <= policy.max_replay_bytes);
+        let bytes = if hint.exact() == Some(0) && body.is_end_stream() {
+            // Most GETs: nothing to buffer.
+            Bytes::new()
+        } else if fits {
             collect(body).await?
         } else {
             // gRPC bodies never say their size; a unary or server-streaming call's one message is
