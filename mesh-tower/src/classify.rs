@@ -22,9 +22,14 @@ pub enum Outcome {
     Failure,
 }
 
+/// The gRPC status code in `headers` (a trailers-only response's headers, or trailers).
+pub fn grpc_status(headers: &HeaderMap) -> Option<u8> {
+    headers.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u8>().ok())
+}
+
 /// Classifies a response by its status and headers.
 pub fn response(status: StatusCode, headers: &HeaderMap, retry_on: &[RetryOn]) -> Outcome {
-    let grpc = headers.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u8>().ok());
+    let grpc = grpc_status(headers);
     let failed = status.is_server_error() || status.is_client_error() || grpc.is_some_and(|code| code != 0);
     if !failed {
         return Outcome::Success;

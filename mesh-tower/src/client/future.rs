@@ -75,7 +75,7 @@ impl Future for ResponseFuture {
                 let failed = match &result {
                     Ok(response) => {
                         response.status().is_server_error()
-                            || response.headers().get("grpc-status").is_some_and(|v| v == "14")
+                            || crate::classify::grpc_status(response.headers()) == Some(14)
                     }
                     Err(_) => true,
                 };

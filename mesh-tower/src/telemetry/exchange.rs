@@ -46,10 +46,6 @@ pub(crate) struct Exchange {
     done: bool,
 }
 
-fn is_grpc(headers: &HeaderMap) -> bool {
-    headers.get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
-
 /// `/package.Service/Method` split into service and method.
 fn rpc_names(path: &str) -> Option<(&str, &str)> {
     let (service, method) = path.strip_prefix('/')?.split_once('/')?;
@@ -59,7 +55,7 @@ fn rpc_names(path: &str) -> Option<(&str, &str)> {
 impl Exchange {
     /// Starts the exchange of `request`: opens its span (parented on `parent` server side).
     pub(crate) fn start<B>(shared: &Arc<Shared>, request: &Request<B>) -> Self {
-        let grpc = is_grpc(request.headers());
+        let grpc = crate::context::is_grpc(request.headers());
         let path = request.uri().path();
         let span = if shared.traces { Self::span(shared, request, grpc, path) } else { Span::none() };
         let mut exchange = Self {
@@ -159,11 +155,6 @@ impl Exchange {
         }
     }
 
-    /// Stops recording response fields: the span's OpenTelemetry context says it is not sampled.
-    pub(crate) fn not_sampled(&mut self) {
-        self.recording = false;
-    }
-
     /// The trace this exchange belongs to, for the access log (read once the span has a parent).
     pub(crate) fn note_trace(&mut self, cx: &opentelemetry::Context) {
         let span = cx.span();
@@ -174,12 +165,21 @@ impl Exchange {
     }
 
     /// The span's OpenTelemetry context, if an OpenTelemetry layer is installed and enabled it.
-    pub(crate) fn otel_context(&self) -> Option<opentelemetry::Context> {
+    /// Starts the OpenTelemetry span (its sampling decision is made here): an unsampled one stops
+    /// recording fields (see [`Exchange::record`]).
+    pub(crate) fn otel_context(&mut self) -> Option<opentelemetry::Context> {
         if self.span.is_disabled() {
             return None;
         }
         let cx = self.span.context();
-        cx.span().span_context().is_valid().then_some(cx)
+        let span_context = cx.span().span_context().clone();
+        if !span_context.is_valid() {
+            return None;
+        }
+        if !span_context.is_sampled() {
+            self.recording = false;
+        }
+        Some(cx)
     }
 
     /// Reads what the response head says: status, trailers-only gRPC status, and (client side)
@@ -215,7 +215,7 @@ impl Exchange {
 
     /// A `grpc-status` in the response headers (trailers-only) or trailers.
     pub(crate) fn on_grpc_status(&mut self, headers: &HeaderMap) {
-        if let Some(code) = headers.get("grpc-status").and_then(|v| v.to_str().ok()?.parse::<u16>().ok()) {
+        if let Some(code) = crate::classify::grpc_status(headers).map(u16::from) {
             self.grpc_code = Some(code);
             self.record("rpc.grpc.status_code", code);
         }

@@ -6,7 +6,6 @@ use std::{
 };
 
 use http::{Request, Response};
-use opentelemetry::trace::TraceContextExt;
 use pin_project_lite::pin_project;
 use tower::Service;
 use tracing::Span;
@@ -57,28 +56,12 @@ where
                 // Only fails when no OpenTelemetry layer is installed (or the span is disabled):
                 // then the parent context travels as the current OpenTelemetry context below.
                 let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&exchange.span, parent.clone());
-                let cx = match exchange.otel_context() {
-                    Some(cx) => {
-                        if !cx.span().span_context().is_sampled() {
-                            exchange.not_sampled();
-                        }
-                        cx
-                    }
-                    None => parent,
-                };
+                let cx = exchange.otel_context().unwrap_or(parent);
                 exchange.note_trace(&cx);
                 Some(cx)
             }
             Direction::Outbound => {
-                let cx = match exchange.otel_context() {
-                    Some(cx) => {
-                        if !cx.span().span_context().is_sampled() {
-                            exchange.not_sampled();
-                        }
-                        cx
-                    }
-                    None => opentelemetry::Context::current(),
-                };
+                let cx = exchange.otel_context().unwrap_or_else(opentelemetry::Context::current);
                 propagation::inject(&cx, request.headers_mut());
                 exchange.note_trace(&cx);
                 None
