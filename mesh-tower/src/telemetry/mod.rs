@@ -54,7 +54,7 @@ use tower::Layer;
 
 pub use self::body::TelemetryBody;
 pub use self::golden::{GoldenSignals, SubsetSignals};
-pub use self::service::{Telemetry, TelemetryFuture};
+pub use self::service::{Telemetry, TelemetryError, TelemetryFuture};
 
 /// The `tracing` target of access-log events.
 pub const ACCESS_LOG_TARGET: &str = "mesh::access";
