@@ -26,11 +26,11 @@ use tonic::Status;
 use tower::Service;
 
 pub mod pb {
-    tonic::include_proto!("helloworld");
+    include!("../../examples/proto/gen/helloworld.rs");
 }
 
 pub mod testing {
-    tonic::include_proto!("mesh.testing");
+    include!("../../examples/proto/gen/mesh.testing.rs");
 }
 
 use pb::{

@@ -58,6 +58,10 @@ pub(crate) struct Shared {
     pub(crate) host: Option<HeaderValue>,
 }
 
+/// The request header that numbers a retried attempt (2 for the first retry); absent on first
+/// attempts.
+pub const ATTEMPT_HEADER: http::HeaderName = http::HeaderName::from_static("x-mesh-attempt");
+
 /// The request had no [`Resolution`]: [`Endpoints`] was used without the router above it.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("the request was not resolved: the endpoint layer needs the client stack's router above it")]
@@ -109,6 +113,10 @@ where
             Err(error) => return ResponseFuture::failed(error.into()),
         };
         let attempt = resolution.start_attempt(target.address);
+        if attempt > 1 {
+            // For the server's logs; nothing of mesh's reads it back.
+            request.headers_mut().insert(ATTEMPT_HEADER, HeaderValue::from(attempt));
+        }
         let deadline = request.extensions().get::<Deadline>().copied();
         // The next hop stops when we would.
         if let Some(deadline) = deadline {
