@@ -320,6 +320,10 @@ impl fmt::Display for ClientError {
         if self.kind == ErrorKind::Transport && !std::ptr::addr_eq(cause, self.source.as_ref()) {
             write!(f, " ({})", self.source)?;
         }
+        // Where the request went, once it got past the router: the cause rarely says all of it.
+        if self.route.is_none() && self.subset.is_none() && self.endpoint.is_none() {
+            return Ok(());
+        }
         write!(f, " [service {}", self.service)?;
         if let Some(route) = &self.route {
             write!(f, ", route {route}")?;
