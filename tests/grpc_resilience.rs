@@ -201,3 +201,51 @@ async fn hand_wired_h2(
         async move { sender.send_request(request).await }
     })
 }
+
+/// A canary answering gRPC `INTERNAL` is a failure wherever failure is counted: the attempt and
+/// call golden signals, outlier detection, and the status the caller gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_from_a_canary_counts_as_failure_everywhere() {
+    let v1 = serve(identity("/backend"), Options { version: "v1", ..Options::default() }).await;
+    let v2 = serve(identity("/backend"), Options { version: "v2", behaviour: Behaviour::Internal, ..Options::default() })
+        .await;
+    let discovery = StaticDiscovery::new();
+    let mut outlier = mesh::core::policy::OutlierDetection::default();
+    outlier.consecutive_failures = 3;
+    outlier.max_ejection_percent = mesh::core::policy::Percentage::new(50.0).unwrap();
+    discovery.set(
+        ServiceSnapshot::builder(greeter())
+            .identity(backend_id())
+            .endpoint(v1.endpoint("v1"))
+            .endpoint(v2.endpoint("v2"))
+            .subset(Subset::version("v1").unwrap())
+            .subset(Subset::version("v2").unwrap())
+            .route(
+                greeter_route()
+                    .with_target("v1".parse().unwrap(), Weight::new(50).unwrap())
+                    .with_target("v2".parse().unwrap(), Weight::new(50).unwrap()),
+            )
+            .build()
+            .unwrap(),
+    );
+    discovery.update(&greeter(), |spec| spec.policies.outlier_detection = Some(outlier)).unwrap();
+    let channel = channel(&discovery);
+    let mut internal = 0;
+    for _ in 0..40 {
+        match GreeterClient::new(channel.clone()).say_hello(hello("x")).await {
+            Ok(reply) => assert!(reply.get_ref().message.contains("from v1"), "{reply:?}"),
+            Err(status) => {
+                assert_eq!(status.code(), Code::Internal, "{status:?}");
+                internal += 1;
+            }
+        }
+    }
+    assert_eq!(internal, v2.seen.calls.load(Ordering::SeqCst), "every v2 call failed, none was hidden");
+    let telemetry = channel.client().telemetry();
+    for signals in [telemetry.attempt_signals(), telemetry.golden_signals()] {
+        let v2_signals = signals.snapshot().into_iter().find(|s| s.subset.as_ref().is_some_and(|n| n.as_str() == "v2"));
+        let v2_signals = v2_signals.expect("v2 has signals");
+        assert_eq!((v2_signals.requests, v2_signals.success_rate()), (internal as u64, 0.0));
+    }
+    assert!(channel.client().outlier_stats().ejections() >= 1, "the failing canary is ejected");
+}

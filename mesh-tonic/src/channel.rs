@@ -56,6 +56,12 @@ impl MeshChannel {
     pub fn service(&self) -> &ServiceName {
         &self.service
     }
+
+    /// The mesh client underneath: its telemetry (golden signals per call and per attempt),
+    /// outlier, retry and load-shedding counters.
+    pub fn client(&self) -> &MeshClient<tonic::body::Body> {
+        &self.stack
+    }
 }
 
 /// Configures a [`MeshChannel`]: the mesh client's settings, always over HTTP/2.
