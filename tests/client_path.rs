@@ -180,7 +180,8 @@ async fn a_hanging_canary_fails_in_every_signal_and_is_ejected() {
         .into_iter()
         .filter(|(key, _, _, _)| key.key().name() == names::REQUESTS)
         .filter(|(key, _, _, _)| {
-            let labels: HashMap<_, _> = key.key().labels().map(|l| (l.key().to_owned(), l.value().to_owned())).collect();
+            let labels: HashMap<_, _> =
+                key.key().labels().map(|l| (l.key().to_owned(), l.value().to_owned())).collect();
             labels.get("subset").map(String::as_str) == Some("v2")
                 && labels.get("route").map(String::as_str) == Some("default")
                 && labels.get("status_class").map(String::as_str) == Some("error")
@@ -242,7 +243,11 @@ async fn a_90_10_split_holds_per_request_under_retries() {
     policy.budget.min_per_second = 100_000;
     policy.budget.ratio = 10.0;
     let discovery = StaticDiscovery::new();
-    discovery.set(snapshot(&[a.local_addr(), b.local_addr()], &[c.local_addr(), d.local_addr()], split(90, 10).with_retry(policy)));
+    discovery.set(snapshot(
+        &[a.local_addr(), b.local_addr()],
+        &[c.local_addr(), d.local_addr()],
+        split(90, 10).with_retry(policy),
+    ));
     let client = client(&discovery, 13);
 
     let n = 2000;

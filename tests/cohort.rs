@@ -11,7 +11,6 @@ use mesh::{
     core::{Endpoint, Route, RouteName, ServiceName, ServiceSnapshot, StaticDiscovery, Subset, Weight},
     tower::{
         client::{ClientConfig, MeshClient},
-
         server::{Server, ServerHandle},
     },
 };

@@ -207,8 +207,9 @@ async fn hand_wired_h2(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn internal_from_a_canary_counts_as_failure_everywhere() {
     let v1 = serve(identity("/backend"), Options { version: "v1", ..Options::default() }).await;
-    let v2 = serve(identity("/backend"), Options { version: "v2", behaviour: Behaviour::Internal, ..Options::default() })
-        .await;
+    let v2 =
+        serve(identity("/backend"), Options { version: "v2", behaviour: Behaviour::Internal, ..Options::default() })
+            .await;
     let discovery = StaticDiscovery::new();
     let mut outlier = mesh::core::policy::OutlierDetection::default();
     outlier.consecutive_failures = 3;

@@ -6,9 +6,7 @@ mod support;
 use http_body_util::Empty;
 use mesh::{
     core::{Endpoint, ServiceName, ServiceSnapshot, StaticDiscovery, policy::CircuitBreaker},
-    tower::{
-        client::{ClientError, ErrorKind, MeshClient, shed::Overloaded},
-    },
+    tower::client::{ClientError, ErrorKind, MeshClient, shed::Overloaded},
 };
 use support::{Gate, backend_id, gated_backend, identity};
 use tower::ServiceExt;

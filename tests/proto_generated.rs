@@ -8,7 +8,8 @@ use std::path::Path;
 fn checked_in_grpc_code_matches_the_protos() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let protos = ["examples/proto/helloworld/helloworld.proto", "examples/proto/testing/streaming.proto"];
-    let files = protox::compile(protos.map(|p| root.join(p)), [root.join("examples/proto")]).expect("the protos compile");
+    let files =
+        protox::compile(protos.map(|p| root.join(p)), [root.join("examples/proto")]).expect("the protos compile");
     let out = tempfile::tempdir().expect("a temporary directory");
     tonic_prost_build::configure()
         .build_transport(false)

@@ -29,7 +29,9 @@ use mesh_core::{
 };
 use mesh_tower::{
     authz::AuthorizationLayer,
-    client::{ClientConfig, Resolution, fault::FaultLayer, retry::RetryLayer, router::RouterLayer, shed::LoadShedLayer},
+    client::{
+        ClientConfig, Resolution, fault::FaultLayer, retry::RetryLayer, router::RouterLayer, shed::LoadShedLayer,
+    },
     context::ContextLayer,
     deadline::DeadlineLayer,
     telemetry::TelemetryLayer,

@@ -143,12 +143,7 @@ pub(crate) fn snapshot(ports: &[u16]) -> Result<ServiceSnapshot, BoxError> {
 /// The whole client stack (`MeshClient`: telemetry, the router, the deadline, fault injection,
 /// retries with budget, load shedding, then P2C and the mTLS connection pool). With `pooled == false` every
 /// request opens a new connection (the handshake workload).
-pub(crate) fn client(
-    certs: &Path,
-    ports: &[u16],
-    h2: bool,
-    pooled: bool,
-) -> Result<MeshClient<Full<Bytes>>, BoxError> {
+pub(crate) fn client(certs: &Path, ports: &[u16], h2: bool, pooled: bool) -> Result<MeshClient<Full<Bytes>>, BoxError> {
     let discovery = StaticDiscovery::new();
     discovery.set(snapshot(ports)?);
     let mut config = ClientConfig::default();

@@ -5,7 +5,10 @@ use std::error::Error as StdError;
 use http::StatusCode;
 use mesh_tower::{
     BoxError,
-    client::{ClientError, ConnectError, NoEndpoints, NoRoute, UnknownSubset, Unresolved, fault::InjectedFault, shed::Overloaded},
+    client::{
+        ClientError, ConnectError, NoEndpoints, NoRoute, UnknownSubset, Unresolved, fault::InjectedFault,
+        shed::Overloaded,
+    },
     deadline::{PerTryTimeout, RouteTimeout},
 };
 use tonic::{Code, Status};

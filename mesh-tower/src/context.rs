@@ -196,7 +196,10 @@ where
                 Ok(result) => result,
                 Err(_elapsed) if *grpc => {
                     tracing::debug!("the caller's deadline passed; the gRPC handler was cancelled");
-                    Ok(crate::grpc::status_response(crate::grpc::code::DEADLINE_EXCEEDED, "the caller's deadline passed; the server cancelled the call"))
+                    Ok(crate::grpc::status_response(
+                        crate::grpc::code::DEADLINE_EXCEEDED,
+                        "the caller's deadline passed; the server cancelled the call",
+                    ))
                 }
                 Err(_elapsed) => {
                     tracing::debug!("the caller's deadline passed; the handler was cancelled");

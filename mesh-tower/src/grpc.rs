@@ -178,7 +178,8 @@ mod tests {
     #[test]
     fn statuses_parse_strictly() {
         let mut headers = HeaderMap::new();
-        for (value, want) in [("0", Some(0)), ("14", Some(14)), ("13", Some(13)), ("x", None), ("1234", None), ("", None)]
+        for (value, want) in
+            [("0", Some(0)), ("14", Some(14)), ("13", Some(13)), ("x", None), ("1234", None), ("", None)]
         {
             headers.insert(STATUS, value.parse().unwrap());
             assert_eq!(status(&headers), want, "{value:?}");

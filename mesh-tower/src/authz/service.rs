@@ -78,7 +78,10 @@ where
             // gRPC clients read the outcome from `grpc-status`, not the HTTP status: a 403 would
             // surface as a vague UNKNOWN or UNIMPLEMENTED instead of PERMISSION_DENIED.
             let message = format!("{caller} may not call {}: {why}", request.uri().path());
-            return ResponseFuture::denied(crate::grpc::status_response(crate::grpc::code::PERMISSION_DENIED, &message));
+            return ResponseFuture::denied(crate::grpc::status_response(
+                crate::grpc::code::PERMISSION_DENIED,
+                &message,
+            ));
         }
         let mut response = Response::new(ResBody::default());
         *response.status_mut() = StatusCode::FORBIDDEN;

@@ -227,15 +227,8 @@ impl ClientError {
     /// Wraps `source`, an error of the stack below the router, with what the request resolved to.
     pub(crate) fn new(source: crate::BoxError, service: &ServiceName, resolution: Option<&super::Resolution>) -> Self {
         let kind = ErrorKind::of(source.as_ref());
-        let mut error = Self {
-            kind,
-            service: service.clone(),
-            route: None,
-            subset: None,
-            endpoint: None,
-            attempts: 0,
-            source,
-        };
+        let mut error =
+            Self { kind, service: service.clone(), route: None, subset: None, endpoint: None, attempts: 0, source };
         if let Some(resolution) = resolution {
             error.route = resolution.route().cloned();
             error.subset = resolution.subset().cloned();

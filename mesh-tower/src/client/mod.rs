@@ -30,11 +30,11 @@
 //! [`kind`](ClientError::kind) sorts it, and [`ErrorResponseLayer`] turns it into an HTTP
 //! response for callers that want one.
 
+pub mod balance;
 mod builder;
 mod config;
-mod error;
-pub mod balance;
 pub mod endpoint;
+mod error;
 pub mod fault;
 mod respond;
 pub mod retry;

@@ -58,9 +58,11 @@ use tower::{Layer, Service, ServiceExt};
 pub use self::handle::ServerHandle;
 use self::stack::RequestLayers;
 use crate::{
-    authz::AuthorizationLayer, context::ContextLayer, telemetry::TelemetryLayer,
     BoxError, ConnectionInfo, HandshakeCounts, HandshakeFailure, MissingIdentity, PeerIdentity,
+    authz::AuthorizationLayer,
+    context::ContextLayer,
     identity::{HandshakeStats, Security},
+    telemetry::TelemetryLayer,
 };
 
 /// Serves tower services over HTTP. Cheap to clone; build it with [`Server::builder`].

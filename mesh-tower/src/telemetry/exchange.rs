@@ -202,7 +202,12 @@ impl Exchange {
         }
         if self.shared.direction == Direction::Outbound {
             if let Some(upstream) = response.extensions().get::<Upstream>() {
-                self.note_upstream(upstream.route.as_ref(), upstream.subset.as_ref(), Some(upstream.address), upstream.attempt);
+                self.note_upstream(
+                    upstream.route.as_ref(),
+                    upstream.subset.as_ref(),
+                    Some(upstream.address),
+                    upstream.attempt,
+                );
             }
             if let Some(peer) = response.extensions().get::<PeerIdentity>() {
                 self.record("mesh.peer_identity", peer.id().as_str());

@@ -156,9 +156,9 @@ impl Future for ResponseFuture {
                 }
                 Poll::Ready(Ok(response.map(|body| EndpointBody::new(body, status, pending))))
             }
-            StateProj::Failed { error } => {
-                Poll::Ready(Err(error.take().unwrap_or_else(|| "endpoint ResponseFuture polled after completion".into())))
-            }
+            StateProj::Failed { error } => Poll::Ready(Err(error
+                .take()
+                .unwrap_or_else(|| "endpoint ResponseFuture polled after completion".into()))),
         }
     }
 }

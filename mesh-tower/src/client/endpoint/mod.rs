@@ -170,4 +170,3 @@ pub(crate) fn rewrite<B>(request: Request<B>, target: &Target, shared: &Shared) 
     parts.uri = Uri::from_parts(uri)?;
     Ok(Request::from_parts(parts, body))
 }
-

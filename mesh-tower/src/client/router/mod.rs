@@ -32,8 +32,8 @@ use tower::{Layer, Service, ServiceExt};
 
 pub(crate) use self::plan::Target;
 use self::plan::{EndpointStates, Plan, PlanContext};
-pub use self::resolution::Resolution;
 use self::resolution::Choosing;
+pub use self::resolution::Resolution;
 use super::{
     ClientConfig, ClientError, Unresolved,
     balance::Rng,

@@ -111,7 +111,11 @@ impl Plan {
         let subset_plan = |name: Option<SubsetName>, targets: Vec<(Target, u32)>| {
             let ring = (lb.kind == LoadBalancerKind::RingHash)
                 .then(|| Ring::new(targets.iter().map(|(t, w)| (t.authority.as_str(), *w))));
-            SubsetPlan { name, targets: targets.into_iter().map(|(t, _)| t).collect(), picker: Picker::new(lb.kind, ring) }
+            SubsetPlan {
+                name,
+                targets: targets.into_iter().map(|(t, _)| t).collect(),
+                picker: Picker::new(lb.kind, ring),
+            }
         };
         let mut subsets = Vec::new();
         for subset in snapshot.subsets() {

@@ -227,7 +227,11 @@ impl Resolution {
         let targets = &subset.targets;
         let picked = subset.picker.pick(targets.len(), |i| &targets[i].load, &plan.rng, hash_key);
         let Some(mut i) = picked else {
-            return Err(NoEndpoints { service: plan.service.clone(), subset: subset.name.clone(), version: plan.version });
+            return Err(NoEndpoints {
+                service: plan.service.clone(),
+                subset: subset.name.clone(),
+                version: plan.version,
+            });
         };
         let progress = self.progress();
         let acceptable = |t: &Target| !t.health.is_ejected() && !progress.failed.contains(&t.address);

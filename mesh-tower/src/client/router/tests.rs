@@ -67,7 +67,9 @@ async fn a_snapshot_change_mid_request_does_not_mix_versions() {
     let router = RouterLayer::new(discovery.watch(&name()), &ClientConfig::default());
     let stack = router.layer(DeadlineLayer::new().layer(RetryLayer::new().layer(probe)));
 
-    let first = tokio::spawn(stack.clone().oneshot(Request::get("/").body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap()));
+    let first = tokio::spawn(
+        stack.clone().oneshot(Request::get("/").body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap()),
+    );
     arrived.notified().await;
     discovery.set(snapshot(5, Duration::from_secs(9)));
     release.notify_one();
