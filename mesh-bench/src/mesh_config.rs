@@ -172,7 +172,7 @@ pub(crate) async fn serve(certs: &Path) -> Result<(Vec<u16>, Vec<ServerHandle>),
     let (mut ports, mut handles) = (Vec::new(), Vec::new());
     for _ in 0..ENDPOINTS {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let handle = server.spawn(listener, service.clone())?;
+        let handle = server.spawn(listener, service)?;
         ports.push(handle.local_addr().port());
         handles.push(handle);
     }

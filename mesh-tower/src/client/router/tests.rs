@@ -42,7 +42,9 @@ fn snapshot(max_attempts: u32, timeout: Duration) -> ServiceSnapshot {
 async fn a_snapshot_change_mid_request_does_not_mix_versions() {
     let discovery = StaticDiscovery::new();
     discovery.set(snapshot(3, Duration::from_secs(5)));
-    let seen: Arc<Mutex<Vec<(u64, u32, Option<Duration>)>>> = Arc::default();
+    // Per attempt: the snapshot version, the retry policy's attempts, the route timeout.
+    type Seen = Vec<(u64, u32, Option<Duration>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     let (arrived, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     let probe = {
         let (seen, arrived, release) = (seen.clone(), arrived.clone(), release.clone());
