@@ -11,9 +11,8 @@ use mesh::{
     core::{Endpoint, Route, RouteName, ServiceName, ServiceSnapshot, StaticDiscovery},
     tower::{
         client::MeshClient,
-        client::{ClientError, ErrorKind},
+        client::{ClientError, ErrorKind, deadline::RouteTimeout},
         context,
-        deadline::RouteTimeout,
         server::{Server, ServerHandle},
     },
 };

@@ -30,10 +30,10 @@ use mesh_core::{
 use mesh_tower::{
     authz::AuthorizationLayer,
     client::{
-        ClientConfig, Resolution, fault::FaultLayer, retry::RetryLayer, router::RouterLayer, shed::LoadShedLayer,
+        ClientConfig, Resolution, deadline::DeadlineLayer, fault::FaultLayer, retry::RetryLayer, router::RouterLayer,
+        shed::LoadShedLayer,
     },
     context::ContextLayer,
-    deadline::DeadlineLayer,
     telemetry::TelemetryLayer,
     unstable::{EndpointLoad, InFlight, Rng, WeightedSplit},
 };

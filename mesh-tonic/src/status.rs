@@ -6,10 +6,11 @@ use http::StatusCode;
 use mesh_tower::{
     BoxError,
     client::{
-        ClientError, ConnectError, NoEndpoints, NoRoute, UnknownSubset, Unresolved, fault::InjectedFault,
+        ClientError, ConnectError, NoEndpoints, NoRoute, UnknownSubset, Unresolved,
+        deadline::{PerTryTimeout, RouteTimeout},
+        fault::InjectedFault,
         shed::Overloaded,
     },
-    deadline::{PerTryTimeout, RouteTimeout},
 };
 use tonic::{Code, Status};
 
@@ -34,7 +35,7 @@ use tonic::{Code, Status};
 /// ```
 /// use mesh_tonic::status_from_error;
 ///
-/// let status = status_from_error(Box::new(mesh_tower::deadline::RouteTimeout(std::time::Duration::from_millis(250))));
+/// let status = status_from_error(Box::new(mesh_tower::client::deadline::RouteTimeout(std::time::Duration::from_millis(250))));
 /// assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
 /// ```
 pub fn status_from_error(error: BoxError) -> Status {

@@ -148,8 +148,8 @@ pub fn error_of(error: &(dyn std::error::Error + 'static)) -> Class {
         {
             return Class::Transport(TransportFailure::Connect);
         }
-        if e.is::<crate::deadline::PerTryTimeout>()
-            || e.is::<crate::deadline::RouteTimeout>()
+        if e.is::<crate::client::deadline::PerTryTimeout>()
+            || e.is::<crate::client::deadline::RouteTimeout>()
             || e.is::<tokio::time::error::Elapsed>()
         {
             return Class::Transport(TransportFailure::Timeout);
@@ -213,7 +213,7 @@ mod tests {
 
     #[test]
     fn transport_errors() {
-        let timeout: BoxError = Box::new(crate::deadline::PerTryTimeout(std::time::Duration::from_millis(5)));
+        let timeout: BoxError = Box::new(crate::client::deadline::PerTryTimeout(std::time::Duration::from_millis(5)));
         assert_eq!(error(&timeout), Class::Transport(TransportFailure::Timeout));
         assert_eq!(error(&timeout).retryable(&[RetryOn::PerTryTimeout]), Some(RetryOn::PerTryTimeout));
         let reset: BoxError = "connection reset".into();

@@ -22,7 +22,7 @@
 //! `grpc-status: 4`, `DEADLINE_EXCEEDED`, as a trailers-only response, which is what gRPC clients
 //! expect) and drops the handler's future, so the work stops when the caller has given up; and the
 //! mesh calls the handler makes carry the remaining time on (the client's
-//! [deadline](crate::deadline) starts from [`remaining`]).
+//! [deadline](crate::client::deadline) starts from [`remaining`]).
 //!
 //! # Retry depth
 //!
@@ -144,7 +144,7 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         // Unparsable values are ignored: these headers are hints, never a reason to fail.
         let header = |name: &HeaderName| request.headers().get(name).and_then(|v| v.to_str().ok());
-        let deadline = crate::deadline::requested(request.headers()).map(|t| Instant::now() + t);
+        let deadline = crate::headers::requested(request.headers()).map(|t| Instant::now() + t);
         let context = MeshContext {
             cohort: header(&self.cohort_header).and_then(|v| SubsetName::new(v).ok()),
             retry_depth: header(&HeaderName::from_static(RETRY_DEPTH_HEADER))

@@ -17,6 +17,7 @@ use tower::util::BoxCloneSyncService;
 
 use super::{
     ClientConfig, Protocol,
+    deadline::DeadlineLayer,
     endpoint::{
         self, EndpointBody, Endpoints,
         connect::{IdentityBook, MeshConnector},
@@ -28,7 +29,7 @@ use super::{
     router::RouterLayer,
     shed::LoadShedLayer,
 };
-use crate::{BoxError, MissingIdentity, deadline::DeadlineLayer, identity::Security, telemetry::TelemetryLayer};
+use crate::{BoxError, MissingIdentity, identity::Security, telemetry::TelemetryLayer};
 
 /// Calls one service by name, through the whole client stack. See the [module docs](super).
 ///
@@ -148,7 +149,7 @@ impl MeshClientBuilder {
     ///    application sees it ([`telemetry`](Self::telemetry));
     /// 2. the [router](super::router): the snapshot loaded, the route matched and the subset
     ///    chosen, once;
-    /// 3. the [deadline](crate::deadline): the route's timeout, the request's own, the handler's;
+    /// 3. the [deadline](crate::client::deadline): the route's timeout, the request's own, the handler's;
     /// 4. [fault injection](super::fault);
     /// 5. [retries](super::retry) with the budget and the hop guard, inside the chosen subset;
     /// 6. [load shedding](super::shed) (the circuit breaker);

@@ -106,7 +106,7 @@ impl std::error::Error for UnknownSubset {}
 /// 200ms`), then the request's destination, route, subset, endpoint and attempts. [`kind`]
 /// sorts it for code; [`find`] reaches the typed error underneath
 /// ([`NoRoute`](super::NoRoute), [`ConnectError`](super::ConnectError),
-/// [`RouteTimeout`](crate::deadline::RouteTimeout), …), which is also its
+/// [`RouteTimeout`](crate::client::deadline::RouteTimeout), …), which is also its
 /// [`source`](std::error::Error::source).
 ///
 /// [`kind`]: ClientError::kind
@@ -200,8 +200,8 @@ impl ErrorKind {
                 } else {
                     Self::Connect
                 })
-            } else if e.is::<crate::deadline::RouteTimeout>()
-                || e.is::<crate::deadline::PerTryTimeout>()
+            } else if e.is::<crate::client::deadline::RouteTimeout>()
+                || e.is::<crate::client::deadline::PerTryTimeout>()
                 || e.is::<tokio::time::error::Elapsed>()
             {
                 Some(Self::Timeout)
@@ -291,8 +291,8 @@ impl ClientError {
                 || e.is::<NoEndpoints>()
                 || e.is::<Unresolved>()
                 || e.is::<super::ConnectError>()
-                || e.is::<crate::deadline::RouteTimeout>()
-                || e.is::<crate::deadline::PerTryTimeout>()
+                || e.is::<crate::client::deadline::RouteTimeout>()
+                || e.is::<crate::client::deadline::PerTryTimeout>()
                 || e.is::<super::shed::Overloaded>()
                 || e.is::<super::fault::InjectedFault>()
             {

@@ -2,7 +2,7 @@
 //! aborted with a status, before they leave the client.
 //!
 //! [`FaultLayer`] reads the matched route's `fault` from the request's
-//! [`Resolution`](super::Resolution); a request without one passes untouched. Shares are exact
+//! [`Resolution`]; a request without one passes untouched. Shares are exact
 //! (the low-discrepancy sequence of the weighted split), so "5%" means 5 of every 100. An abort is
 //! the typed error [`InjectedFault`] carrying the status; it sits above retries in the client
 //! stack, so injected aborts are not retried (as in Istio).

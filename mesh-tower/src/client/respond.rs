@@ -37,7 +37,7 @@ pub const ERROR_HEADER: HeaderName = HeaderName::from_static("x-mesh-error");
 pub type ErrorResponse<B> = Either<B, Full<Bytes>>;
 
 /// Turns the errors of the service below (a [`MeshClient`](super::MeshClient)) into HTTP
-/// responses. See the [module docs](self).
+/// responses, with the statuses of the table in [`status_of`].
 ///
 /// ```
 /// use mesh_tower::client::{ERROR_HEADER, ErrorResponseLayer, MeshClient};

@@ -5,7 +5,7 @@
 //!
 //! Unlike tower's `ConcurrencyLimit`, which makes callers wait in `poll_ready` (backpressure),
 //! [`LoadShedLayer`] refuses what is over the limit. It reads the destination's
-//! `policies.circuit_breaker` from each request's [`Resolution`](super::Resolution), so a new
+//! `policies.circuit_breaker` from each request's [`Resolution`], so a new
 //! limit applies to the next request; without one, requests pass untouched.
 
 use std::{

@@ -17,8 +17,7 @@ use super::{EndpointBody, outlier::Health};
 use crate::{
     BoxError, Upstream,
     classify::{self, Class, ClassifyHead, TransportFailure},
-    client::{Resolution, balance::InFlight},
-    deadline::Deadline,
+    client::{Resolution, balance::InFlight, deadline::Deadline},
     telemetry::GoldenSignals,
 };
 

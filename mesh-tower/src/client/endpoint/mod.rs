@@ -1,10 +1,10 @@
 //! The bottom of the client stack: one attempt to one endpoint.
 //!
 //! [`Endpoints`] picks the endpoint in the subset the request's
-//! [`Resolution`](super::Resolution) chose (P2C, round robin or ring hash, see
+//! [`Resolution`] chose (P2C, round robin or ring hash, see
 //! [`balance`](super::balance)), skipping endpoints [outlier detection](outlier) ejected and the
 //! ones that already failed this request, then sends over hyper-util's pooled client, dialled
-//! with mutual TLS that checks the endpoint's expected SPIFFE ID ([`connect`]). A share of a
+//! with mutual TLS that checks the endpoint's expected SPIFFE ID. A share of a
 //! route's requests is copied to a shadow subset ([`mirror`]).
 //!
 //! Every attempt is accounted for, however it ends: a response (classified from its head, or at
@@ -12,7 +12,7 @@
 //! timeout, or the caller giving up. Its outcome, by the one [classifier](crate::classify), reaches
 //! outlier detection, the per-attempt golden signals, and the request's [`Resolution`] (so a
 //! retry avoids an endpoint that failed, whatever the failure); the response carries an
-//! [`Upstream`](crate::Upstream) naming the route, subset, endpoint and attempt.
+//! [`Upstream`] naming the route, subset, endpoint and attempt.
 
 mod body;
 pub(crate) mod connect;
@@ -38,7 +38,11 @@ use self::{
     mirror::{MirrorStats, TeeBody},
 };
 use super::{ClientConfig, Protocol, Resolution, router::Target};
-use crate::{BoxError, Upstream, client::balance::InFlight, deadline::Deadline, telemetry::GoldenSignals};
+use crate::{
+    BoxError, Upstream,
+    client::{balance::InFlight, deadline::Deadline},
+    telemetry::GoldenSignals,
+};
 
 /// Sends each attempt to an endpoint of its resolved subset. See the [module docs](self).
 pub struct Endpoints<B> {
@@ -120,7 +124,7 @@ where
         let deadline = request.extensions().get::<Deadline>().copied();
         // The next hop stops when we would.
         if let Some(deadline) = deadline {
-            crate::deadline::propagate(request.headers_mut(), deadline.remaining());
+            crate::headers::propagate(request.headers_mut(), deadline.remaining());
         }
         let mirror = if attempt == 1 { resolution.mirror_target(&request).cloned() } else { None };
         let request = match mirror {

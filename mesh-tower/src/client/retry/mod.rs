@@ -38,7 +38,7 @@
 //! other than the ones that already failed it, whatever the failure (an error status, a refused
 //! connection, a per-try timeout). Attempts wait an exponential backoff with full jitter, may each
 //! be bounded by `per_try_timeout`, and never run past the request's deadline (see
-//! [`crate::deadline`]). [`RetryStats`] counts retries, exhausted budgets and bodies too large to
+//! [`crate::client::deadline`]). [`RetryStats`] counts retries, exhausted budgets and bodies too large to
 //! replay.
 
 mod budget;

@@ -23,9 +23,12 @@ use super::{
 };
 use crate::{
     BoxError, classify,
-    client::{Resolution, balance::Rng},
+    client::{
+        Resolution,
+        balance::Rng,
+        deadline::{self, Deadline, PerTryTimeout},
+    },
     context::RETRY_DEPTH_HEADER,
-    deadline::{self, Deadline, PerTryTimeout},
     future::PassThrough,
     grpc,
 };

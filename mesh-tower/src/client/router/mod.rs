@@ -2,13 +2,13 @@
 //!
 //! [`RouterLayer`] follows the destination's snapshots through one [`SnapshotWatch`], compiles
 //! each version once (routes with their policies and splits, subsets with their endpoints and
-//! pickers), and per request loads the current version lock-free, [matches the route](route)
-//! (first match wins), chooses the subset once ([split]: the route's weights, the subset the
+//! pickers), and per request loads the current version lock-free, matches the route (first
+//! match wins), chooses the subset once (the route's weights by an exact weighted split, the subset the
 //! request is pinned to, or its cohort's), and attaches the result as a
 //! [`Resolution`] to the request's extensions. Every layer below reads that; none matches again.
 //!
 //! Its response future wraps every error of the stack below in a
-//! [`ClientError`](super::ClientError) that names the cause and the route, subset, endpoint and
+//! [`ClientError`] that names the cause and the route, subset, endpoint and
 //! attempts of the request, timeouts included.
 
 mod plan;

@@ -13,10 +13,7 @@ use tokio::sync::Notify;
 use tower::{Layer, ServiceExt};
 
 use super::{Resolution, RouterLayer};
-use crate::{
-    client::{ClientConfig, retry::RetryLayer},
-    deadline::DeadlineLayer,
-};
+use crate::client::{ClientConfig, deadline::DeadlineLayer, retry::RetryLayer};
 
 fn name() -> ServiceName {
     "reviews".parse().unwrap()

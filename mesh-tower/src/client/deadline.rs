@@ -5,7 +5,7 @@
 //! deadline, the earliest of:
 //!
 //! - the matched route's `timeout` (else the service's), from the request's
-//!   [`Resolution`](crate::client::Resolution);
+//!   [`Resolution`];
 //! - the time the request itself asks for (`grpc-timeout`, as tonic sets it, or `x-mesh-timeout`);
 //! - the time left to the request being handled, when the call is made from a handler (see
 //!   [`crate::context`]);
@@ -19,7 +19,7 @@
 //!
 //! ```
 //! # use std::time::Duration;
-//! use mesh_tower::deadline::{Deadline, DeadlineLayer};
+//! use mesh_tower::client::deadline::{Deadline, DeadlineLayer};
 //! use tower::{Layer, ServiceExt};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -42,16 +42,15 @@ use std::{
     time::Duration,
 };
 
-use http::{HeaderMap, HeaderName, HeaderValue, Request};
+use http::Request;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
 
-use crate::{BoxError, client::Resolution, grpc};
+use super::Resolution;
+use crate::{BoxError, headers::requested};
 
-/// The header that carries the time the caller still waits, in milliseconds (non-gRPC requests;
-/// gRPC requests use `grpc-timeout`).
-pub const TIMEOUT_HEADER: HeaderName = HeaderName::from_static("x-mesh-timeout");
+pub use crate::headers::TIMEOUT_HEADER;
 
 /// In a request's extensions below [`DeadlineLayer`]: when its caller stops waiting. On an
 /// attempt, the earlier of that and the attempt's per-try timeout.
@@ -93,27 +92,6 @@ pub struct RouteTimeout(pub Duration);
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("the attempt took longer than the route's per-try timeout of {0:?}")]
 pub struct PerTryTimeout(pub Duration);
-
-/// The time a request asks for in its own headers: `x-mesh-timeout` (milliseconds), else
-/// `grpc-timeout`.
-pub(crate) fn requested(headers: &HeaderMap) -> Option<Duration> {
-    if let Some(ms) = headers.get(TIMEOUT_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()) {
-        return Some(Duration::from_millis(ms));
-    }
-    grpc::parse_timeout(headers.get(grpc::TIMEOUT)?)
-}
-
-/// Tells the next hop how long the caller still waits: `grpc-timeout` on a gRPC request,
-/// `x-mesh-timeout` otherwise, replacing what the request carried.
-pub(crate) fn propagate(headers: &mut HeaderMap, remaining: Duration) {
-    if grpc::is_grpc(headers) {
-        headers.remove(TIMEOUT_HEADER);
-        headers.insert(grpc::TIMEOUT, grpc::timeout_value(remaining));
-    } else {
-        let ms = remaining.as_millis().min(99_999_999) as u64;
-        headers.insert(TIMEOUT_HEADER, HeaderValue::from(ms));
-    }
-}
 
 /// The deadline of one attempt: the request's, or sooner by the per-try timeout. The bool says
 /// whether the per-try timeout is the one that binds.
@@ -227,31 +205,13 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn requested_timeouts() {
-        let mut headers = HeaderMap::new();
-        headers.insert("grpc-timeout", "250m".parse().unwrap());
-        assert_eq!(requested(&headers), Some(Duration::from_millis(250)));
-        headers.insert(TIMEOUT_HEADER, "180".parse().unwrap());
-        assert_eq!(requested(&headers), Some(Duration::from_millis(180)), "the mesh header wins");
-        let mut grpc = HeaderMap::new();
-        grpc.insert(http::header::CONTENT_TYPE, "application/grpc".parse().unwrap());
-        grpc.insert(TIMEOUT_HEADER, "5000".parse().unwrap());
-        propagate(&mut grpc, Duration::from_millis(99));
-        assert_eq!(grpc["grpc-timeout"], "99m");
-        assert!(!grpc.contains_key(TIMEOUT_HEADER), "gRPC carries only gRPC's header");
-        let mut http = HeaderMap::new();
-        propagate(&mut http, Duration::from_millis(42));
-        assert_eq!(http[TIMEOUT_HEADER], "42");
-    }
-
     #[tokio::test(start_paused = true)]
     async fn the_deadline_bounds_the_request_without_any_retry_policy() {
         let slow = tower::service_fn(|_: Request<()>| async {
             tokio::time::sleep(Duration::from_secs(10)).await;
             Ok::<_, Infallible>(())
         });
-        let request = Request::builder().header(TIMEOUT_HEADER, "300").body(()).unwrap();
+        let request = Request::builder().header("x-mesh-timeout", "300").body(()).unwrap();
         let started = Instant::now();
         let error = DeadlineLayer::new().layer(slow).oneshot(request).await.unwrap_err();
         assert_eq!(started.elapsed(), Duration::from_millis(300));
