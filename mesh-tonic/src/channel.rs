@@ -18,11 +18,12 @@ use crate::status_from_error;
 /// A gRPC channel to one service, resolved through discovery, with the whole mesh client stack.
 ///
 /// What a generated tonic client takes in place of tonic's `Channel`
-/// (`GreeterClient::new(channel)`). Each call goes through telemetry (spans, metrics), fault
-/// injection, retries (by gRPC status, with the destination's budget and the call's deadline),
-/// the circuit breaker, the route matching `/package.Service/Method`, the weighted split, P2C
-/// balancing, outlier detection, and an HTTP/2 connection with mTLS that checks the endpoint's
-/// SPIFFE ID; see [`MeshClientBuilder::build`]. Errors come back as [`Status`]es (see
+/// (`GreeterClient::new(channel)`). Each call goes through the whole client stack (see
+/// [`MeshClientBuilder::build`]): telemetry (spans, metrics, golden signals), the router (the
+/// route matching `/package.Service/Method` and the weighted split, decided once per call), the
+/// call's deadline, fault injection, retries by gRPC status inside the chosen subset (with the
+/// destination's budget), load shedding, then P2C balancing, outlier detection and an HTTP/2
+/// connection with mTLS that checks the endpoint's SPIFFE ID. Errors come back as [`Status`]es (see
 /// [`status_from_error`]).
 ///
 /// Cheap to clone, like tonic's `Channel`: clones share the connection pool, the balancer, the

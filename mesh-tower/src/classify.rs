@@ -19,7 +19,7 @@
 //! | connection could not be opened (refused, TLS, wrong SPIFFE ID) | `Transport(Connect)` | `connect_failure` | **failure** | error | `error` |
 //! | per-try or route timeout | `Transport(Timeout)` | `per_try_timeout` (per-try only) | **failure** | error | `error` |
 //! | reset or other transport failure, body error | `Transport(Reset)` | `reset` | **failure** | error | `error` |
-//! | the caller stopped waiting before an outcome | `Cancelled` | never | neither (not counted against the endpoint; a request in the golden signals) | unset | `error` |
+//! | the caller stopped waiting before an outcome | `Cancelled` | never | not a failure: outlier detection ignores it; the golden signals count it as a request that did not fail | unset | `error` |
 //!
 //! Mesh's own refusals (no route, no endpoints, load shed, injected faults) never reach an
 //! endpoint; they are requests that failed, never attempts.

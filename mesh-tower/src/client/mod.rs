@@ -8,7 +8,7 @@
 //!    signals, as the application sees it;
 //! 2. [`router`]: the destination's snapshot loaded (a lock-free read), the route matched and the
 //!    subset chosen, once, into a [`Resolution`] that every layer below reads;
-//! 3. [`deadline`](crate::client::deadline): the route's timeout, the request's own, and the time left to
+//! 3. [`deadline`]: the route's timeout, the request's own, and the time left to
 //!    the call being handled;
 //! 4. [`fault`]: the route's fault injection;
 //! 5. [`retry`]: the route's retry policy with the destination's budget, inside the chosen subset;

@@ -11,6 +11,21 @@
 //!    HTTP/2 connections send `GOAWAY` and finish the streams in flight;
 //! 3. waits for them, up to [`ServerBuilder::drain_timeout`] if one is set.
 //!
+//! # The request stack
+//!
+//! Every request then goes through the same layers, for HTTP services (an axum `Router`, any
+//! tower service) and gRPC ones (`mesh_tonic::GrpcServer` is this
+//! server), outermost first:
+//!
+//! 1. telemetry, if configured ([`ServerBuilder::telemetry`]): the server span with the caller's
+//!    trace context, request metrics, the access log, golden signals; above authorization, so
+//!    denied requests are seen and counted;
+//! 2. authorization, if configured ([`ServerBuilder::authorization`]): by caller, path and method;
+//! 3. the caller's deadline and context ([`ServerBuilder::context`], on by default): when the
+//!    caller's `x-mesh-timeout` or `grpc-timeout` passes the handler is dropped and the caller gets
+//!    504 (`DEADLINE_EXCEEDED` for gRPC); the mesh calls the handler makes carry the time left;
+//! 4. your service.
+//!
 //! ```
 //! use mesh_tower::server::Server;
 //!
