@@ -169,14 +169,14 @@ impl MeshClientBuilder {
     /// ```
     pub fn build<B>(self) -> Result<MeshClient<B>, MissingIdentity>
     where
-        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
         let telemetry = self.telemetry.clone().unwrap_or_else(|| TelemetryLayer::client(self.service.clone()));
         let identities = Arc::new(IdentityBook::default());
         let router =
             RouterLayer::new(self.discovery.watch(&self.service), &self.config).with_identities(identities.clone());
-        let endpoints = self.endpoints(identities, &telemetry)?;
+        let endpoints = self.endpoints::<B>(identities, &telemetry)?;
         let (faults, retries, shed) = (FaultLayer::new(), RetryLayer::new(), LoadShedLayer::new());
         let handles = Handles {
             service: self.service.clone(),
@@ -200,11 +200,15 @@ impl MeshClientBuilder {
     }
 
     /// The bottom of the stack: the pooled connections, mTLS included.
-    fn endpoints(
+    fn endpoints<B>(
         &self,
         identities: Arc<IdentityBook>,
         telemetry: &TelemetryLayer,
-    ) -> Result<Endpoints<super::retry::RetryBody>, MissingIdentity> {
+    ) -> Result<Endpoints<super::retry::RetryBody<B>>, MissingIdentity>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
         let config = &self.config;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);

@@ -41,8 +41,10 @@
 //! [`crate::client::deadline`]). [`RetryStats`] counts retries, exhausted budgets and bodies too large to
 //! replay.
 
+mod body;
 mod budget;
 mod replay;
 mod service;
 
-pub use self::service::{Retry, RetryBody, RetryLayer, RetryStats};
+pub use self::body::RetryBody;
+pub use self::service::{Retry, RetryLayer, RetryStats};

@@ -10,7 +10,8 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use pin_project_lite::pin_project;
 
-use super::RetryBody;
+use http_body_util::combinators::UnsyncBoxBody;
+
 use crate::BoxError;
 
 /// What [`ready_prefix`] found.
@@ -18,7 +19,7 @@ pub(super) enum Buffered {
     /// The whole body, which ended within the limit: replayable.
     Whole(Bytes),
     /// What was read, followed by the rest of the body as it comes: sent once.
-    Partial(RetryBody),
+    Partial(UnsyncBoxBody<Bytes, BoxError>),
 }
 
 /// Reads the frames `body` has ready now, up to `limit` bytes. A body that ends without waiting

@@ -13,11 +13,12 @@ use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use http_body::Body;
-use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+use http_body_util::BodyExt;
 use mesh_core::policy::{RetryBudget, RetryPolicy};
 use tower::{Layer, Service, ServiceExt};
 
 use super::{
+    RetryBody,
     budget::Budget,
     replay::{Buffered, ready_prefix},
 };
@@ -32,10 +33,6 @@ use crate::{
     future::PassThrough,
     grpc,
 };
-
-/// The body type the retry layer hands to the service below it: a buffered copy for replayable
-/// requests, the caller's own body otherwise.
-pub type RetryBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// Retries requests by their routes' policies. Cheap to clone: the budget and the counters are
 /// shared by every service it makes, so use one layer per destination.
@@ -145,9 +142,10 @@ impl Shared {
 type Attempt<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
 /// One call, type-erased: keeps the retry loop's future `Send` without higher-ranked bounds.
-fn attempt<S, ResBody>(service: S, request: Request<RetryBody>) -> Attempt<Response<ResBody>, S::Error>
+fn attempt<S, B, ResBody>(service: S, request: Request<RetryBody<B>>) -> Attempt<Response<ResBody>, S::Error>
 where
-    S: Service<Request<RetryBody>, Response = Response<ResBody>> + Send + 'static,
+    S: Service<Request<RetryBody<B>>, Response = Response<ResBody>> + Send + 'static,
+    B: Send + 'static,
     S::Future: Send + 'static,
 {
     Box::pin(service.oneshot(request))
@@ -162,17 +160,9 @@ where
     Box::pin(async move { Ok(body.collect().await.map_err(Into::into)?.to_bytes()) })
 }
 
-fn boxed<B>(body: B) -> RetryBody
-where
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    body.map_err(Into::into).boxed_unsync()
-}
-
 impl<S, B, ResBody> Service<Request<B>> for Retry<S>
 where
-    S: Service<Request<RetryBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S: Service<Request<RetryBody<B>>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
     B: Body<Data = Bytes> + Send + 'static,
@@ -203,7 +193,7 @@ where
         let (Some(resolution), true) = (resolution.clone(), retrying || per_try.is_some()) else {
             // Nothing to retry and no per-try timeout: the ready inner service takes the request
             // as it is, unboxed.
-            return PassThrough::direct(self.inner.call(request.map(boxed)), None);
+            return PassThrough::direct(self.inner.call(request.map(RetryBody::original)), None);
         };
         let shared = self.shared.clone();
         // The ready service takes the first attempt; clones take the retries.
@@ -222,17 +212,17 @@ impl Shared {
         retrying: bool,
     ) -> Result<Response<ResBody>, BoxError>
     where
-        S: Service<Request<RetryBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+        S: Service<Request<RetryBody<B>>, Response = Response<ResBody>> + Clone + Send + 'static,
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
         let Some(policy) = resolution.retry_policy() else {
-            return attempt(first, request.map(boxed)).await.map_err(Into::into);
+            return attempt(first, request.map(RetryBody::original)).await.map_err(Into::into);
         };
         if !retrying {
-            return per_try(first, request.map(boxed), policy.per_try_timeout).await;
+            return per_try(first, request.map(RetryBody::original), policy.per_try_timeout).await;
         }
         let budget = self.budget(&policy.budget);
         budget.deposit();
@@ -242,7 +232,7 @@ impl Shared {
         // RFC 9110's idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE).
         let idempotent = grpc || request.method().is_idempotent();
         if !idempotent && !policy.retry_non_idempotent {
-            return per_try(first, request.map(boxed), policy.per_try_timeout).await;
+            return per_try(first, request.map(RetryBody::original), policy.per_try_timeout).await;
         }
         let (parts, body) = request.into_parts();
         let bytes = match self.replayable(body, policy, grpc, resolution.service()).await? {
@@ -252,7 +242,7 @@ impl Shared {
         let mut service = first;
         let mut number = 1u32;
         loop {
-            let mut request = Request::from_parts(parts.clone(), boxed(Full::new(bytes.clone())));
+            let mut request = Request::from_parts(parts.clone(), RetryBody::replay(bytes.clone()));
             if grpc && number > 1 {
                 request.headers_mut().insert(grpc::PREVIOUS_ATTEMPTS, HeaderValue::from(number - 1));
             }
@@ -301,7 +291,7 @@ impl Shared {
         policy: &RetryPolicy,
         grpc: bool,
         service: &mesh_core::ServiceName,
-    ) -> Result<Result<Bytes, RetryBody>, BoxError>
+    ) -> Result<Result<Bytes, RetryBody<B>>, BoxError>
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -320,10 +310,10 @@ impl Shared {
         let body = if grpc {
             match ready_prefix(body, policy.max_replay_bytes).await? {
                 Buffered::Whole(bytes) => return Ok(Ok(bytes)),
-                Buffered::Partial(body) => body,
+                Buffered::Partial(body) => RetryBody::partial(body),
             }
         } else {
-            boxed(body)
+            RetryBody::original(body)
         };
         self.stats.not_replayable.fetch_add(1, Ordering::Relaxed);
         crate::metrics::per_service(crate::metrics::RETRY_NOT_REPLAYABLE, service);
@@ -332,13 +322,14 @@ impl Shared {
 }
 
 /// One attempt, bounded by the per-try timeout when that comes before the request's deadline.
-async fn per_try<S, ResBody>(
+async fn per_try<S, B, ResBody>(
     service: S,
-    mut request: Request<RetryBody>,
+    mut request: Request<RetryBody<B>>,
     limit: Option<Duration>,
 ) -> Result<Response<ResBody>, BoxError>
 where
-    S: Service<Request<RetryBody>, Response = Response<ResBody>> + Send + 'static,
+    S: Service<Request<RetryBody<B>>, Response = Response<ResBody>> + Send + 'static,
+    B: Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
