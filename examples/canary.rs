@@ -55,6 +55,10 @@ use mesh::{
 use tokio::sync::watch;
 use tower::ServiceExt;
 
+#[path = "support/golden.rs"]
+mod golden;
+use golden::golden_json;
+
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
 const USAGE: &str = "usage: canary [--requests N] [--weights v1=W,v2=W] [--shift v1=W,v2=W] [--fail SUBSET=RATE] \
@@ -492,22 +496,4 @@ fn print_golden(title: &str, golden: &[SubsetSignals]) {
             show(g.p99)
         );
     }
-}
-
-fn golden_json(golden: &[SubsetSignals]) -> BTreeMap<String, serde_json::Value> {
-    golden
-        .iter()
-        .map(|g| {
-            let us = |d: Option<Duration>| d.map_or(0, |d| d.as_micros() as u64);
-            let name = g.subset.as_ref().map_or("none".to_owned(), |s| s.to_string());
-            let figures = serde_json::json!({
-                "requests": g.requests,
-                "success_rate": g.success_rate(),
-                "p50_us": us(g.p50),
-                "p90_us": us(g.p90),
-                "p99_us": us(g.p99),
-            });
-            (name, figures)
-        })
-        .collect()
 }

@@ -25,7 +25,6 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
-    time::Duration,
 };
 
 use mesh::{
@@ -36,10 +35,7 @@ use mesh::{
         policy::{RetryOn, RetryPolicy},
     },
     tonic::{GrpcServer, MeshChannel, PeerIdentityExt},
-    tower::{
-        server::{Server, ServerHandle},
-        telemetry::SubsetSignals,
-    },
+    tower::server::{Server, ServerHandle},
 };
 use tonic::{Code, Request, Response, Status};
 
@@ -55,6 +51,10 @@ use pb::{
     greeter_client::GreeterClient,
     greeter_server::{Greeter, GreeterServer},
 };
+
+#[path = "support/golden.rs"]
+mod golden;
+use golden::golden_json;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -295,23 +295,4 @@ async fn run(args: Args) -> Result<usize, Error> {
         println!("{json}");
     }
     Ok(errors)
-}
-
-/// Golden signals per version, as `canary --json` writes them.
-fn golden_json(golden: &[SubsetSignals]) -> BTreeMap<String, serde_json::Value> {
-    golden
-        .iter()
-        .map(|g| {
-            let us = |d: Option<Duration>| d.map_or(0, |d| d.as_micros() as u64);
-            let name = g.subset.as_ref().map_or("none".to_owned(), |s| s.to_string());
-            let figures = serde_json::json!({
-                "requests": g.requests,
-                "success_rate": g.success_rate(),
-                "p50_us": us(g.p50),
-                "p90_us": us(g.p90),
-                "p99_us": us(g.p99),
-            });
-            (name, figures)
-        })
-        .collect()
 }
