@@ -261,7 +261,23 @@ async fn client_refuses_servers_without_the_expected_identity() {
         }
         other => panic!("expected an identity mismatch, got {other:?}: {error}"),
     }
-    assert!(error.to_string().contains("mTLS handshake") || format!("{:?}", error).contains("IdentityMismatch"));
+    // The caller reads the cause at the top, not two `source()` levels down.
+    let top = error.downcast_ref::<mesh::tower::client::ClientError>().expect("a ClientError");
+    assert_eq!(top.kind(), mesh::tower::client::ErrorKind::IdentityMismatch);
+    let message = top.to_string();
+    assert!(message.starts_with("mTLS handshake with 127.0.0.1:"), "{message}");
+    assert!(
+        message.contains("spiffe://example.org/ratings")
+            && message.contains("but spiffe://example.org/reviews was expected"),
+        "{message}"
+    );
+    // HTTP callers that opt in get a 502 that says why.
+    let answering = tower::Layer::layer(&mesh::tower::client::ErrorResponseLayer::new(), client.clone());
+    let response = answering.oneshot(http::Request::get("/").body(Empty::new()).unwrap()).await.unwrap();
+    assert_eq!(response.status(), http::StatusCode::BAD_GATEWAY);
+    assert_eq!(response.headers()[mesh::tower::client::ERROR_HEADER], "identity_mismatch");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("but spiffe://example.org/reviews was expected"));
 
     // A server whose certificate comes from another CA.
     let rogue = DevCa::new("example.org".parse().unwrap()).unwrap();

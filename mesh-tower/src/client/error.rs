@@ -209,13 +209,19 @@ impl ErrorKind {
                 Some(Self::Overloaded)
             } else if e.is::<super::fault::InjectedFault>() {
                 Some(Self::InjectedFault)
-            } else if e.downcast_ref::<hyper_util::client::legacy::Error>().is_some_and(|e| e.is_connect()) {
-                Some(Self::Connect)
             } else {
                 None
             };
             if let Some(kind) = kind {
                 return kind;
+            }
+            source = e.source();
+        }
+        // hyper-util's own wrapper says "connect" but not why; mesh's errors beneath it say more.
+        let mut source = Some(error);
+        while let Some(e) = source {
+            if e.downcast_ref::<hyper_util::client::legacy::Error>().is_some_and(|e| e.is_connect()) {
+                return Self::Connect;
             }
             source = e.source();
         }
