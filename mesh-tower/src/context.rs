@@ -44,9 +44,9 @@ use tokio::{task::futures::TaskLocalFuture, time::Instant};
 use tower::{Layer, Service};
 
 /// The header that carries the cohort.
-pub const COHORT_HEADER: &str = "x-mesh-cohort";
+pub const COHORT_HEADER: HeaderName = HeaderName::from_static("x-mesh-cohort");
 /// The header that counts retrying hops upstream.
-pub const RETRY_DEPTH_HEADER: &str = "x-mesh-retry-depth";
+pub const RETRY_DEPTH_HEADER: HeaderName = HeaderName::from_static("x-mesh-retry-depth");
 
 /// The context of the request being handled.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -98,7 +98,7 @@ pub struct ContextLayer {
 impl ContextLayer {
     /// Reads the cohort from `x-mesh-cohort`.
     pub fn new() -> Self {
-        Self { cohort_header: HeaderName::from_static(COHORT_HEADER) }
+        Self { cohort_header: COHORT_HEADER }
     }
 
     /// Reads the cohort from `header` (it must match the clients' `cohort_header`).
@@ -147,10 +147,7 @@ where
         let deadline = crate::headers::requested(request.headers()).map(|t| Instant::now() + t);
         let context = MeshContext {
             cohort: header(&self.cohort_header).and_then(|v| SubsetName::new(v).ok()),
-            retry_depth: header(&HeaderName::from_static(RETRY_DEPTH_HEADER))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-                .min(64),
+            retry_depth: header(&RETRY_DEPTH_HEADER).and_then(|v| v.parse().ok()).unwrap_or(0).min(64),
             deadline,
         };
         let grpc = crate::grpc::is_grpc(request.headers());

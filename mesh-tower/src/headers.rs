@@ -33,6 +33,15 @@ pub(crate) fn propagate(headers: &mut HeaderMap, remaining: Duration) {
     }
 }
 
+/// A header value for a small count (attempts, hops) without allocating for the common ones.
+pub(crate) fn small_number(n: u32) -> HeaderValue {
+    const DIGITS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match DIGITS.get(n as usize) {
+        Some(digit) => HeaderValue::from_static(digit),
+        None => HeaderValue::from(n),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,7 +25,14 @@ struct HeadersMut<'a>(&'a mut HeaderMap);
 
 impl Injector for HeadersMut<'_> {
     fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(key.as_bytes()), HeaderValue::try_from(value)) {
+        // The W3C names are known: no allocation for them on every request.
+        let name = match key {
+            "traceparent" => Ok(HeaderName::from_static("traceparent")),
+            "tracestate" => Ok(HeaderName::from_static("tracestate")),
+            "baggage" => Ok(HeaderName::from_static("baggage")),
+            other => HeaderName::from_bytes(other.as_bytes()),
+        };
+        if let (Ok(name), Ok(value)) = (name, HeaderValue::try_from(value)) {
             self.0.insert(name, value);
         }
     }

@@ -21,7 +21,7 @@ use pin_project_lite::pin_project;
 use tokio::sync::oneshot;
 
 /// The header that marks a mirrored copy.
-pub const MIRROR_HEADER: &str = "x-mesh-mirror";
+pub const MIRROR_HEADER: http::HeaderName = http::HeaderName::from_static("x-mesh-mirror");
 
 pin_project! {
     // A request body that, for mirrored requests, keeps a bounded copy of what it streams.

@@ -119,7 +119,7 @@ where
         let attempt = resolution.start_attempt(target.address);
         if attempt > 1 {
             // For the server's logs; nothing of mesh's reads it back.
-            request.headers_mut().insert(ATTEMPT_HEADER, HeaderValue::from(attempt));
+            request.headers_mut().insert(ATTEMPT_HEADER, crate::headers::small_number(attempt));
         }
         let deadline = request.extensions().get::<Deadline>().copied();
         // The next hop stops when we would.

@@ -11,7 +11,7 @@ use std::{
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response};
+use http::{Request, Response};
 use http_body::Body;
 use http_body_util::BodyExt;
 use mesh_core::policy::{RetryBudget, RetryPolicy};
@@ -141,17 +141,8 @@ impl Shared {
 
 type Attempt<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
-/// One call, type-erased: keeps the retry loop's future `Send` without higher-ranked bounds.
-fn attempt<S, B, ResBody>(service: S, request: Request<RetryBody<B>>) -> Attempt<Response<ResBody>, S::Error>
-where
-    S: Service<Request<RetryBody<B>>, Response = Response<ResBody>> + Send + 'static,
-    B: Send + 'static,
-    S::Future: Send + 'static,
-{
-    Box::pin(service.oneshot(request))
-}
-
-/// Buffers a body known to fit (type-erased for the same reason as [`attempt`]).
+/// Buffers a body known to fit (type-erased: keeps the retry loop's future `Send` without
+/// higher-ranked bounds on the body).
 fn collect<B>(body: B) -> Attempt<Bytes, BoxError>
 where
     B: Body<Data = Bytes> + Send + 'static,
@@ -187,7 +178,7 @@ where
         let retrying = policy.is_some_and(|p| p.max_attempts > 1 && depth < p.max_retry_depth);
         let outgoing = depth + u32::from(retrying);
         if outgoing > 0 {
-            request.headers_mut().insert(RETRY_DEPTH_HEADER, HeaderValue::from(outgoing));
+            request.headers_mut().insert(RETRY_DEPTH_HEADER, crate::headers::small_number(outgoing));
         }
         let per_try = policy.and_then(|p| p.per_try_timeout);
         let (Some(resolution), true) = (resolution.clone(), retrying || per_try.is_some()) else {
@@ -219,7 +210,7 @@ impl Shared {
         B::Error: Into<BoxError>,
     {
         let Some(policy) = resolution.retry_policy() else {
-            return attempt(first, request.map(RetryBody::original)).await.map_err(Into::into);
+            return first.oneshot(request.map(RetryBody::original)).await.map_err(Into::into);
         };
         if !retrying {
             return per_try(first, request.map(RetryBody::original), policy.per_try_timeout).await;
@@ -244,7 +235,7 @@ impl Shared {
         loop {
             let mut request = Request::from_parts(parts.clone(), RetryBody::replay(bytes.clone()));
             if grpc && number > 1 {
-                request.headers_mut().insert(grpc::PREVIOUS_ATTEMPTS, HeaderValue::from(number - 1));
+                request.headers_mut().insert(grpc::PREVIOUS_ATTEMPTS, crate::headers::small_number(number - 1));
             }
             let result = per_try(service.clone(), request, policy.per_try_timeout).await;
             let class = match &result {
@@ -339,12 +330,12 @@ where
             // The attempt knows its own deadline: what it tells the next hop, and how the
             // endpoint accounts for it if it is cut off.
             request.extensions_mut().insert(at);
-            let call = attempt(service, request);
+            let call = service.oneshot(request);
             match tokio::time::timeout_at(at.instant(), call).await {
                 Ok(result) => result.map_err(Into::into),
                 Err(_) => Err(PerTryTimeout(limit.unwrap_or_default()).into()),
             }
         }
-        _ => attempt(service, request).await.map_err(Into::into),
+        _ => service.oneshot(request).await.map_err(Into::into),
     }
 }
