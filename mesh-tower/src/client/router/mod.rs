@@ -120,24 +120,23 @@ impl Shared {
             return Some(plan);
         }
         let snapshot = self.watch.current()?;
+        // One builder at a time, and one plan per version: a request that raced here uses the plan
+        // the first one built, so the version's split counts every request once.
+        let mut endpoints = self.endpoints.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(plan) = self.cache.load_full().filter(|p| p.version >= snapshot.version()) {
+            return Some(plan);
+        }
         if let Some(book) = &self.identities {
             book.record(&snapshot);
         }
-        let fresh = {
-            let mut endpoints = self.endpoints.lock().unwrap_or_else(PoisonError::into_inner);
-            let cx = PlanContext {
-                endpoints: &mut endpoints,
-                default_rtt: self.default_rtt,
-                outlier_stats: self.outlier_stats.clone(),
-                rng: self.rng.clone(),
-            };
-            Arc::new(Plan::build(snapshot, cx))
+        let cx = PlanContext {
+            endpoints: &mut endpoints,
+            default_rtt: self.default_rtt,
+            outlier_stats: self.outlier_stats.clone(),
+            rng: self.rng.clone(),
         };
-        // Racing rebuilds of one version are harmless; a newer plan is never replaced by an older.
-        self.cache.rcu(|old| match old {
-            Some(old) if old.version > fresh.version => Some(old.clone()),
-            _ => Some(fresh.clone()),
-        });
+        let fresh = Arc::new(Plan::build(snapshot, cx));
+        self.cache.store(Some(fresh.clone()));
         Some(fresh)
     }
 
