@@ -57,7 +57,8 @@ struct Args {
 
 fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
-    let (mut bootstrap, mut target, mut requests, mut rate, mut concurrency, mut json) = (None, None, None, None, 1, false);
+    let (mut bootstrap, mut target, mut requests, mut rate, mut concurrency, mut json) =
+        (None, None, None, None, 1, false);
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
@@ -180,7 +181,8 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error + Send + Sync
         eprintln!("xds-client: first failure: {e}");
     }
     if args.json {
-        let line = serde_json::json!({"requests": args.requests, "errors": t.errors, "clusters": t.clusters, "nacks": nacks});
+        let line =
+            serde_json::json!({"requests": args.requests, "errors": t.errors, "clusters": t.clusters, "nacks": nacks});
         println!("{line}");
     } else {
         for (cluster, n) in &t.clusters {

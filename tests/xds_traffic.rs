@@ -118,7 +118,10 @@ async fn traffic(client: &GreeterClient<MeshChannel>, n: usize, concurrency: usi
 
 /// Waits until the snapshot satisfies `cond`.
 async fn wait_snapshot(watch: &mut SnapshotWatch, cond: impl FnMut(&ServiceSnapshot) -> bool) {
-    tokio::time::timeout(Duration::from_secs(30), watch.wait_for(cond)).await.expect("the snapshot never changed").unwrap();
+    tokio::time::timeout(Duration::from_secs(30), watch.wait_for(cond))
+        .await
+        .expect("the snapshot never changed")
+        .unwrap();
 }
 
 fn weights(s: &ServiceSnapshot) -> Vec<u32> {
@@ -231,7 +234,10 @@ async fn traffic_survives_the_control_plane_and_follows_its_successor() {
     // A new control plane on the same address, with another configuration.
     set_routes(&mut res, &[("v2", 100)]);
     let _cp = ControlPlane::start_on(addr, res).await;
-    wait_snapshot(&mut watch, |snap| xds.clusters(&service).values().any(|c| c == &cluster("v2")) && snap.subsets().len() == 1).await;
+    wait_snapshot(&mut watch, |snap| {
+        xds.clusters(&service).values().any(|c| c == &cluster("v2")) && snap.subsets().len() == 1
+    })
+    .await;
     let (a, b, errors) = traffic(&client, 300, 3).await;
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!((a, b), (0, 300));
@@ -277,7 +283,11 @@ async fn a_bad_resource_is_nacked_by_name_while_traffic_continues() {
         res.set(&cluster("v1"), &la);
     });
     let detail = s.cp.wait_nack(|d| d.contains("not-an-ip")).await;
-    assert!(detail.contains("EDS resource") && detail.contains("endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address"), "{detail}");
+    assert!(
+        detail.contains("EDS resource")
+            && detail.contains("endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address"),
+        "{detail}"
+    );
     let (_, _, errors) = traffic(&s.client, 100, 2).await;
     assert!(errors.is_empty(), "{errors:?}");
 
@@ -336,6 +346,9 @@ async fn a_listener_that_does_not_exist_is_reported_after_the_timeout() {
     })
     .await
     .unwrap();
-    assert!(error.to_string().contains("LDS resource \"ratings.default.svc.cluster.local:9080\" does not exist"), "{error}");
+    assert!(
+        error.to_string().contains("LDS resource \"ratings.default.svc.cluster.local:9080\" does not exist"),
+        "{error}"
+    );
     assert!(watch.current().is_none());
 }

@@ -230,7 +230,9 @@ fn parse_server(value: &Value, field: &str) -> Result<XdsServer, BootstrapError>
         let kind =
             string(cred, "type", &field)?.ok_or_else(|| BootstrapError::invalid(format!("{field}.type"), "missing"))?;
         match kind {
-            "insecure" => return Ok(XdsServer { uri: uri.to_owned(), target, credentials: ChannelCredentials::Insecure }),
+            "insecure" => {
+                return Ok(XdsServer { uri: uri.to_owned(), target, credentials: ChannelCredentials::Insecure });
+            }
             "tls" => {
                 let credentials = parse_tls_creds(cred.get("config"), &format!("{field}.config"))?;
                 return Ok(XdsServer { uri: uri.to_owned(), target, credentials });
@@ -277,7 +279,9 @@ pub(crate) fn parse_target(uri: &str) -> Result<ServerTarget, String> {
     }
     let rest = match uri.strip_prefix("dns:") {
         Some(rest) => rest.strip_prefix("///").ok_or_else(|| format!("{uri:?}: write dns:///host:port"))?,
-        None if uri.contains("://") => return Err(format!("{uri:?}: unknown scheme (use host:port, dns:/// or unix:///)")),
+        None if uri.contains("://") => {
+            return Err(format!("{uri:?}: unknown scheme (use host:port, dns:/// or unix:///)"));
+        }
         None => uri,
     };
     let (host, port) = rest.rsplit_once(':').ok_or_else(|| format!("{uri:?}: missing the port (host:port)"))?;
@@ -289,7 +293,7 @@ pub(crate) fn parse_target(uri: &str) -> Result<ServerTarget, String> {
     Ok(ServerTarget::Tcp { host: host.to_owned(), port })
 }
 
-fn parse_node(value: &Value, ) -> Result<Node, BootstrapError> {
+fn parse_node(value: &Value) -> Result<Node, BootstrapError> {
     let node = object(value, "node")?;
     let id = string(node, "id", "node")?.unwrap_or_default().to_owned();
     let cluster = string(node, "cluster", "node")?.unwrap_or_default().to_owned();
@@ -355,16 +359,22 @@ mod tests {
         assert_eq!(b.node.cluster, "reviews.default");
         assert_eq!(b.node.locality.zone, "eu-1");
         assert_eq!(b.node.metadata["GENERATOR"], "grpc");
-        assert_eq!(b.certificate_providers["default"].ca_certificate_file, PathBuf::from("/var/lib/istio/data/root-cert.pem"));
+        assert_eq!(
+            b.certificate_providers["default"].ca_certificate_file,
+            PathBuf::from("/var/lib/istio/data/root-cert.pem")
+        );
     }
 
     #[test]
     fn server_uris() {
-        assert_eq!(parse_target("istiod.istio-system.svc:15010").unwrap(), ServerTarget::Tcp {
-            host: "istiod.istio-system.svc".into(),
-            port: 15010
-        });
-        assert_eq!(parse_target("dns:///127.0.0.1:1").unwrap(), ServerTarget::Tcp { host: "127.0.0.1".into(), port: 1 });
+        assert_eq!(
+            parse_target("istiod.istio-system.svc:15010").unwrap(),
+            ServerTarget::Tcp { host: "istiod.istio-system.svc".into(), port: 15010 }
+        );
+        assert_eq!(
+            parse_target("dns:///127.0.0.1:1").unwrap(),
+            ServerTarget::Tcp { host: "127.0.0.1".into(), port: 1 }
+        );
         assert_eq!(parse_target("[::1]:9").unwrap(), ServerTarget::Tcp { host: "::1".into(), port: 9 });
         assert!(parse_target("unix://relative").is_err());
         assert!(parse_target("http://x:1").is_err());
@@ -379,29 +389,49 @@ mod tests {
         assert_eq!(field("{").as_deref(), Some("$"));
         assert_eq!(field("{}").as_deref(), Some("xds_servers"));
         assert_eq!(field(r#"{"xds_servers": []}"#).as_deref(), Some("xds_servers"));
-        assert_eq!(field(r#"{"xds_servers": [{"channel_creds": [{"type": "insecure"}]}]}"#).as_deref(), Some("xds_servers[0].server_uri"));
-        assert_eq!(field(r#"{"xds_servers": [{"server_uri": "a:1"}]}"#).as_deref(), Some("xds_servers[0].channel_creds"));
-        let err = Bootstrap::from_json(r#"{"xds_servers": [{"server_uri": "a:1", "channel_creds": [{"type": "google_default"}]}]}"#).unwrap_err();
+        assert_eq!(
+            field(r#"{"xds_servers": [{"channel_creds": [{"type": "insecure"}]}]}"#).as_deref(),
+            Some("xds_servers[0].server_uri")
+        );
+        assert_eq!(
+            field(r#"{"xds_servers": [{"server_uri": "a:1"}]}"#).as_deref(),
+            Some("xds_servers[0].channel_creds")
+        );
+        let err = Bootstrap::from_json(
+            r#"{"xds_servers": [{"server_uri": "a:1", "channel_creds": [{"type": "google_default"}]}]}"#,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("google_default"), "{err}");
-        assert_eq!(field(r#"{"xds_servers": [{"server_uri": "a:1", "channel_creds": [{"type": "tls", "config": {}}]}]}"#).as_deref(),
-            Some("xds_servers[0].channel_creds[0].config.ca_certificate_file"));
+        assert_eq!(
+            field(r#"{"xds_servers": [{"server_uri": "a:1", "channel_creds": [{"type": "tls", "config": {}}]}]}"#)
+                .as_deref(),
+            Some("xds_servers[0].channel_creds[0].config.ca_certificate_file")
+        );
         let base = r#"{"xds_servers": [{"server_uri": "a:1", "channel_creds": [{"type": "insecure"}]}], "#;
         assert_eq!(field(&format!(r#"{base}"node": {{"id": 7}}}}"#)).as_deref(), Some("node.id"));
-        assert_eq!(field(&format!(r#"{base}"certificate_providers": {{"p": {{"plugin_name": "spiffe"}}}}}}"#)).as_deref(),
-            Some("certificate_providers.p.plugin_name"));
+        assert_eq!(
+            field(&format!(r#"{base}"certificate_providers": {{"p": {{"plugin_name": "spiffe"}}}}}}"#)).as_deref(),
+            Some("certificate_providers.p.plugin_name")
+        );
         assert_eq!(field(&format!(r#"{base}"certificate_providers": {{"p": {{"plugin_name": "file_watcher", "config": {{"certificate_file": "c", "private_key_file": "k"}}}}}}}}"#)).as_deref(),
             Some("certificate_providers.p.config.ca_certificate_file"));
     }
 
     #[test]
     fn skips_unsupported_creds_for_a_later_supported_one() {
-        let b = Bootstrap::from_json(r#"{"xds_servers": [{"server_uri": "a:1", "channel_creds": [{"type": "google_default"},
-            {"type": "tls", "config": {"ca_certificate_file": "/ca.pem"}}]}]}"#).unwrap();
-        assert_eq!(b.server.credentials, ChannelCredentials::Tls {
-            ca_certificate_file: "/ca.pem".into(),
-            certificate_file: None,
-            private_key_file: None
-        });
+        let b = Bootstrap::from_json(
+            r#"{"xds_servers": [{"server_uri": "a:1", "channel_creds": [{"type": "google_default"},
+            {"type": "tls", "config": {"ca_certificate_file": "/ca.pem"}}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            b.server.credentials,
+            ChannelCredentials::Tls {
+                ca_certificate_file: "/ca.pem".into(),
+                certificate_file: None,
+                private_key_file: None
+            }
+        );
     }
 
     #[test]

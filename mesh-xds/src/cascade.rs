@@ -65,11 +65,14 @@ pub(crate) struct BuildOptions {
 /// replaced by `_` (`outbound|9080|v1|reviews.default.svc.cluster.local` ->
 /// `outbound_9080_v1_reviews.default.svc.cluster.local`), shortened with a hash past 63 bytes.
 pub fn subset_for_cluster(cluster: &str) -> SubsetName {
-    let mut name: String =
-        cluster.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' }).collect();
+    let mut name: String = cluster
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
+        .collect();
     if name.len() > 63 || name.is_empty() {
         // FNV-1a: stable across runs and platforms.
-        let hash = cluster.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        let hash =
+            cluster.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
         name.truncate(46);
         name = format!("{name}-{hash:016x}");
     }
@@ -149,8 +152,12 @@ fn clusters_of(vh: &VirtualHost) -> Vec<&str> {
 }
 
 /// The names each type must subscribe to for `listeners`, given what is cached so far.
-pub(crate) fn wanted<'a>(state: &AdsState, listeners: impl IntoIterator<Item = &'a str>) -> BTreeMap<ResourceType, BTreeSet<String>> {
-    let mut out: BTreeMap<ResourceType, BTreeSet<String>> = ResourceType::ALL.into_iter().map(|t| (t, BTreeSet::new())).collect();
+pub(crate) fn wanted<'a>(
+    state: &AdsState,
+    listeners: impl IntoIterator<Item = &'a str>,
+) -> BTreeMap<ResourceType, BTreeSet<String>> {
+    let mut out: BTreeMap<ResourceType, BTreeSet<String>> =
+        ResourceType::ALL.into_iter().map(|t| (t, BTreeSet::new())).collect();
     let mut add = |kind: ResourceType, name: &str| {
         out.entry(kind).or_default().insert(name.to_owned());
     };
@@ -182,7 +189,9 @@ pub(crate) fn build(state: &AdsState, listener_name: &str, opts: &BuildOptions) 
     let mut assignments = Vec::new();
     for name in clusters_of(vh) {
         let Some(Resource::Cluster(c)) = good(state, ResourceType::Cluster, name)? else { return Ok(None) };
-        let Some(Resource::ClusterLoadAssignment(la)) = good(state, ResourceType::ClusterLoadAssignment, &c.eds_service_name)? else {
+        let Some(Resource::ClusterLoadAssignment(la)) =
+            good(state, ResourceType::ClusterLoadAssignment, &c.eds_service_name)?
+        else {
             return Ok(None);
         };
         clusters.push((name, c));
@@ -233,9 +242,12 @@ pub(crate) fn build(state: &AdsState, listener_name: &str, opts: &BuildOptions) 
         spec.policies.circuit_breaker = Some(cb);
     }
     spec.policies.outlier_detection = outlier(&clusters).map_err(unsupported)?;
-    let instances: BTreeSet<&str> = clusters.iter().filter_map(|(_, c)| c.tls.as_ref().map(|t| t.instance.as_str())).collect();
+    let instances: BTreeSet<&str> =
+        clusters.iter().filter_map(|(_, c)| c.tls.as_ref().map(|t| t.instance.as_str())).collect();
     if instances.len() > 1 {
-        return Err(unsupported(format!("clusters use several certificate provider instances {instances:?}: a channel has one identity")));
+        return Err(unsupported(format!(
+            "clusters use several certificate provider instances {instances:?}: a channel has one identity"
+        )));
     }
     if instances.len() == 1 && clusters.iter().any(|(_, c)| c.tls.is_none()) {
         return Err(unsupported("some clusters use TLS and some do not: a channel is either mTLS or plaintext".into()));
@@ -254,7 +266,9 @@ fn routes(l: &Listener, vh: &VirtualHost, by_cluster: &HashMap<&str, SubsetName>
         names.insert(name.clone());
         let mut route = Route::new(name).with_match(r.matches.clone());
         for (cluster, weight) in r.clusters.iter().filter(|(_, w)| *w > 0) {
-            let subset = by_cluster.get(cluster.as_str()).ok_or_else(|| format!("route {:?}: cluster {cluster:?} is unknown", r.name))?;
+            let subset = by_cluster
+                .get(cluster.as_str())
+                .ok_or_else(|| format!("route {:?}: cluster {cluster:?} is unknown", r.name))?;
             // Weights are relative; scale into mesh's range keeping the ratios.
             let weight = Weight::new((*weight).min(Weight::MAX.get())).map_err(|e| e.to_string())?;
             route = route.with_target(subset.clone(), weight);

@@ -203,7 +203,8 @@ impl XdsDiscovery {
             .certificate_providers
             .get(instance)
             .ok_or_else(|| XdsError::NoCertificateProvider(instance.to_owned()))?;
-        security::identity_source(provider).map_err(|source| XdsError::Identity { instance: instance.to_owned(), source })
+        security::identity_source(provider)
+            .map_err(|source| XdsError::Identity { instance: instance.to_owned(), source })
     }
 
     /// The bootstrap.

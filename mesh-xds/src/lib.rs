@@ -35,3 +35,6 @@ pub use crate::bootstrap::{Bootstrap, BootstrapError};
 pub use crate::cascade::{CascadeError, subset_for_cluster};
 pub use crate::discovery::{XdsDiscovery, XdsDiscoveryBuilder, XdsError, XdsStatus};
 pub use crate::resource::{ResourceError, ResourceType};
+
+#[cfg(test)]
+mod tests;

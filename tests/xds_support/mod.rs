@@ -174,7 +174,11 @@ impl AggregatedDiscoveryService for Ads {
     }
 }
 
-async fn serve_stream(state: Arc<State>, mut inbound: Streaming<DiscoveryRequest>, tx: mpsc::Sender<Result<DiscoveryResponse, Status>>) {
+async fn serve_stream(
+    state: Arc<State>,
+    mut inbound: Streaming<DiscoveryRequest>,
+    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+) {
     // Subscriptions by type: None is a wildcard.
     let mut subs: BTreeMap<String, Option<BTreeSet<String>>> = BTreeMap::new();
     let mut nonce = 0u64;

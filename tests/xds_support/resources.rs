@@ -11,17 +11,24 @@ use std::net::SocketAddr;
 use envoy_types::pb::{
     envoy::{
         config::{
-            cluster::v3::{Cluster, cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig}},
+            cluster::v3::{
+                Cluster,
+                cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig},
+            },
             core::v3::{
                 Address, AggregatedConfigSource, ConfigSource, SocketAddress, TransportSocket, address,
                 config_source::ConfigSourceSpecifier, socket_address::PortSpecifier, transport_socket,
             },
-            endpoint::v3::{ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier},
+            endpoint::v3::{
+                ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier,
+            },
             listener::v3::{ApiListener, Filter, FilterChain, Listener, filter},
             route::v3::{
                 Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster,
-                retry_policy::{RetryHostPredicate, retry_host_predicate}, route::Action,
-                route_action::{ClusterSpecifier, MaxStreamDuration}, route_match::PathSpecifier,
+                retry_policy::{RetryHostPredicate, retry_host_predicate},
+                route::Action,
+                route_action::{ClusterSpecifier, MaxStreamDuration},
+                route_match::PathSpecifier,
                 weighted_cluster::ClusterWeight,
             },
         },
@@ -35,7 +42,9 @@ use envoy_types::pb::{
             retry::host::previous_hosts::v3::PreviousHostsPredicate,
             transport_sockets::tls::v3::{
                 CertificateProviderPluginInstance, CertificateValidationContext, CommonTlsContext, UpstreamTlsContext,
-                common_tls_context::{CertificateProviderInstance, CombinedCertificateValidationContext, ValidationContextType},
+                common_tls_context::{
+                    CertificateProviderInstance, CombinedCertificateValidationContext, ValidationContextType,
+                },
             },
         },
         r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern},
@@ -64,7 +73,10 @@ pub fn cluster_name(host: &str, port: u16, subset: &str) -> String {
 fn hcm(route_config_name: &str) -> HttpConnectionManager {
     HttpConnectionManager {
         stat_prefix: "outbound".into(),
-        route_specifier: Some(RouteSpecifier::Rds(Rds { config_source: Some(ads()), route_config_name: route_config_name.into() })),
+        route_specifier: Some(RouteSpecifier::Rds(Rds {
+            config_source: Some(ads()),
+            route_config_name: route_config_name.into(),
+        })),
         http_filters: vec![HttpFilter {
             name: "envoy.filters.http.router".into(),
             config_type: Some(http_filter::ConfigType::TypedConfig(any(&Router::default()))),
@@ -135,7 +147,11 @@ pub fn route_config(name: &str, host: &str, port: u16, clusters: &[(&str, u32)])
         ClusterSpecifier::WeightedClusters(WeightedCluster {
             clusters: clusters
                 .iter()
-                .map(|(c, w)| ClusterWeight { name: (*c).into(), weight: Some(UInt32Value { value: *w }), ..Default::default() })
+                .map(|(c, w)| ClusterWeight {
+                    name: (*c).into(),
+                    weight: Some(UInt32Value { value: *w }),
+                    ..Default::default()
+                })
                 .collect(),
             ..Default::default()
         })
@@ -148,7 +164,10 @@ pub fn route_config(name: &str, host: &str, port: u16, clusters: &[(&str, u32)])
             domains: vec![host.into(), format!("{host}:{port}")],
             routes: vec![Route {
                 name: "default".into(),
-                r#match: Some(RouteMatch { path_specifier: Some(PathSpecifier::Prefix("/".into())), ..Default::default() }),
+                r#match: Some(RouteMatch {
+                    path_specifier: Some(PathSpecifier::Prefix("/".into())),
+                    ..Default::default()
+                }),
                 action: Some(Action::Route(RouteAction {
                     cluster_specifier: Some(cluster_specifier),
                     retry_policy: Some(istio_retry()),
@@ -186,24 +205,32 @@ pub fn cluster(name: &str, tls: Option<&str>) -> Cluster {
 }
 
 fn upstream_tls(spiffe_id: &str) -> UpstreamTlsContext {
-    let instance = |certificate_name: &str| CertificateProviderInstance { instance_name: "default".into(), certificate_name: certificate_name.into() };
-    let plugin = |certificate_name: &str| CertificateProviderPluginInstance { instance_name: "default".into(), certificate_name: certificate_name.into() };
+    let instance = |certificate_name: &str| CertificateProviderInstance {
+        instance_name: "default".into(),
+        certificate_name: certificate_name.into(),
+    };
+    let plugin = |certificate_name: &str| CertificateProviderPluginInstance {
+        instance_name: "default".into(),
+        certificate_name: certificate_name.into(),
+    };
     UpstreamTlsContext {
         common_tls_context: Some(CommonTlsContext {
             tls_certificate_provider_instance: Some(plugin("default")),
             tls_certificate_certificate_provider_instance: Some(instance("default")),
-            validation_context_type: Some(ValidationContextType::CombinedValidationContext(CombinedCertificateValidationContext {
-                default_validation_context: Some(CertificateValidationContext {
-                    ca_certificate_provider_instance: Some(plugin("ROOTCA")),
-                    match_subject_alt_names: vec![StringMatcher {
-                        match_pattern: Some(MatchPattern::Exact(spiffe_id.into())),
+            validation_context_type: Some(ValidationContextType::CombinedValidationContext(
+                CombinedCertificateValidationContext {
+                    default_validation_context: Some(CertificateValidationContext {
+                        ca_certificate_provider_instance: Some(plugin("ROOTCA")),
+                        match_subject_alt_names: vec![StringMatcher {
+                            match_pattern: Some(MatchPattern::Exact(spiffe_id.into())),
+                            ..Default::default()
+                        }],
                         ..Default::default()
-                    }],
+                    }),
+                    validation_context_certificate_provider_instance: Some(instance("ROOTCA")),
                     ..Default::default()
-                }),
-                validation_context_certificate_provider_instance: Some(instance("ROOTCA")),
-                ..Default::default()
-            })),
+                },
+            )),
             ..Default::default()
         }),
         ..Default::default()
@@ -219,7 +246,10 @@ pub fn load_assignment(name: &str, endpoints: &[SocketAddr]) -> ClusterLoadAssig
             lb_endpoints: endpoints
                 .iter()
                 .map(|addr| LbEndpoint {
-                    host_identifier: Some(HostIdentifier::Endpoint(Endpoint { address: Some(socket_address(*addr)), ..Default::default() })),
+                    host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                        address: Some(socket_address(*addr)),
+                        ..Default::default()
+                    })),
                     health_status: 1, // HEALTHY
                     ..Default::default()
                 })

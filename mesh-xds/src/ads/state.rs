@@ -106,7 +106,13 @@ impl AdsState {
     }
 
     /// Changes the subscriptions of `kind`; returns the request to send if they changed.
-    pub(crate) fn subscribe(&mut self, kind: ResourceType, names: BTreeSet<String>, connected: bool, now: Instant) -> Option<DiscoveryRequest> {
+    pub(crate) fn subscribe(
+        &mut self,
+        kind: ResourceType,
+        names: BTreeSet<String>,
+        connected: bool,
+        now: Instant,
+    ) -> Option<DiscoveryRequest> {
         let t = self.get_mut(kind);
         if t.wanted == names {
             return None;
@@ -146,8 +152,14 @@ impl AdsState {
     /// Valid resources are used even when others in the same response are refused (gRFC A46); a
     /// refused resource keeps its last good version. For LDS and CDS, a subscribed resource that
     /// a response leaves out was deleted.
-    pub(crate) fn on_response(&mut self, response: DiscoveryResponse, ctx: &DecodeContext<'_>, now: Instant) -> Result<Handled, UnknownType> {
-        let kind = ResourceType::from_type_url(&response.type_url).ok_or_else(|| UnknownType(response.type_url.clone()))?;
+    pub(crate) fn on_response(
+        &mut self,
+        response: DiscoveryResponse,
+        ctx: &DecodeContext<'_>,
+        now: Instant,
+    ) -> Result<Handled, UnknownType> {
+        let kind =
+            ResourceType::from_type_url(&response.type_url).ok_or_else(|| UnknownType(response.type_url.clone()))?;
         let mut errors = Vec::new();
         let mut seen = BTreeSet::new();
         let mut decoded = Vec::new();
@@ -194,7 +206,8 @@ impl AdsState {
             Some(errors.join("; "))
         };
         let mut reply = self.request(kind, now);
-        reply.error_detail = nack.as_ref().map(|message| Status { code: 3, message: message.clone(), details: Vec::new() });
+        reply.error_detail =
+            nack.as_ref().map(|message| Status { code: 3, message: message.clone(), details: Vec::new() });
         Ok(Handled { reply, nack })
     }
 
@@ -209,7 +222,8 @@ impl AdsState {
         let timeout = self.resource_timeout;
         let mut any = false;
         for t in self.types.values_mut() {
-            let expired: Vec<String> = t.pending.iter().filter(|(_, asked)| **asked + timeout <= now).map(|(n, _)| n.clone()).collect();
+            let expired: Vec<String> =
+                t.pending.iter().filter(|(_, asked)| **asked + timeout <= now).map(|(n, _)| n.clone()).collect();
             for name in expired {
                 t.pending.remove(&name);
                 t.cache.insert(name, Entry { missing: true, ..Entry::default() });

@@ -1,12 +1,18 @@
 //! The task that owns the ADS stream: connects, subscribes, applies responses, publishes
 //! snapshots, and reconnects with backoff. The last good snapshots stay whatever happens here.
 
-use std::{collections::BTreeMap, sync::{Arc, PoisonError}, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, PoisonError},
+    time::Duration,
+};
 
 use envoy_types::pb::{
     envoy::{
         config::core::v3::{Locality, Node, node::UserAgentVersionType},
-        service::discovery::v3::{DiscoveryRequest, aggregated_discovery_service_client::AggregatedDiscoveryServiceClient},
+        service::discovery::v3::{
+            DiscoveryRequest, aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
+        },
     },
     google::protobuf::{ListValue, Struct, Value, value::Kind},
 };
@@ -54,7 +60,12 @@ struct Driver {
 }
 
 /// Runs until every handle is dropped (`wake` closes).
-pub(crate) async fn run(shared: Arc<Shared>, bootstrap: Arc<Bootstrap>, options: Options, mut wake: mpsc::UnboundedReceiver<()>) {
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    bootstrap: Arc<Bootstrap>,
+    options: Options,
+    mut wake: mpsc::UnboundedReceiver<()>,
+) {
     let seed = options.seed.unwrap_or_else(|| {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         (nanos as u64) ^ u64::from(std::process::id())
@@ -94,7 +105,12 @@ pub(crate) async fn run(shared: Arc<Shared>, bootstrap: Arc<Bootstrap>, options:
 
 impl Driver {
     /// One stream, until it fails (`Err`) or every handle is dropped (`Ok`).
-    async fn stream(&mut self, channel: Channel, wake: &mut mpsc::UnboundedReceiver<()>, backoff: &mut Backoff) -> Result<(), XdsError> {
+    async fn stream(
+        &mut self,
+        channel: Channel,
+        wake: &mut mpsc::UnboundedReceiver<()>,
+        backoff: &mut Backoff,
+    ) -> Result<(), XdsError> {
         let (tx, rx) = mpsc::unbounded_channel::<DiscoveryRequest>();
         let now = Instant::now();
         for request in self.state.on_stream_start(now) {
@@ -104,7 +120,10 @@ impl Driver {
             let _ = tx.send(request);
         }
         let mut client = AggregatedDiscoveryServiceClient::new(channel);
-        let response = client.stream_aggregated_resources(UnboundedReceiverStream::new(rx)).await.map_err(|s| self.error(s.to_string()))?;
+        let response = client
+            .stream_aggregated_resources(UnboundedReceiverStream::new(rx))
+            .await
+            .map_err(|s| self.error(s.to_string()))?;
         let mut inbound = response.into_inner();
         self.shared.status.send_modify(|s| {
             s.connected = true;
@@ -147,7 +166,10 @@ impl Driver {
         XdsError::Stream { server: self.bootstrap.server.uri.clone(), reason }
     }
 
-    fn on_response(&mut self, response: envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse) -> Vec<DiscoveryRequest> {
+    fn on_response(
+        &mut self,
+        response: envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse,
+    ) -> Vec<DiscoveryRequest> {
         let now = Instant::now();
         let ctx = DecodeContext { certificate_providers: &self.bootstrap.certificate_providers };
         let type_url = response.type_url.clone();
@@ -158,7 +180,11 @@ impl Driver {
                 let reply = DiscoveryRequest {
                     type_url,
                     response_nonce: nonce,
-                    error_detail: Some(envoy_types::pb::google::rpc::Status { code: 3, message: unknown.to_string(), details: Vec::new() }),
+                    error_detail: Some(envoy_types::pb::google::rpc::Status {
+                        code: 3,
+                        message: unknown.to_string(),
+                        details: Vec::new(),
+                    }),
                     ..Default::default()
                 };
                 self.count(Some(unknown.to_string()));
@@ -266,7 +292,9 @@ async fn connect(bootstrap: &Bootstrap) -> Result<Channel, XdsError> {
             let mut endpoint = Endpoint::from_shared(format!("{scheme}://{host_in_uri}:{port}"))
                 .map_err(|e| fail(e.to_string()))?
                 .connect_timeout(Duration::from_secs(20));
-            if let ChannelCredentials::Tls { ca_certificate_file, certificate_file, private_key_file } = &server.credentials {
+            if let ChannelCredentials::Tls { ca_certificate_file, certificate_file, private_key_file } =
+                &server.credentials
+            {
                 let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| fail(format!("{}: {e}", p.display())));
                 let mut tls = tonic::transport::ClientTlsConfig::new()
                     .ca_certificate(tonic::transport::Certificate::from_pem(read(ca_certificate_file)?))
@@ -299,10 +327,17 @@ fn node(bootstrap: &Bootstrap) -> Node {
         id: n.id.clone(),
         cluster: n.cluster.clone(),
         metadata: Some(Struct { fields: fields.into_iter().collect() }),
-        locality: Some(Locality { region: n.locality.region.clone(), zone: n.locality.zone.clone(), sub_zone: n.locality.sub_zone.clone() }),
+        locality: Some(Locality {
+            region: n.locality.region.clone(),
+            zone: n.locality.zone.clone(),
+            sub_zone: n.locality.sub_zone.clone(),
+        }),
         user_agent_name: "mesh".into(),
         user_agent_version_type: Some(UserAgentVersionType::UserAgentVersion(env!("CARGO_PKG_VERSION").into())),
-        client_features: vec!["envoy.lb.does_not_support_overprovisioning".into(), "xds.config.resource-in-sotw".into()],
+        client_features: vec![
+            "envoy.lb.does_not_support_overprovisioning".into(),
+            "xds.config.resource-in-sotw".into(),
+        ],
         ..Default::default()
     }
 }

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use envoy_types::pb::{
     envoy::config::{
-        cluster::v3::{Cluster as RawCluster, OutlierDetection as RawOutlier, cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy}},
+        cluster::v3::{
+            Cluster as RawCluster, OutlierDetection as RawOutlier,
+            cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy},
+        },
         core::v3::transport_socket::ConfigType,
     },
     google::protobuf::UInt32Value,
@@ -47,7 +50,10 @@ pub(crate) fn parse(raw: &RawCluster, ctx: &DecodeContext<'_>) -> FieldResult<Cl
             return Err(FieldError::new("type", format!("{name} clusters are not supported (only EDS)")));
         }
         Some(ClusterDiscoveryType::ClusterType(c)) => {
-            return Err(FieldError::new("cluster_type", format!("custom cluster type {:?} is not supported (aggregate clusters neither)", c.name)));
+            return Err(FieldError::new(
+                "cluster_type",
+                format!("custom cluster type {:?} is not supported (aggregate clusters neither)", c.name),
+            ));
         }
         None => return Err(FieldError::new("type", "missing (only EDS is supported)")),
     }
@@ -55,18 +61,30 @@ pub(crate) fn parse(raw: &RawCluster, ctx: &DecodeContext<'_>) -> FieldResult<Cl
     if let Some(source) = eds.and_then(|e| e.eds_config.as_ref()) {
         use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier as S;
         if source.config_source_specifier.as_ref().is_some_and(|s| !matches!(s, S::Ads(_) | S::Self_(_))) {
-            return Err(FieldError::new("eds_cluster_config.eds_config", "only ADS and self config sources are supported"));
+            return Err(FieldError::new(
+                "eds_cluster_config.eds_config",
+                "only ADS and self config sources are supported",
+            ));
         }
     }
-    let eds_service_name = eds.map(|e| e.service_name.clone()).filter(|n| !n.is_empty()).unwrap_or_else(|| raw.name.clone());
+    let eds_service_name =
+        eds.map(|e| e.service_name.clone()).filter(|n| !n.is_empty()).unwrap_or_else(|| raw.name.clone());
     if raw.load_balancing_policy.is_some() {
-        return Err(FieldError::new("load_balancing_policy", "typed load-balancing policies are not supported; use lb_policy"));
+        return Err(FieldError::new(
+            "load_balancing_policy",
+            "typed load-balancing policies are not supported; use lb_policy",
+        ));
     }
     let lb = match LbPolicy::try_from(raw.lb_policy) {
         Ok(LbPolicy::RoundRobin) => LbKind::RoundRobin,
         Ok(LbPolicy::LeastRequest) => LbKind::LeastRequest,
         Ok(LbPolicy::RingHash) => LbKind::RingHash,
-        Ok(other) => return Err(FieldError::new("lb_policy", format!("{} is not supported (ROUND_ROBIN, LEAST_REQUEST, RING_HASH)", other.as_str_name()))),
+        Ok(other) => {
+            return Err(FieldError::new(
+                "lb_policy",
+                format!("{} is not supported (ROUND_ROBIN, LEAST_REQUEST, RING_HASH)", other.as_str_name()),
+            ));
+        }
         Err(_) => return Err(FieldError::new("lb_policy", format!("unknown policy {}", raw.lb_policy))),
     };
     let max_requests = raw
@@ -83,7 +101,9 @@ pub(crate) fn parse(raw: &RawCluster, ctx: &DecodeContext<'_>) -> FieldResult<Cl
     let tls = match &raw.transport_socket {
         None => None,
         Some(socket) => match &socket.config_type {
-            Some(ConfigType::TypedConfig(any)) => Some(security::parse_upstream(any, ctx).map_err(|e| e.within("transport_socket.typed_config"))?),
+            Some(ConfigType::TypedConfig(any)) => {
+                Some(security::parse_upstream(any, ctx).map_err(|e| e.within("transport_socket.typed_config"))?)
+            }
             None => return Err(FieldError::new("transport_socket.typed_config", "missing")),
         },
     };
@@ -110,9 +130,11 @@ fn outlier(raw: &RawOutlier) -> FieldResult<OutlierDetection> {
         v.as_ref().map_or(Ok(default), |d| duration(d, field))
     };
     let base_ejection_time = d(&raw.base_ejection_time, "base_ejection_time", Duration::from_secs(30))?;
-    let max_ejection_time = d(&raw.max_ejection_time, "max_ejection_time", Duration::from_secs(300))?.max(base_ejection_time);
+    let max_ejection_time =
+        d(&raw.max_ejection_time, "max_ejection_time", Duration::from_secs(300))?.max(base_ejection_time);
     let percent = value(&raw.max_ejection_percent, 10).min(100);
-    let max_ejection_percent = Percentage::new(f64::from(percent)).map_err(|e| FieldError::new("max_ejection_percent", e.reason))?;
+    let max_ejection_percent =
+        Percentage::new(f64::from(percent)).map_err(|e| FieldError::new("max_ejection_percent", e.reason))?;
     let consecutive_failures = if value(&raw.enforcing_consecutive_5xx, 100) == 0 {
         // Ejection on consecutive failures disabled: an unreachable threshold keeps mesh from ejecting.
         u32::MAX

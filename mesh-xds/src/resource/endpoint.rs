@@ -44,14 +44,27 @@ pub(crate) fn parse(raw: &ClusterLoadAssignment) -> FieldResult<LoadAssignment> 
             };
             let address = match endpoint.address.as_ref().and_then(|a| a.address.as_ref()) {
                 Some(Address::SocketAddress(s)) => s,
-                _ => return Err(FieldError::new(format!("{field}.endpoint.address.socket_address"), "missing (pipes and internal addresses are not supported)")),
+                _ => {
+                    return Err(FieldError::new(
+                        format!("{field}.endpoint.address.socket_address"),
+                        "missing (pipes and internal addresses are not supported)",
+                    ));
+                }
             };
             let ip: IpAddr = address.address.parse().map_err(|_| {
-                FieldError::new(format!("{field}.endpoint.address.socket_address.address"), format!("{:?} is not an IP address", address.address))
+                FieldError::new(
+                    format!("{field}.endpoint.address.socket_address.address"),
+                    format!("{:?} is not an IP address", address.address),
+                )
             })?;
             let port = match address.port_specifier {
                 Some(PortSpecifier::PortValue(p)) if p > 0 && p <= u32::from(u16::MAX) => p as u16,
-                _ => return Err(FieldError::new(format!("{field}.endpoint.address.socket_address.port_value"), "missing or out of range")),
+                _ => {
+                    return Err(FieldError::new(
+                        format!("{field}.endpoint.address.socket_address.port_value"),
+                        "missing or out of range",
+                    ));
+                }
             };
             let weight = lb.load_balancing_weight.as_ref().map_or(1, |w| w.value);
             if weight == 0 {

@@ -1,7 +1,10 @@
 //! HTTP filters of the client's listener: the fault filter (gRFC A33) and the router (gRFC A39).
 
 use envoy_types::pb::envoy::{
-    extensions::filters::{common::fault::v3::fault_delay::FaultDelaySecifier, http::fault::v3::{HttpFault, fault_abort::ErrorType}},
+    extensions::filters::{
+        common::fault::v3::fault_delay::FaultDelaySecifier,
+        http::fault::v3::{HttpFault, fault_abort::ErrorType},
+    },
     r#type::v3::{FractionalPercent, fractional_percent::DenominatorType},
 };
 use mesh_core::policy::{Fault, FaultAbort, FaultDelay, Percentage};
@@ -19,7 +22,12 @@ pub(crate) fn percent(p: &FractionalPercent, field: &str) -> FieldResult<Percent
         Ok(DenominatorType::Hundred) => 100.0,
         Ok(DenominatorType::TenThousand) => 10_000.0,
         Ok(DenominatorType::Million) => 1_000_000.0,
-        Err(_) => return Err(FieldError::new(format!("{field}.denominator"), format!("unknown denominator {}", p.denominator))),
+        Err(_) => {
+            return Err(FieldError::new(
+                format!("{field}.denominator"),
+                format!("unknown denominator {}", p.denominator),
+            ));
+        }
     };
     // Above 100% is 100%, as Envoy and gRPC read it.
     let percent = (f64::from(p.numerator) / denominator * 100.0).min(100.0);
@@ -41,7 +49,8 @@ fn http_status_for_grpc(code: u32) -> Option<u16> {
 
 /// Checks a fault filter config (gRFC A33) and turns it into mesh's fault policy.
 pub(crate) fn fault(config: &HttpFault, field: &str) -> FieldResult<Fault> {
-    let unsupported = |name: &str, what: &str| Err(FieldError::new(format!("{field}.{name}"), format!("{what} is not supported")));
+    let unsupported =
+        |name: &str, what: &str| Err(FieldError::new(format!("{field}.{name}"), format!("{what} is not supported")));
     if !config.headers.is_empty() {
         return unsupported("headers", "a fault limited to requests with given headers");
     }
@@ -63,7 +72,10 @@ pub(crate) fn fault(config: &HttpFault, field: &str) -> FieldResult<Fault> {
         let fixed = match &delay.fault_delay_secifier {
             Some(FaultDelaySecifier::FixedDelay(d)) => duration(d, &format!("{field}.fixed_delay"))?,
             Some(FaultDelaySecifier::HeaderDelay(_)) => {
-                return Err(FieldError::new(format!("{field}.header_delay"), "a delay read from request headers is not supported"));
+                return Err(FieldError::new(
+                    format!("{field}.header_delay"),
+                    "a delay read from request headers is not supported",
+                ));
             }
             None => return Err(FieldError::new(format!("{field}.fixed_delay"), "missing")),
         };
@@ -74,7 +86,9 @@ pub(crate) fn fault(config: &HttpFault, field: &str) -> FieldResult<Fault> {
         let field = format!("{field}.abort");
         let status = match abort.error_type {
             Some(ErrorType::HttpStatus(s)) if (200..600).contains(&s) => s as u16,
-            Some(ErrorType::HttpStatus(s)) => return Err(FieldError::new(format!("{field}.http_status"), format!("{s} is not an HTTP status"))),
+            Some(ErrorType::HttpStatus(s)) => {
+                return Err(FieldError::new(format!("{field}.http_status"), format!("{s} is not an HTTP status")));
+            }
             Some(ErrorType::GrpcStatus(code)) => http_status_for_grpc(code).ok_or_else(|| {
                 FieldError::new(
                     format!("{field}.grpc_status"),
@@ -82,7 +96,10 @@ pub(crate) fn fault(config: &HttpFault, field: &str) -> FieldResult<Fault> {
                 )
             })?,
             Some(ErrorType::HeaderAbort(_)) => {
-                return Err(FieldError::new(format!("{field}.header_abort"), "an abort read from request headers is not supported"));
+                return Err(FieldError::new(
+                    format!("{field}.header_abort"),
+                    "an abort read from request headers is not supported",
+                ));
             }
             None => return Err(FieldError::new(format!("{field}.error_type"), "missing")),
         };

@@ -33,7 +33,8 @@ pub(crate) enum RouteSource {
     Inline(route::RouteConfig),
 }
 
-const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const HCM: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 
 pub(crate) fn parse(raw: &RawListener) -> FieldResult<Listener> {
     let api = raw
@@ -74,9 +75,17 @@ fn parse_hcm(hcm: &HttpConnectionManager) -> FieldResult<Listener> {
         let typed = match &f.config_type {
             Some(ConfigType::TypedConfig(any)) => any,
             Some(ConfigType::ConfigDiscovery(_)) => {
-                return Err(FieldError::new(format!("{field}.config_discovery"), "filter config discovery is not supported"));
+                return Err(FieldError::new(
+                    format!("{field}.config_discovery"),
+                    "filter config discovery is not supported",
+                ));
             }
-            None => return Err(FieldError::new(format!("{field}.typed_config"), format!("filter {:?} has no config", f.name))),
+            None => {
+                return Err(FieldError::new(
+                    format!("{field}.typed_config"),
+                    format!("filter {:?} has no config", f.name),
+                ));
+            }
         };
         match typed.type_url.as_str() {
             filter::ROUTER if Some(i) == last => router = true,
@@ -99,10 +108,11 @@ fn parse_hcm(hcm: &HttpConnectionManager) -> FieldResult<Listener> {
     if !router {
         return Err(FieldError::new("http_filters", "the last filter must be the router"));
     }
-    let max_stream_duration = match hcm.common_http_protocol_options.as_ref().and_then(|o| o.max_stream_duration.as_ref()) {
-        Some(d) => Some(duration(d, "common_http_protocol_options.max_stream_duration")?).filter(|d| !d.is_zero()),
-        None => None,
-    };
+    let max_stream_duration =
+        match hcm.common_http_protocol_options.as_ref().and_then(|o| o.max_stream_duration.as_ref()) {
+            Some(d) => Some(duration(d, "common_http_protocol_options.max_stream_duration")?).filter(|d| !d.is_zero()),
+            None => None,
+        };
     Ok(Listener { routes, fault, max_stream_duration })
 }
 

@@ -32,7 +32,8 @@ pub enum ResourceType {
 
 impl ResourceType {
     /// Every type, in the order of the cascade.
-    pub const ALL: [ResourceType; 4] = [Self::Listener, Self::RouteConfiguration, Self::Cluster, Self::ClusterLoadAssignment];
+    pub const ALL: [ResourceType; 4] =
+        [Self::Listener, Self::RouteConfiguration, Self::Cluster, Self::ClusterLoadAssignment];
 
     /// The type URL.
     pub fn type_url(self) -> &'static str {
@@ -137,7 +138,8 @@ pub(crate) fn decode_any<M: Message + Default + prost::Name>(any: &Any, field: &
     if any.type_url != M::type_url() {
         return Err(FieldError::new(field, format!("expected {}, got {}", M::type_url(), any.type_url)));
     }
-    M::decode(any.value.as_slice()).map_err(|e| FieldError::new(field, format!("cannot decode {}: {e}", M::full_name())))
+    M::decode(any.value.as_slice())
+        .map_err(|e| FieldError::new(field, format!("cannot decode {}: {e}", M::full_name())))
 }
 
 /// A protobuf duration as a `Duration`; negative or out-of-range ones are errors.
@@ -185,10 +187,10 @@ pub(crate) fn decode(
             (name, parsed)
         }
         ResourceType::RouteConfiguration => {
-            let raw = envoy_types::pb::envoy::config::route::v3::RouteConfiguration::decode(bytes).map_err(undecodable)?;
+            let raw =
+                envoy_types::pb::envoy::config::route::v3::RouteConfiguration::decode(bytes).map_err(undecodable)?;
             let name = raw.name.clone();
-            let parsed =
-                route::parse(&raw).map(Resource::RouteConfiguration).map_err(|e| e.into_resource(kind, &name));
+            let parsed = route::parse(&raw).map(Resource::RouteConfiguration).map_err(|e| e.into_resource(kind, &name));
             (name, parsed)
         }
         ResourceType::Cluster => {
@@ -223,4 +225,3 @@ fn unwrap_resource(any: &Any) -> FieldResult<std::borrow::Cow<'_, Any>> {
     let wrapped = Wrapped::decode(any.value.as_slice()).map_err(|e| FieldError::new("resource", e.to_string()))?;
     wrapped.resource.map(std::borrow::Cow::Owned).ok_or_else(|| FieldError::new("resource.resource", "missing"))
 }
-

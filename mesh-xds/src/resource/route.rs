@@ -6,9 +6,11 @@ use std::{collections::HashMap, time::Duration};
 use envoy_types::pb::{
     envoy::{
         config::route::v3::{
-            FilterConfig, HeaderMatcher, RetryPolicy as RawRetry, Route as RawRoute, RouteAction,
-            RouteConfiguration, RouteMatch as RawMatch, VirtualHost as RawVirtualHost,
-            header_matcher::HeaderMatchSpecifier, route::Action, route_action::{ClusterSpecifier, hash_policy::PolicySpecifier},
+            FilterConfig, HeaderMatcher, RetryPolicy as RawRetry, Route as RawRoute, RouteAction, RouteConfiguration,
+            RouteMatch as RawMatch, VirtualHost as RawVirtualHost,
+            header_matcher::HeaderMatchSpecifier,
+            route::Action,
+            route_action::{ClusterSpecifier, hash_policy::PolicySpecifier},
             route_match::PathSpecifier,
         },
         extensions::filters::http::fault::v3::HttpFault,
@@ -88,7 +90,12 @@ fn parse_route(raw: &RawRoute, index: usize) -> FieldResult<XdsRoute> {
         .map_err(|e| e.within("match"))?;
     let action = match &raw.action {
         Some(Action::Route(action)) => action,
-        Some(_) => return Err(FieldError::new("action", "only route actions are supported (no redirect, direct response or non-forwarding action)")),
+        Some(_) => {
+            return Err(FieldError::new(
+                "action",
+                "only route actions are supported (no redirect, direct response or non-forwarding action)",
+            ));
+        }
         None => return Err(FieldError::new("action", "missing")),
     };
     let mut route = parse_action(action).map_err(|e| e.within("route"))?;
@@ -107,7 +114,10 @@ fn parse_action(action: &RouteAction) -> FieldResult<XdsRoute> {
             for (i, c) in w.clusters.iter().enumerate() {
                 let field = format!("weighted_clusters.clusters[{i}]");
                 if !c.typed_per_filter_config.is_empty() {
-                    return Err(FieldError::new(format!("{field}.typed_per_filter_config"), "filter overrides per weighted cluster are not supported"));
+                    return Err(FieldError::new(
+                        format!("{field}.typed_per_filter_config"),
+                        "filter overrides per weighted cluster are not supported",
+                    ));
                 }
                 if c.name.is_empty() {
                     return Err(FieldError::new(format!("{field}.name"), "empty (cluster_header is not supported)"));
@@ -116,12 +126,19 @@ fn parse_action(action: &RouteAction) -> FieldResult<XdsRoute> {
             }
             let total: u64 = clusters.iter().map(|(_, w)| u64::from(*w)).sum();
             if total == 0 || total > u64::from(u32::MAX) {
-                return Err(FieldError::new("weighted_clusters", format!("the weights add up to {total}: must be 1 to 2^32-1")));
+                return Err(FieldError::new(
+                    "weighted_clusters",
+                    format!("the weights add up to {total}: must be 1 to 2^32-1"),
+                ));
             }
             clusters
         }
-        Some(ClusterSpecifier::ClusterHeader(_)) => return Err(FieldError::new("cluster_header", "routing on a header's cluster name is not supported")),
-        Some(_) => return Err(FieldError::new("cluster_specifier_plugin", "cluster specifier plugins are not supported")),
+        Some(ClusterSpecifier::ClusterHeader(_)) => {
+            return Err(FieldError::new("cluster_header", "routing on a header's cluster name is not supported"));
+        }
+        Some(_) => {
+            return Err(FieldError::new("cluster_specifier_plugin", "cluster specifier plugins are not supported"));
+        }
         None => return Err(FieldError::new("cluster_specifier", "missing")),
     };
     let timeout = match &action.max_stream_duration {
@@ -138,15 +155,27 @@ fn parse_action(action: &RouteAction) -> FieldResult<XdsRoute> {
         match &policy.policy_specifier {
             Some(PolicySpecifier::Header(h)) => {
                 if h.regex_rewrite.is_some() {
-                    return Err(FieldError::new(format!("{field}.header.regex_rewrite"), "rewriting the hashed header is not supported"));
+                    return Err(FieldError::new(
+                        format!("{field}.header.regex_rewrite"),
+                        "rewriting the hashed header is not supported",
+                    ));
                 }
-                let name = HeaderName::new(&h.header_name).map_err(|e| FieldError::new(format!("{field}.header.header_name"), e.to_string()))?;
+                let name = HeaderName::new(&h.header_name)
+                    .map_err(|e| FieldError::new(format!("{field}.header.header_name"), e.to_string()))?;
                 hash_header.get_or_insert(name);
             }
             _ => return Err(FieldError::new(field, "only header hash policies are supported")),
         }
     }
-    Ok(XdsRoute { name: String::new(), matches: RouteMatch::default(), clusters, retry, timeout, fault: None, hash_header })
+    Ok(XdsRoute {
+        name: String::new(),
+        matches: RouteMatch::default(),
+        clusters,
+        retry,
+        timeout,
+        fault: None,
+        hash_header,
+    })
 }
 
 fn parse_match(m: &RawMatch) -> FieldResult<RouteMatch> {
@@ -173,15 +202,27 @@ fn parse_match(m: &RawMatch) -> FieldResult<RouteMatch> {
     };
     out.path = path;
     if let Some(fraction) = &m.runtime_fraction {
-        let share = fraction.default_value.as_ref().map(|p| filter::percent(p, "runtime_fraction.default_value")).transpose()?;
+        let share = fraction
+            .default_value
+            .as_ref()
+            .map(|p| filter::percent(p, "runtime_fraction.default_value"))
+            .transpose()?;
         if share.is_some_and(|p| p.get() < 100.0) {
-            return Err(FieldError::new("runtime_fraction", "matching a fraction of requests is not supported (only 100%)"));
+            return Err(FieldError::new(
+                "runtime_fraction",
+                "matching a fraction of requests is not supported (only 100%)",
+            ));
         }
     }
     for (i, h) in m.headers.iter().enumerate() {
         out.headers.push(header(h).map_err(|e| e.within(&format!("headers[{i}]")))?);
     }
-    if m.grpc.is_some() || m.tls_context.is_some() || !m.dynamic_metadata.is_empty() || !m.filter_state.is_empty() || !m.cookies.is_empty() {
+    if m.grpc.is_some()
+        || m.tls_context.is_some()
+        || !m.dynamic_metadata.is_empty()
+        || !m.filter_state.is_empty()
+        || !m.cookies.is_empty()
+    {
         return Err(FieldError::new("match", "only path, header and runtime fraction matchers are supported"));
     }
     Ok(out)
@@ -204,17 +245,24 @@ fn header(h: &HeaderMatcher) -> FieldResult<HeaderMatch> {
     if h.invert_match {
         return Err(FieldError::new("invert_match", "inverted header matches are not supported"));
     }
-    let re = |pattern: String| HeaderMatch::regex(name.clone(), &format!("^(?:{pattern})$")).map_err(|e| FieldError::new("regex", e.to_string()));
+    let re = |pattern: String| {
+        HeaderMatch::regex(name.clone(), &format!("^(?:{pattern})$"))
+            .map_err(|e| FieldError::new("regex", e.to_string()))
+    };
     match &h.header_match_specifier {
         Some(HeaderMatchSpecifier::ExactMatch(v)) => Ok(HeaderMatch::exact(name, v.clone())),
         Some(HeaderMatchSpecifier::PresentMatch(true)) => Ok(HeaderMatch::present(name)),
-        Some(HeaderMatchSpecifier::PresentMatch(false)) => Err(FieldError::new("present_match", "matching an absent header is not supported")),
+        Some(HeaderMatchSpecifier::PresentMatch(false)) => {
+            Err(FieldError::new("present_match", "matching an absent header is not supported"))
+        }
         Some(HeaderMatchSpecifier::SafeRegexMatch(r)) => re(r.regex.clone()),
         Some(HeaderMatchSpecifier::PrefixMatch(p)) => re(format!("{}.*", escape(p))),
         Some(HeaderMatchSpecifier::SuffixMatch(s)) => re(format!(".*{}", escape(s))),
         Some(HeaderMatchSpecifier::ContainsMatch(s)) => re(format!(".*{}.*", escape(s))),
         Some(HeaderMatchSpecifier::StringMatch(m)) => string_match(&name, m).map_err(|e| e.within("string_match")),
-        Some(HeaderMatchSpecifier::RangeMatch(_)) => Err(FieldError::new("range_match", "range matches are not supported")),
+        Some(HeaderMatchSpecifier::RangeMatch(_)) => {
+            Err(FieldError::new("range_match", "range matches are not supported"))
+        }
         None => Ok(HeaderMatch::present(name)),
     }
 }
@@ -228,10 +276,13 @@ fn string_match(name: &HeaderName, m: &StringMatcher) -> FieldResult<HeaderMatch
         Some(MatchPattern::Suffix(s)) => format!(".*{}", escape(s)),
         Some(MatchPattern::Contains(s)) => format!(".*{}.*", escape(s)),
         Some(MatchPattern::SafeRegex(r)) => r.regex.clone(),
-        Some(MatchPattern::Custom(_)) => return Err(FieldError::new("custom", "custom string matchers are not supported")),
+        Some(MatchPattern::Custom(_)) => {
+            return Err(FieldError::new("custom", "custom string matchers are not supported"));
+        }
         None => return Err(FieldError::new("match_pattern", "missing")),
     };
-    HeaderMatch::regex(name.clone(), &format!("{case}^(?:{pattern})$")).map_err(|e| FieldError::new("regex", e.to_string()))
+    HeaderMatch::regex(name.clone(), &format!("{case}^(?:{pattern})$"))
+        .map_err(|e| FieldError::new("regex", e.to_string()))
 }
 
 /// A route's retry policy (gRFC A44), plus the conditions mesh retries on that gRPC does not:
@@ -267,7 +318,8 @@ fn retry(raw: &RawRetry) -> FieldResult<RetryPolicy> {
     let retries = raw.num_retries.as_ref().map_or(1, |n| n.value);
     policy.max_attempts = retries.saturating_add(1).min(5);
     if let Some(backoff) = &raw.retry_back_off {
-        let base = backoff.base_interval.as_ref().ok_or_else(|| FieldError::new("retry_back_off.base_interval", "missing"))?;
+        let base =
+            backoff.base_interval.as_ref().ok_or_else(|| FieldError::new("retry_back_off.base_interval", "missing"))?;
         let base = duration(base, "retry_back_off.base_interval")?;
         if base.is_zero() {
             return Err(FieldError::new("retry_back_off.base_interval", "must be longer than zero"));
@@ -290,7 +342,10 @@ fn retry(raw: &RawRetry) -> FieldResult<RetryPolicy> {
     for (i, p) in raw.retry_host_predicate.iter().enumerate() {
         // mesh's retries always avoid the endpoints that failed the request already.
         if p.name != "envoy.retry_host_predicates.previous_hosts" {
-            return Err(FieldError::new(format!("retry_host_predicate[{i}]"), format!("{:?} is not supported (only previous_hosts)", p.name)));
+            return Err(FieldError::new(
+                format!("retry_host_predicate[{i}]"),
+                format!("{:?} is not supported (only previous_hosts)", p.name),
+            ));
         }
     }
     policy.validate().map_err(|e| FieldError::new(e.field, e.reason))?;
