@@ -2,6 +2,7 @@
 //! control plane (tests/xds_support) serves Istio-shaped resources; the greeter backends are mesh
 //! gRPC servers presenting SPIFFE certificates from a test CA; the client takes its identity from
 //! the bootstrap's `file_watcher` certificate provider, as Istio's grpc-agent template sets it up.
+#![allow(clippy::unwrap_used)] // helpers outside #[test] fns
 
 #[path = "grpc_support/mod.rs"]
 mod grpc_support;
