@@ -63,7 +63,10 @@ fn parse_common(common: &CommonTlsContext, ctx: &DecodeContext<'_>) -> FieldResu
             (None, Some(p.instance_name.clone()))
         }
         Some(_) => {
-            return Err(FieldError::new("validation_context_type", "only certificate provider instances are supported"));
+            return Err(FieldError::new(
+                "validation_context_type",
+                "only certificate provider instances are supported",
+            ));
         }
         None => (None, None),
     };

@@ -436,6 +436,9 @@ fn eds_picks_the_first_priority_with_healthy_endpoints() {
     assert_eq!(parsed.endpoints, [(addr(3), 3)]);
     la.endpoints[0].lb_endpoints[1].health_status = 0; // UNKNOWN: usable
     assert_eq!(crate::resource::endpoint::parse(&la).unwrap().endpoints, [(addr(2), 1)]);
+    // As gRPC's client does, a locality without its name is refused.
+    la.endpoints[1].locality = None;
+    assert_eq!(crate::resource::endpoint::parse(&la).unwrap_err().field, "endpoints[1].locality");
 }
 
 #[test]

@@ -105,13 +105,21 @@ impl ControlPlane {
     }
 
     /// Changes the resources; every stream gets the new version of every type it watches.
-    pub fn update(&self, edit: impl FnOnce(&mut Resources)) {
+    /// Returns the new version.
+    pub fn update(&self, edit: impl FnOnce(&mut Resources)) -> String {
         let mut guard = self.state.resources.lock().unwrap();
         edit(&mut guard.1);
         guard.0 += 1;
         let version = guard.0;
         drop(guard);
         self.state.changed.send_replace(version);
+        version.to_string()
+    }
+
+    /// Waits until a client ACKs `version` of `type_url`.
+    pub async fn wait_ack(&self, type_url: &str, version: &str) {
+        let mut heard = self.heard();
+        heard.wait_for(|h| h.acks.iter().any(|(t, v)| t == type_url && v == version)).await.unwrap();
     }
 
     pub fn resources(&self) -> Resources {

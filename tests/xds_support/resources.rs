@@ -16,7 +16,7 @@ use envoy_types::pb::{
                 cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig},
             },
             core::v3::{
-                Address, AggregatedConfigSource, ConfigSource, SocketAddress, TransportSocket, address,
+                Address, AggregatedConfigSource, ConfigSource, Locality, SocketAddress, TransportSocket, address,
                 config_source::ConfigSourceSpecifier, socket_address::PortSpecifier, transport_socket,
             },
             endpoint::v3::{
@@ -196,10 +196,30 @@ pub fn cluster(name: &str, tls: Option<&str>) -> Cluster {
         eds_cluster_config: Some(EdsClusterConfig { eds_config: Some(ads()), service_name: name.into() }),
         connect_timeout: Some(Duration { seconds: 10, nanos: 0 }),
         lb_policy: 0, // ROUND_ROBIN
+        // gRPC upstreams speak HTTP/2 (what Istio sets for gRPC ports; Envoy reads it, gRPC and mesh
+        // always use HTTP/2).
+        typed_extension_protocol_options: [(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_owned(),
+            any(&http2()),
+        )]
+        .into(),
         transport_socket: tls.map(|spiffe_id| TransportSocket {
             name: "envoy.transport_sockets.tls".into(),
             config_type: Some(transport_socket::ConfigType::TypedConfig(any(&upstream_tls(spiffe_id)))),
         }),
+        ..Default::default()
+    }
+}
+
+fn http2() -> envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions {
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+        HttpProtocolOptions,
+        http_protocol_options::{ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config::ProtocolConfig},
+    };
+    HttpProtocolOptions {
+        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
+            protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(Default::default())),
+        })),
         ..Default::default()
     }
 }
@@ -242,6 +262,7 @@ pub fn load_assignment(name: &str, endpoints: &[SocketAddr]) -> ClusterLoadAssig
     ClusterLoadAssignment {
         cluster_name: name.into(),
         endpoints: vec![LocalityLbEndpoints {
+            locality: Some(Locality { region: "test".into(), zone: "test-a".into(), sub_zone: String::new() }),
             load_balancing_weight: Some(UInt32Value { value: 1 }),
             lb_endpoints: endpoints
                 .iter()

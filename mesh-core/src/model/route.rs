@@ -359,7 +359,7 @@ pub struct HeaderRegex(regex::Regex);
 
 /// A header match regex that does not compile.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid header regex {pattern:?}: {reason}")]
+#[error("invalid regex {pattern:?}: {reason}")]
 pub struct InvalidRegex {
     pattern: String,
     reason: String,

@@ -26,6 +26,10 @@ pub(crate) fn parse(raw: &ClusterLoadAssignment) -> FieldResult<LoadAssignment> 
     let mut by_priority: std::collections::BTreeMap<u32, Vec<(SocketAddr, u32)>> = Default::default();
     for (i, locality) in raw.endpoints.iter().enumerate() {
         let field = format!("endpoints[{i}]");
+        // gRFC A27 (and gRPC's xDS client): every locality names itself.
+        if locality.locality.is_none() {
+            return Err(FieldError::new(format!("{field}.locality"), "missing"));
+        }
         // gRFC A27: a locality with weight 0 (or none) gets no traffic.
         let locality_weight = locality.load_balancing_weight.as_ref().map_or(0, |w| w.value);
         let list = by_priority.entry(locality.priority).or_default();
