@@ -158,9 +158,8 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error + Send + Sync
                     match result {
                         Ok(response) => {
                             let subset = response.extensions().get::<Upstream>().and_then(|u| u.subset.clone());
-                            let cluster = subset
-                                .and_then(|s| xds.clusters(&service).get(&s).cloned())
-                                .unwrap_or_else(|| "unknown".into());
+                            let cluster =
+                                subset.and_then(|s| xds.cluster(&service, &s)).unwrap_or_else(|| "unknown".into());
                             *t.clusters.entry(cluster).or_default() += 1;
                         }
                         Err(status) => {

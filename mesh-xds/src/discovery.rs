@@ -90,6 +90,8 @@ pub(crate) struct Target {
     pub(crate) publisher: SnapshotPublisher,
     pub(crate) last: Option<Built>,
     pub(crate) last_error: Option<CascadeError>,
+    /// Every subset the target has had, and its cluster (the naming is fixed, so this only grows).
+    pub(crate) known: BTreeMap<SubsetName, String>,
 }
 
 /// State shared by the handle and the stream task.
@@ -217,10 +219,17 @@ impl XdsDiscovery {
         self.shared.status.subscribe()
     }
 
-    /// For the last snapshot published for `service`: the cluster behind each subset.
+    /// The cluster behind each subset of `service`, for every snapshot published so far (so a
+    /// response to a request routed before a change still finds its cluster).
     pub fn clusters(&self, service: &ServiceName) -> BTreeMap<SubsetName, String> {
         let targets = self.shared.targets.lock().unwrap_or_else(PoisonError::into_inner);
-        targets.get(service).and_then(|t| t.last.as_ref()).map(|b| b.clusters.clone()).unwrap_or_default()
+        targets.get(service).map(|t| t.known.clone()).unwrap_or_default()
+    }
+
+    /// The cluster behind `subset` of `service` (see [`clusters`](Self::clusters)).
+    pub fn cluster(&self, service: &ServiceName, subset: &SubsetName) -> Option<String> {
+        let targets = self.shared.targets.lock().unwrap_or_else(PoisonError::into_inner);
+        targets.get(service).and_then(|t| t.known.get(subset).cloned())
     }
 }
 
@@ -240,6 +249,7 @@ impl Discovery for XdsDiscovery {
             publisher: SnapshotPublisher::new(service.clone()),
             last: None,
             last_error: None,
+            known: BTreeMap::new(),
         });
         let watch = target.publisher.subscribe();
         drop(targets);

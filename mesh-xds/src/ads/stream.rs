@@ -238,6 +238,7 @@ impl Driver {
                     }
                     match ServiceSnapshot::new(service.clone(), built.spec.clone()) {
                         Ok(snapshot) => {
+                            target.known.extend(built.clusters.iter().map(|(s, c)| (s.clone(), c.clone())));
                             let _ = target.publisher.publish(snapshot);
                             target.last = Some(built);
                             target.last_error = None;
