@@ -127,9 +127,20 @@ struct PyClient {
 
 impl PyClient {
     fn spawn(python: &Path, target: &str, authority: Option<&str>, bootstrap: Option<&Path>) -> Self {
+        Self::spawn_with(python, target, authority, bootstrap, CALLS, &[])
+    }
+
+    fn spawn_with(
+        python: &Path,
+        target: &str,
+        authority: Option<&str>,
+        bootstrap: Option<&Path>,
+        calls: usize,
+        env: &[(&str, &str)],
+    ) -> Self {
         let interop = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
         let mut cmd = tokio::process::Command::new(python);
-        cmd.arg(interop.join("xds_greeter_client.py")).arg(target).arg(CALLS.to_string());
+        cmd.arg(interop.join("xds_greeter_client.py")).arg(target).arg(calls.to_string()).envs(env.iter().copied());
         if let Some(a) = authority {
             cmd.arg(a);
         }
@@ -151,8 +162,11 @@ impl PyClient {
         if !first {
             self.child.stdin.as_mut().unwrap().write_all(b"next\n").await.unwrap();
         }
-        let line =
-            tokio::time::timeout(Duration::from_secs(120), self.lines.next_line()).await.unwrap().unwrap().unwrap();
+        let line = tokio::time::timeout(Duration::from_secs(120), self.lines.next_line())
+            .await
+            .expect("the python client gave no result in 120 s")
+            .unwrap()
+            .expect("the python client exited without a result (its stderr is above)");
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         let n = |k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0) as usize;
         Counts {
@@ -341,4 +355,55 @@ async fn envoy_agrees_with_mesh() {
     let mut py = PyClient::spawn(&python, &envoy_addr.to_string(), Some(&listener()), None);
     let mesh = MeshPeer::start(res).await;
     cross_check("envoy", &cp, async |first| py.round(first).await, &mesh).await;
+}
+
+/// gRPC's xDS credentials read the same Istio-shaped TLS contexts mesh reads (the certificate
+/// provider instance in both fields, the roots, the exact SPIFFE ID): grpcio calls an endpoint
+/// presenting the expected identity and refuses one presenting another, as mesh does
+/// (`tests/xds_traffic.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcio_reads_the_same_tls_contexts_and_refuses_the_same_endpoint() {
+    let Some(python) = peer("MESH_XDS_PYTHON", "target/xds-grpc-venv/bin/python", "a python with grpcio") else {
+        return;
+    };
+    let ca = mesh::core::identity::dev::DevCa::new("cluster.local".parse().unwrap()).unwrap();
+    let reviews = "spiffe://cluster.local/ns/default/sa/reviews";
+    let good = grpc_support::serve(
+        mesh::core::IdentitySource::fixed(ca.identity("/ns/default/sa/reviews").unwrap()),
+        grpc_support::Options { version: "v1", ..Default::default() },
+    )
+    .await;
+    let intruder = grpc_support::serve(
+        mesh::core::IdentitySource::fixed(ca.identity("/ns/default/sa/ratings").unwrap()),
+        grpc_support::Options { version: "v2", ..Default::default() },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let me = ca.issue("/ns/default/sa/productpage").unwrap();
+    std::fs::write(dir.path().join("cert.pem"), &me.cert_pem).unwrap();
+    std::fs::write(dir.path().join("key.pem"), &me.key_pem).unwrap();
+    std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).unwrap();
+    for (subset, expect_ok) in [("v1", true), ("v2", false)] {
+        let mut res = Resources::default();
+        res.set(&listener(), &r::client_listener(&listener()));
+        res.set(&listener(), &r::route_config(&listener(), HOST, PORT, &[(&cluster(subset), 1)]));
+        for (s, addr) in [("v1", good.handle.local_addr()), ("v2", intruder.handle.local_addr())] {
+            res.set(&cluster(s), &r::cluster(&cluster(s), Some(reviews)));
+            res.set(&cluster(s), &r::load_assignment(&cluster(s), &[addr]));
+        }
+        let cp = ControlPlane::start(res).await;
+        let sub = tempfile::tempdir().unwrap();
+        let bootstrap = xds_support::bootstrap(sub.path(), cp.addr, Some(dir.path()));
+        let env = [("MESH_XDS_CREDENTIALS", "xds"), ("MESH_XDS_FAIL_FAST", if expect_ok { "0" } else { "1" })];
+        let mut py = PyClient::spawn_with(&python, &format!("xds:///{}", listener()), None, Some(&bootstrap), 20, &env);
+        let counts = py.round(true).await;
+        eprintln!("grpcio with xDS credentials to {subset}: {counts:?}");
+        if expect_ok {
+            assert_eq!((counts.v1, counts.errors), (20, 0), "{counts:?}");
+        } else {
+            assert_eq!((counts.v2, counts.errors), (0, 20), "{counts:?}");
+            assert_eq!(intruder.seen.calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+        }
+        assert!(cp.heard().borrow().nacks.is_empty(), "grpcio NACKed: {:?}", cp.heard().borrow().nacks);
+    }
 }

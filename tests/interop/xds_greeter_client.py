@@ -7,20 +7,27 @@ usage: xds_greeter_client.py TARGET N [AUTHORITY]
 Sends N calls (each waits for the channel to be ready, so no sleeping before the first), then
 prints one JSON line: {"v1": n, "v2": n, "errors": n, "first_error": "CODE: DETAILS" or null}.
 Then reads stdin: each line runs another round, until stdin closes.
+
+With MESH_XDS_CREDENTIALS=xds the channel uses gRPC's xDS credentials: mTLS as the clusters'
+UpstreamTlsContext says, with the bootstrap's certificate providers. With MESH_XDS_FAIL_FAST=1,
+calls do not wait for the channel to be ready: they fail once it is in TRANSIENT_FAILURE.
 """
+import os
 import json
 import sys
 
 import grpc
+import grpc.experimental
 
 from helloworld import decode, encode
 
 
 def run_round(say_hello, n):
     counts, first = {"errors": 0}, None
+    wait = os.environ.get("MESH_XDS_FAIL_FAST") != "1"
     for _ in range(n):
         try:
-            reply = say_hello("xds", timeout=30, wait_for_ready=True)
+            reply = say_hello("xds", timeout=30, wait_for_ready=wait)
             version = reply.split(" from ", 1)[1].split(",", 1)[0]
             counts[version] = counts.get(version, 0) + 1
         except grpc.RpcError as error:
@@ -33,7 +40,12 @@ def run_round(say_hello, n):
 def main():
     target, n = sys.argv[1], int(sys.argv[2])
     options = [("grpc.default_authority", sys.argv[3])] if len(sys.argv) > 3 else []
-    with grpc.insecure_channel(target, options=options) as channel:
+    if os.environ.get("MESH_XDS_CREDENTIALS") == "xds":
+        credentials = grpc.xds_channel_credentials(fallback_credentials=grpc.experimental.insecure_channel_credentials())
+        channel = grpc.secure_channel(target, credentials, options=options)
+    else:
+        channel = grpc.insecure_channel(target, options=options)
+    with channel:
         say_hello = channel.unary_unary(
             "/helloworld.Greeter/SayHello", request_serializer=encode, response_deserializer=decode
         )
