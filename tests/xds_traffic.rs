@@ -353,3 +353,46 @@ async fn a_listener_that_does_not_exist_is_reported_after_the_timeout() {
     );
     assert!(watch.current().is_none());
 }
+
+/// The bootstrap's other ways to the control plane: a Unix socket (`unix:///…`, how Istio's
+/// grpc-agent serves xDS to the application) and TLS (`channel_creds` `tls`, verifying the
+/// control plane against `ca_certificate_file`, presenting a client certificate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_over_a_unix_socket_and_over_tls() {
+    let ca = DevCa::new("cluster.local".parse().unwrap()).unwrap();
+    let v1 = serve(backend_identity(&ca), Options { version: "v1", ..Default::default() }).await;
+    let res = resources(&[("v1", 100)], &[("v1", vec![v1.handle.local_addr()])]);
+    let dir = tempfile::tempdir().unwrap();
+    write_client_certs(&ca, dir.path());
+    let socket = dir.path().join("XDS");
+    let _unix = ControlPlane::start_unix(&socket, res.clone()).await;
+    let server = ca
+        .issue_with(
+            &mesh::core::identity::dev::LeafSpec::new(
+                &"spiffe://cluster.local/ns/istio-system/sa/istiod".parse().unwrap(),
+            )
+            .dns("localhost"),
+        )
+        .unwrap();
+    let tls = ControlPlane::start_tls(res, &server.cert_pem, &server.key_pem).await;
+    let tls_creds = serde_json::json!([{"type": "tls", "config": {
+        "ca_certificate_file": dir.path().join("ca.pem"),
+        "certificate_file": dir.path().join("cert.pem"), "private_key_file": dir.path().join("key.pem")}}]);
+    let insecure = serde_json::json!([{"type": "insecure"}]);
+    let cases = [
+        (format!("unix://{}", socket.display()), insecure, "unix"),
+        (format!("dns:///localhost:{}", tls.addr.port()), tls_creds, "tls"),
+    ];
+    for (uri, creds, sub) in cases {
+        let sub = dir.path().join(sub);
+        std::fs::create_dir(&sub).unwrap();
+        let bootstrap = xds_support::bootstrap_for(&sub, &uri, creds, Some(dir.path()));
+        let xds = XdsDiscovery::builder(Bootstrap::from_file(&bootstrap).unwrap()).build().unwrap();
+        let service = xds.target(&listener()).unwrap();
+        let channel =
+            MeshChannel::builder(xds.clone(), service).identity(xds.identity("default").unwrap()).build().unwrap();
+        let (a, b, errors) = traffic(&GreeterClient::new(channel), 20, 2).await;
+        assert!(errors.is_empty(), "{uri}: {errors:?}");
+        assert_eq!((a, b), (20, 0), "{uri}");
+    }
+}

@@ -88,20 +88,53 @@ impl ControlPlane {
 
     /// Starts on `addr` (a restart binds the port its predecessor had).
     pub async fn start_on(addr: SocketAddr, resources: Resources) -> Self {
+        Self::start_with(addr, resources, None).await
+    }
+
+    /// Starts with TLS, presenting `cert`/`key` (PEM).
+    pub async fn start_tls(resources: Resources, cert: &str, key: &str) -> Self {
+        let tls = tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(cert, key));
+        Self::start_with("127.0.0.1:0".parse().unwrap(), resources, Some(tls)).await
+    }
+
+    async fn start_with(
+        addr: SocketAddr,
+        resources: Resources,
+        tls: Option<tonic::transport::ServerTlsConfig>,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let (state, service) = Self::service(resources);
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls).unwrap();
+        }
+        let server = tokio::spawn(async move {
+            let _ = builder.add_service(service).serve_with_incoming(incoming).await;
+        });
+        Self { addr, state, server }
+    }
+
+    /// Starts on a Unix socket, as Istio's grpc-agent serves xDS to the application.
+    pub async fn start_unix(path: &Path, resources: Resources) -> Self {
+        let listener = tokio::net::UnixListener::bind(path).unwrap();
+        let (state, service) = Self::service(resources);
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        let server = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await;
+        });
+        Self { addr: "0.0.0.0:0".parse().unwrap(), state, server }
+    }
+
+    fn service(resources: Resources) -> (Arc<State>, AggregatedDiscoveryServiceServer<Ads>) {
         let state = Arc::new(State {
             resources: Mutex::new((1, resources)),
             changed: watch::channel(1).0,
             heard: watch::channel(Heard::default()).0,
             killed: watch::channel(false).0,
         });
-        let service = AggregatedDiscoveryServiceServer::new(Ads { state: state.clone() });
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        let server = tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await;
-        });
-        Self { addr, state, server }
+        (state.clone(), AggregatedDiscoveryServiceServer::new(Ads { state }))
     }
 
     /// Changes the resources; every stream gets the new version of every type it watches.
@@ -267,8 +300,13 @@ async fn send(
 /// A bootstrap file for a client of `cp`, with a `file_watcher` provider `default` over `certs`
 /// (`cert.pem`, `key.pem`, `ca.pem`) when given.
 pub fn bootstrap(dir: &Path, cp: SocketAddr, certs: Option<&Path>) -> PathBuf {
+    bootstrap_for(dir, &cp.to_string(), serde_json::json!([{"type": "insecure"}]), certs)
+}
+
+/// A bootstrap for the control plane at `server_uri`, reached with `channel_creds`.
+pub fn bootstrap_for(dir: &Path, server_uri: &str, channel_creds: serde_json::Value, certs: Option<&Path>) -> PathBuf {
     let mut json = serde_json::json!({
-        "xds_servers": [{"server_uri": cp.to_string(), "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
+        "xds_servers": [{"server_uri": server_uri, "channel_creds": channel_creds, "server_features": ["xds_v3"]}],
         "node": {"id": "sidecar~127.0.0.1~client.default~default.svc.cluster.local", "cluster": "client.default",
                  "metadata": {"GENERATOR": "grpc", "NAMESPACE": "default"}, "locality": {"zone": "test"}},
     });
