@@ -99,6 +99,7 @@ async fn traffic(client: &GreeterClient<MeshChannel>, n: usize, concurrency: usi
                     match client.say_hello(hello("xds")).await {
                         Ok(reply) if reply.get_ref().message.contains(" from v1,") => v1 += 1,
                         Ok(reply) if reply.get_ref().message.contains(" from v2,") => v2 += 1,
+                        Ok(reply) if reply.get_ref().message.contains(" from v3,") => {}
                         Ok(reply) => errors.push(format!("unexpected reply {:?}", reply.get_ref().message)),
                         Err(status) => errors.push(status.to_string()),
                     }
@@ -395,4 +396,89 @@ async fn the_control_plane_over_a_unix_socket_and_over_tls() {
         assert!(errors.is_empty(), "{uri}: {errors:?}");
         assert_eq!((a, b), (20, 0), "{uri}");
     }
+}
+
+/// Istio's retry policy, a `max_stream_duration` and a VirtualService-style fault, pushed over xDS,
+/// act on real calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_timeouts_and_faults_from_xds_act_on_calls() {
+    use envoy_types::pb::{
+        envoy::{
+            config::route::v3::{route::Action, route_action::MaxStreamDuration},
+            extensions::filters::http::fault::v3::{FaultAbort, HttpFault, fault_abort::ErrorType},
+            r#type::v3::FractionalPercent,
+        },
+        google::protobuf::Duration as PbDuration,
+    };
+    let ca = DevCa::new("cluster.local".parse().unwrap()).unwrap();
+    let flaky = serve(
+        backend_identity(&ca),
+        Options { version: "v1", behaviour: grpc_support::Behaviour::FailFirstAttempts, ..Default::default() },
+    )
+    .await;
+    let (dropped, mut handler_dropped) = tokio::sync::mpsc::unbounded_channel();
+    let hang = serve(
+        backend_identity(&ca),
+        Options { version: "v2", behaviour: grpc_support::Behaviour::Hang(dropped), ..Default::default() },
+    )
+    .await;
+    let healthy = serve(backend_identity(&ca), Options { version: "v3", ..Default::default() }).await;
+    let endpoints = [
+        ("v1", vec![flaky.handle.local_addr()]),
+        ("v2", vec![hang.handle.local_addr()]),
+        ("v3", vec![healthy.handle.local_addr()]),
+    ];
+    let s = setup(ca, resources(&[("v3", 100)], &endpoints)).await;
+    let mut watch = s.xds.watch(&s.service);
+    wait_snapshot(&mut watch, |snap| weights(snap) == [1]).await;
+
+    // Istio's default retry_on has `unavailable`. mesh bounds retries with the destination's
+    // budget (20% of recent calls, plus 10 a second): 50 calls earn at least 10 retries.
+    let (_, _, errors) = traffic(&s.client, 50, 2).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    s.cp.update(|res| set_routes(res, &[("v1", 100)]));
+    let v1 = mesh::xds::subset_for_cluster(&cluster("v1"));
+    wait_snapshot(&mut watch, |snap| snap.subsets().iter().all(|s| s.name == v1)).await;
+    // Every first attempt on v1 fails; every call succeeds on its retry.
+    let (a, _, errors) = traffic(&s.client, 5, 1).await;
+    assert!(errors.is_empty() && a == 5, "{errors:?}");
+    assert_eq!(*flaky.seen.previous_attempts.lock().unwrap(), vec!["1".to_owned(); 5]);
+
+    // max_stream_duration (gRFC A31) bounds a call to an endpoint that never answers.
+    s.cp.update(|res| {
+        let mut rc = r::route_config(&listener(), HOST, PORT, &[(&cluster("v2"), 1)]);
+        if let Some(Action::Route(action)) = &mut rc.virtual_hosts[0].routes[0].action {
+            action.max_stream_duration = Some(MaxStreamDuration {
+                max_stream_duration: Some(PbDuration { seconds: 0, nanos: 300_000_000 }),
+                ..Default::default()
+            });
+        }
+        res.set(&listener(), &rc);
+    });
+    wait_snapshot(&mut watch, |snap| snap.routes()[0].timeout == Some(Duration::from_millis(300))).await;
+    let started = std::time::Instant::now();
+    let err = s.client.clone().say_hello(hello("slow")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err}");
+    assert!(started.elapsed() >= Duration::from_millis(300), "{:?}", started.elapsed());
+    handler_dropped.recv().await.unwrap();
+
+    // A fault override on the route (a VirtualService `fault.abort`) fails calls before they leave.
+    let calls = flaky.seen.calls.load(Ordering::SeqCst);
+    s.cp.update(|res| {
+        let mut rc = r::route_config(&listener(), HOST, PORT, &[(&cluster("v1"), 1)]);
+        let abort = HttpFault {
+            abort: Some(FaultAbort {
+                error_type: Some(ErrorType::GrpcStatus(14)),
+                percentage: Some(FractionalPercent { numerator: 100, denominator: 0 }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        rc.virtual_hosts[0].routes[0].typed_per_filter_config.insert("envoy.filters.http.fault".into(), r::any(&abort));
+        res.set(&listener(), &rc);
+    });
+    wait_snapshot(&mut watch, |snap| snap.routes()[0].fault.is_some()).await;
+    let err = s.client.clone().say_hello(hello("x")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
+    assert_eq!(flaky.seen.calls.load(Ordering::SeqCst), calls, "an aborted call reached the endpoint");
 }

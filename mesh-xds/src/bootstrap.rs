@@ -72,6 +72,9 @@ pub struct XdsServer {
     pub target: ServerTarget,
     /// The channel credentials: the first of `channel_creds` we support.
     pub credentials: ChannelCredentials,
+    /// `server_features` holds `ignore_resource_deletion` (gRFC A53): a Listener or Cluster left
+    /// out of a response is kept rather than deleted.
+    pub ignore_resource_deletion: bool,
 }
 
 /// A control plane address.
@@ -223,6 +226,13 @@ fn parse_server(value: &Value, field: &str) -> Result<XdsServer, BootstrapError>
         }
         Some(_) => return Err(BootstrapError::invalid(format!("{field}.channel_creds"), "not a list")),
     };
+    let ignore_resource_deletion = match server.get("server_features") {
+        None | Some(Value::Null) => false,
+        Some(Value::Array(features)) => features.iter().any(|f| f.as_str() == Some("ignore_resource_deletion")),
+        Some(_) => return Err(BootstrapError::invalid(format!("{field}.server_features"), "not a list")),
+    };
+    let server =
+        |credentials| XdsServer { uri: uri.to_owned(), target: target.clone(), credentials, ignore_resource_deletion };
     let mut seen = Vec::new();
     for (i, cred) in creds.iter().enumerate() {
         let field = format!("{field}.channel_creds[{i}]");
@@ -230,13 +240,8 @@ fn parse_server(value: &Value, field: &str) -> Result<XdsServer, BootstrapError>
         let kind =
             string(cred, "type", &field)?.ok_or_else(|| BootstrapError::invalid(format!("{field}.type"), "missing"))?;
         match kind {
-            "insecure" => {
-                return Ok(XdsServer { uri: uri.to_owned(), target, credentials: ChannelCredentials::Insecure });
-            }
-            "tls" => {
-                let credentials = parse_tls_creds(cred.get("config"), &format!("{field}.config"))?;
-                return Ok(XdsServer { uri: uri.to_owned(), target, credentials });
-            }
+            "insecure" => return Ok(server(ChannelCredentials::Insecure)),
+            "tls" => return Ok(server(parse_tls_creds(cred.get("config"), &format!("{field}.config"))?)),
             other => seen.push(other.to_owned()),
         }
     }
@@ -356,6 +361,7 @@ mod tests {
         let b = Bootstrap::from_json(ISTIO).unwrap();
         assert_eq!(b.server.target, ServerTarget::Unix("/etc/istio/proxy/XDS".into()));
         assert_eq!(b.server.credentials, ChannelCredentials::Insecure);
+        assert!(!b.server.ignore_resource_deletion);
         assert_eq!(b.node.cluster, "reviews.default");
         assert_eq!(b.node.locality.zone, "eu-1");
         assert_eq!(b.node.metadata["GENERATOR"], "grpc");
@@ -415,6 +421,21 @@ mod tests {
         );
         assert_eq!(field(&format!(r#"{base}"certificate_providers": {{"p": {{"plugin_name": "file_watcher", "config": {{"certificate_file": "c", "private_key_file": "k"}}}}}}}}"#)).as_deref(),
             Some("certificate_providers.p.config.ca_certificate_file"));
+    }
+
+    #[test]
+    fn server_features() {
+        let b = Bootstrap::from_json(
+            r#"{"xds_servers": [{"server_uri": "a:1", "channel_creds": [{"type": "insecure"}],
+                "server_features": ["xds_v3", "ignore_resource_deletion"]}]}"#,
+        )
+        .unwrap();
+        assert!(b.server.ignore_resource_deletion);
+        let err = Bootstrap::from_json(
+            r#"{"xds_servers": [{"server_uri": "a:1", "channel_creds": [{"type": "insecure"}], "server_features": "x"}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.field(), Some("xds_servers[0].server_features"));
     }
 
     #[test]

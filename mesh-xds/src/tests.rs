@@ -215,10 +215,16 @@ fn lds_and_cds_responses_are_complete_but_rds_and_eds_are_not() {
     let la = f::load_assignment(&cluster("v1"), &[addr(1)]);
     assert_eq!(h.feed(response(ResourceType::ClusterLoadAssignment, "2", "e", vec![f::any(&la)])), None);
     assert_eq!(h.snapshot().unwrap().unwrap().endpoints().len(), 2);
-    // An LDS response without the listener deletes it.
+    // An LDS response without the listener deletes it...
     assert_eq!(h.feed(response(ResourceType::Listener, "2", "f", vec![])), None);
     let err = h.snapshot().unwrap_err();
     assert_eq!(err, CascadeError::DoesNotExist { kind: ResourceType::Listener, name: LISTENER.into() });
+    // ...unless the server has the feature ignore_resource_deletion (gRFC A53).
+    let mut h = Harness::new();
+    h.state = AdsState::new(Node::default(), Duration::from_secs(15)).ignoring_deletions(true);
+    h.full();
+    assert_eq!(h.feed(response(ResourceType::Listener, "2", "f", vec![])), None);
+    assert!(h.snapshot().unwrap().is_some());
 }
 
 #[test]

@@ -34,7 +34,7 @@ use envoy_types::pb::{
         },
         extensions::{
             filters::{
-                http::router::v3::Router,
+                http::{fault::v3::HttpFault, router::v3::Router},
                 network::http_connection_manager::v3::{
                     HttpConnectionManager, HttpFilter, Rds, http_connection_manager::RouteSpecifier, http_filter,
                 },
@@ -77,11 +77,19 @@ fn hcm(route_config_name: &str) -> HttpConnectionManager {
             config_source: Some(ads()),
             route_config_name: route_config_name.into(),
         })),
-        http_filters: vec![HttpFilter {
-            name: "envoy.filters.http.router".into(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(any(&Router::default()))),
-            ..Default::default()
-        }],
+        // istiod's grpcgen: the fault filter (empty; routes override it), then the router.
+        http_filters: vec![
+            HttpFilter {
+                name: "envoy.filters.http.fault".into(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(any(&HttpFault::default()))),
+                ..Default::default()
+            },
+            HttpFilter {
+                name: "envoy.filters.http.router".into(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(any(&Router::default()))),
+                ..Default::default()
+            },
+        ],
         ..Default::default()
     }
 }

@@ -60,12 +60,21 @@ pub(crate) struct AdsState {
     resource_timeout: Duration,
     /// The node goes with the first request of each stream only.
     node_sent: bool,
+    /// gRFC A53: LDS and CDS resources left out of a response are kept.
+    ignore_resource_deletion: bool,
 }
 
 impl AdsState {
     pub(crate) fn new(node: Node, resource_timeout: Duration) -> Self {
         let types = ResourceType::ALL.into_iter().map(|t| (t, TypeState::default())).collect();
-        Self { node, types, resource_timeout, node_sent: false }
+        Self { node, types, resource_timeout, node_sent: false, ignore_resource_deletion: false }
+    }
+
+    /// Keeps LDS and CDS resources that a response leaves out (the server feature
+    /// `ignore_resource_deletion`, gRFC A53).
+    pub(crate) fn ignoring_deletions(mut self, ignore: bool) -> Self {
+        self.ignore_resource_deletion = ignore;
+        self
     }
 
     pub(crate) fn get(&self, kind: ResourceType) -> &TypeState {
@@ -175,6 +184,7 @@ impl AdsState {
                 Err(e) => errors.push(e.to_string()),
             }
         }
+        let deletes = kind.response_is_complete() && errors.is_empty() && !self.ignore_resource_deletion;
         let t = self.get_mut(kind);
         t.nonce = response.nonce.clone();
         for (name, result) in decoded {
@@ -192,7 +202,7 @@ impl AdsState {
                 Err(e) => entry.error = Some(e),
             }
         }
-        if kind.response_is_complete() && errors.is_empty() {
+        if deletes {
             for name in &t.wanted {
                 if !seen.contains(name) && t.cache.get(name).is_some_and(|e| e.good.is_some()) {
                     t.cache.insert(name.clone(), Entry { missing: true, ..Entry::default() });

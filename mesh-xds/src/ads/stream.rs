@@ -71,7 +71,8 @@ pub(crate) async fn run(
         (nanos as u64) ^ u64::from(std::process::id())
     });
     let mut backoff = Backoff::new(options.backoff_initial, options.backoff_max, seed);
-    let state = AdsState::new(node(&bootstrap), options.resource_timeout);
+    let state = AdsState::new(node(&bootstrap), options.resource_timeout)
+        .ignoring_deletions(bootstrap.server.ignore_resource_deletion);
     let mut driver = Driver { shared, bootstrap, options, state };
     // Wait for the first watch before connecting.
     if wake.recv().await.is_none() {
