@@ -126,6 +126,10 @@ async fn wait_snapshot(watch: &mut SnapshotWatch, cond: impl FnMut(&ServiceSnaps
         .unwrap();
 }
 
+fn weights_of(s: &ServiceSnapshot) -> Vec<u32> {
+    weights(s)
+}
+
 fn weights(s: &ServiceSnapshot) -> Vec<u32> {
     s.routes().first().map(|r| r.targets.iter().map(|t| t.weight.get()).collect()).unwrap_or_default()
 }
@@ -140,50 +144,59 @@ async fn weight_changes_apply_live_without_failures() {
     let mut watch = s.xds.watch(&s.service);
     wait_snapshot(&mut watch, |snap| weights(snap) == [90, 10]).await;
 
-    // Background load across every change: not one call may fail.
-    let background = {
+    // The split, measured with nothing else in flight: mesh's shares are exact, so within a few.
+    let (a, b, errors) = traffic(&s.client, 1000, 4).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!((90..=110).contains(&b), "90/10: v1 {a}, v2 {b}");
+    eprintln!("90/10: v1 {a}, v2 {b}");
+
+    // Each change is pushed under load: not one call may fail while it applies.
+    let change = async |weights: &[(&str, u32)], expected: &[u32]| {
         let client = s.client.clone();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
-        let task = tokio::spawn(async move {
-            let (mut ok, mut errors) = (0usize, Vec::new());
+        let (progress, mut done) = tokio::sync::watch::channel(0usize);
+        let load = tokio::spawn(async move {
+            let mut errors = Vec::new();
             while !flag.load(Ordering::Relaxed) {
                 let (a, b, mut e) = traffic(&client, 8, 4).await;
-                ok += a + b;
+                progress.send_modify(|n| *n += a + b + e.len());
                 errors.append(&mut e);
             }
-            (ok, errors)
+            (*progress.borrow(), errors)
         });
-        (stop, task)
+        // Calls before the change, while it applies, and after it.
+        done.wait_for(|n| *n >= 40).await.unwrap();
+        s.cp.update(|res| set_routes(res, weights));
+        let mut watch = s.xds.watch(&s.service);
+        wait_snapshot(&mut watch, |snap| weights_of(snap) == expected).await;
+        let applied = *done.borrow();
+        done.wait_for(|n| *n >= applied + 40).await.unwrap();
+        stop.store(true, Ordering::Relaxed);
+        let (calls, errors) = load.await.unwrap();
+        assert!(
+            errors.is_empty(),
+            "during the change to {weights:?}: {} failures: {:?}",
+            errors.len(),
+            &errors[..errors.len().min(5)]
+        );
+        calls
     };
 
+    let during = change(&[("v1", 50), ("v2", 50)], &[50, 50]).await;
     let (a, b, errors) = traffic(&s.client, 1000, 4).await;
     assert!(errors.is_empty(), "{errors:?}");
-    assert!((80..=120).contains(&b), "90/10: v1 {a}, v2 {b}");
-    eprintln!("90/10: v1 {a}, v2 {b}");
+    assert!((490..=510).contains(&b), "50/50: v1 {a}, v2 {b}");
+    eprintln!("50/50: v1 {a}, v2 {b} ({during} calls during the change, 0 failed)");
 
-    s.cp.update(|res| set_routes(res, &[("v1", 50), ("v2", 50)]));
-    wait_snapshot(&mut watch, |snap| weights(snap) == [50, 50]).await;
-    let (a, b, errors) = traffic(&s.client, 1000, 4).await;
-    assert!(errors.is_empty(), "{errors:?}");
-    assert!((450..=550).contains(&b), "50/50: v1 {a}, v2 {b}");
-    eprintln!("50/50: v1 {a}, v2 {b}");
-
-    s.cp.update(|res| set_routes(res, &[("v1", 0), ("v2", 100)]));
-    wait_snapshot(&mut watch, |snap| weights(snap) == [100]).await;
-    // The background load ran through every change without one failure.
-    let (stop, task) = background;
-    stop.store(true, Ordering::Relaxed);
-    let (ok, errors) = task.await.unwrap();
-    assert!(errors.is_empty(), "background: {} failures: {:?}", errors.len(), &errors[..errors.len().min(5)]);
-    assert!(ok > 0);
+    let during = change(&[("v1", 0), ("v2", 100)], &[100]).await;
     // Nothing in flight now: after 0/100, not one call reaches v1.
     let v1_calls = v1.seen.calls.load(Ordering::SeqCst);
     let (a, b, errors) = traffic(&s.client, 1000, 4).await;
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!((a, b), (0, 1000), "0/100");
     assert_eq!(v1.seen.calls.load(Ordering::SeqCst), v1_calls, "a call reached v1 after 0/100");
-    eprintln!("0/100: v1 {a}, v2 {b}; background calls {ok}, 0 failed");
+    eprintln!("0/100: v1 {a}, v2 {b} ({during} calls during the change, 0 failed)");
     // The client ACKed every version, and the cluster v1 is no longer watched.
     let heard = s.cp.heard().borrow().clone();
     assert!(heard.nacks.is_empty(), "{:?}", heard.nacks);

@@ -84,7 +84,6 @@ pub(crate) async fn run(
             Err(e) => Err(e),
         };
         driver.state.on_stream_end();
-        driver.shared.status.send_modify(|s| s.connected = false);
         match result {
             Ok(()) => return, // every handle dropped
             Err(error) => {
@@ -92,6 +91,8 @@ pub(crate) async fn run(
                 driver.report(|| error.to_string());
             }
         }
+        // After the report, so a reader woken by the status sees the error beside the snapshot.
+        driver.shared.status.send_modify(|s| s.connected = false);
         let delay = backoff.next_delay();
         let sleep = tokio::time::sleep(delay);
         tokio::pin!(sleep);
