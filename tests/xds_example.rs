@@ -4,8 +4,8 @@
 //! control plane moves the traffic from v1 to v2 and then sends a bad cluster: the example follows
 //! the first live, NACKs the second, and fails no call.
 //!
-//! `cargo build --features xds --example xds-client` first (`.ci/run` does); without the binary
-//! the test skips, unless `MESH_INTEROP=1`: then it fails.
+//! `cargo build --features xds --examples` first (`.ci/run` does); without the binaries the tests
+//! skip, unless `MESH_INTEROP=1`: then they fail.
 #![allow(clippy::unwrap_used)] // helpers outside #[test] fns
 
 #[path = "grpc_support/mod.rs"]
@@ -34,12 +34,16 @@ fn cluster(subset: &str) -> String {
 }
 
 fn example() -> Option<PathBuf> {
+    built("xds-client", "cargo build --features xds --example xds-client")
+}
+
+fn built(name: &str, how: &str) -> Option<PathBuf> {
     let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().and_then(|deps| deps.parent()).unwrap().join("examples").join("xds-client");
+    let path = exe.parent().and_then(|deps| deps.parent()).unwrap().join("examples").join(name);
     if path.exists() {
         return Some(path);
     }
-    let why = format!("{} is not built (cargo build --features xds --example xds-client)", path.display());
+    let why = format!("{} is not built ({how})", path.display());
     if std::env::var("MESH_INTEROP").as_deref() == Ok("1") {
         panic!("MESH_INTEROP=1 but {why}");
     }
@@ -141,4 +145,78 @@ async fn the_example_follows_the_control_plane_live_and_reports_json() {
     assert_eq!(on("v2") as usize, *v2_calls.borrow(), "{json}");
     // At most 300 calls a second: 600 calls take at least 2 s (the first goes at t=0).
     assert!(elapsed >= Duration::from_millis(1990), "{elapsed:?}");
+}
+
+/// Starts `examples/greeter-server` presenting `spiffe_id`; returns the process and its address.
+async fn greeter_server(
+    binary: &std::path::Path,
+    dir: &std::path::Path,
+    ca: &DevCa,
+    version: &str,
+) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
+    let cert = ca.issue("/ns/default/sa/reviews").unwrap();
+    let (cert_file, key_file) = (dir.join(format!("{version}.pem")), dir.join(format!("{version}-key.pem")));
+    std::fs::write(&cert_file, &cert.cert_pem).unwrap();
+    std::fs::write(&key_file, &cert.key_pem).unwrap();
+    let mut child = tokio::process::Command::new(binary)
+        .args(["--listen", "127.0.0.1:0", "--version", version, "--ca"])
+        .arg(dir.join("ca.pem"))
+        .arg("--cert")
+        .arg(&cert_file)
+        .arg("--key")
+        .arg(&key_file)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line()).await.unwrap().unwrap().unwrap();
+    let addr = first.strip_prefix("listening on ").unwrap().to_owned();
+    (child, addr)
+}
+
+/// The example against two `greeter-server` processes, as the issue's contract says: the split
+/// comes from the control plane, mTLS from the bootstrap's certificate provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_splits_across_greeter_server_processes() {
+    let Some(example) = example() else { return };
+    let Some(server) = built("greeter-server", "cargo build --examples") else { return };
+    let ca = DevCa::new("cluster.local".parse().unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).unwrap();
+    let (_v1, a1) = greeter_server(&server, dir.path(), &ca, "v1").await;
+    let (_v2, a2) = greeter_server(&server, dir.path(), &ca, "v2").await;
+    let listener = format!("{HOST}:9080");
+    let mut res = Resources::default();
+    res.set(&listener, &r::client_listener(&listener));
+    res.set(&listener, &r::route_config(&listener, HOST, 9080, &[(&cluster("v1"), 70), (&cluster("v2"), 30)]));
+    for (subset, addr) in [("v1", &a1), ("v2", &a2)] {
+        res.set(&cluster(subset), &r::cluster(&cluster(subset), Some(REVIEWS)));
+        res.set(&cluster(subset), &r::load_assignment(&cluster(subset), &[addr.parse().unwrap()]));
+    }
+    let cp = ControlPlane::start(res).await;
+    let me = ca.issue("/ns/default/sa/productpage").unwrap();
+    std::fs::write(dir.path().join("cert.pem"), &me.cert_pem).unwrap();
+    std::fs::write(dir.path().join("key.pem"), &me.key_pem).unwrap();
+    let bootstrap = xds_support::bootstrap(dir.path(), cp.addr, Some(dir.path()));
+    let output = tokio::process::Command::new(example)
+        .arg("--bootstrap")
+        .arg(&bootstrap)
+        .args(["--target", &listener, "--requests", "400", "--concurrency", "4", "--json"])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    let json: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    eprintln!("{json}");
+    assert_eq!(
+        (json["requests"].as_u64(), json["errors"].as_u64(), json["nacks"].as_u64()),
+        (Some(400), Some(0), Some(0))
+    );
+    let on = |subset: &str| json["clusters"][cluster(subset)].as_u64().unwrap_or(0);
+    assert_eq!(on("v1") + on("v2"), 400, "{json}");
+    // mesh's weighted split is exact (a low-discrepancy sequence): 30% of 400, give or take a few.
+    assert!((110..=130).contains(&on("v2")), "{json}");
 }

@@ -25,13 +25,15 @@
 //! See `docs/xds.md` for what is supported, gRFC by gRFC.
 
 mod ads;
-pub mod bootstrap;
+mod bootstrap;
 mod cascade;
 mod discovery;
 mod resource;
 mod security;
 
-pub use crate::bootstrap::{Bootstrap, BootstrapError};
+pub use crate::bootstrap::{
+    Bootstrap, BootstrapError, CertificateProvider, ChannelCredentials, Locality, Node, ServerTarget, XdsServer,
+};
 pub use crate::cascade::{CascadeError, subset_for_cluster};
 pub use crate::discovery::{XdsDiscovery, XdsDiscoveryBuilder, XdsError, XdsStatus};
 pub use crate::resource::{ResourceError, ResourceType};
