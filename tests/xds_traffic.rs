@@ -495,3 +495,57 @@ async fn retries_timeouts_and_faults_from_xds_act_on_calls() {
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err}");
     assert_eq!(flaky.seen.calls.load(Ordering::SeqCst), calls, "an aborted call reached the endpoint");
 }
+
+/// A `RING_HASH` cluster and a route hashing a header (gRFC A42): the same header value goes to the
+/// same endpoint, and different values spread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ring_hash_from_xds_keeps_a_header_on_one_endpoint() {
+    use envoy_types::pb::envoy::config::route::v3::{
+        route::Action,
+        route_action::{
+            HashPolicy,
+            hash_policy::{Header, PolicySpecifier},
+        },
+    };
+    let ca = DevCa::new("cluster.local".parse().unwrap()).unwrap();
+    let backends = [
+        serve(backend_identity(&ca), Options { version: "v1", ..Default::default() }).await,
+        serve(backend_identity(&ca), Options { version: "v1", ..Default::default() }).await,
+        serve(backend_identity(&ca), Options { version: "v1", ..Default::default() }).await,
+    ];
+    let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.handle.local_addr()).collect();
+    let mut res = resources(&[("v1", 100)], &[("v1", addrs)]);
+    let mut c = r::cluster(&cluster("v1"), Some(REVIEWS));
+    c.lb_policy = 2; // RING_HASH
+    res.set(&cluster("v1"), &c);
+    let mut rc = r::route_config(&listener(), HOST, PORT, &[(&cluster("v1"), 1)]);
+    if let Some(Action::Route(action)) = &mut rc.virtual_hosts[0].routes[0].action {
+        action.hash_policy.push(HashPolicy {
+            policy_specifier: Some(PolicySpecifier::Header(Header {
+                header_name: "x-user".into(),
+                regex_rewrite: None,
+            })),
+            terminal: false,
+        });
+    }
+    res.set(&listener(), &rc);
+    let s = setup(ca, res).await;
+    let mut watch = s.xds.watch(&s.service);
+    wait_snapshot(&mut watch, |snap| snap.policies().load_balancer.header.is_some()).await;
+    let calls = || backends.iter().map(|b| b.seen.calls.load(Ordering::SeqCst)).collect::<Vec<_>>();
+    let mut used = std::collections::BTreeSet::new();
+    for user in 0..20 {
+        let before = calls();
+        for _ in 0..5 {
+            let mut request = tonic::Request::new(hello("hash"));
+            request.metadata_mut().insert("x-user", format!("user-{user}").parse().unwrap());
+            s.client.clone().say_hello(request).await.unwrap();
+        }
+        let after = calls();
+        let hit: Vec<usize> = (0..3).filter(|i| after[*i] != before[*i]).collect();
+        assert_eq!(hit.len(), 1, "user-{user} spread over {hit:?}");
+        assert_eq!(after[hit[0]] - before[hit[0]], 5);
+        used.insert(hit[0]);
+    }
+    assert!(used.len() >= 2, "20 users all hashed to one endpoint of 3");
+}
