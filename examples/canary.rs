@@ -3,8 +3,8 @@
 //!
 //! ```text
 //! cargo run --example canary -- [--requests 20000] [--weights v1=90,v2=10] [--shift v1=50,v2=50]
-//!                                [--fail v2=0.3] [--retries on|off] [--concurrency 16] [--plaintext] [--json]
-//!                                [--otlp http://HOST:4317]
+//!                                [--fail v2=0.3] [--hang v2=0.5] [--timeout 200ms] [--retries on|off]
+//!                                [--concurrency 16] [--plaintext] [--json] [--otlp http://HOST:4317]
 //! ```
 //!
 //! `--otlp URL` (or the standard `OTEL_EXPORTER_OTLP_ENDPOINT`) exports a trace per request over
@@ -13,6 +13,10 @@
 //! telemetry layer computed them in process.
 //!
 //! `--fail SUBSET=RATE` makes that subset's backends answer 503 at that rate (seeded);
+//! `--hang SUBSET=RATE` makes that share of the subset's requests sleep past the route timeout
+//! (2 s, or twice the timeout if that is longer; seeded); `--timeout DURATION` sets the route's
+//! timeout (`200ms`, `1s`; none by default). A request that times out is an error, and counts
+//! against its subset in both sets of golden signals;
 //! `--retries on` (the default) retries 502/503/504 and connect failures up to 3 attempts within
 //! the retry budget, on another endpoint when there is one.
 //!
@@ -44,18 +48,17 @@ use mesh::{
     tower::{
         Upstream,
         client::MeshClient,
-        retry::{RetryBody, RetryLayer},
         server::{Server, ServerHandle},
-        telemetry::{SubsetSignals, TelemetryBody, TelemetryLayer, otlp},
+        telemetry::{SubsetSignals, TelemetryLayer, otlp},
     },
 };
 use tokio::sync::watch;
-use tower::{ServiceExt, util::BoxCloneService};
+use tower::ServiceExt;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
 const USAGE: &str = "usage: canary [--requests N] [--weights v1=W,v2=W] [--shift v1=W,v2=W] [--fail SUBSET=RATE] \
-                     [--retries on|off] [--concurrency N] [--plaintext] [--json] [--otlp http://HOST:PORT]";
+                     [--hang SUBSET=RATE] [--timeout DURATION] [--retries on|off] [--concurrency N] [--plaintext] [--json] [--otlp http://HOST:PORT]";
 
 struct Args {
     requests: usize,
@@ -63,22 +66,24 @@ struct Args {
     shift: Option<Vec<(String, u32)>>,
     concurrency: usize,
     fail: Vec<(String, f64)>,
+    hang: Vec<(String, f64)>,
+    timeout: Option<Duration>,
     retries: bool,
     plaintext: bool,
     json: bool,
     otlp: Option<String>,
 }
 
-fn parse_fail(text: &str) -> Result<Vec<(String, f64)>, String> {
+fn parse_rates(flag: &str, text: &str) -> Result<Vec<(String, f64)>, String> {
     text.split(',')
         .map(|pair| {
-            let (subset, rate) = pair.split_once('=').ok_or(format!("--fail: {pair:?} is not SUBSET=RATE"))?;
+            let (subset, rate) = pair.split_once('=').ok_or(format!("{flag}: {pair:?} is not SUBSET=RATE"))?;
             if subset != "v1" && subset != "v2" {
-                return Err(format!("--fail: unknown subset {subset:?} (this demo has v1 and v2)"));
+                return Err(format!("{flag}: unknown subset {subset:?} (this demo has v1 and v2)"));
             }
-            let rate: f64 = rate.parse().map_err(|_| format!("--fail: {rate:?} is not a rate"))?;
+            let rate: f64 = rate.parse().map_err(|_| format!("{flag}: {rate:?} is not a rate"))?;
             if !(0.0..=1.0).contains(&rate) {
-                return Err(format!("--fail: {rate} is not between 0 and 1"));
+                return Err(format!("{flag}: {rate} is not between 0 and 1"));
             }
             Ok((subset.to_owned(), rate))
         })
@@ -111,6 +116,8 @@ fn parse_args() -> Result<Args, String> {
         shift: None,
         concurrency: 16,
         fail: Vec::new(),
+        hang: Vec::new(),
+        timeout: None,
         retries: true,
         plaintext: false,
         json: false,
@@ -126,7 +133,16 @@ fn parse_args() -> Result<Args, String> {
             }
             "--weights" => args.weights = parse_weights("--weights", &value("--weights")?)?,
             "--shift" => args.shift = Some(parse_weights("--shift", &value("--shift")?)?),
-            "--fail" => args.fail = parse_fail(&value("--fail")?)?,
+            "--fail" => args.fail = parse_rates("--fail", &value("--fail")?)?,
+            "--hang" => args.hang = parse_rates("--hang", &value("--hang")?)?,
+            "--timeout" => {
+                let text = value("--timeout")?;
+                let timeout = humantime::parse_duration(&text).map_err(|e| format!("--timeout: {text:?}: {e}"))?;
+                if timeout.is_zero() {
+                    return Err("--timeout must be above 0".into());
+                }
+                args.timeout = Some(timeout);
+            }
             "--retries" => {
                 args.retries = match value("--retries")?.as_str() {
                     "on" => true,
@@ -150,10 +166,13 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-fn route(weights: &[(String, u32)], retries: bool) -> Result<Route, Error> {
+fn route(weights: &[(String, u32)], retries: bool, timeout: Option<Duration>) -> Result<Route, Error> {
     let mut route = Route::new(RouteName::new("reviews-default")?);
     for (subset, weight) in weights {
         route = route.with_target(subset.parse()?, Weight::new(*weight)?);
+    }
+    if let Some(timeout) = timeout {
+        route = route.with_timeout(timeout);
     }
     if retries {
         let mut policy = RetryPolicy::default();
@@ -163,38 +182,55 @@ fn route(weights: &[(String, u32)], retries: bool) -> Result<Route, Error> {
     Ok(route)
 }
 
-/// A backend that answers with its name, or 503 at `fail_rate` (seeded, so runs repeat).
+/// How a backend misbehaves: shares of its requests that fail or hang (seeded, so runs repeat).
+#[derive(Clone, Copy)]
+struct Misbehaviour {
+    fail_rate: f64,
+    hang_rate: f64,
+    hang: Duration,
+}
+
+/// A number in [0, 1) from a seeded splitmix64 sequence.
+fn roll(state: &AtomicU64) -> f64 {
+    let mut z = state.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// A backend that answers with its name, or 503, or late, as `misbehaviour` says.
 async fn start_backend(
     version: &str,
     name: String,
     identity: Option<IdentitySource>,
-    fail_rate: f64,
+    misbehaviour: Misbehaviour,
     received: Arc<AtomicUsize>,
     seed: u64,
 ) -> Result<ServerHandle, Error> {
-    let state = Arc::new(AtomicU64::new(seed));
+    let (fails, hangs) = (Arc::new(AtomicU64::new(seed)), Arc::new(AtomicU64::new(seed ^ 0x5EED)));
     let service = tower::service_fn(move |_req: http::Request<hyper::body::Incoming>| {
-        let (name, state) = (name.clone(), state.clone());
+        let (name, fails, hangs) = (name.clone(), fails.clone(), hangs.clone());
         received.fetch_add(1, Ordering::Relaxed);
         async move {
-            let mut z = state.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            let roll = (z >> 11) as f64 / (1u64 << 53) as f64;
+            if roll(&hangs) < misbehaviour.hang_rate {
+                tokio::time::sleep(misbehaviour.hang).await;
+            }
             let mut response = http::Response::new(name);
-            if roll < fail_rate {
+            if roll(&fails) < misbehaviour.fail_rate {
                 *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
             }
             Ok::<_, Infallible>(response)
         }
     });
-    let telemetry = TelemetryLayer::server("reviews".parse()?).version(version.parse()?);
-    let service = tower::ServiceBuilder::new().layer(telemetry).service(service);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let server = match identity {
         Some(identity) => Server::builder().identity(identity),
         None => Server::builder().plaintext(),
     };
+    // Handlers still sleeping when the run ends are cut off rather than waited for.
+    let server = server
+        .telemetry(TelemetryLayer::server("reviews".parse()?).version(version.parse()?))
+        .drain_timeout(Duration::from_millis(100));
     Ok(server.build()?.spawn(listener, service)?)
 }
 
@@ -260,17 +296,12 @@ async fn run(args: Args) -> Result<usize, Error> {
     let mut endpoints = Vec::new();
     let received = Arc::new(AtomicUsize::new(0));
     for (version, i) in [("v1", 0), ("v1", 1), ("v2", 0), ("v2", 1)] {
-        let fail_rate = args.fail.iter().find(|(s, _)| s == version).map_or(0.0, |(_, r)| *r);
+        let rate = |rates: &[(String, f64)]| rates.iter().find(|(s, _)| s == version).map_or(0.0, |(_, r)| *r);
+        let hang = args.timeout.map_or(Duration::from_secs(2), |t| (t * 2).max(Duration::from_secs(2)));
+        let misbehaviour = Misbehaviour { fail_rate: rate(&args.fail), hang_rate: rate(&args.hang), hang };
         let seed = 7 + i as u64 + if version == "v2" { 100 } else { 0 };
-        let handle = start_backend(
-            version,
-            format!("reviews-{version}-{i}"),
-            server_id.clone(),
-            fail_rate,
-            received.clone(),
-            seed,
-        )
-        .await?;
+        let name = format!("reviews-{version}-{i}");
+        let handle = start_backend(version, name, server_id.clone(), misbehaviour, received.clone(), seed).await?;
         endpoints.push(Endpoint::new(handle.local_addr()).with_label("version", version)?);
         backends.push(handle);
     }
@@ -282,26 +313,19 @@ async fn run(args: Args) -> Result<usize, Error> {
             .endpoints(endpoints)
             .subset(Subset::version("v1")?)
             .subset(Subset::version("v2")?)
-            .route(route(&args.weights, args.retries)?)
+            .route(route(&args.weights, args.retries, args.timeout)?)
             .build()?,
     );
-    // Spans, metrics and the golden signals per subset, outermost as in `build_stack`; the client
-    // below records every attempt into the attempt signals.
-    let telemetry = TelemetryLayer::client(service.clone());
-    let (golden, attempt_golden) = (telemetry.golden_signals(), telemetry.attempt_signals());
-    let client = MeshClient::builder(discovery.clone(), service.clone()).telemetry(telemetry.clone());
+    // The whole client stack: spans, metrics and the golden signals per subset of requests and
+    // of attempts; the route's split, timeout and retries.
+    let client = MeshClient::builder(discovery.clone(), service.clone());
     let client = match client_id {
         Some(identity) => client.identity(identity),
         None => client.plaintext(),
     }
-    .build::<RetryBody>()?;
-    // The retry layer reads each route's policy from the snapshot; without one it passes through.
-    let retry = RetryLayer::from_discovery(&discovery, &service);
-    let retry_stats = retry.stats();
-    // Boxed once here, so the callers' tasks hold a plain, `Send` service type.
-    type Response = http::Response<TelemetryBody<hyper::body::Incoming>>;
-    let client: BoxCloneService<http::Request<Empty<bytes::Bytes>>, Response, Error> =
-        BoxCloneService::new(tower::ServiceBuilder::new().layer(telemetry).layer(retry).service(client));
+    .build::<Empty<bytes::Bytes>>()?;
+    let (golden, attempt_golden) = (client.telemetry().golden_signals(), client.telemetry().attempt_signals());
+    let retry_stats = client.retry_stats();
 
     let show = |w: &[(String, u32)]| w.iter().map(|(s, w)| format!("{s}={w}")).collect::<Vec<_>>().join(",");
     if !args.json {
@@ -361,7 +385,7 @@ async fn run(args: Args) -> Result<usize, Error> {
         let half = args.requests / 2;
         done_rx.wait_for(|n| *n >= half).await?;
         discovery.update(&service, |spec| {
-            if let Ok(route) = route(shift, args.retries) {
+            if let Ok(route) = route(shift, args.retries, args.timeout) {
                 spec.routes = vec![route];
             }
         })?;

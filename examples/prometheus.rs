@@ -88,13 +88,16 @@ async fn backend(ca: &DevCa, version: &str, fail_percent: u64) -> Result<mesh::t
         }
     });
     let frontend = PrincipalMatch::Exact("spiffe://example.org/frontend".parse()?);
-    let service = tower::ServiceBuilder::new()
-        .layer(TelemetryLayer::server("reviews".parse()?).version(version.parse()?))
-        .layer(AuthorizationLayer::new(AuthorizationPolicy::enforce(vec![AuthorizationRule::allow(vec![frontend])])))
-        .service(app);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let identity = IdentitySource::fixed(ca.identity("/reviews")?);
-    Ok(Server::builder().identity(identity).build()?.spawn(listener, service)?)
+    // Telemetry, authorization, then the caller's deadline: the server's request stack.
+    let server = Server::builder()
+        .identity(identity)
+        .telemetry(TelemetryLayer::server("reviews".parse()?).version(version.parse()?))
+        .authorization(AuthorizationLayer::new(AuthorizationPolicy::enforce(vec![AuthorizationRule::allow(vec![
+            frontend,
+        ])])));
+    Ok(server.build()?.spawn(listener, app)?)
 }
 
 fn recorder() -> Result<PrometheusHandle, Error> {
@@ -128,14 +131,14 @@ async fn run(listen: &str, requests: usize) -> Result<(), Error> {
             .build()?,
     );
     let frontend = IdentitySource::fixed(ca.identity("/frontend")?);
-    let client = MeshClient::builder(discovery.clone(), reviews.clone()).identity(frontend).build_stack()?;
+    let client = MeshClient::builder(discovery.clone(), reviews.clone()).identity(frontend).build()?;
     for _ in 0..requests {
         let response = client.clone().oneshot(http::Request::get("/reviews/1").body(Full::default())?).await?;
         response.into_body().collect().await?;
     }
     // A caller the policy does not name: denied, and counted.
     let intruder = IdentitySource::fixed(ca.identity("/intruder")?);
-    let intruder = MeshClient::builder(discovery, reviews).identity(intruder).build_stack()?;
+    let intruder = MeshClient::builder(discovery, reviews).identity(intruder).build()?;
     let denied = intruder.oneshot(http::Request::get("/reviews/1").body(Full::default())?).await?;
     eprintln!("intruder: {}", denied.status());
 

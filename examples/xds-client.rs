@@ -38,7 +38,7 @@ use mesh::{
 /// The code generated from `examples/proto/helloworld/helloworld.proto` (by `build.rs`).
 #[allow(missing_docs, unreachable_pub)]
 mod pb {
-    tonic::include_proto!("helloworld");
+    include!("proto/gen/helloworld.rs");
 }
 
 use pb::{HelloRequest, greeter_client::GreeterClient};

@@ -59,8 +59,7 @@ async fn backend(version: &'static str, flaky: bool) -> ServerHandle {
     let telemetry =
         TelemetryLayer::server("reviews".parse().unwrap()).version(version.parse().unwrap()).access_log(true);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let service = tower::ServiceBuilder::new().layer(telemetry).service(app);
-    Server::builder().identity(identity("/backend")).build().unwrap().spawn(listener, service).unwrap()
+    Server::builder().identity(identity("/backend")).telemetry(telemetry).build().unwrap().spawn(listener, app).unwrap()
 }
 
 fn snapshot(v1: &ServerHandle, v2: &ServerHandle, retries: bool) -> ServiceSnapshot {
@@ -105,7 +104,7 @@ async fn access_log_and_golden_signals() {
     let client = MeshClient::builder(discovery.clone(), reviews.clone())
         .identity(identity("/web"))
         .telemetry(telemetry)
-        .build_stack()
+        .build()
         .unwrap();
 
     // One request, read to the end: one outbound and one inbound access-log entry.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Empty};
 use mesh::{
     core::{DiscoveryError, Endpoint, ServiceName, ServiceSnapshot, StaticDiscovery},
-    tower::client::{MeshClient, NoEndpoints, Protocol, Unresolved},
+    tower::client::{ClientError, ErrorKind, MeshClient, NoEndpoints, Protocol, Unresolved},
 };
 use support::{backend, backend_id, identity};
 use tower::ServiceExt;
@@ -66,7 +66,9 @@ async fn an_unknown_service_fails_with_unresolved_after_the_resolve_timeout() {
         .build::<Body>()
         .unwrap();
     let error = client.oneshot(get()).await.unwrap_err();
-    let unresolved = error.downcast_ref::<Unresolved>().expect("an Unresolved error");
+    let error = error.downcast_ref::<ClientError>().expect("a ClientError");
+    assert_eq!(error.kind(), ErrorKind::Unresolved);
+    let unresolved = error.find::<Unresolved>().expect("an Unresolved error");
     assert_eq!(unresolved.service(), &name());
     assert!(matches!(unresolved.cause(), Some(DiscoveryError::UnknownService(_))), "{unresolved}");
     assert!(error.to_string().contains("not known"), "{error}");
@@ -78,7 +80,10 @@ async fn an_empty_endpoint_set_fails_fast_with_no_endpoints() {
     discovery.set(ServiceSnapshot::builder(name()).identity(backend_id()).build().unwrap());
     let client = MeshClient::builder(discovery, name()).identity(identity("/web")).build::<Body>().unwrap();
     let error = client.oneshot(get()).await.unwrap_err();
-    assert_eq!(error.downcast_ref::<NoEndpoints>().expect("NoEndpoints").service(), &name());
+    let error = error.downcast_ref::<ClientError>().expect("a ClientError");
+    assert_eq!((error.kind(), error.attempts()), (ErrorKind::NoEndpoints, 0));
+    assert_eq!(error.find::<NoEndpoints>().expect("NoEndpoints").service(), &name());
+    assert!(error.to_string().starts_with("service reviews has no endpoint"), "{error}");
 }
 
 #[tokio::test]
@@ -90,6 +95,11 @@ async fn a_dead_endpoint_is_a_connect_error() {
         .set(ServiceSnapshot::builder(name()).identity(backend_id()).endpoint(Endpoint::new(addr)).build().unwrap());
     let client = MeshClient::builder(discovery, name()).identity(identity("/web")).build::<Body>().unwrap();
     let error = client.oneshot(get()).await.unwrap_err();
-    let transport = error.downcast_ref::<hyper_util::client::legacy::Error>().expect("a transport error");
+    let error = error.downcast_ref::<ClientError>().expect("a ClientError");
+    assert_eq!(error.kind(), ErrorKind::Connect, "{error}");
+    assert_eq!((error.endpoint(), error.attempts()), (Some(addr), 1));
+    let transport = error.find::<hyper_util::client::legacy::Error>().expect("a transport error");
     assert!(transport.is_connect(), "{error}");
+    // The cause comes first, in words, not hyper's "client error (Connect)".
+    assert!(error.to_string().starts_with(&format!("cannot connect to {addr}")), "{error}");
 }

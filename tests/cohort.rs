@@ -11,7 +11,6 @@ use mesh::{
     core::{Endpoint, Route, RouteName, ServiceName, ServiceSnapshot, StaticDiscovery, Subset, Weight},
     tower::{
         client::{ClientConfig, MeshClient},
-        context::ContextLayer,
         server::{Server, ServerHandle},
     },
 };
@@ -55,7 +54,7 @@ async fn service_a(version: &'static str, b: MeshClient<Body>) -> ServerHandle {
             Ok::<_, Infallible>(http::Response::new(format!("a-{version}/{}", String::from_utf8_lossy(&from_b))))
         }
     });
-    let service = tower::ServiceBuilder::new().layer(ContextLayer::new()).service(handler);
+    let service = handler;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     Server::builder().identity(identity("/backend")).build().unwrap().spawn(listener, service).unwrap()
 }

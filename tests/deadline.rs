@@ -11,8 +11,8 @@ use mesh::{
     core::{Endpoint, Route, RouteName, ServiceName, ServiceSnapshot, StaticDiscovery},
     tower::{
         client::MeshClient,
-        context::{self, ContextLayer},
-        retry::{RetryBody, RetryLayer, RouteTimeout},
+        client::{ClientError, ErrorKind, deadline::RouteTimeout},
+        context,
         server::{Server, ServerHandle},
     },
 };
@@ -62,17 +62,15 @@ async fn a_200ms_deadline_crosses_two_hops_and_cancels_the_last() {
     let (dropped_tx, mut dropped) = mpsc::unbounded_channel();
 
     // b: reports the time it has left, then works "forever".
-    let b = serve(tower::ServiceBuilder::new().layer(ContextLayer::new()).service(tower::service_fn(
-        move |_req: http::Request<hyper::body::Incoming>| {
-            let (seen_tx, dropped_tx) = (seen_tx.clone(), dropped_tx.clone());
-            async move {
-                let _ = seen_tx.send(context::remaining());
-                let _guard = Cancelled(dropped_tx);
-                tokio::time::sleep(Duration::from_secs(30)).await;
-                Ok::<_, Infallible>(http::Response::new(String::from("too late")))
-            }
-        },
-    )))
+    let b = serve(tower::service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+        let (seen_tx, dropped_tx) = (seen_tx.clone(), dropped_tx.clone());
+        async move {
+            let _ = seen_tx.send(context::remaining());
+            let _guard = Cancelled(dropped_tx);
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Ok::<_, Infallible>(http::Response::new(String::from("too late")))
+        }
+    }))
     .await;
     publish(&discovery, "b", b.local_addr(), None);
 
@@ -81,27 +79,28 @@ async fn a_200ms_deadline_crosses_two_hops_and_cancels_the_last() {
         .identity(identity("/a"))
         .build::<Empty<bytes::Bytes>>()
         .unwrap();
-    let a = serve(tower::ServiceBuilder::new().layer(ContextLayer::new()).service(tower::service_fn(
-        move |_req: http::Request<hyper::body::Incoming>| {
-            let to_b = to_b.clone();
-            async move {
-                let response = to_b.oneshot(http::Request::get("/").body(Empty::new()).unwrap()).await;
-                let status = response.map(|r| r.status().as_u16()).unwrap_or(502);
-                Ok::<_, Infallible>(http::Response::new(status.to_string()))
-            }
-        },
-    )))
+    let a = serve(tower::service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+        let to_b = to_b.clone();
+        async move {
+            let response = to_b.oneshot(http::Request::get("/").body(Empty::new()).unwrap()).await;
+            let status = response.map(|r| r.status().as_u16()).unwrap_or(502);
+            Ok::<_, Infallible>(http::Response::new(status.to_string()))
+        }
+    }))
     .await;
     publish(&discovery, "a", a.local_addr(), Some(Duration::from_millis(200)));
 
     // The caller: 200 ms on the route to a.
     let name: ServiceName = "a".parse().unwrap();
-    let client =
-        MeshClient::builder(discovery.clone(), name.clone()).identity(identity("/edge")).build::<RetryBody>().unwrap();
-    let client = tower::ServiceBuilder::new().layer(RetryLayer::from_discovery(&discovery, &name)).service(client);
+    let client = MeshClient::builder(discovery.clone(), name.clone())
+        .identity(identity("/edge"))
+        .build::<Full<bytes::Bytes>>()
+        .unwrap();
     let error =
         client.oneshot(http::Request::get("/").body(Full::new(bytes::Bytes::new())).unwrap()).await.unwrap_err();
-    let timeout = error.downcast_ref::<RouteTimeout>().expect("the caller gives up with RouteTimeout");
+    let error = error.downcast_ref::<ClientError>().expect("a ClientError");
+    assert_eq!(error.kind(), ErrorKind::Timeout);
+    let timeout = error.find::<RouteTimeout>().expect("the caller gives up with RouteTimeout");
     assert_eq!(timeout.0, Duration::from_millis(200));
 
     let left = seen.recv().await.unwrap().expect("b has a deadline");

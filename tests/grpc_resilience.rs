@@ -19,7 +19,7 @@ use grpc_support::{Behaviour, Options, greeter, hello, pb::greeter_client::Greet
 use mesh::{
     core::{PathMatch, Route, RouteMatch, ServiceSnapshot, StaticDiscovery, Subset, Weight, policy::RetryPolicy},
     tonic::MeshChannel,
-    tower::client::{ClientConfig, MeshClient, Protocol},
+    tower::client::ClientConfig,
 };
 use support::{backend_id, identity};
 use tokio::sync::mpsc;
@@ -161,13 +161,9 @@ async fn a_deadline_ends_as_deadline_exceeded_on_both_sides() {
     assert!(started.elapsed() >= Duration::from_millis(200));
     assert_eq!(handler_dropped.recv().await, Some("the handler was dropped"), "the server stops working too");
 
-    // The server side: a bare client that does not enforce deadlines itself hears the server's
-    // DEADLINE_EXCEEDED, and the handler is dropped.
-    let bare = MeshClient::builder(discovery.clone(), greeter())
-        .identity(identity("/frontend"))
-        .protocol(Protocol::Http2)
-        .build::<tonic::body::Body>()
-        .unwrap();
+    // The server side: a hand-wired client (rustls and hyper, no deadline of its own) hears the
+    // server's DEADLINE_EXCEEDED, and the handler is dropped.
+    let bare = hand_wired_h2(backend.handle.local_addr()).await;
     let mut request = tonic::Request::new(hello("slow"));
     request.set_timeout(Duration::from_millis(200));
     let status = GreeterClient::new(bare).say_hello(request).await.unwrap_err();
@@ -175,4 +171,82 @@ async fn a_deadline_ends_as_deadline_exceeded_on_both_sides() {
     assert_eq!(status.message(), "the caller's deadline passed; the server cancelled the call");
     assert_eq!(handler_dropped.recv().await, Some("the handler was dropped"));
     backend.handle.shutdown().await.unwrap();
+}
+
+/// An HTTP/2 connection over mTLS to `addr`, wired by hand with rustls and hyper: a client that
+/// enforces no deadline itself.
+async fn hand_wired_h2(
+    addr: std::net::SocketAddr,
+) -> impl tower::Service<
+    http::Request<tonic::body::Body>,
+    Response = http::Response<hyper::body::Incoming>,
+    Error = hyper::Error,
+    Future: Send,
+> + Clone {
+    let mut options = mesh::core::identity::tls::TlsOptions::default();
+    options.alpn = vec![b"h2".to_vec()];
+    let config = mesh::core::identity::tls::client_config(&identity("/frontend"), backend_id(), &options).unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    tower::service_fn(move |mut request: http::Request<tonic::body::Body>| {
+        let mut sender = sender.clone();
+        // tonic leaves the authority to the channel; hyper's HTTP/2 client needs one.
+        *request.uri_mut() = format!("http://greeter{}", request.uri().path()).parse().unwrap();
+        async move { sender.send_request(request).await }
+    })
+}
+
+/// A canary answering gRPC `INTERNAL` is a failure wherever failure is counted: the attempt and
+/// call golden signals, outlier detection, and the status the caller gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_from_a_canary_counts_as_failure_everywhere() {
+    let v1 = serve(identity("/backend"), Options { version: "v1", ..Options::default() }).await;
+    let v2 =
+        serve(identity("/backend"), Options { version: "v2", behaviour: Behaviour::Internal, ..Options::default() })
+            .await;
+    let discovery = StaticDiscovery::new();
+    let mut outlier = mesh::core::policy::OutlierDetection::default();
+    outlier.consecutive_failures = 3;
+    outlier.max_ejection_percent = mesh::core::policy::Percentage::new(50.0).unwrap();
+    discovery.set(
+        ServiceSnapshot::builder(greeter())
+            .identity(backend_id())
+            .endpoint(v1.endpoint("v1"))
+            .endpoint(v2.endpoint("v2"))
+            .subset(Subset::version("v1").unwrap())
+            .subset(Subset::version("v2").unwrap())
+            .route(
+                greeter_route()
+                    .with_target("v1".parse().unwrap(), Weight::new(50).unwrap())
+                    .with_target("v2".parse().unwrap(), Weight::new(50).unwrap()),
+            )
+            .build()
+            .unwrap(),
+    );
+    discovery.update(&greeter(), |spec| spec.policies.outlier_detection = Some(outlier)).unwrap();
+    let channel = channel(&discovery);
+    let mut internal = 0;
+    for _ in 0..40 {
+        match GreeterClient::new(channel.clone()).say_hello(hello("x")).await {
+            Ok(reply) => assert!(reply.get_ref().message.contains("from v1"), "{reply:?}"),
+            Err(status) => {
+                assert_eq!(status.code(), Code::Internal, "{status:?}");
+                internal += 1;
+            }
+        }
+    }
+    assert_eq!(internal, v2.seen.calls.load(Ordering::SeqCst), "every v2 call failed, none was hidden");
+    let telemetry = channel.client().telemetry();
+    for signals in [telemetry.attempt_signals(), telemetry.golden_signals()] {
+        let v2_signals = signals.snapshot().into_iter().find(|s| s.subset.as_ref().is_some_and(|n| n.as_str() == "v2"));
+        let v2_signals = v2_signals.expect("v2 has signals");
+        assert_eq!((v2_signals.requests, v2_signals.success_rate()), (internal as u64, 0.0));
+    }
+    assert!(channel.client().outlier_stats().ejections() >= 1, "the failing canary is ejected");
 }

@@ -6,10 +6,7 @@ mod support;
 use http_body_util::Empty;
 use mesh::{
     core::{Endpoint, ServiceName, ServiceSnapshot, StaticDiscovery, policy::CircuitBreaker},
-    tower::{
-        client::MeshClient,
-        limit::{ConcurrencyLimitLayer, Overloaded},
-    },
+    tower::client::{ClientError, ErrorKind, MeshClient, shed::Overloaded},
 };
 use support::{Gate, backend_id, gated_backend, identity};
 use tower::ServiceExt;
@@ -36,8 +33,7 @@ async fn beyond_the_limits_requests_fail_fast_with_overloaded() {
         .identity(identity("/web"))
         .build::<Empty<bytes::Bytes>>()
         .unwrap();
-    let limit = ConcurrencyLimitLayer::from_discovery(&discovery, &name);
-    let service = tower::ServiceBuilder::new().layer(limit.clone()).service(client);
+    let service = client.clone();
 
     let (done, mut results) = tokio::sync::mpsc::unbounded_channel();
     for _ in 0..20 {
@@ -50,10 +46,13 @@ async fn beyond_the_limits_requests_fail_fast_with_overloaded() {
     // once. Only the refusals can finish while the gate is closed.
     for _ in 0..14 {
         let error = results.recv().await.unwrap().unwrap_err();
-        assert!(error.downcast_ref::<Overloaded>().is_some(), "{error}");
+        let error = error.downcast_ref::<ClientError>().expect("a ClientError");
+        assert_eq!(error.kind(), ErrorKind::Overloaded, "{error}");
+        assert!(error.find::<Overloaded>().is_some(), "{error}");
+        assert!(error.to_string().starts_with("service reviews is at its limit"), "{error}");
     }
     gate.wait_arrivals(4).await;
-    assert_eq!(limit.shed(), 14);
+    assert_eq!(client.shed(), 14);
     gate.open();
     for _ in 0..6 {
         assert_eq!(results.recv().await.unwrap().unwrap().status(), 200, "four in flight and two that waited");

@@ -48,12 +48,15 @@ async fn counters_after_known_traffic() {
         }
         Ok::<_, Infallible>(response)
     });
-    let service = tower::ServiceBuilder::new()
-        .layer(TelemetryLayer::server("reviews".parse().unwrap()))
-        .layer(AuthorizationLayer::new(AuthorizationPolicy::enforce(vec![AuthorizationRule::allow(vec![web])])))
-        .service(handler);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = Server::builder().identity(identity("/backend")).build().unwrap().spawn(listener, service).unwrap();
+    let server = Server::builder()
+        .identity(identity("/backend"))
+        .telemetry(TelemetryLayer::server("reviews".parse().unwrap()))
+        .authorization(AuthorizationLayer::new(AuthorizationPolicy::enforce(vec![AuthorizationRule::allow(vec![web])])))
+        .build()
+        .unwrap()
+        .spawn(listener, handler)
+        .unwrap();
 
     let name: ServiceName = "reviews".parse().unwrap();
     let discovery = StaticDiscovery::new();
@@ -71,7 +74,7 @@ async fn counters_after_known_traffic() {
     );
 
     // 20 requests that fail with 503: some retried, the rest refused by the budget.
-    let stack = MeshClient::builder(discovery.clone(), name.clone()).identity(identity("/web")).build_stack().unwrap();
+    let stack = MeshClient::builder(discovery.clone(), name.clone()).identity(identity("/web")).build().unwrap();
     for _ in 0..20 {
         let response =
             stack.clone().oneshot(http::Request::get("/").body(Full::new(bytes::Bytes::new())).unwrap()).await.unwrap();

@@ -15,7 +15,7 @@ use mesh::{
         Weight,
     },
     tower::{
-        client::{ClientStack, MeshClient},
+        client::MeshClient,
         server::{Server, ServerHandle},
         telemetry::{TelemetryLayer, otlp::OtlpConfig},
     },
@@ -91,12 +91,12 @@ fn start_b(listener: tokio::net::TcpListener) -> ServerHandle {
         }
         Ok::<_, Infallible>(response)
     });
-    let stack = tower::ServiceBuilder::new().layer(TelemetryLayer::server(service("b")).version("v1".parse().unwrap()));
-    Server::builder().identity(identity("/b")).build().unwrap().spawn(listener, stack.service(app)).unwrap()
+    let telemetry = TelemetryLayer::server(service("b")).version("v1".parse().unwrap());
+    Server::builder().identity(identity("/b")).telemetry(telemetry).build().unwrap().spawn(listener, app).unwrap()
 }
 
 /// `a`: calls `b` with the mesh client, the way an application would, and relays what it said.
-fn start_a(listener: tokio::net::TcpListener, to_b: ClientStack<Body>) -> ServerHandle {
+fn start_a(listener: tokio::net::TcpListener, to_b: MeshClient<Body>) -> ServerHandle {
     let app = tower::service_fn(move |request: http::Request<hyper::body::Incoming>| {
         let to_b = to_b.clone();
         async move {
@@ -109,8 +109,8 @@ fn start_a(listener: tokio::net::TcpListener, to_b: ClientStack<Body>) -> Server
             Ok::<_, mesh::tower::BoxError>(relayed)
         }
     });
-    let stack = tower::ServiceBuilder::new().layer(TelemetryLayer::server(service("a")));
-    Server::builder().identity(identity("/a")).build().unwrap().spawn(listener, stack.service(app)).unwrap()
+    let telemetry = TelemetryLayer::server(service("a"));
+    Server::builder().identity(identity("/a")).telemetry(telemetry).build().unwrap().spawn(listener, app).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,9 +143,9 @@ async fn two_hops_form_one_trace() {
         );
     }
     let b = start_b(listener_b);
-    let to_b = MeshClient::builder(discovery.clone(), service("b")).identity(identity("/a")).build_stack().unwrap();
+    let to_b = MeshClient::builder(discovery.clone(), service("b")).identity(identity("/a")).build().unwrap();
     let a = start_a(listener_a, to_b);
-    let to_a = MeshClient::builder(discovery, service("a")).identity(identity("/web")).build_stack().unwrap();
+    let to_a = MeshClient::builder(discovery, service("a")).identity(identity("/web")).build().unwrap();
 
     // The caller puts baggage in its OpenTelemetry context; it must reach b through a.
     let call = |path: &'static str| {

@@ -21,7 +21,7 @@ use mesh::{
     },
     tower::{
         Upstream,
-        client::{ClientConfig, MeshClient, NoRoute, UnknownSubset},
+        client::{ClientConfig, ClientError, ErrorKind, MeshClient, NoRoute, UnknownSubset},
     },
 };
 use support::{Backend, backend, backend_id, identity, slow_backend};
@@ -197,7 +197,9 @@ async fn the_subset_header_pins_a_request_and_a_typo_is_an_error() {
     let mut request = get();
     request.headers_mut().insert("x-mesh-subset", "v3".parse().unwrap());
     let error = client.clone().oneshot(request).await.unwrap_err();
-    assert_eq!(error.downcast_ref::<UnknownSubset>().expect("UnknownSubset").subset(), "v3");
+    let error = error.downcast_ref::<ClientError>().expect("a ClientError");
+    assert_eq!(error.kind(), ErrorKind::UnknownSubset);
+    assert_eq!(error.find::<UnknownSubset>().expect("UnknownSubset").subset(), "v3");
 }
 
 #[tokio::test]
@@ -211,8 +213,11 @@ async fn a_request_no_route_matches_is_refused_with_no_route() {
     let client = client(&discovery);
     assert_eq!(client.clone().oneshot(get()).await.unwrap().status(), 200);
     let error = client.oneshot(http::Request::get("/ratings").body(Empty::new()).unwrap()).await.unwrap_err();
-    let no_route = error.downcast_ref::<NoRoute>().expect("NoRoute");
+    let error = error.downcast_ref::<ClientError>().expect("a ClientError");
+    assert_eq!((error.kind(), error.attempts()), (ErrorKind::NoRoute, 0));
+    let no_route = error.find::<NoRoute>().expect("NoRoute");
     assert!(no_route.to_string().contains("GET /ratings"), "{no_route}");
+    assert_eq!(error.to_string(), "no route of service reviews matches GET /ratings");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,13 +29,13 @@ use mesh_core::{
 };
 use mesh_tower::{
     authz::AuthorizationLayer,
-    balance::{EndpointLoad, InFlight, Rng},
+    client::{
+        ClientConfig, Resolution, deadline::DeadlineLayer, fault::FaultLayer, retry::RetryLayer, router::RouterLayer,
+        shed::LoadShedLayer,
+    },
     context::ContextLayer,
-    fault::FaultLayer,
-    limit::ConcurrencyLimitLayer,
-    retry::RetryLayer,
-    split::WeightedSplit,
     telemetry::TelemetryLayer,
+    unstable::{EndpointLoad, InFlight, Rng, WeightedSplit},
 };
 use tower::{Layer, Service, ServiceExt};
 
@@ -84,6 +84,21 @@ fn request() -> Request<Full<Bytes>> {
     Request::get("/hello").body(Full::new(Bytes::new())).unwrap()
 }
 
+/// A request as the layers under the router see it: resolved once against `snapshot` (shared by
+/// every iteration: the router's own cost is measured by `router/resolve`).
+fn resolved(resolution: &Resolution) -> impl Fn() -> Request<Full<Bytes>> + use<> {
+    let resolution = resolution.clone();
+    move || {
+        let mut request = request();
+        request.extensions_mut().insert(resolution.clone());
+        request
+    }
+}
+
+fn resolution(snapshot: ServiceSnapshot) -> Resolution {
+    Resolution::resolve(std::sync::Arc::new(snapshot), &request()).unwrap()
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
@@ -95,7 +110,16 @@ fn noop<B>()
 }
 
 /// One request through `service`, to completion.
-fn drive<S>(c: &mut Criterion, id: &str, mut service: S)
+fn drive<S>(c: &mut Criterion, id: &str, service: S)
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<Empty<Bytes>>>,
+    S::Error: std::fmt::Debug,
+{
+    drive_with(c, id, service, request);
+}
+
+/// One request made by `make` through `service`, to completion.
+fn drive_with<S>(c: &mut Criterion, id: &str, mut service: S, make: impl Fn() -> Request<Full<Bytes>>)
 where
     S: Service<Request<Full<Bytes>>, Response = Response<Empty<Bytes>>>,
     S::Error: std::fmt::Debug,
@@ -104,7 +128,7 @@ where
     c.bench_function(id, |b| {
         b.iter(|| {
             rt.block_on(async {
-                let response = service.ready().await.unwrap().call(request()).await.unwrap();
+                let response = service.ready().await.unwrap().call(make()).await.unwrap();
                 black_box(response);
             })
         })
@@ -113,14 +137,21 @@ where
 
 fn baseline(c: &mut Criterion) {
     drive(c, "baseline/noop", noop());
+    drive_with(c, "baseline/noop_resolved_request", noop(), resolved(&resolution(snapshot())));
 }
 
 fn route(c: &mut Criterion) {
     let snapshot = snapshot();
     let request = request();
     c.bench_function("route/select_second_of_two", |b| {
-        b.iter(|| black_box(mesh_tower::route::select(snapshot.routes(), black_box(&request))))
+        b.iter(|| black_box(mesh_tower::unstable::select_route(snapshot.routes(), black_box(&request))))
     });
+    // The router: the snapshot's plan loaded, the route matched, the subset chosen, the
+    // resolution attached. Once per request, whatever the layers below.
+    let rt = runtime();
+    let _guard = rt.enter();
+    let router = RouterLayer::new(mesh_core::Discovery::watch(&discovery(), &name()), &ClientConfig::default());
+    drive(c, "router/resolve", router.layer(noop()));
 }
 
 fn split(c: &mut Criterion) {
@@ -153,24 +184,20 @@ fn balance(c: &mut Criterion) {
 fn retry(c: &mut Criterion) {
     let rt = runtime();
     let _guard = rt.enter();
-    // The route's retry policy: budget deposit, body buffered for replay, attempt header, deadline.
-    drive(c, "retry/route_with_policy", RetryLayer::from_discovery(&discovery(), &name()).layer(noop()));
+    // The route's retry policy: budget deposit, body buffered for replay.
+    drive_with(c, "retry/route_with_policy", RetryLayer::new().layer(noop()), resolved(&resolution(snapshot())));
     // A destination without routes or policies: the layer's floor.
-    let plain = StaticDiscovery::new();
-    plain.set(ServiceSnapshot::builder(name()).build().unwrap());
-    drive(c, "retry/no_policy", RetryLayer::from_discovery(&plain, &name()).layer(noop()));
+    let plain = resolution(ServiceSnapshot::builder(name()).build().unwrap());
+    drive_with(c, "retry/no_policy", RetryLayer::new().layer(noop()), resolved(&plain));
 }
 
 fn fault(c: &mut Criterion) {
-    drive(c, "fault/route_without_fault", FaultLayer::from_discovery(&discovery(), &name()).layer(noop()));
+    drive_with(c, "fault/route_without_fault", FaultLayer::new().layer(noop()), resolved(&resolution(snapshot())));
 }
 
 fn limit(c: &mut Criterion) {
-    drive(
-        c,
-        "limit/circuit_breaker_default",
-        ConcurrencyLimitLayer::from_discovery(&discovery(), &name()).layer(noop()),
-    );
+    let make = resolved(&resolution(snapshot()));
+    drive_with(c, "shed/circuit_breaker_default", LoadShedLayer::new().layer(noop()), make);
 }
 
 fn authz(c: &mut Criterion) {
@@ -199,17 +226,19 @@ fn context(c: &mut Criterion) {
     });
 }
 
-/// `build_stack`'s layers above `MeshClient` (fault, retry, limit), over the no-op service.
+/// The client stack's layers between telemetry and the endpoint (router, deadline, fault, retry,
+/// shed), over the no-op service.
 fn stack(c: &mut Criterion) {
     let rt = runtime();
     let _guard = rt.enter();
-    let discovery = discovery();
     let service = tower::ServiceBuilder::new()
-        .layer(FaultLayer::from_discovery(&discovery, &name()))
-        .layer(RetryLayer::from_discovery(&discovery, &name()))
-        .layer(ConcurrencyLimitLayer::from_discovery(&discovery, &name()))
+        .layer(RouterLayer::new(mesh_core::Discovery::watch(&discovery(), &name()), &ClientConfig::default()))
+        .layer(DeadlineLayer::new())
+        .layer(FaultLayer::new())
+        .layer(RetryLayer::new())
+        .layer(LoadShedLayer::new())
         .service(noop());
-    drive(c, "stack/fault_retry_limit", service);
+    drive(c, "stack/router_deadline_fault_retry_shed", service);
 }
 
 /// `TelemetryLayer` (span, request metrics, golden signals) over the no-op service, the response

@@ -25,8 +25,7 @@ use mesh_core::{
 };
 use mesh_tower::{
     authz::AuthorizationLayer,
-    client::{ClientConfig, ClientStack, MeshClient, Protocol},
-    context::ContextLayer,
+    client::{ClientConfig, MeshClient, Protocol},
     server::{Server, ServerHandle},
     telemetry::{
         TelemetryLayer,
@@ -141,15 +140,10 @@ pub(crate) fn snapshot(ports: &[u16]) -> Result<ServiceSnapshot, BoxError> {
     Ok(builder.build()?)
 }
 
-/// The whole client stack (`build_stack`: fault, retry with budget and deadline, concurrency
-/// limit, then route, split, P2C and the mTLS connection pool). With `pooled == false` every
+/// The whole client stack (`MeshClient`: telemetry, the router, the deadline, fault injection,
+/// retries with budget, load shedding, then P2C and the mTLS connection pool). With `pooled == false` every
 /// request opens a new connection (the handshake workload).
-pub(crate) fn client(
-    certs: &Path,
-    ports: &[u16],
-    h2: bool,
-    pooled: bool,
-) -> Result<ClientStack<Full<Bytes>>, BoxError> {
+pub(crate) fn client(certs: &Path, ports: &[u16], h2: bool, pooled: bool) -> Result<MeshClient<Full<Bytes>>, BoxError> {
     let discovery = StaticDiscovery::new();
     discovery.set(snapshot(ports)?);
     let mut config = ClientConfig::default();
@@ -160,25 +154,25 @@ pub(crate) fn client(
     Ok(MeshClient::builder(discovery, service()?)
         .config(config)
         .identity(certs::identity(certs, "client")?)
-        .build_stack::<Full<Bytes>>()?)
+        .build::<Full<Bytes>>()?)
 }
 
 /// Starts the mesh server on [`ENDPOINTS`] listeners: mTLS, telemetry (span and request metrics),
 /// authorization allowing only the client's SPIFFE ID, the request context layer, then the hello
 /// handler, in the order `docs/architecture.md` gives.
 pub(crate) async fn serve(certs: &Path) -> Result<(Vec<u16>, Vec<ServerHandle>), BoxError> {
-    let server = Server::builder().identity(certs::identity(certs, "server")?).build()?;
     let policy =
         AuthorizationPolicy::enforce(vec![AuthorizationRule::allow(vec![PrincipalMatch::Exact(CLIENT_ID.parse()?)])]);
-    let service = tower::ServiceBuilder::new()
-        .layer(TelemetryLayer::server(service()?))
-        .layer(AuthorizationLayer::new(policy))
-        .layer(ContextLayer::new())
-        .service_fn(crate::server::hello);
+    let server = Server::builder()
+        .identity(certs::identity(certs, "server")?)
+        .telemetry(TelemetryLayer::server(service()?))
+        .authorization(AuthorizationLayer::new(policy))
+        .build()?;
+    let service = tower::service_fn(crate::server::hello);
     let (mut ports, mut handles) = (Vec::new(), Vec::new());
     for _ in 0..ENDPOINTS {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let handle = server.spawn(listener, service.clone())?;
+        let handle = server.spawn(listener, service)?;
         ports.push(handle.local_addr().port());
         handles.push(handle);
     }

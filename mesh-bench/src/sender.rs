@@ -9,7 +9,7 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioTimer},
 };
-use mesh_tower::client::ClientStack;
+use mesh_tower::client::MeshClient;
 use tower::{Service, ServiceExt};
 
 use crate::{BoxError, configs::Config, mesh_config, tls::RustlsConnector};
@@ -27,7 +27,7 @@ pub(crate) enum Sender {
     /// hyper-util's pooled client over hand-wired tokio-rustls (`bare-mtls`).
     Tls(Client<RustlsConnector, Full<Bytes>>, Uri),
     /// mesh's whole client stack (`mesh`).
-    Mesh(ClientStack<Full<Bytes>>, Uri),
+    Mesh(MeshClient<Full<Bytes>>, Uri),
 }
 
 /// What a load-generator run asks of its senders.

@@ -8,7 +8,7 @@ use std::{
 use mesh_core::{Discovery, IdentitySource, ServiceName};
 use mesh_tower::{
     BoxError, MissingIdentity,
-    client::{ClientConfig, ClientStack, MeshClient, MeshClientBuilder, Protocol, ResponseBody},
+    client::{ClientConfig, MeshClient, MeshClientBuilder, Protocol, ResponseBody},
     telemetry::TelemetryLayer,
 };
 use tonic::Status;
@@ -18,11 +18,12 @@ use crate::status_from_error;
 /// A gRPC channel to one service, resolved through discovery, with the whole mesh client stack.
 ///
 /// What a generated tonic client takes in place of tonic's `Channel`
-/// (`GreeterClient::new(channel)`). Each call goes through telemetry (spans, metrics), fault
-/// injection, retries (by gRPC status, with the destination's budget and the call's deadline),
-/// the circuit breaker, the route matching `/package.Service/Method`, the weighted split, P2C
-/// balancing, outlier detection, and an HTTP/2 connection with mTLS that checks the endpoint's
-/// SPIFFE ID; see [`MeshClientBuilder::build_stack`]. Errors come back as [`Status`]es (see
+/// (`GreeterClient::new(channel)`). Each call goes through the whole client stack (see
+/// [`MeshClientBuilder::build`]): telemetry (spans, metrics, golden signals), the router (the
+/// route matching `/package.Service/Method` and the weighted split, decided once per call), the
+/// call's deadline, fault injection, retries by gRPC status inside the chosen subset (with the
+/// destination's budget), load shedding, then P2C balancing, outlier detection and an HTTP/2
+/// connection with mTLS that checks the endpoint's SPIFFE ID. Errors come back as [`Status`]es (see
 /// [`status_from_error`]).
 ///
 /// Cheap to clone, like tonic's `Channel`: clones share the connection pool, the balancer, the
@@ -30,7 +31,7 @@ use crate::status_from_error;
 /// task that calls it. It is `Send` and `Sync`, so a client can live in shared application state.
 #[derive(Clone)]
 pub struct MeshChannel {
-    stack: ClientStack<tonic::body::Body>,
+    stack: MeshClient<tonic::body::Body>,
     service: ServiceName,
 }
 
@@ -55,6 +56,12 @@ impl MeshChannel {
     /// The destination.
     pub fn service(&self) -> &ServiceName {
         &self.service
+    }
+
+    /// The mesh client underneath: its telemetry (golden signals per call and per attempt),
+    /// outlier, retry and load-shedding counters.
+    pub fn client(&self) -> &MeshClient<tonic::body::Body> {
+        &self.stack
     }
 }
 
@@ -107,7 +114,7 @@ impl MeshChannelBuilder {
     /// The channel. Opens no connection (the first call does). Fails if neither
     /// [`identity`](Self::identity) nor [`plaintext`](Self::plaintext) was chosen.
     pub fn build(self) -> Result<MeshChannel, MissingIdentity> {
-        let stack = self.client.protocol(Protocol::Http2).build_stack::<tonic::body::Body>()?;
+        let stack = self.client.protocol(Protocol::Http2).build::<tonic::body::Body>()?;
         Ok(MeshChannel { stack, service: self.service })
     }
 }

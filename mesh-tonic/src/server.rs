@@ -4,15 +4,16 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use mesh_tower::{
     BoxError, ConnectionInfo, PeerIdentity,
-    authz::{Authorization, AuthorizationLayer},
-    context::{ContextLayer, WithContext},
+    authz::AuthorizationLayer,
+    context::ContextLayer,
     server::{Server, ServerHandle},
     telemetry::TelemetryLayer,
 };
 use tokio::net::TcpListener;
-use tower::{Layer, Service, util::Either};
+use tower::Service;
 
-/// Serves tonic services with the mesh server stack.
+/// Serves tonic services with the mesh server stack: the same stack [`Server`] runs for HTTP
+/// services, here configured per call.
 ///
 /// The connection is [`Server`]'s: mTLS with the caller's SPIFFE ID verified once per connection,
 /// HTTP/2, [`PeerIdentity`] and [`ConnectionInfo`] in every request's extensions (read them in a
@@ -49,27 +50,21 @@ use tower::{Layer, Service, util::Either};
 /// handle.shutdown().await?;
 /// # Ok(()) }
 /// ```
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct GrpcServer {
     server: Server,
-    telemetry: Option<TelemetryLayer>,
-    authorization: Option<AuthorizationLayer>,
-    context: ContextLayer,
 }
 
-/// The service [`GrpcServer`] runs for `S`: authorization (if configured), then the deadline and
-/// context, then `S`.
-pub type GrpcStack<S> = Either<Authorization<WithContext<S>>, WithContext<S>>;
-
 impl GrpcServer {
-    /// Serves with `server`'s connection settings (identity, timeouts, drain).
+    /// Serves with `server`'s connection settings (identity, timeouts, drain) and its request
+    /// stack (what [`ServerBuilder`](mesh_tower::server::ServerBuilder) configured).
     pub fn new(server: Server) -> Self {
-        Self { server, telemetry: None, authorization: None, context: ContextLayer::new() }
+        Self { server }
     }
 
     /// Traces, measures and logs every call: `TelemetryLayer::server(service_name)`.
     pub fn telemetry(mut self, layer: TelemetryLayer) -> Self {
-        self.telemetry = Some(layer);
+        self.server = self.server.with_telemetry(layer);
         self
     }
 
@@ -77,24 +72,14 @@ impl GrpcServer {
     /// fixed policy, [`AuthorizationLayer::from_discovery`] to follow the service's snapshot.
     /// Without it, every caller that completes the mTLS handshake is served.
     pub fn authorization(mut self, layer: AuthorizationLayer) -> Self {
-        self.authorization = Some(layer);
+        self.server = self.server.with_authorization(layer);
         self
     }
 
     /// Replaces the context layer (to read the cohort from another header).
     pub fn context(mut self, layer: ContextLayer) -> Self {
-        self.context = layer;
+        self.server = self.server.with_context(layer);
         self
-    }
-
-    /// Wraps `service` in authorization and the deadline, for a caller that runs its own server
-    /// loop (and places its own telemetry above).
-    pub fn stack<S>(&self, service: S) -> GrpcStack<S> {
-        let service = self.context.layer(service);
-        match &self.authorization {
-            Some(authorization) => Either::Left(authorization.layer(service)),
-            None => Either::Right(service),
-        }
     }
 
     /// Serves `service` on `listener` in a background task; the handle drains it.
@@ -109,21 +94,7 @@ impl GrpcServer {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        let stack = self.stack(service);
-        match &self.telemetry {
-            Some(telemetry) => self.server.spawn(listener, telemetry.layer(stack)),
-            None => self.server.spawn(listener, stack),
-        }
-    }
-}
-
-impl std::fmt::Debug for GrpcServer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GrpcServer")
-            .field("telemetry", &self.telemetry.is_some())
-            .field("authorization", &self.authorization.is_some())
-            .field("context", &self.context)
-            .finish_non_exhaustive()
+        self.server.spawn(listener, service)
     }
 }
 

@@ -5,10 +5,12 @@ use std::error::Error as StdError;
 use http::StatusCode;
 use mesh_tower::{
     BoxError,
-    client::{ConnectError, NoEndpoints, NoRoute, UnknownSubset, Unresolved},
-    fault::InjectedFault,
-    limit::Overloaded,
-    retry::RouteTimeout,
+    client::{
+        ClientError, ConnectError, NoEndpoints, NoRoute, UnknownSubset, Unresolved,
+        deadline::{PerTryTimeout, RouteTimeout},
+        fault::InjectedFault,
+        shed::Overloaded,
+    },
 };
 use tonic::{Code, Status};
 
@@ -20,7 +22,7 @@ use tonic::{Code, Status};
 /// | [`NoRoute`]: no route of the destination matches the method | `UNIMPLEMENTED` |
 /// | [`UnknownSubset`]: pinned to a subset the destination does not define | `FAILED_PRECONDITION` |
 /// | [`NoEndpoints`], [`Unresolved`], [`ConnectError`] (refused, TLS, wrong peer identity) | `UNAVAILABLE` |
-/// | [`RouteTimeout`], a per-try timeout | `DEADLINE_EXCEEDED` |
+/// | [`RouteTimeout`], [`PerTryTimeout`] | `DEADLINE_EXCEEDED` |
 /// | [`Overloaded`]: the circuit breaker shed the call | `RESOURCE_EXHAUSTED` |
 /// | [`InjectedFault`]: by its HTTP status, as gRPC maps HTTP statuses | `UNAVAILABLE`, `PERMISSION_DENIED`, … |
 /// | an HTTP/2 stream reset | by its reason, as gRPC's HTTP/2 mapping says (`REFUSED_STREAM`: `UNAVAILABLE`, `CANCEL`: `CANCELLED`, …) |
@@ -33,7 +35,7 @@ use tonic::{Code, Status};
 /// ```
 /// use mesh_tonic::status_from_error;
 ///
-/// let status = status_from_error(Box::new(mesh_tower::retry::RouteTimeout(std::time::Duration::from_millis(250))));
+/// let status = status_from_error(Box::new(mesh_tower::client::deadline::RouteTimeout(std::time::Duration::from_millis(250))));
 /// assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
 /// ```
 pub fn status_from_error(error: BoxError) -> Status {
@@ -65,7 +67,7 @@ fn code_of(error: &(dyn StdError + 'static)) -> Code {
         if e.is::<NoEndpoints>() || e.is::<Unresolved>() || e.is::<ConnectError>() {
             return Code::Unavailable;
         }
-        if e.is::<RouteTimeout>() || e.is::<tokio::time::error::Elapsed>() {
+        if e.is::<RouteTimeout>() || e.is::<PerTryTimeout>() || e.is::<tokio::time::error::Elapsed>() {
             return Code::DeadlineExceeded;
         }
         if e.is::<Overloaded>() {
@@ -125,6 +127,10 @@ fn code_of_h2(reason: h2::Reason) -> Code {
 
 /// The error and its causes, each said once (wrappers often repeat their source's message).
 fn describe(error: &(dyn StdError + 'static)) -> String {
+    // The client stack's errors already name their cause and where the call went.
+    if let Some(client) = error.downcast_ref::<ClientError>() {
+        return client.to_string();
+    }
     let mut out = String::new();
     for e in chain(error) {
         let text = e.to_string();

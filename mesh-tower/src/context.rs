@@ -4,7 +4,7 @@
 //!
 //! [`ContextLayer`] (server side) reads both from the incoming request and runs the handler inside
 //! them (a tokio task-local); [`MeshClient`](crate::client::MeshClient) and
-//! [`RetryLayer`](crate::retry::RetryLayer) read them from there. Calls made from tasks the handler
+//! [`RetryLayer`](crate::client::retry::RetryLayer) read them from there. Calls made from tasks the handler
 //! spawns do not inherit the context: wrap those with [`scope`]`(`[`current`]`(), ...)`.
 //!
 //! # Cohort pinning across hops (off by default)
@@ -21,13 +21,13 @@
 //! deadline: [`ContextLayer`] answers `504 Gateway Timeout` when it passes (a gRPC request gets
 //! `grpc-status: 4`, `DEADLINE_EXCEEDED`, as a trailers-only response, which is what gRPC clients
 //! expect) and drops the handler's future, so the work stops when the caller has given up; and the
-//! mesh calls the handler makes carry the remaining time on (`MeshClient` sets `x-mesh-timeout`
-//! from [`remaining`]).
+//! mesh calls the handler makes carry the remaining time on (the client's
+//! [deadline](crate::client::deadline) starts from [`remaining`]).
 //!
 //! # Retry depth
 //!
 //! Each retrying hop adds one to `x-mesh-retry-depth`; a retry policy whose `max_retry_depth` is
-//! reached does not retry (see [`crate::retry`]), so a chain of services cannot multiply load by
+//! reached does not retry (see [`crate::client::retry`]), so a chain of services cannot multiply load by
 //! attempts^hops.
 
 use std::{
@@ -47,8 +47,6 @@ use tower::{Layer, Service};
 pub const COHORT_HEADER: &str = "x-mesh-cohort";
 /// The header that counts retrying hops upstream.
 pub const RETRY_DEPTH_HEADER: &str = "x-mesh-retry-depth";
-/// The header that carries the time the caller still waits, in milliseconds.
-pub const TIMEOUT_HEADER: &str = "x-mesh-timeout";
 
 /// The context of the request being handled.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -84,78 +82,6 @@ pub fn retry_depth() -> u32 {
 pub fn remaining() -> Option<Duration> {
     let deadline = CONTEXT.try_with(|c| c.deadline).ok().flatten()?;
     Some(deadline.saturating_duration_since(Instant::now()))
-}
-
-/// Parses `x-mesh-timeout` (milliseconds) or `grpc-timeout` (digits and a unit: H, M, S, m, u, n).
-pub(crate) fn timeout_of(headers: &http::HeaderMap) -> Option<Duration> {
-    if let Some(ms) = headers.get(TIMEOUT_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()) {
-        return Some(Duration::from_millis(ms));
-    }
-    let grpc = headers.get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = grpc.split_at(grpc.len().checked_sub(1)?);
-    let n: u64 = digits.parse().ok().filter(|_| digits.len() <= 8)?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
-/// Writes the remaining time onto an outgoing request (both headers for gRPC), unless the caller
-/// already set one.
-pub(crate) fn propagate_timeout(headers: &mut http::HeaderMap, remaining: Duration) {
-    if headers.contains_key(TIMEOUT_HEADER) || headers.contains_key("grpc-timeout") {
-        return;
-    }
-    let ms = remaining.as_millis().min(99_999_999) as u64;
-    headers.insert(TIMEOUT_HEADER, http::HeaderValue::from(ms));
-    if is_grpc(headers)
-        && let Ok(value) = http::HeaderValue::from_str(&format!("{ms}m"))
-    {
-        headers.insert("grpc-timeout", value);
-    }
-}
-
-/// Whether a message is gRPC: `content-type: application/grpc`, `application/grpc+proto`, ...
-///
-/// mesh-tower knows gRPC only by this header and writes gRPC's few headers by hand, so it never
-/// depends on a gRPC library.
-pub(crate) fn is_grpc(headers: &http::HeaderMap) -> bool {
-    headers.get(http::header::CONTENT_TYPE).is_some_and(|v| {
-        let v = v.as_bytes();
-        v.starts_with(b"application/grpc") && matches!(v.get(16), None | Some(b'+' | b';'))
-    })
-}
-
-/// A trailers-only gRPC response: HTTP 200 with the status in the headers and an empty body, the
-/// way a gRPC server answers a call it fails before sending any message.
-pub(crate) fn grpc_status_response<B: Default>(code: u8, message: &str) -> Response<B> {
-    let mut response = Response::new(B::default());
-    let headers = response.headers_mut();
-    headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
-    headers.insert("grpc-status", http::HeaderValue::from(u16::from(code)));
-    if let Ok(value) = http::HeaderValue::from_str(&grpc_percent_encode(message)) {
-        headers.insert("grpc-message", value);
-    }
-    response
-}
-
-/// gRPC's encoding of `grpc-message`: printable ASCII except `%` as is, every other byte `%XX`.
-fn grpc_percent_encode(message: &str) -> String {
-    use std::fmt::Write;
-    let mut out = String::with_capacity(message.len());
-    for byte in message.bytes() {
-        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
-            out.push(char::from(byte));
-        } else {
-            let _ = write!(out, "%{byte:02X}");
-        }
-    }
-    out
 }
 
 /// Runs `future` inside `context` (for tasks a handler spawns).
@@ -218,7 +144,7 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         // Unparsable values are ignored: these headers are hints, never a reason to fail.
         let header = |name: &HeaderName| request.headers().get(name).and_then(|v| v.to_str().ok());
-        let deadline = timeout_of(request.headers()).map(|t| Instant::now() + t);
+        let deadline = crate::headers::requested(request.headers()).map(|t| Instant::now() + t);
         let context = MeshContext {
             cohort: header(&self.cohort_header).and_then(|v| SubsetName::new(v).ok()),
             retry_depth: header(&HeaderName::from_static(RETRY_DEPTH_HEADER))
@@ -227,7 +153,7 @@ where
                 .min(64),
             deadline,
         };
-        let grpc = is_grpc(request.headers());
+        let grpc = crate::grpc::is_grpc(request.headers());
         let inner = match deadline {
             Some(deadline) => {
                 Deadline::Timed { future: tokio::time::timeout_at(deadline, self.inner.call(request)), grpc }
@@ -270,7 +196,10 @@ where
                 Ok(result) => result,
                 Err(_elapsed) if *grpc => {
                     tracing::debug!("the caller's deadline passed; the gRPC handler was cancelled");
-                    Ok(grpc_status_response(4, "the caller's deadline passed; the server cancelled the call"))
+                    Ok(crate::grpc::status_response(
+                        crate::grpc::code::DEADLINE_EXCEEDED,
+                        "the caller's deadline passed; the server cancelled the call",
+                    ))
                 }
                 Err(_elapsed) => {
                     tracing::debug!("the caller's deadline passed; the handler was cancelled");
@@ -298,53 +227,5 @@ where
 impl<F> std::fmt::Debug for ContextFuture<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ContextFuture").finish_non_exhaustive()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timeouts_parse() {
-        let mut headers = http::HeaderMap::new();
-        headers.insert("grpc-timeout", "250m".parse().unwrap());
-        assert_eq!(timeout_of(&headers), Some(Duration::from_millis(250)));
-        headers.insert("grpc-timeout", "3S".parse().unwrap());
-        assert_eq!(timeout_of(&headers), Some(Duration::from_secs(3)));
-        headers.insert("grpc-timeout", "123456789m".parse().unwrap());
-        assert_eq!(timeout_of(&headers), None, "more than 8 digits is invalid gRPC");
-        headers.insert(TIMEOUT_HEADER, "180".parse().unwrap());
-        assert_eq!(timeout_of(&headers), Some(Duration::from_millis(180)), "the mesh header wins");
-        let mut out = http::HeaderMap::new();
-        out.insert(http::header::CONTENT_TYPE, "application/grpc".parse().unwrap());
-        propagate_timeout(&mut out, Duration::from_millis(99));
-        assert_eq!(out[TIMEOUT_HEADER], "99");
-        assert_eq!(out["grpc-timeout"], "99m");
-    }
-
-    #[test]
-    fn grpc_is_known_by_its_content_type() {
-        let mut headers = http::HeaderMap::new();
-        assert!(!is_grpc(&headers));
-        for (value, grpc) in [
-            ("application/grpc", true),
-            ("application/grpc+proto", true),
-            ("application/grpc;charset=utf-8", true),
-            ("application/grpc-web", false),
-            ("application/json", false),
-        ] {
-            headers.insert(http::header::CONTENT_TYPE, value.parse().unwrap());
-            assert_eq!(is_grpc(&headers), grpc, "{value}");
-        }
-    }
-
-    #[test]
-    fn trailers_only_status_with_an_encoded_message() {
-        let response: Response<()> = grpc_status_response(7, "100% denied: caf\u{e9}");
-        assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(response.headers()["grpc-status"], "7");
-        assert_eq!(response.headers()["content-type"], "application/grpc");
-        assert_eq!(response.headers()["grpc-message"], "100%25 denied: caf%C3%A9");
     }
 }

@@ -5,8 +5,10 @@
 //!   change live, balances across endpoints and sends over hyper-util's pooled client.
 //! - [`server::Server`]: serves any tower service over HTTP/1.1 and HTTP/2 with graceful drain.
 //!
-//! Later layers (identity, authorization, routing, splits, retries, telemetry) slot into these
-//! stacks at the places `docs/architecture.md` names.
+//! The modules follow a request's path: [`client`] (router, deadline, fault, retry, shed,
+//! endpoint) on the way out, [`server`] (connection, then telemetry, [`authz`] and [`context`])
+//! on the way in; [`telemetry`] traces and measures both sides, and [`classify`] is the one place
+//! that decides what a failure is.
 //!
 //! # Example
 //!
@@ -48,23 +50,18 @@
 //! ```
 
 pub mod authz;
-pub mod balance;
 pub mod classify;
 pub mod client;
 mod connection;
 pub mod context;
-pub mod fault;
-pub mod future;
+mod future;
+pub mod grpc;
+mod headers;
 mod identity;
-pub mod limit;
 pub mod metrics;
-pub mod mirror;
-pub mod outlier;
-pub mod retry;
-pub mod route;
 pub mod server;
-pub mod split;
 pub mod telemetry;
+pub mod unstable;
 
 pub use crate::connection::{ConnectionInfo, Upstream};
 pub use crate::identity::{HandshakeCounts, HandshakeFailure, MissingIdentity, PeerIdentity};

@@ -26,11 +26,11 @@ use tonic::Status;
 use tower::Service;
 
 pub mod pb {
-    tonic::include_proto!("helloworld");
+    include!("../../examples/proto/gen/helloworld.rs");
 }
 
 pub mod testing {
-    tonic::include_proto!("mesh.testing");
+    include!("../../examples/proto/gen/mesh.testing.rs");
 }
 
 use pb::{
@@ -55,6 +55,8 @@ pub enum Behaviour {
     RefuseRetries,
     /// Never answers; says on the channel when the handler is dropped (the caller gave up).
     Hang(mpsc::UnboundedSender<&'static str>),
+    /// Every call fails with INTERNAL.
+    Internal,
 }
 
 /// What a test server saw.
@@ -100,6 +102,7 @@ impl Greeter for TestGreeter {
                 status.metadata_mut().insert("grpc-retry-pushback-ms", "-1".parse().unwrap());
                 return Err(status);
             }
+            Behaviour::Internal => return Err(Status::internal("this canary is broken")),
             Behaviour::Hang(tx) => {
                 let _guard = Dropped(tx.clone());
                 std::future::pending::<()>().await;

@@ -74,11 +74,14 @@ where
             caller, method = %request.method(), path = request.uri().path(), %why,
             "denied",
         );
-        if crate::context::is_grpc(request.headers()) {
+        if crate::grpc::is_grpc(request.headers()) {
             // gRPC clients read the outcome from `grpc-status`, not the HTTP status: a 403 would
             // surface as a vague UNKNOWN or UNIMPLEMENTED instead of PERMISSION_DENIED.
             let message = format!("{caller} may not call {}: {why}", request.uri().path());
-            return ResponseFuture::denied(crate::context::grpc_status_response(7, &message));
+            return ResponseFuture::denied(crate::grpc::status_response(
+                crate::grpc::code::PERMISSION_DENIED,
+                &message,
+            ));
         }
         let mut response = Response::new(ResBody::default());
         *response.status_mut() = StatusCode::FORBIDDEN;

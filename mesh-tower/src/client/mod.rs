@@ -1,38 +1,52 @@
 //! The client stack: call a service by name.
 //!
-//! [`MeshClient`] is a tower [`Service`](tower::Service) over hyper-util's pooled client. It reads
-//! the destination's [`ServiceSnapshot`](mesh_core::ServiceSnapshot) from a
-//! [`Discovery`](mesh_core::Discovery) watch on every request (a lock-free load), so changes apply
-//! to the very next request, while requests already sent finish where they started. Per request it
-//! [routes](crate::route) (first matching route), [splits](crate::split) (the route's weighted
-//! subsets, or the subset pinned by the `x-mesh-subset` header), and
-//! [balances](crate::balance) (P2C over peak-EWMA by default) inside the subset; the response's
-//! [`Upstream`](crate::Upstream) extension says which route, subset and endpoint served it.
+//! [`MeshClient`] is a tower [`Service`](tower::Service) that calls one destination through
+//! discovery, with every policy discovery configures for it applied live. Its layers, in the
+//! order a request walks them (and the order of this module's folders):
 //!
-//! It is cheap to clone (clones share the connection pool and the balancer), and it is always
-//! ready: a request sent before discovery has any snapshot waits for the first one, up to
-//! [`ClientConfig::resolve_timeout`].
+//! 1. [`telemetry`](crate::telemetry): the request's span, metrics, access log and golden
+//!    signals, as the application sees it;
+//! 2. [`router`]: the destination's snapshot loaded (a lock-free read), the route matched and the
+//!    subset chosen, once, into a [`Resolution`] that every layer below reads;
+//! 3. [`deadline`]: the route's timeout, the request's own, and the time left to
+//!    the call being handled;
+//! 4. [`fault`]: the route's fault injection;
+//! 5. [`retry`]: the route's retry policy with the destination's budget, inside the chosen subset;
+//! 6. [`shed`]: load shedding at the destination's limits (its circuit breaker);
+//! 7. [`endpoint`]: the [balancer](balance)'s pick in the subset, outlier detection, mirroring, and
+//!    the pooled connection, mutual TLS that checks the endpoint's SPIFFE ID.
+//!
+//! Changes from discovery apply to the very next request, while requests already sent finish
+//! where they started. A request sent before discovery has any snapshot waits for the first one,
+//! up to [`ClientConfig::resolve_timeout`].
 //!
 //! Connections are mutual TLS ([`MeshClientBuilder::identity`]): the client presents its
 //! workload certificate and accepts only an endpoint that proves the SPIFFE ID discovery expects
 //! of it. Plaintext is an explicit opt-out ([`MeshClientBuilder::plaintext`]); there is no
 //! fallback from one to the other.
 //!
-//! Errors are boxed; downcast them to [`NoRoute`], [`UnknownSubset`], [`NoEndpoints`],
-//! [`Unresolved`], or hyper-util's
-//! `client::legacy::Error` for transport failures, whose source is a [`ConnectError`] when the
-//! connection could not be opened (see [`ConnectError::peer_rejected`] for identity failures).
+//! Every error is a [`ClientError`] (boxed): its `Display` names the cause (`mTLS handshake with
+//! 127.0.0.1:8443 failed: the peer presented SPIFFE ID … but … was expected`), its
+//! [`kind`](ClientError::kind) sorts it, and [`ErrorResponseLayer`] turns it into an HTTP
+//! response for callers that want one.
 
+pub mod balance;
+mod builder;
 mod config;
-mod connect;
+pub mod deadline;
+pub mod endpoint;
 mod error;
-mod future;
-mod plan;
-mod service;
+pub mod fault;
+mod respond;
+pub mod retry;
+pub mod router;
+pub mod shed;
 
+pub use self::builder::{MeshClient, MeshClientBuilder, ResponseBody, ResponseFuture};
 pub use self::config::{ClientConfig, Protocol};
-pub use self::connect::ConnectError;
-pub use self::error::{NoEndpoints, UnknownSubset, Unresolved};
-pub use self::future::ResponseFuture;
-pub use self::service::{ClientStack, MeshClient, MeshClientBuilder, ResponseBody};
-pub use crate::route::NoRoute;
+pub use self::endpoint::connect::ConnectError;
+pub use self::error::{ClientError, ErrorKind, NoEndpoints, UnknownSubset, Unresolved};
+pub use self::respond::{
+    ERROR_HEADER, ErrorResponse, ErrorResponseFuture, ErrorResponseLayer, ErrorResponses, response_of, status_of,
+};
+pub use self::router::{Resolution, route::NoRoute};

@@ -11,6 +11,21 @@
 //!    HTTP/2 connections send `GOAWAY` and finish the streams in flight;
 //! 3. waits for them, up to [`ServerBuilder::drain_timeout`] if one is set.
 //!
+//! # The request stack
+//!
+//! Every request then goes through the same layers, for HTTP services (an axum `Router`, any
+//! tower service) and gRPC ones (`mesh_tonic::GrpcServer` is this
+//! server), outermost first:
+//!
+//! 1. telemetry, if configured ([`ServerBuilder::telemetry`]): the server span with the caller's
+//!    trace context, request metrics, the access log, golden signals; above authorization, so
+//!    denied requests are seen and counted;
+//! 2. authorization, if configured ([`ServerBuilder::authorization`]): by caller, path and method;
+//! 3. the caller's deadline and context ([`ServerBuilder::context`], on by default): when the
+//!    caller's `x-mesh-timeout` or `grpc-timeout` passes the handler is dropped and the caller gets
+//!    504 (`DEADLINE_EXCEEDED` for gRPC); the mesh calls the handler makes carry the time left;
+//! 4. your service.
+//!
 //! ```
 //! use mesh_tower::server::Server;
 //!
@@ -27,6 +42,7 @@
 //! ```
 
 mod handle;
+mod stack;
 
 use std::{fmt, future::Future, io, sync::Arc, time::Duration};
 
@@ -52,12 +68,16 @@ use tokio::{
     task::JoinSet,
 };
 use tokio_rustls::TlsAcceptor;
-use tower::{Service, ServiceExt};
+use tower::{Layer, Service, ServiceExt};
 
 pub use self::handle::ServerHandle;
+use self::stack::RequestLayers;
 use crate::{
     BoxError, ConnectionInfo, HandshakeCounts, HandshakeFailure, MissingIdentity, PeerIdentity,
+    authz::AuthorizationLayer,
+    context::ContextLayer,
     identity::{HandshakeStats, Security},
+    telemetry::TelemetryLayer,
 };
 
 /// Serves tower services over HTTP. Cheap to clone; build it with [`Server::builder`].
@@ -69,6 +89,7 @@ pub struct Server {
     handshake_timeout: Duration,
     tls: Option<TlsAcceptor>,
     handshakes: Arc<HandshakeStats>,
+    layers: RequestLayers,
 }
 
 /// Configures a [`Server`].
@@ -80,6 +101,7 @@ pub struct ServerBuilder {
     handshake_timeout: Duration,
     security: Security,
     tls_options: TlsOptions,
+    layers: RequestLayers,
 }
 
 /// A server that cannot be built.
@@ -119,7 +141,27 @@ impl Server {
             handshake_timeout: Duration::from_secs(10),
             security: Security::Unset,
             tls_options: TlsOptions::default(),
+            layers: RequestLayers::default(),
         }
+    }
+
+    /// A copy of this server with `layer` as its telemetry (see [`ServerBuilder::telemetry`]).
+    pub fn with_telemetry(mut self, layer: TelemetryLayer) -> Self {
+        self.layers.telemetry = Some(layer);
+        self
+    }
+
+    /// A copy of this server with `layer` as its authorization (see
+    /// [`ServerBuilder::authorization`]).
+    pub fn with_authorization(mut self, layer: AuthorizationLayer) -> Self {
+        self.layers.authorization = Some(layer);
+        self
+    }
+
+    /// A copy of this server with `layer` as its context layer (see [`ServerBuilder::context`]).
+    pub fn with_context(mut self, layer: ContextLayer) -> Self {
+        self.layers.context = layer;
+        self
     }
 
     /// How the mTLS handshakes went so far (all zero on a plaintext server).
@@ -127,10 +169,33 @@ impl Server {
         self.handshakes.counts()
     }
 
-    /// Serves `service` on `listener` until `signal` completes, then drains.
+    /// Serves `service` on `listener` until `signal` completes, then drains. Each request goes
+    /// through the [request stack](self#the-request-stack) first.
     ///
     /// Returns once every connection has finished (or the drain timeout cut them off).
     pub async fn serve_with_shutdown<S, B>(
+        &self,
+        listener: TcpListener,
+        service: S,
+        signal: impl Future<Output = ()> + Send,
+    ) -> io::Result<()>
+    where
+        S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: http_body::Body + Default + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let inner = self.layers.inner(service);
+        match &self.layers.telemetry {
+            Some(telemetry) => self.serve_connections(listener, telemetry.layer(inner), signal).await,
+            None => self.serve_connections(listener, inner, signal).await,
+        }
+    }
+
+    /// Accepts connections and serves `service` on each, as it is.
+    async fn serve_connections<S, B>(
         &self,
         listener: TcpListener,
         service: S,
@@ -248,7 +313,8 @@ impl Server {
         serve_connection(&http, watcher, stream, service, info).await;
     }
 
-    /// Serves `service` on `listener` in a background task; the handle shuts it down.
+    /// Serves `service` on `listener` in a background task; the handle shuts it down. Each
+    /// request goes through the [request stack](self#the-request-stack) first.
     ///
     /// Needs a tokio runtime. Fails only if the listener has no local address.
     pub fn spawn<S, B>(&self, listener: TcpListener, service: S) -> io::Result<ServerHandle>
@@ -256,7 +322,7 @@ impl Server {
         S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
-        B: http_body::Body + Send + 'static,
+        B: http_body::Body + Default + Send + 'static,
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
@@ -275,6 +341,27 @@ impl Server {
 }
 
 impl ServerBuilder {
+    /// Traces, measures and logs every request (`TelemetryLayer::server(service_name)`), outermost,
+    /// so requests that authorization denies or whose deadline passes are seen and counted.
+    pub fn telemetry(mut self, layer: TelemetryLayer) -> Self {
+        self.layers.telemetry = Some(layer);
+        self
+    }
+
+    /// Authorizes every request before it reaches the service: [`AuthorizationLayer::new`] for a
+    /// fixed policy, [`AuthorizationLayer::from_discovery`] to follow the service's snapshot.
+    /// Without it, every caller that completes the mTLS handshake is served.
+    pub fn authorization(mut self, layer: AuthorizationLayer) -> Self {
+        self.layers.authorization = Some(layer);
+        self
+    }
+
+    /// Replaces the context layer (deadline and cohort; to read the cohort from another header).
+    pub fn context(mut self, layer: ContextLayer) -> Self {
+        self.layers.context = layer;
+        self
+    }
+
     /// Accepts only mutual TLS: the server presents `source`'s current certificate, requires a
     /// client certificate chained to `source`'s trust bundle with exactly one SPIFFE ID, and puts
     /// the caller's [`PeerIdentity`] into every request's extensions. TLS 1.3 only unless
@@ -344,6 +431,7 @@ impl ServerBuilder {
             handshake_timeout: self.handshake_timeout,
             tls,
             handshakes: Arc::default(),
+            layers: self.layers,
         })
     }
 }
@@ -354,6 +442,7 @@ impl fmt::Debug for Server {
             .field("protocol", &self.protocol)
             .field("mtls", &self.tls.is_some())
             .field("drain_timeout", &self.drain_timeout)
+            .field("layers", &self.layers)
             .finish_non_exhaustive()
     }
 }

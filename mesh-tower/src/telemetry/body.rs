@@ -48,7 +48,7 @@ impl<B: Body> Body for TelemetryBody<B> {
             let ended = match &frame {
                 Some(Ok(frame)) => {
                     if let Some(trailers) = frame.trailers_ref() {
-                        exchange.on_grpc_status(trailers);
+                        exchange.on_trailers(trailers);
                     }
                     // Readers stop at `is_end_stream` (hyper does, after the last byte of a
                     // known length) without polling for the end: that is the end too.

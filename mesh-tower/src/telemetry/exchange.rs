@@ -10,7 +10,12 @@ use tracing::{Span, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::{ACCESS_LOG_TARGET, Direction, SPAN_TARGET, Shared, metrics::RequestLabels};
-use crate::{BoxError, ConnectionInfo, PeerIdentity, Upstream};
+use crate::{
+    ConnectionInfo, PeerIdentity, Upstream,
+    classify::{self, Class, ClassifyHead, TransportFailure},
+    client::{ClientError, ErrorKind},
+    grpc,
+};
 
 /// How the exchange ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +40,8 @@ pub(crate) struct Exchange {
     grpc: bool,
     status: Option<StatusCode>,
     grpc_code: Option<u16>,
+    /// The verdict, once known: from the response head, or from its trailers.
+    class: Option<Class>,
     route: Option<RouteName>,
     subset: Option<SubsetName>,
     endpoint: Option<SocketAddr>,
@@ -55,7 +62,7 @@ fn rpc_names(path: &str) -> Option<(&str, &str)> {
 impl Exchange {
     /// Starts the exchange of `request`: opens its span (parented on `parent` server side).
     pub(crate) fn start<B>(shared: &Arc<Shared>, request: &Request<B>) -> Self {
-        let grpc = crate::context::is_grpc(request.headers());
+        let grpc = grpc::is_grpc(request.headers());
         let path = request.uri().path();
         let span = if shared.traces { Self::span(shared, request, grpc, path) } else { Span::none() };
         let mut exchange = Self {
@@ -67,6 +74,7 @@ impl Exchange {
             grpc,
             status: None,
             grpc_code: None,
+            class: None,
             route: None,
             subset: shared.version.clone(),
             endpoint: None,
@@ -189,22 +197,17 @@ impl Exchange {
         self.status = Some(status);
         self.record("http.response.status_code", status.as_u16());
         self.on_grpc_status(response.headers());
+        if let ClassifyHead::Ready(class) = classify::head(status, response.headers()) {
+            self.class = Some(class);
+        }
         if self.shared.direction == Direction::Outbound {
             if let Some(upstream) = response.extensions().get::<Upstream>() {
-                self.endpoint = Some(upstream.address);
-                self.attempts = upstream.attempt;
-                self.route = upstream.route.clone();
-                self.subset = upstream.subset.clone();
-                self.record("server.address", format_args!("{}", upstream.address.ip()));
-                self.record("server.port", upstream.address.port());
-                self.record("mesh.endpoint", format_args!("{}", upstream.address));
-                self.record("mesh.attempts", upstream.attempt);
-                if let Some(route) = &upstream.route {
-                    self.record("mesh.route", route.as_str());
-                }
-                if let Some(subset) = &upstream.subset {
-                    self.record("mesh.subset", subset.as_str());
-                }
+                self.note_upstream(
+                    upstream.route.as_ref(),
+                    upstream.subset.as_ref(),
+                    Some(upstream.address),
+                    upstream.attempt,
+                );
             }
             if let Some(peer) = response.extensions().get::<PeerIdentity>() {
                 self.record("mesh.peer_identity", peer.id().as_str());
@@ -213,16 +216,57 @@ impl Exchange {
         }
     }
 
-    /// A `grpc-status` in the response headers (trailers-only) or trailers.
-    pub(crate) fn on_grpc_status(&mut self, headers: &HeaderMap) {
-        if let Some(code) = crate::classify::grpc_status(headers).map(u16::from) {
+    /// Client side: where the request went, from the response's `Upstream` or the error.
+    fn note_upstream(
+        &mut self,
+        route: Option<&RouteName>,
+        subset: Option<&SubsetName>,
+        endpoint: Option<SocketAddr>,
+        attempts: u32,
+    ) {
+        self.route = route.cloned();
+        self.subset = subset.cloned();
+        self.endpoint = endpoint;
+        self.attempts = attempts;
+        if let Some(address) = endpoint {
+            self.record("server.address", format_args!("{}", address.ip()));
+            self.record("server.port", address.port());
+            self.record("mesh.endpoint", format_args!("{address}"));
+        }
+        self.record("mesh.attempts", attempts);
+        if let Some(route) = route {
+            self.record("mesh.route", route.as_str());
+        }
+        if let Some(subset) = subset {
+            self.record("mesh.subset", subset.as_str());
+        }
+    }
+
+    /// A `grpc-status` in the response headers (trailers-only).
+    fn on_grpc_status(&mut self, headers: &HeaderMap) {
+        if let Some(code) = grpc::status(headers) {
             self.grpc_code = Some(code);
             self.record("rpc.grpc.status_code", code);
         }
     }
 
-    pub(crate) fn finish_error(&mut self, error: &BoxError) {
-        let kind = error_type(error);
+    /// The trailers at the end of the response body.
+    pub(crate) fn on_trailers(&mut self, trailers: &HeaderMap) {
+        self.on_grpc_status(trailers);
+        if self.class.is_none()
+            && let Some(status) = self.status
+        {
+            self.class = Some(classify::trailers(status, Some(trailers)));
+        }
+    }
+
+    pub(crate) fn finish_error(&mut self, error: &(dyn std::error::Error + 'static)) {
+        // Client side the error says where the request went, timeouts included.
+        if let Some(client) = error.downcast_ref::<ClientError>() {
+            self.note_upstream(client.route(), client.subset(), client.endpoint(), client.attempts());
+        }
+        self.class = Some(classify::error_of(error));
+        let kind = ErrorKind::of(error).as_str();
         self.record("otel.status_description", format_args!("{error}"));
         self.finish(End::Failed(kind));
     }
@@ -233,7 +277,9 @@ impl Exchange {
             return;
         }
         let elapsed = self.start.elapsed();
-        let server_failure = self.server_failure(end);
+        let class = self.class_at(end);
+        // Mesh's own refusals (no route, shed, ...) never reached a server but failed the request.
+        let server_failure = matches!(end, End::Failed(_)) || class.is_server_failure();
         let error_type = match end {
             End::Failed(kind) => Some(kind),
             End::BodyError => Some("body"),
@@ -242,18 +288,14 @@ impl Exchange {
         // Semantic conventions: a client span fails on any 4xx/5xx or non-OK gRPC status; a
         // server span only on what is the server's fault.
         let span_failed = match self.shared.direction {
-            Direction::Outbound => {
-                error_type.is_some()
-                    || self.status.is_some_and(|s| s.as_u16() >= 400)
-                    || self.grpc_code.is_some_and(|c| c != 0)
-            }
+            Direction::Outbound => error_type.is_some() || class.is_failure(),
             Direction::Inbound => server_failure,
         };
         if let Some(kind) = error_type {
             self.record("error.type", kind);
         } else if span_failed {
             match (self.grpc_code, self.status) {
-                (Some(code), _) if code != 0 => self.record("error.type", grpc_code_name(code)),
+                (Some(code), _) if code != 0 => self.record("error.type", grpc::code_name(code)),
                 (_, Some(status)) => self.record("error.type", status.as_u16()),
                 _ => {}
             }
@@ -271,12 +313,18 @@ impl Exchange {
         }
     }
 
-    /// Did the request fail on the server's side (or in transit)? What golden signals count as
-    /// a failure: no answer, a 5xx, or a gRPC status that blames the server.
-    fn server_failure(&self, end: End) -> bool {
-        matches!(end, End::Failed(_) | End::BodyError)
-            || self.status.is_some_and(|s| s.is_server_error())
-            || self.grpc_code.is_some_and(|c| matches!(c, 2 | 4 | 12 | 13 | 14 | 15))
+    /// The request's verdict by the one classifier, however it ended.
+    fn class_at(&self, end: End) -> Class {
+        match (end, self.class) {
+            (End::BodyError, _) => Class::Transport(TransportFailure::Reset),
+            (_, Some(class)) => class,
+            // A gRPC response whose body ended without a status.
+            (End::Complete, None) => match self.status {
+                Some(status) => classify::trailers(status, None),
+                None => Class::Cancelled,
+            },
+            (End::Dropped | End::Failed(_), None) => Class::Cancelled,
+        }
     }
 
     fn record_metrics(&self, elapsed: std::time::Duration) {
@@ -285,7 +333,7 @@ impl Exchange {
             None => "error",
         };
         let grpc_code = match (self.grpc, self.grpc_code) {
-            (_, Some(code)) => grpc_code_name(code),
+            (_, Some(code)) => grpc::code_name(code),
             (true, None) => "NONE",
             (false, None) => "",
         };
@@ -341,57 +389,4 @@ fn status_class(status: StatusCode) -> &'static str {
         400..=499 => "4xx",
         _ => "5xx",
     }
-}
-
-/// The canonical name of a gRPC status code.
-pub(crate) fn grpc_code_name(code: u16) -> &'static str {
-    const NAMES: [&str; 17] = [
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    ];
-    NAMES.get(usize::from(code)).copied().unwrap_or("UNKNOWN")
-}
-
-/// A low-cardinality name for an error, for `error.type` and the access log.
-pub(crate) fn error_type(error: &BoxError) -> &'static str {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
-    while let Some(e) = source {
-        let kind = if e.is::<crate::route::NoRoute>() {
-            Some("no_route")
-        } else if e.is::<crate::client::NoEndpoints>() || e.is::<crate::client::UnknownSubset>() {
-            Some("no_endpoints")
-        } else if e.is::<crate::client::Unresolved>() {
-            Some("unresolved")
-        } else if e.is::<crate::client::ConnectError>() {
-            Some("connect")
-        } else if e.is::<crate::retry::RouteTimeout>() || e.is::<tokio::time::error::Elapsed>() {
-            Some("timeout")
-        } else if e.is::<crate::limit::Overloaded>() {
-            Some("overloaded")
-        } else if e.is::<crate::fault::InjectedFault>() {
-            Some("injected_fault")
-        } else {
-            None
-        };
-        if let Some(kind) = kind {
-            return kind;
-        }
-        source = e.source();
-    }
-    "transport"
 }

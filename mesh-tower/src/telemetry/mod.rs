@@ -54,7 +54,7 @@ use tower::Layer;
 
 pub use self::body::TelemetryBody;
 pub use self::golden::{GoldenSignals, SubsetSignals};
-pub use self::service::{Telemetry, TelemetryFuture};
+pub use self::service::{Telemetry, TelemetryError, TelemetryFuture};
 
 /// The `tracing` target of access-log events.
 pub const ACCESS_LOG_TARGET: &str = "mesh::access";
@@ -85,17 +85,23 @@ impl Direction {
 ///
 /// Cheap to clone. Client side, hand it to
 /// [`MeshClientBuilder::telemetry`](crate::client::MeshClientBuilder::telemetry) (the client stack
-/// has one by default); server side, make it the outermost layer:
+/// has one by default); server side, to
+/// [`ServerBuilder::telemetry`](crate::server::ServerBuilder::telemetry), which puts it outermost,
+/// above authorization and the caller's deadline.
+///
+/// Its service passes the inner service's errors on unchanged, so it fits where errors cannot
+/// happen, such as an axum `Router`:
 ///
 /// ```
-/// use mesh_tower::{authz::AuthorizationLayer, context::ContextLayer, telemetry::TelemetryLayer};
-/// # fn f(discovery: mesh_core::StaticDiscovery, app: tower::util::BoxCloneService<http::Request<hyper::body::Incoming>, http::Response<String>, std::convert::Infallible>) -> Result<(), Box<dyn std::error::Error>> {
-/// let me = "reviews".parse()?;
-/// let service = tower::ServiceBuilder::new()
-///     .layer(TelemetryLayer::server(me).version("v2".parse()?).access_log(true))
-///     .layer(AuthorizationLayer::from_discovery(&discovery, &"reviews".parse()?))
-///     .layer(ContextLayer::new())
-///     .service(app);
+/// use axum::{Router, routing::get};
+/// use mesh_tower::{authz::AuthorizationLayer, telemetry::TelemetryLayer};
+/// use mesh_core::policy::AuthorizationPolicy;
+///
+/// # fn f() -> Result<(), Box<dyn std::error::Error>> {
+/// let app: Router = Router::new()
+///     .route("/reviews/{id}", get(|| async { "a review" }))
+///     .layer(AuthorizationLayer::new(AuthorizationPolicy::enforce(vec![])))
+///     .layer(TelemetryLayer::server("reviews".parse()?));
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Debug)]

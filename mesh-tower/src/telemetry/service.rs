@@ -31,18 +31,51 @@ impl<S> Telemetry<S> {
     }
 }
 
+/// An error telemetry can read without taking it: its service passes errors on unchanged (so a
+/// service that cannot fail, such as an axum `Router`, stays one), and records what it can of
+/// them. Implemented for mesh's [`BoxError`], for [`Infallible`](std::convert::Infallible),
+/// and for the error types of hyper and `std::io`; map other errors to one of these.
+pub trait TelemetryError {
+    /// The error, to classify and describe.
+    fn as_error(&self) -> &(dyn std::error::Error + 'static);
+}
+
+impl TelemetryError for BoxError {
+    fn as_error(&self) -> &(dyn std::error::Error + 'static) {
+        self.as_ref()
+    }
+}
+
+impl TelemetryError for std::convert::Infallible {
+    fn as_error(&self) -> &(dyn std::error::Error + 'static) {
+        match *self {}
+    }
+}
+
+impl TelemetryError for hyper::Error {
+    fn as_error(&self) -> &(dyn std::error::Error + 'static) {
+        self
+    }
+}
+
+impl TelemetryError for std::io::Error {
+    fn as_error(&self) -> &(dyn std::error::Error + 'static) {
+        self
+    }
+}
+
 impl<S, B, RB> Service<Request<B>> for Telemetry<S>
 where
     S: Service<Request<B>, Response = Response<RB>>,
     RB: http_body::Body,
-    S::Error: Into<BoxError>,
+    S::Error: TelemetryError,
 {
     type Response = Response<TelemetryBody<RB>>;
-    type Error = BoxError;
+    type Error = S::Error;
     type Future = TelemetryFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
@@ -99,9 +132,9 @@ impl<F, RB, E> Future for TelemetryFuture<F>
 where
     F: Future<Output = Result<Response<RB>, E>>,
     RB: http_body::Body,
-    E: Into<BoxError>,
+    E: TelemetryError,
 {
-    type Output = Result<Response<TelemetryBody<RB>>, BoxError>;
+    type Output = Result<Response<TelemetryBody<RB>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
@@ -121,8 +154,7 @@ where
             }
             // (An empty body may never be polled: `TelemetryBody::new` ends the exchange then.)
             Err(error) => {
-                let error = error.into();
-                exchange.finish_error(&error);
+                exchange.finish_error(error.as_error());
                 Err(error)
             }
         })

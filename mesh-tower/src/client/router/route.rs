@@ -11,7 +11,7 @@ use http::Request;
 use mesh_core::{Route, RouteMatch, ServiceName};
 
 /// Whether `request` satisfies `matches`.
-pub fn matches<B>(matches: &RouteMatch, request: &Request<B>) -> bool {
+pub(crate) fn matches<B>(matches: &RouteMatch, request: &Request<B>) -> bool {
     if let Some(path) = &matches.path
         && !path.matches(request.uri().path())
     {

@@ -1,10 +1,10 @@
 //! Retries with a budget, per route.
 //!
-//! [`RetryLayer`] reads the destination's snapshot to find the request's route and its
-//! [`RetryPolicy`](mesh_core::policy::RetryPolicy) (the route's own, else the service's). A
-//! request is retried only if:
+//! [`RetryLayer`] reads the request's [`RetryPolicy`](mesh_core::policy::RetryPolicy) (the
+//! route's own, else the service's) from its [`Resolution`](super::Resolution); a request without
+//! one is sent once. A request is retried only if:
 //!
-//! - the policy's `retry_on` says the outcome is retryable (see [`crate::classify`]);
+//! - the policy's `retry_on` says the outcome is retryable (by the one [classifier](crate::classify));
 //! - its method is idempotent, or the policy sets `retry_non_idempotent`;
 //! - its body can be replayed: bodies whose size is known to be at most `max_replay_bytes`
 //!   (64 KiB by default) are buffered; larger or unbounded ones are sent once, and counted;
@@ -33,25 +33,16 @@
 //! messages ready when the call starts are buffered (all of a unary or server-streaming call);
 //! a client stream still waiting on the application is sent once.
 //!
-//! Attempts wait an exponential backoff with full jitter, may each be bounded by
-//! `per_try_timeout`, never run past the route's timeout, carry `x-mesh-attempt: N`, and prefer an
-//! endpoint other than the ones that failed. [`RetryStats`] counts retries, exhausted budgets
-//! and bodies too large to replay.
+//! Every attempt goes to the subset the router chose for the request (a split is decided once per
+//! request, as Envoy and gRPC retry inside the weighted cluster they picked), and to an endpoint
+//! other than the ones that already failed it, whatever the failure (an error status, a refused
+//! connection, a per-try timeout). Attempts wait an exponential backoff with full jitter, may each
+//! be bounded by `per_try_timeout`, and never run past the request's deadline (see
+//! [`crate::client::deadline`]). [`RetryStats`] counts retries, exhausted budgets and bodies too large to
+//! replay.
 
 mod budget;
 mod replay;
 mod service;
 
-pub use self::service::{Retry, RetryBody, RetryLayer, RetryStats, RouteTimeout};
-
-/// The request header that numbers attempts (1 for the first).
-pub const ATTEMPT_HEADER: &str = "x-mesh-attempt";
-
-/// The request header on a retried gRPC call that counts the attempts before it, as gRPC's retry
-/// design specifies.
-pub const GRPC_PREVIOUS_ATTEMPTS_HEADER: &str = "grpc-previous-rpc-attempts";
-
-/// In a request's extensions: endpoints that already failed it, which the balancer avoids when
-/// the subset has others.
-#[derive(Clone, Debug, Default)]
-pub struct AvoidEndpoints(pub Vec<std::net::SocketAddr>);
+pub use self::service::{Retry, RetryBody, RetryLayer, RetryStats};

@@ -138,3 +138,63 @@ impl MirrorStats {
         self.skipped.fetch_add(1, Ordering::Relaxed);
     }
 }
+
+/// Sets up the copy of `request` for `shadow` and returns the primary, whose body keeps the copy.
+pub(crate) fn tee<B>(
+    shared: &std::sync::Arc<super::Shared>,
+    request: http::Request<B>,
+    shadow: crate::client::router::Target,
+) -> http::Request<TeeBody<B>>
+where
+    B: Body<Data = Bytes>,
+{
+    use http::{HeaderValue, Request};
+    use http_body_util::{BodyExt, Full};
+
+    use crate::BoxError;
+
+    let Ok(slot) = shared.mirror_slots.clone().try_acquire_owned() else {
+        shared.mirrors.record_skipped();
+        return request.map(TeeBody::plain);
+    };
+    let (parts, body) = request.into_parts();
+    let mut copy = Request::builder().method(parts.method.clone()).uri(parts.uri.clone()).body(()).unwrap_or_default();
+    *copy.headers_mut() = parts.headers.clone();
+    copy.headers_mut().insert(MIRROR_HEADER, HeaderValue::from_static("1"));
+    let (done, copied) = tokio::sync::oneshot::channel();
+    let body = if body.is_end_stream() {
+        let _ = done.send(Bytes::new());
+        TeeBody::plain(body)
+    } else {
+        TeeBody::tee(body, shared.config.mirror_body_limit, done)
+    };
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let _slot = slot;
+        // Sent only once the primary body went out in full and within the limit.
+        let Ok(bytes) = copied.await else {
+            shared.mirrors.record_skipped();
+            return;
+        };
+        let copy = copy.map(|()| Full::new(bytes));
+        let outcome = match super::rewrite(copy, &shadow, &shared) {
+            Ok(copy) => tokio::time::timeout(shared.config.mirror_timeout, async {
+                let response = shared.mirror_http.request(copy).await?;
+                response.into_body().collect().await.map_err(BoxError::from)?;
+                Ok::<_, BoxError>(())
+            })
+            .await
+            .map_err(BoxError::from)
+            .and_then(|r| r),
+            Err(error) => Err(error),
+        };
+        match outcome {
+            Ok(()) => shared.mirrors.record_sent(),
+            Err(error) => {
+                tracing::debug!(%error, shadow = %shadow.address, "mirrored copy failed");
+                shared.mirrors.record_failed();
+            }
+        }
+    });
+    Request::from_parts(parts, body)
+}

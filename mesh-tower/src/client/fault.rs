@@ -1,10 +1,11 @@
 //! Fault injection, per route, for chaos testing in staging: a share of requests delayed, a share
 //! aborted with a status, before they leave the client.
 //!
-//! [`FaultLayer::from_discovery`] reads the matched route's `fault` from the destination's
-//! snapshot, live. Shares are exact (the low-discrepancy sequence of [`crate::split`]), so "5%"
-//! means 5 of every 100. An abort is the typed error [`InjectedFault`] carrying the status; it
-//! sits above retries in the client stack, so injected aborts are not retried (as in Istio).
+//! [`FaultLayer`] reads the matched route's `fault` from the request's
+//! [`Resolution`]; a request without one passes untouched. Shares are exact
+//! (the low-discrepancy sequence of the weighted split), so "5%" means 5 of every 100. An abort is
+//! the typed error [`InjectedFault`] carrying the status; it sits above retries in the client
+//! stack, so injected aborts are not retried (as in Istio).
 
 use std::{
     sync::{
@@ -15,10 +16,10 @@ use std::{
 };
 
 use http::{Request, StatusCode};
-use mesh_core::{Discovery, ServiceName, SnapshotWatch};
 use tower::{Layer, Service, ServiceExt};
 
-use crate::{BoxError, future::PassThrough, route, split::in_share};
+use super::{Resolution, router::split::in_share};
+use crate::{BoxError, future::PassThrough};
 
 /// A request failed on purpose by the route's fault policy.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -34,31 +35,24 @@ impl InjectedFault {
     }
 }
 
-/// Injects the faults the destination's routes ask for. Cheap to clone.
-#[derive(Clone, Debug)]
+/// Injects the faults the requests' routes ask for. Cheap to clone: the counters that make shares
+/// exact are shared by every clone.
+#[derive(Clone, Debug, Default)]
 pub struct FaultLayer {
     shared: Arc<Shared>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Shared {
-    watch: SnapshotWatch,
     delays: AtomicU64,
     aborts: AtomicU64,
     injected: AtomicU64,
 }
 
 impl FaultLayer {
-    /// Follows `service`'s routes.
-    pub fn from_discovery(discovery: &impl Discovery, service: &ServiceName) -> Self {
-        Self {
-            shared: Arc::new(Shared {
-                watch: discovery.watch(service),
-                delays: AtomicU64::new(0),
-                aborts: AtomicU64::new(0),
-                injected: AtomicU64::new(0),
-            }),
-        }
+    /// The layer; each request's fault policy comes from its resolution.
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// Faults injected so far (delays and aborts).
@@ -99,26 +93,23 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let fault = self.shared.watch.current().and_then(|snapshot| {
-            let i = route::select(snapshot.routes(), &request)?;
-            snapshot.routes()[i].fault.clone()
-        });
+        let fault = request.extensions().get::<Resolution>().and_then(Resolution::fault);
         let Some(fault) = fault else {
             // No fault on this route: the ready inner service takes the request, unboxed.
             return PassThrough::direct(self.inner.call(request), None);
         };
+        let (abort, delay) = (fault.abort.clone(), fault.delay.clone());
         let inner = self.inner.clone();
         let service = std::mem::replace(&mut self.inner, inner);
         let shared = &self.shared;
-        if let Some(abort) = &fault.abort
+        if let Some(abort) = &abort
             && in_share(shared.aborts.fetch_add(1, Ordering::Relaxed), abort.percent.get())
         {
             shared.injected.fetch_add(1, Ordering::Relaxed);
             let status = StatusCode::from_u16(abort.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             return PassThrough::boxed(async move { Err(InjectedFault { status }.into()) });
         }
-        let delay = fault
-            .delay
+        let delay = delay
             .filter(|d| in_share(shared.delays.fetch_add(1, Ordering::Relaxed), d.percent.get()))
             .map(|d| d.duration);
         if delay.is_some() {
@@ -138,31 +129,31 @@ mod tests {
     use std::{convert::Infallible, time::Duration};
 
     use mesh_core::{
-        Route, RouteName, ServiceSnapshot, StaticDiscovery,
+        Route, RouteName, ServiceSnapshot,
         policy::{Fault, Percentage},
     };
 
     use super::*;
 
-    fn layer(fault: Fault) -> FaultLayer {
-        let name: ServiceName = "reviews".parse().unwrap();
-        let discovery = StaticDiscovery::new();
-        discovery.set(
-            ServiceSnapshot::builder(name.clone())
-                .route(Route::new(RouteName::new("default").unwrap()).with_fault(fault))
-                .build()
-                .unwrap(),
-        );
-        FaultLayer::from_discovery(&discovery, &name)
+    /// A request resolved against a snapshot whose one route has `fault`: no discovery involved.
+    fn request(fault: &Fault) -> Request<()> {
+        let snapshot = ServiceSnapshot::builder("reviews".parse().unwrap())
+            .route(Route::new(RouteName::new("default").unwrap()).with_fault(fault.clone()))
+            .build()
+            .unwrap();
+        let mut request = Request::new(());
+        let resolution = Resolution::resolve(std::sync::Arc::new(snapshot), &request).unwrap();
+        request.extensions_mut().insert(resolution);
+        request
     }
 
     #[tokio::test]
     async fn aborts_an_exact_share() {
-        let layer = layer(Fault::abort(503, Percentage::new(5.0).unwrap()));
-        let service = layer.layer(tower::service_fn(|_: Request<()>| async { Ok::<_, Infallible>("ok") }));
+        let fault = Fault::abort(503, Percentage::new(5.0).unwrap());
+        let service = FaultLayer::new().layer(tower::service_fn(|_: Request<()>| async { Ok::<_, Infallible>("ok") }));
         let mut aborted = 0;
         for _ in 0..1000 {
-            if let Err(e) = service.clone().oneshot(Request::new(())).await {
+            if let Err(e) = service.clone().oneshot(request(&fault)).await {
                 assert_eq!(e.downcast_ref::<InjectedFault>().unwrap().status(), StatusCode::SERVICE_UNAVAILABLE);
                 aborted += 1;
             }
@@ -172,10 +163,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn delays_before_the_request_leaves() {
-        let layer = layer(Fault::delay(Duration::from_millis(300), Percentage::new(100.0).unwrap()));
-        let service = layer.layer(tower::service_fn(|_: Request<()>| async { Ok::<_, Infallible>("ok") }));
+        let fault = Fault::delay(Duration::from_millis(300), Percentage::new(100.0).unwrap());
+        let service = FaultLayer::new().layer(tower::service_fn(|_: Request<()>| async { Ok::<_, Infallible>("ok") }));
+        let started = tokio::time::Instant::now();
+        service.clone().oneshot(request(&fault)).await.unwrap();
+        assert_eq!(started.elapsed(), Duration::from_millis(300));
+        // A request that was never resolved has no route, so no fault.
         let started = tokio::time::Instant::now();
         service.oneshot(Request::new(())).await.unwrap();
-        assert_eq!(started.elapsed(), Duration::from_millis(300));
+        assert_eq!(started.elapsed(), Duration::ZERO);
     }
 }

@@ -1,10 +1,12 @@
-//! Circuit breaking: a cap on requests in flight to a destination, and on requests waiting for a
-//! slot. Beyond both, a request fails at once with [`Overloaded`] (load shedding) instead of
-//! queueing without bound, so a slow destination costs its callers a bounded amount of memory and
-//! time.
+//! Load shedding (Envoy's circuit breaker): a cap on requests in flight to a destination, and on
+//! requests waiting for a slot. Beyond both, a request fails at once with [`Overloaded`] instead
+//! of queueing without bound, so a slow destination costs its callers a bounded amount of memory
+//! and time.
 //!
-//! [`ConcurrencyLimitLayer::from_discovery`] follows the destination's
-//! `policies.circuit_breaker` live; without one, requests pass untouched.
+//! Unlike tower's `ConcurrencyLimit`, which makes callers wait in `poll_ready` (backpressure),
+//! [`LoadShedLayer`] refuses what is over the limit. It reads the destination's
+//! `policies.circuit_breaker` from each request's [`Resolution`], so a new
+//! limit applies to the next request; without one, requests pass untouched.
 
 use std::{
     sync::{
@@ -14,13 +16,13 @@ use std::{
     task::{Context, Poll},
 };
 
-use mesh_core::{Discovery, ServiceName, SnapshotWatch, policy::CircuitBreaker};
-
-use crate::future::PassThrough;
+use http::Request;
+use mesh_core::{ServiceName, policy::CircuitBreaker};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service, ServiceExt};
 
-use crate::BoxError;
+use super::Resolution;
+use crate::{BoxError, future::PassThrough};
 
 /// A request refused because the destination already has `max_concurrent` requests in flight and
 /// `max_pending` waiting.
@@ -32,31 +34,24 @@ pub struct Overloaded {
     max_pending: u32,
 }
 
-/// Limits requests to one destination. Cheap to clone; the limits are shared.
-#[derive(Clone, Debug)]
-pub struct ConcurrencyLimitLayer {
+/// Sheds requests over one destination's limits. Cheap to clone; the slots are shared by every
+/// clone, so use one layer per destination.
+#[derive(Clone, Debug, Default)]
+pub struct LoadShedLayer {
     shared: Arc<Shared>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Shared {
-    watch: SnapshotWatch,
     slots: Mutex<Option<(CircuitBreaker, Arc<Semaphore>)>>,
     pending: AtomicUsize,
     shed: AtomicU64,
 }
 
-impl ConcurrencyLimitLayer {
-    /// Applies `service`'s circuit-breaker policy, as discovery has it now and later.
-    pub fn from_discovery(discovery: &impl Discovery, service: &ServiceName) -> Self {
-        Self {
-            shared: Arc::new(Shared {
-                watch: discovery.watch(service),
-                slots: Mutex::new(None),
-                pending: AtomicUsize::new(0),
-                shed: AtomicU64::new(0),
-            }),
-        }
+impl LoadShedLayer {
+    /// The layer; the limits come from each request's resolution.
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// Requests refused so far.
@@ -65,17 +60,17 @@ impl ConcurrencyLimitLayer {
     }
 }
 
-impl<S> Layer<S> for ConcurrencyLimitLayer {
-    type Service = ConcurrencyLimit<S>;
+impl<S> Layer<S> for LoadShedLayer {
+    type Service = LoadShed<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ConcurrencyLimit { inner, shared: self.shared.clone() }
+        LoadShed { inner, shared: self.shared.clone() }
     }
 }
 
-/// The service [`ConcurrencyLimitLayer`] makes.
+/// The service [`LoadShedLayer`] makes.
 #[derive(Clone, Debug)]
-pub struct ConcurrencyLimit<S> {
+pub struct LoadShed<S> {
     inner: S,
     shared: Arc<Shared>,
 }
@@ -104,13 +99,13 @@ impl Drop for Waiting {
     }
 }
 
-impl<S, Req> Service<Req> for ConcurrencyLimit<S>
+impl<S, B> Service<Request<B>> for LoadShed<S>
 where
-    S: Service<Req> + Clone + Send + 'static,
+    S: Service<Request<B>> + Clone + Send + 'static,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
     S::Response: Send + 'static,
-    Req: Send + 'static,
+    B: Send + 'static,
 {
     type Response = S::Response;
     type Error = BoxError;
@@ -120,11 +115,13 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, request: Req) -> Self::Future {
-        let policy = self.shared.watch.current().and_then(|s| s.policies().circuit_breaker.clone());
-        let Some(policy) = policy else {
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let resolution = request.extensions().get::<Resolution>();
+        let Some((policy, destination)) = resolution.and_then(|r| Some((r.circuit_breaker()?.clone(), r.service())))
+        else {
             return PassThrough::direct(self.inner.call(request), None);
         };
+        let destination = destination.clone();
         let slots = self.shared.slots(&policy);
         let permit: Result<OwnedSemaphorePermit, _> = slots.clone().try_acquire_owned();
         match permit {
@@ -139,9 +136,9 @@ where
                 if waiting >= policy.max_pending as usize {
                     shared.pending.fetch_sub(1, Ordering::AcqRel);
                     shared.shed.fetch_add(1, Ordering::Relaxed);
-                    crate::metrics::per_service(crate::metrics::CIRCUIT_BREAKER_REJECTIONS, shared.watch.service());
+                    crate::metrics::per_service(crate::metrics::CIRCUIT_BREAKER_REJECTIONS, &destination);
                     let error = Overloaded {
-                        service: shared.watch.service().clone(),
+                        service: destination,
                         max_concurrent: policy.max_concurrent,
                         max_pending: policy.max_pending,
                     };

@@ -1,0 +1,321 @@
+use std::{
+    fmt,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response};
+use hyper::body::Incoming;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioTimer},
+};
+use mesh_core::{Discovery, IdentitySource, ServiceName};
+use tower::util::BoxCloneSyncService;
+
+use super::{
+    ClientConfig, Protocol,
+    deadline::DeadlineLayer,
+    endpoint::{
+        self, EndpointBody, Endpoints,
+        connect::{IdentityBook, MeshConnector},
+        mirror::MirrorStats,
+        outlier::OutlierStats,
+    },
+    fault::FaultLayer,
+    retry::{RetryLayer, RetryStats},
+    router::RouterLayer,
+    shed::LoadShedLayer,
+};
+use crate::{BoxError, MissingIdentity, identity::Security, telemetry::TelemetryLayer};
+
+/// Calls one service by name, through the whole client stack. See the [module docs](super).
+///
+/// `B` is the request body type, such as `http_body_util::Full<Bytes>` or `tonic::body::Body`.
+/// Cheap to clone: clones share the connection pool, the balancer, the retry budget and the load
+/// shedder, so make one per destination and clone it into every task that calls it. It is `Send`
+/// and `Sync`.
+pub struct MeshClient<B> {
+    stack: BoxCloneSyncService<Request<B>, Response<ResponseBody>, BoxError>,
+    handles: Arc<Handles>,
+}
+
+/// What the stack's layers count, kept for the client's accessors.
+struct Handles {
+    service: ServiceName,
+    outliers: Arc<OutlierStats>,
+    mirrors: Arc<MirrorStats>,
+    retries: Arc<RetryStats>,
+    shed: LoadShedLayer,
+    faults: FaultLayer,
+    telemetry: TelemetryLayer,
+    /// Keeps the backend (and its file watcher or control-plane task) alive as long as a client.
+    _discovery: Arc<dyn Discovery>,
+}
+
+/// The response body of a [`MeshClient`]: hyper's body, observed to its end by the attempt's
+/// accounting and by telemetry (the gRPC status in the trailers counts everywhere a status does).
+pub type ResponseBody = crate::telemetry::TelemetryBody<EndpointBody<Incoming>>;
+
+/// Configures a [`MeshClient`]. See [`MeshClient::builder`].
+#[derive(Clone)]
+pub struct MeshClientBuilder {
+    discovery: Arc<dyn Discovery>,
+    service: ServiceName,
+    config: ClientConfig,
+    security: Security,
+    telemetry: Option<TelemetryLayer>,
+}
+
+impl MeshClient<()> {
+    /// Starts configuring a client of `service`, resolved through `discovery`.
+    pub fn builder(discovery: impl Discovery, service: ServiceName) -> MeshClientBuilder {
+        MeshClientBuilder {
+            discovery: Arc::new(discovery),
+            service,
+            config: ClientConfig::default(),
+            security: Security::Unset,
+            telemetry: None,
+        }
+    }
+}
+
+impl MeshClientBuilder {
+    /// The client's telemetry: by default `TelemetryLayer::client(service)` (spans and metrics
+    /// on, access log off). Keep [`TelemetryLayer::golden_signals`] and
+    /// [`TelemetryLayer::attempt_signals`] before handing it over to read the signals (or ask
+    /// [`MeshClient::telemetry`]).
+    pub fn telemetry(mut self, telemetry: TelemetryLayer) -> Self {
+        self.telemetry = Some(telemetry);
+        self
+    }
+
+    /// Replaces the whole configuration.
+    pub fn config(mut self, config: ClientConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Dials every endpoint with mutual TLS: presents `source`'s current certificate, and accepts
+    /// only an endpoint whose certificate chains to `source`'s trust bundle and carries the SPIFFE
+    /// ID discovery gives for it (`identity` on the endpoint, else on the service). An endpoint
+    /// without an expected identity is not dialled.
+    pub fn identity(mut self, source: IdentitySource) -> Self {
+        self.security = Security::Mtls(source);
+        self
+    }
+
+    /// Opts out of TLS: connections are plaintext, and peers are not authenticated. For local
+    /// development and for traffic that another layer already protects.
+    pub fn plaintext(mut self) -> Self {
+        self.security = Security::Plaintext;
+        self
+    }
+
+    /// HTTP/1.1 (the default) or HTTP/2.
+    ///
+    /// ```
+    /// # let discovery = mesh_core::StaticDiscovery::new();
+    /// use mesh_tower::client::{MeshClient, Protocol};
+    /// let client = MeshClient::builder(discovery, "reviews".parse()?)
+    ///     .plaintext()
+    ///     .protocol(Protocol::Http2)
+    ///     .build::<http_body_util::Empty<bytes::Bytes>>()?;
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.config.protocol = protocol;
+        self
+    }
+
+    /// How long opening a connection may take (default 3 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connect_timeout = timeout;
+        self
+    }
+
+    /// How long a request waits for the destination's first snapshot (default 5 s).
+    pub fn resolve_timeout(mut self, timeout: Duration) -> Self {
+        self.config.resolve_timeout = timeout;
+        self
+    }
+
+    /// Builds the client: the whole stack, in the order `docs/architecture.md` gives, with every
+    /// policy discovery configures for the destination applied, live:
+    ///
+    /// 1. telemetry: the span, metrics, access log and golden signals of the request as the
+    ///    application sees it ([`telemetry`](Self::telemetry));
+    /// 2. the [router](super::router): the snapshot loaded, the route matched and the subset
+    ///    chosen, once;
+    /// 3. the [deadline](crate::client::deadline): the route's timeout, the request's own, the handler's;
+    /// 4. [fault injection](super::fault);
+    /// 5. [retries](super::retry) with the budget and the hop guard, inside the chosen subset;
+    /// 6. [load shedding](super::shed) (the circuit breaker);
+    /// 7. the [endpoint](super::endpoint): the balancer's pick, outlier detection, mirroring,
+    ///    and the pooled connection with mTLS that checks the endpoint's SPIFFE ID.
+    ///
+    /// Opens no connection and spawns nothing; the first requests connect, on the current tokio
+    /// runtime. Fails if neither [`identity`](Self::identity) nor [`plaintext`](Self::plaintext)
+    /// was chosen.
+    ///
+    /// ```
+    /// # let discovery = mesh_core::StaticDiscovery::new();
+    /// let client = mesh_tower::client::MeshClient::builder(discovery, "reviews".parse()?)
+    ///     .plaintext()
+    ///     .build::<http_body_util::Full<bytes::Bytes>>()?;
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn build<B>(self) -> Result<MeshClient<B>, MissingIdentity>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let telemetry = self.telemetry.clone().unwrap_or_else(|| TelemetryLayer::client(self.service.clone()));
+        let identities = Arc::new(IdentityBook::default());
+        let router =
+            RouterLayer::new(self.discovery.watch(&self.service), &self.config).with_identities(identities.clone());
+        let endpoints = self.endpoints(identities, &telemetry)?;
+        let (faults, retries, shed) = (FaultLayer::new(), RetryLayer::new(), LoadShedLayer::new());
+        let handles = Handles {
+            service: self.service.clone(),
+            outliers: router.outlier_stats(),
+            mirrors: endpoints.mirror_stats(),
+            retries: retries.stats(),
+            shed: shed.clone(),
+            faults: faults.clone(),
+            telemetry: telemetry.clone(),
+            _discovery: self.discovery.clone(),
+        };
+        let stack = tower::ServiceBuilder::new()
+            .layer(telemetry)
+            .layer(router)
+            .layer(DeadlineLayer::new())
+            .layer(faults)
+            .layer(retries)
+            .layer(shed)
+            .service(endpoints);
+        Ok(MeshClient { stack: BoxCloneSyncService::new(stack), handles: Arc::new(handles) })
+    }
+
+    /// The bottom of the stack: the pooled connections, mTLS included.
+    fn endpoints(
+        &self,
+        identities: Arc<IdentityBook>,
+        telemetry: &TelemetryLayer,
+    ) -> Result<Endpoints<super::retry::RetryBody>, MissingIdentity> {
+        let config = &self.config;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        let mut http = Client::builder(TokioExecutor::new());
+        http.pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle_per_endpoint)
+            .http2_only(config.protocol == Protocol::Http2);
+        let connector = match &self.security {
+            Security::Unset => return Err(MissingIdentity { what: format!("the client of service {}", self.service) }),
+            Security::Plaintext => MeshConnector::plaintext(connector),
+            Security::Mtls(source) => MeshConnector::mtls(
+                connector,
+                source.clone(),
+                self.service.clone(),
+                identities,
+                config.protocol,
+                config.connect_timeout,
+            ),
+        };
+        let shared = endpoint::Shared {
+            mirror_http: http.build(connector.clone()),
+            mirrors: Arc::default(),
+            mirror_slots: Arc::new(tokio::sync::Semaphore::new(config.max_mirrors_in_flight)),
+            attempt_signals: Some(telemetry.attempt_signals()),
+            config: config.clone(),
+            host: HeaderValue::from_str(self.service.as_str()).ok(),
+        };
+        Ok(Endpoints::new(shared, http.build(connector)))
+    }
+}
+
+impl<B> MeshClient<B> {
+    /// The destination.
+    pub fn service(&self) -> &ServiceName {
+        &self.handles.service
+    }
+
+    /// Ejections by outlier detection so far.
+    pub fn outlier_stats(&self) -> Arc<OutlierStats> {
+        self.handles.outliers.clone()
+    }
+
+    /// The counts of mirrored copies.
+    pub fn mirror_stats(&self) -> Arc<MirrorStats> {
+        self.handles.mirrors.clone()
+    }
+
+    /// What the retry layer did: requests, retries, exhausted budgets, bodies not replayable.
+    pub fn retry_stats(&self) -> Arc<RetryStats> {
+        self.handles.retries.clone()
+    }
+
+    /// Requests the load shedder (the circuit breaker) refused so far.
+    pub fn shed(&self) -> u64 {
+        self.handles.shed.shed()
+    }
+
+    /// Faults injected so far (delays and aborts).
+    pub fn faults_injected(&self) -> u64 {
+        self.handles.faults.injected()
+    }
+
+    /// The client's telemetry layer: its [golden signals](TelemetryLayer::golden_signals) per
+    /// request and [per attempt](TelemetryLayer::attempt_signals).
+    pub fn telemetry(&self) -> &TelemetryLayer {
+        &self.handles.telemetry
+    }
+}
+
+impl<B> tower::Service<Request<B>> for MeshClient<B> {
+    type Response = Response<ResponseBody>;
+    type Error = BoxError;
+    type Future = ResponseFuture;
+
+    /// Always ready: endpoints are picked per request, and a client without a snapshot yet
+    /// waits inside the response future.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.stack.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        self.stack.call(request)
+    }
+}
+
+/// The response future of a [`MeshClient`]: the stack's one boxed future.
+pub type ResponseFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<ResponseBody>, BoxError>> + Send>>;
+
+impl<B> Clone for MeshClient<B> {
+    fn clone(&self) -> Self {
+        Self { stack: self.stack.clone(), handles: self.handles.clone() }
+    }
+}
+
+impl<B> fmt::Debug for MeshClient<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MeshClient").field("service", &self.handles.service).finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for MeshClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let security = self.security.name();
+        f.debug_struct("MeshClientBuilder")
+            .field("service", &self.service)
+            .field("config", &self.config)
+            .field("security", &security)
+            .finish()
+    }
+}

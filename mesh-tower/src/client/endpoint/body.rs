@@ -1,0 +1,73 @@
+use std::{
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+
+use http::StatusCode;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use super::future::AttemptRecord;
+use crate::classify::{self, Class, TransportFailure};
+
+pin_project! {
+    /// A response body from an endpoint. When the attempt's outcome is in the trailers (a gRPC
+    /// response whose status was not in its headers), it records the attempt at the end of the
+    /// body; otherwise it is the inner body, frame for frame.
+    pub struct EndpointBody<B> {
+        #[pin]
+        inner: B,
+        status: StatusCode,
+        record: Option<AttemptRecord>,
+    }
+}
+
+impl<B> EndpointBody<B> {
+    pub(crate) fn new(inner: B, status: StatusCode, record: Option<AttemptRecord>) -> Self {
+        Self { inner, status, record }
+    }
+
+    /// The inner body.
+    pub fn into_inner(self) -> B {
+        self.inner
+    }
+}
+
+impl<B: Body> Body for EndpointBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        if let Some(record) = this.record {
+            let class = match &frame {
+                Some(Ok(frame)) => match frame.trailers_ref() {
+                    Some(trailers) => Some(classify::trailers(*this.status, Some(trailers))),
+                    None => None,
+                },
+                Some(Err(_)) => Some(Class::Transport(TransportFailure::Reset)),
+                None => Some(classify::trailers(*this.status, None)),
+            };
+            if let Some(class) = class {
+                record.finish(class);
+                *this.record = None;
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> std::fmt::Debug for EndpointBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointBody").finish_non_exhaustive()
+    }
+}

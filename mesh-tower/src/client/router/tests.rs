@@ -1,0 +1,83 @@
+use std::{
+    convert::Infallible,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use http::{Request, Response, StatusCode};
+use mesh_core::{
+    Discovery, Endpoint, Route, RouteName, ServiceName, ServiceSnapshot, StaticDiscovery,
+    policy::{RetryOn, RetryPolicy},
+};
+use tokio::sync::Notify;
+use tower::{Layer, ServiceExt};
+
+use super::{Resolution, RouterLayer};
+use crate::client::{ClientConfig, deadline::DeadlineLayer, retry::RetryLayer};
+
+fn name() -> ServiceName {
+    "reviews".parse().unwrap()
+}
+
+fn snapshot(max_attempts: u32, timeout: Duration) -> ServiceSnapshot {
+    let mut retry = RetryPolicy::default();
+    retry.max_attempts = max_attempts;
+    retry.retry_on = vec![RetryOn::GatewayError];
+    retry.budget.ratio = 10.0;
+    retry.backoff.base = Duration::from_millis(1);
+    retry.backoff.max = Duration::from_millis(1);
+    ServiceSnapshot::builder(name())
+        .endpoint(Endpoint::new("127.0.0.1:1".parse().unwrap()))
+        .route(Route::new(RouteName::new("default").unwrap()).with_retry(retry).with_timeout(timeout))
+        .build()
+        .unwrap()
+}
+
+/// A new snapshot published while a request is in flight: every attempt of that request keeps
+/// the version (policies, timeout, subset) it was resolved with; the next request takes the new.
+#[tokio::test]
+async fn a_snapshot_change_mid_request_does_not_mix_versions() {
+    let discovery = StaticDiscovery::new();
+    discovery.set(snapshot(3, Duration::from_secs(5)));
+    // Per attempt: the snapshot version, the retry policy's attempts, the route timeout.
+    type Seen = Vec<(u64, u32, Option<Duration>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let (arrived, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let probe = {
+        let (seen, arrived, release) = (seen.clone(), arrived.clone(), release.clone());
+        // Only the first attempt of the first request waits for the new snapshot.
+        let gated = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        tower::service_fn(move |request: Request<crate::client::retry::RetryBody>| {
+            let (seen, arrived, release, gated) = (seen.clone(), arrived.clone(), release.clone(), gated.clone());
+            async move {
+                let resolution = request.extensions().get::<Resolution>().cloned().unwrap();
+                let policy = resolution.retry_policy().unwrap().max_attempts;
+                seen.lock().unwrap().push((resolution.version(), policy, resolution.timeout()));
+                if !gated.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    arrived.notify_one();
+                    release.notified().await;
+                }
+                let mut response = Response::new(());
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                Ok::<_, Infallible>(response)
+            }
+        })
+    };
+    let router = RouterLayer::new(discovery.watch(&name()), &ClientConfig::default());
+    let stack = router.layer(DeadlineLayer::new().layer(RetryLayer::new().layer(probe)));
+
+    let first = tokio::spawn(
+        stack.clone().oneshot(Request::get("/").body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap()),
+    );
+    arrived.notified().await;
+    discovery.set(snapshot(5, Duration::from_secs(9)));
+    release.notify_one();
+    assert_eq!(first.await.unwrap().unwrap().status(), 503);
+    let first_request: Vec<_> = seen.lock().unwrap().drain(..).collect();
+    assert_eq!(first_request, vec![(1, 3, Some(Duration::from_secs(5))); 3], "three attempts, all of version 1");
+
+    let response = stack.oneshot(Request::get("/").body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap()).await;
+    assert_eq!(response.unwrap().status(), 503);
+    let second_request: Vec<_> = seen.lock().unwrap().drain(..).collect();
+    assert_eq!(second_request, vec![(2, 5, Some(Duration::from_secs(9))); 5], "the next request takes version 2");
+}

@@ -1,0 +1,57 @@
+//! The headers mesh writes for the next hop and reads from the previous one: the time the caller
+//! still waits. (The client's [deadline](crate::client::deadline) writes it; the server's
+//! [context](crate::context) reads it.)
+
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::grpc;
+
+/// The header that carries the time the caller still waits, in milliseconds (non-gRPC requests;
+/// gRPC requests use `grpc-timeout`).
+pub const TIMEOUT_HEADER: HeaderName = HeaderName::from_static("x-mesh-timeout");
+
+/// The time a request asks for in its own headers: `x-mesh-timeout` (milliseconds), else
+/// `grpc-timeout`.
+pub(crate) fn requested(headers: &HeaderMap) -> Option<Duration> {
+    if let Some(ms) = headers.get(TIMEOUT_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()) {
+        return Some(Duration::from_millis(ms));
+    }
+    grpc::parse_timeout(headers.get(grpc::TIMEOUT)?)
+}
+
+/// Tells the next hop how long the caller still waits: `grpc-timeout` on a gRPC request,
+/// `x-mesh-timeout` otherwise, replacing what the request carried.
+pub(crate) fn propagate(headers: &mut HeaderMap, remaining: Duration) {
+    if grpc::is_grpc(headers) {
+        headers.remove(TIMEOUT_HEADER);
+        headers.insert(grpc::TIMEOUT, grpc::timeout_value(remaining));
+    } else {
+        let ms = remaining.as_millis().min(99_999_999) as u64;
+        headers.insert(TIMEOUT_HEADER, HeaderValue::from(ms));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requested_timeouts() {
+        let mut headers = HeaderMap::new();
+        headers.insert("grpc-timeout", "250m".parse().unwrap());
+        assert_eq!(requested(&headers), Some(Duration::from_millis(250)));
+        headers.insert(TIMEOUT_HEADER, "180".parse().unwrap());
+        assert_eq!(requested(&headers), Some(Duration::from_millis(180)), "the mesh header wins");
+        let mut grpc = HeaderMap::new();
+        grpc.insert(http::header::CONTENT_TYPE, "application/grpc".parse().unwrap());
+        grpc.insert(TIMEOUT_HEADER, "5000".parse().unwrap());
+        propagate(&mut grpc, Duration::from_millis(99));
+        assert_eq!(grpc["grpc-timeout"], "99m");
+        assert!(!grpc.contains_key(TIMEOUT_HEADER), "gRPC carries only gRPC's header");
+        let mut http = HeaderMap::new();
+        propagate(&mut http, Duration::from_millis(42));
+        assert_eq!(http[TIMEOUT_HEADER], "42");
+    }
+}
