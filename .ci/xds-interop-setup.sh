@@ -21,6 +21,6 @@ mesh_xds_peers() {
   MESH_ENVOY="$(cd "$envoy_venv/bin" 2>/dev/null && pwd)/envoy"
   export MESH_XDS_PYTHON MESH_ENVOY
   "$MESH_XDS_PYTHON" -c 'import grpc; print("grpcio", grpc.__version__, "(xDS peer)")' || true
-  "$MESH_ENVOY" --version 2>/dev/null | tail -n 1 || true
+  "$MESH_ENVOY" --version 2>/dev/null | grep -m 1 version || true
 }
 mesh_xds_peers

@@ -33,7 +33,6 @@ fn cluster(subset: &str) -> String {
 
 struct Setup {
     _dir: tempfile::TempDir,
-    ca: DevCa,
     cp: ControlPlane,
     xds: XdsDiscovery,
     service: ServiceName,
@@ -65,9 +64,9 @@ fn write_client_certs(ca: &DevCa, dir: &Path) {
     std::fs::write(dir.join("ca.pem"), ca.cert_pem()).unwrap();
 }
 
-async fn setup(ca: DevCa, res: Resources) -> Setup {
+async fn setup(ca: &DevCa, res: Resources) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    write_client_certs(&ca, dir.path());
+    write_client_certs(ca, dir.path());
     let cp = ControlPlane::start(res).await;
     let bootstrap = xds_support::bootstrap(dir.path(), cp.addr, Some(dir.path()));
     let xds = XdsDiscovery::builder(Bootstrap::from_file(&bootstrap).unwrap())
@@ -80,7 +79,7 @@ async fn setup(ca: DevCa, res: Resources) -> Setup {
     let mut config = ClientConfig::default();
     config.seed = Some(11);
     let channel = MeshChannel::builder(xds.clone(), service.clone()).identity(identity).config(config).build().unwrap();
-    Setup { _dir: dir, ca, cp, xds, service, client: GreeterClient::new(channel) }
+    Setup { _dir: dir, cp, xds, service, client: GreeterClient::new(channel) }
 }
 
 fn backend_identity(ca: &DevCa) -> IdentitySource {
@@ -140,7 +139,7 @@ async fn weight_changes_apply_live_without_failures() {
     let v1 = serve(backend_identity(&ca), Options { version: "v1", ..Default::default() }).await;
     let v2 = serve(backend_identity(&ca), Options { version: "v2", ..Default::default() }).await;
     let endpoints = [("v1", vec![v1.handle.local_addr()]), ("v2", vec![v2.handle.local_addr()])];
-    let s = setup(ca, resources(&[("v1", 90), ("v2", 10)], &endpoints)).await;
+    let s = setup(&ca, resources(&[("v1", 90), ("v2", 10)], &endpoints)).await;
     let mut watch = s.xds.watch(&s.service);
     wait_snapshot(&mut watch, |snap| weights(snap) == [90, 10]).await;
 
@@ -209,7 +208,7 @@ async fn an_endpoint_removed_by_eds_gets_no_new_calls() {
     let ca = DevCa::new("cluster.local".parse().unwrap()).unwrap();
     let a = serve(backend_identity(&ca), Options { version: "v1", ..Default::default() }).await;
     let b = serve(backend_identity(&ca), Options { version: "v1", ..Default::default() }).await;
-    let s = setup(ca, resources(&[("v1", 100)], &[("v1", vec![a.handle.local_addr(), b.handle.local_addr()])])).await;
+    let s = setup(&ca, resources(&[("v1", 100)], &[("v1", vec![a.handle.local_addr(), b.handle.local_addr()])])).await;
     let mut watch = s.xds.watch(&s.service);
     wait_snapshot(&mut watch, |snap| snap.endpoints().len() == 2).await;
     let (v1, _, errors) = traffic(&s.client, 200, 4).await;
@@ -230,7 +229,7 @@ async fn traffic_survives_the_control_plane_and_follows_its_successor() {
     let v1 = serve(backend_identity(&ca), Options { version: "v1", ..Default::default() }).await;
     let v2 = serve(backend_identity(&ca), Options { version: "v2", ..Default::default() }).await;
     let endpoints = [("v1", vec![v1.handle.local_addr()]), ("v2", vec![v2.handle.local_addr()])];
-    let s = setup(ca, resources(&[("v1", 100)], &endpoints)).await;
+    let s = setup(&ca, resources(&[("v1", 100)], &endpoints)).await;
     let mut watch = s.xds.watch(&s.service);
     // A single-cluster route: one target.
     wait_snapshot(&mut watch, |snap| weights(snap) == [1]).await;
@@ -265,7 +264,7 @@ async fn a_bad_resource_is_nacked_by_name_while_traffic_continues() {
     let v1 = serve(backend_identity(&ca), Options { version: "v1", ..Default::default() }).await;
     let v2 = serve(backend_identity(&ca), Options { version: "v2", ..Default::default() }).await;
     let endpoints = [("v1", vec![v1.handle.local_addr()]), ("v2", vec![v2.handle.local_addr()])];
-    let s = setup(ca, resources(&[("v1", 50), ("v2", 50)], &endpoints)).await;
+    let s = setup(&ca, resources(&[("v1", 50), ("v2", 50)], &endpoints)).await;
     let mut watch = s.xds.watch(&s.service);
     wait_snapshot(&mut watch, |snap| weights(snap) == [50, 50]).await;
     let version = watch.current_version();
@@ -322,7 +321,7 @@ async fn mtls_refuses_an_endpoint_presenting_another_spiffe_id() {
     let intruder_id = IdentitySource::fixed(ca.identity("/ns/default/sa/ratings").unwrap());
     let intruder = serve(intruder_id, Options { version: "v2", ..Default::default() }).await;
     let endpoints = [("v1", vec![good.handle.local_addr()]), ("v2", vec![intruder.handle.local_addr()])];
-    let s = setup(ca, resources(&[("v1", 100)], &endpoints)).await;
+    let s = setup(&ca, resources(&[("v1", 100)], &endpoints)).await;
     let mut watch = s.xds.watch(&s.service);
     // A single-cluster route: one target.
     wait_snapshot(&mut watch, |snap| weights(snap) == [1]).await;
@@ -337,7 +336,6 @@ async fn mtls_refuses_an_endpoint_presenting_another_spiffe_id() {
     let err = client.say_hello(hello("xds")).await.unwrap_err();
     assert!(err.message().contains(REVIEWS) || err.message().contains("ratings"), "{err}");
     assert_eq!(intruder.seen.calls.load(Ordering::SeqCst), 0, "a call reached the endpoint with the wrong identity");
-    let _ = &s.ca;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -441,7 +439,7 @@ async fn retries_timeouts_and_faults_from_xds_act_on_calls() {
         ("v2", vec![hang.handle.local_addr()]),
         ("v3", vec![healthy.handle.local_addr()]),
     ];
-    let s = setup(ca, resources(&[("v3", 100)], &endpoints)).await;
+    let s = setup(&ca, resources(&[("v3", 100)], &endpoints)).await;
     let mut watch = s.xds.watch(&s.service);
     wait_snapshot(&mut watch, |snap| weights(snap) == [1]).await;
 
@@ -529,7 +527,7 @@ async fn ring_hash_from_xds_keeps_a_header_on_one_endpoint() {
         });
     }
     res.set(&listener(), &rc);
-    let s = setup(ca, res).await;
+    let s = setup(&ca, res).await;
     let mut watch = s.xds.watch(&s.service);
     wait_snapshot(&mut watch, |snap| snap.policies().load_balancer.header.is_some()).await;
     let calls = || backends.iter().map(|b| b.seen.calls.load(Ordering::SeqCst)).collect::<Vec<_>>();
