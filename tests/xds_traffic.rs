@@ -237,7 +237,7 @@ async fn traffic_survives_the_control_plane_and_follows_its_successor() {
     status.wait_for(|st| st.connected).await.unwrap();
 
     let Setup { cp, client, xds, service, _dir, .. } = s;
-    let (addr, mut res) = cp.kill();
+    let (addr, mut res) = cp.kill().await;
     status.wait_for(|st| !st.connected).await.unwrap();
     // The last good configuration stays, with the failure reported beside it.
     let (a, b, errors) = traffic(&client, 300, 3).await;

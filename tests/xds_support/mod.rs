@@ -170,10 +170,12 @@ impl ControlPlane {
         seen.nacks.iter().find(|(_, d)| pred(d)).unwrap().1.clone()
     }
 
-    /// Kills the control plane: the listener closes and every stream ends with UNAVAILABLE.
-    pub fn kill(self) -> (SocketAddr, Resources) {
-        self.server.abort();
+    /// Kills the control plane: every stream ends with UNAVAILABLE and the listener is closed
+    /// when this returns (so a successor can bind the same port).
+    pub async fn kill(mut self) -> (SocketAddr, Resources) {
         self.state.killed.send_replace(true);
+        self.server.abort();
+        let _ = (&mut self.server).await;
         (self.addr, self.resources())
     }
 }
