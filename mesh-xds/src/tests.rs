@@ -474,3 +474,43 @@ fn long_cluster_names_get_stable_short_subset_names() {
     assert_eq!(a, cascade::subset_for_cluster(&long));
     assert_ne!(a, cascade::subset_for_cluster(&format!("{long}b")));
 }
+
+#[test]
+fn typed_load_balancing_policies_take_the_first_supported() {
+    use envoy_types::pb::envoy::{
+        config::{
+            cluster::v3::{LoadBalancingPolicy, load_balancing_policy::Policy},
+            core::v3::TypedExtensionConfig,
+        },
+        extensions::load_balancing_policies::wrr_locality::v3::WrrLocality,
+    };
+    let policy = |type_url: &str, value: Vec<u8>| Policy {
+        typed_extension_config: Some(TypedExtensionConfig {
+            name: "p".into(),
+            typed_config: Some(Any { type_url: type_url.into(), value }),
+        }),
+    };
+    let lb = "type.googleapis.com/envoy.extensions.load_balancing_policies";
+    let round_robin = policy(&format!("{lb}.round_robin.v3.RoundRobin"), vec![]);
+    let wrr = WrrLocality {
+        endpoint_picking_policy: Some(LoadBalancingPolicy { policies: vec![round_robin] }),
+        ..Default::default()
+    };
+    let ctx_providers = providers();
+    let ctx = DecodeContext { certificate_providers: &ctx_providers };
+    let mut c = f::cluster(&cluster("v1"), None);
+    c.lb_policy = 2; // RING_HASH, overridden by the typed policy (gRFC A52)
+    c.load_balancing_policy = Some(LoadBalancingPolicy {
+        policies: vec![
+            policy(&format!("{lb}.client_side_weighted_round_robin.v3.ClientSideWeightedRoundRobin"), vec![]),
+            policy(&format!("{lb}.wrr_locality.v3.WrrLocality"), f::any(&wrr).value),
+        ],
+    });
+    let parsed = crate::resource::cluster::parse(&c, &ctx).unwrap();
+    assert_eq!(parsed.lb, crate::resource::cluster::LbKind::RoundRobin);
+    c.load_balancing_policy =
+        Some(LoadBalancingPolicy { policies: vec![policy(&format!("{lb}.pick_first.v3.PickFirst"), vec![])] });
+    let err = crate::resource::cluster::parse(&c, &ctx).unwrap_err();
+    assert_eq!(err.field, "load_balancing_policy.policies");
+    assert!(err.reason.contains("PickFirst"), "{}", err.reason);
+}

@@ -6,11 +6,12 @@ use std::time::Duration;
 use envoy_types::pb::{
     envoy::config::{
         cluster::v3::{
-            Cluster as RawCluster, OutlierDetection as RawOutlier,
+            Cluster as RawCluster, LoadBalancingPolicy, OutlierDetection as RawOutlier,
             cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy},
         },
         core::v3::transport_socket::ConfigType,
     },
+    envoy::extensions::load_balancing_policies::wrr_locality::v3::WrrLocality,
     google::protobuf::UInt32Value,
 };
 use mesh_core::policy::{OutlierDetection, Percentage};
@@ -69,23 +70,10 @@ pub(crate) fn parse(raw: &RawCluster, ctx: &DecodeContext<'_>) -> FieldResult<Cl
     }
     let eds_service_name =
         eds.map(|e| e.service_name.clone()).filter(|n| !n.is_empty()).unwrap_or_else(|| raw.name.clone());
-    if raw.load_balancing_policy.is_some() {
-        return Err(FieldError::new(
-            "load_balancing_policy",
-            "typed load-balancing policies are not supported; use lb_policy",
-        ));
-    }
-    let lb = match LbPolicy::try_from(raw.lb_policy) {
-        Ok(LbPolicy::RoundRobin) => LbKind::RoundRobin,
-        Ok(LbPolicy::LeastRequest) => LbKind::LeastRequest,
-        Ok(LbPolicy::RingHash) => LbKind::RingHash,
-        Ok(other) => {
-            return Err(FieldError::new(
-                "lb_policy",
-                format!("{} is not supported (ROUND_ROBIN, LEAST_REQUEST, RING_HASH)", other.as_str_name()),
-            ));
-        }
-        Err(_) => return Err(FieldError::new("lb_policy", format!("unknown policy {}", raw.lb_policy))),
+    let lb = match &raw.load_balancing_policy {
+        // gRFC A52: the typed policy, when present, wins over lb_policy.
+        Some(policy) => typed_policy(policy, 0).map_err(|e| e.within("load_balancing_policy"))?,
+        None => lb_policy(raw.lb_policy)?,
     };
     let max_requests = raw
         .circuit_breakers
@@ -111,6 +99,54 @@ pub(crate) fn parse(raw: &RawCluster, ctx: &DecodeContext<'_>) -> FieldResult<Cl
         return Err(FieldError::new("transport_socket_matches", "per-endpoint transport sockets are not supported"));
     }
     Ok(Cluster { eds_service_name, lb, max_requests, outlier_detection, tls })
+}
+
+fn lb_policy(policy: i32) -> FieldResult<LbKind> {
+    match LbPolicy::try_from(policy) {
+        Ok(LbPolicy::RoundRobin) => Ok(LbKind::RoundRobin),
+        Ok(LbPolicy::LeastRequest) => Ok(LbKind::LeastRequest),
+        Ok(LbPolicy::RingHash) => Ok(LbKind::RingHash),
+        Ok(other) => Err(FieldError::new(
+            "lb_policy",
+            format!("{} is not supported (ROUND_ROBIN, LEAST_REQUEST, RING_HASH)", other.as_str_name()),
+        )),
+        Err(_) => Err(FieldError::new("lb_policy", format!("unknown policy {policy}"))),
+    }
+}
+
+/// The first policy of a typed `load_balancing_policy` list that mesh has (gRFC A52): round robin,
+/// least request, ring hash, or any of them under `wrr_locality` (locality weights are already
+/// folded into endpoint weights). None supported: refused.
+fn typed_policy(policy: &LoadBalancingPolicy, depth: usize) -> FieldResult<LbKind> {
+    const POLICIES: &str = "type.googleapis.com/envoy.extensions.load_balancing_policies";
+    if depth > 8 {
+        return Err(FieldError::new("policies", "nested too deeply"));
+    }
+    let mut seen = Vec::new();
+    for (i, p) in policy.policies.iter().enumerate() {
+        let Some(any) = p.typed_extension_config.as_ref().and_then(|t| t.typed_config.as_ref()) else {
+            return Err(FieldError::new(format!("policies[{i}].typed_extension_config"), "missing"));
+        };
+        match any.type_url.strip_prefix(POLICIES).unwrap_or_default() {
+            ".round_robin.v3.RoundRobin" => return Ok(LbKind::RoundRobin),
+            ".least_request.v3.LeastRequest" => return Ok(LbKind::LeastRequest),
+            ".ring_hash.v3.RingHash" => return Ok(LbKind::RingHash),
+            ".wrr_locality.v3.WrrLocality" => {
+                let field = format!("policies[{i}].typed_extension_config.typed_config");
+                let wrr: WrrLocality = super::decode_any(any, &field)?;
+                let inner = wrr
+                    .endpoint_picking_policy
+                    .ok_or_else(|| FieldError::new(format!("{field}.endpoint_picking_policy"), "missing"))?;
+                return typed_policy(&inner, depth + 1)
+                    .map_err(|e| e.within(&format!("{field}.endpoint_picking_policy")));
+            }
+            _ => seen.push(any.type_url.clone()),
+        }
+    }
+    Err(FieldError::new(
+        "policies",
+        format!("none of {seen:?} is supported (round_robin, least_request, ring_hash, wrr_locality)"),
+    ))
 }
 
 fn value(v: &Option<UInt32Value>, default: u32) -> u32 {
