@@ -492,10 +492,7 @@ fn typed_load_balancing_policies_take_the_first_supported() {
     };
     let lb = "type.googleapis.com/envoy.extensions.load_balancing_policies";
     let round_robin = policy(&format!("{lb}.round_robin.v3.RoundRobin"), vec![]);
-    let wrr = WrrLocality {
-        endpoint_picking_policy: Some(LoadBalancingPolicy { policies: vec![round_robin] }),
-        ..Default::default()
-    };
+    let wrr = WrrLocality { endpoint_picking_policy: Some(LoadBalancingPolicy { policies: vec![round_robin] }) };
     let ctx_providers = providers();
     let ctx = DecodeContext { certificate_providers: &ctx_providers };
     let mut c = f::cluster(&cluster("v1"), None);
