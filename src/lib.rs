@@ -12,3 +12,6 @@
 pub use mesh_core as core;
 pub use mesh_tonic as tonic;
 pub use mesh_tower as tower;
+/// xDS discovery: join Istio's istiod or any xDS control plane (feature `xds`).
+#[cfg(feature = "xds")]
+pub use mesh_xds as xds;

@@ -203,6 +203,8 @@ pub enum PathMatch {
     /// The path starts with this string, compared segment by segment: `/api` takes `/api` and
     /// `/api/users` but not `/apis`.
     Prefix(String),
+    /// The whole path matches this regular expression (as xDS's `safe_regex` does).
+    Regex(HeaderRegex),
 }
 
 /// A path match that is not one path starting with `/`.
@@ -224,6 +226,19 @@ impl PathMatch {
         check_path(prefix.into()).map(Self::Prefix)
     }
 
+    /// A regular expression the whole path must match (it is anchored at both ends).
+    ///
+    /// ```
+    /// use mesh_core::PathMatch;
+    /// let say = PathMatch::regex("/helloworld\\.Greeter/Say.*")?;
+    /// assert!(say.matches("/helloworld.Greeter/SayHello"));
+    /// assert!(!say.matches("/x/helloworld.Greeter/SayHello"));
+    /// # Ok::<_, mesh_core::InvalidRegex>(())
+    /// ```
+    pub fn regex(pattern: &str) -> Result<Self, InvalidRegex> {
+        HeaderRegex::new(&format!("^(?:{pattern})$")).map(Self::Regex)
+    }
+
     /// Whether `path` (without the query) matches.
     ///
     /// ```
@@ -243,6 +258,7 @@ impl PathMatch {
                     None => false,
                 }
             }
+            Self::Regex(re) => re.0.is_match(path),
         }
     }
 }
@@ -255,8 +271,8 @@ fn check_path(path: String) -> Result<String, InvalidPathMatch> {
     }
 }
 
-/// The file form of a path match: a map with exactly one of `exact` and `prefix`. (A map rather
-/// than an enum so that YAML and JSON read the same, without YAML tags.)
+/// The file form of a path match: a map with exactly one of `exact`, `prefix` and `regex`. (A
+/// map rather than an enum so that YAML and JSON read the same, without YAML tags.)
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PathMatchRepr {
@@ -264,15 +280,25 @@ struct PathMatchRepr {
     exact: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     prefix: Option<String>,
+    /// Stored anchored (`^(?:…)$`), as [`PathMatch::regex`] compiles it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    regex: Option<String>,
 }
 
 impl TryFrom<PathMatchRepr> for PathMatch {
     type Error = InvalidPathMatch;
     fn try_from(repr: PathMatchRepr) -> Result<Self, Self::Error> {
-        match (repr.exact, repr.prefix) {
-            (Some(p), None) => Self::exact(p),
-            (None, Some(p)) => Self::prefix(p),
-            _ => Err(InvalidPathMatch { input: String::new(), reason: "write exactly one of `exact` and `prefix`" }),
+        match (repr.exact, repr.prefix, repr.regex) {
+            (Some(p), None, None) => Self::exact(p),
+            (None, Some(p), None) => Self::prefix(p),
+            (None, None, Some(re)) => {
+                let anchored = re.strip_prefix("^(?:").and_then(|r| r.strip_suffix(")$")).unwrap_or(&re);
+                Self::regex(anchored).map_err(|_| InvalidPathMatch { input: re, reason: "the regex does not compile" })
+            }
+            _ => Err(InvalidPathMatch {
+                input: String::new(),
+                reason: "write exactly one of `exact`, `prefix` and `regex`",
+            }),
         }
     }
 }
@@ -280,8 +306,9 @@ impl TryFrom<PathMatchRepr> for PathMatch {
 impl From<PathMatch> for PathMatchRepr {
     fn from(m: PathMatch) -> Self {
         match m {
-            PathMatch::Exact(p) => Self { exact: Some(p), prefix: None },
-            PathMatch::Prefix(p) => Self { exact: None, prefix: Some(p) },
+            PathMatch::Exact(p) => Self { exact: Some(p), prefix: None, regex: None },
+            PathMatch::Prefix(p) => Self { exact: None, prefix: Some(p), regex: None },
+            PathMatch::Regex(re) => Self { exact: None, prefix: None, regex: Some(re.as_str().to_owned()) },
         }
     }
 }
@@ -332,7 +359,7 @@ pub struct HeaderRegex(regex::Regex);
 
 /// A header match regex that does not compile.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid header regex {pattern:?}: {reason}")]
+#[error("invalid regex {pattern:?}: {reason}")]
 pub struct InvalidRegex {
     pattern: String,
     reason: String,
@@ -451,5 +478,15 @@ mod tests {
         assert!(err.to_string().contains("exactly one"), "{err}");
         let err = serde_json::from_str::<HeaderMatch>(r#"{"name":"x"}"#).unwrap_err();
         assert!(err.to_string().contains("exactly one"), "{err}");
+    }
+
+    #[test]
+    fn path_regex_matches_the_whole_path_and_round_trips() {
+        let m = PathMatch::regex("/a/[0-9]+").unwrap();
+        assert!(m.matches("/a/12") && !m.matches("/a/12/b") && !m.matches("/x/a/1"));
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(serde_json::from_str::<PathMatch>(&json).unwrap(), m);
+        assert!(serde_json::from_str::<PathMatch>(r#"{"regex": "("}"#).is_err());
+        assert!(serde_json::from_str::<PathMatch>(r#"{"regex": "/a", "prefix": "/"}"#).is_err());
     }
 }

@@ -1,0 +1,153 @@
+//! Security (gRFC A29): a cluster's `UpstreamTlsContext` naming certificate provider instances of
+//! the bootstrap, and the SPIFFE ID its endpoints must present; the bootstrap's `file_watcher`
+//! providers as mesh [`IdentitySource`]s.
+
+use envoy_types::pb::{
+    envoy::{
+        extensions::transport_sockets::tls::v3::{
+            CertificateValidationContext, CommonTlsContext, UpstreamTlsContext,
+            common_tls_context::ValidationContextType,
+        },
+        r#type::matcher::v3::string_matcher::MatchPattern,
+    },
+    google::protobuf::Any,
+};
+use mesh_core::{Credentials, IdentityFiles, IdentitySource, InvalidIdentity, SpiffeId};
+
+use crate::{
+    bootstrap::CertificateProvider,
+    resource::{DecodeContext, FieldError, FieldResult, decode_any},
+};
+
+/// What a cluster's TLS context asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ClusterTls {
+    /// The certificate provider instance for both this client's certificate and the roots.
+    pub(crate) instance: String,
+    /// The identity every endpoint of the cluster must present.
+    pub(crate) identity: SpiffeId,
+}
+
+pub(crate) fn parse_upstream(any: &Any, ctx: &DecodeContext<'_>) -> FieldResult<ClusterTls> {
+    let tls: UpstreamTlsContext = decode_any(any, "typed_config")?;
+    let common = tls.common_tls_context.as_ref().ok_or_else(|| FieldError::new("common_tls_context", "missing"))?;
+    parse_common(common, ctx).map_err(|e| e.within("common_tls_context"))
+}
+
+#[allow(deprecated)] // istiod sends the deprecated certificate provider fields beside the new ones.
+fn parse_common(common: &CommonTlsContext, ctx: &DecodeContext<'_>) -> FieldResult<ClusterTls> {
+    if !common.tls_certificates.is_empty() || !common.tls_certificate_sds_secret_configs.is_empty() {
+        return Err(FieldError::new(
+            "tls_certificates",
+            "inline and SDS certificates are not supported: use a certificate provider instance",
+        ));
+    }
+    let identity_instance =
+        match (&common.tls_certificate_provider_instance, &common.tls_certificate_certificate_provider_instance) {
+            (Some(new), _) => Some(("tls_certificate_provider_instance", new.instance_name.clone())),
+            (None, Some(old)) => Some(("tls_certificate_certificate_provider_instance", old.instance_name.clone())),
+            (None, None) => None,
+        };
+    let (validation, roots_instance) = match &common.validation_context_type {
+        Some(ValidationContextType::ValidationContext(v)) => {
+            (Some(v), v.ca_certificate_provider_instance.as_ref().map(|p| p.instance_name.clone()))
+        }
+        Some(ValidationContextType::CombinedValidationContext(c)) => {
+            let default = c.default_validation_context.as_ref();
+            let new =
+                default.and_then(|v| v.ca_certificate_provider_instance.as_ref()).map(|p| p.instance_name.clone());
+            let old = c.validation_context_certificate_provider_instance.as_ref().map(|p| p.instance_name.clone());
+            (default, new.or(old))
+        }
+        Some(ValidationContextType::ValidationContextCertificateProviderInstance(p)) => {
+            (None, Some(p.instance_name.clone()))
+        }
+        Some(_) => {
+            return Err(FieldError::new(
+                "validation_context_type",
+                "only certificate provider instances are supported",
+            ));
+        }
+        None => (None, None),
+    };
+    let Some(roots) = roots_instance else {
+        return Err(FieldError::new(
+            "validation_context",
+            "no root certificate provider instance: mesh always verifies the endpoint",
+        ));
+    };
+    let Some((identity_field, instance)) = identity_instance else {
+        return Err(FieldError::new(
+            "tls_certificate_provider_instance",
+            "missing: mesh always presents a client certificate",
+        ));
+    };
+    for (field, name) in [(identity_field, &instance), ("validation_context.ca_certificate_provider_instance", &roots)]
+    {
+        if !ctx.certificate_providers.contains_key(name) {
+            return Err(FieldError::new(
+                field,
+                format!("certificate provider instance {name:?} is not in the bootstrap"),
+            ));
+        }
+    }
+    if roots != instance {
+        return Err(FieldError::new(
+            "validation_context.ca_certificate_provider_instance",
+            format!(
+                "roots from {roots:?} and certificate from {instance:?}: mesh takes both from one provider instance"
+            ),
+        ));
+    }
+    let identity = expected_identity(validation)
+        .map_err(|e| e.within("combined_validation_context.default_validation_context"))?;
+    Ok(ClusterTls { instance, identity })
+}
+
+#[allow(deprecated)] // istiod sends match_subject_alt_names
+fn expected_identity(validation: Option<&CertificateValidationContext>) -> FieldResult<SpiffeId> {
+    let Some(v) = validation else {
+        return Err(FieldError::new("match_subject_alt_names", "missing: mesh verifies each endpoint's SPIFFE ID"));
+    };
+    if !v.match_typed_subject_alt_names.is_empty() {
+        return Err(FieldError::new(
+            "match_typed_subject_alt_names",
+            "typed SAN matchers are not supported: use match_subject_alt_names",
+        ));
+    }
+    if v.trusted_ca.is_some()
+        || v.custom_validator_config.is_some()
+        || !v.verify_certificate_spki.is_empty()
+        || !v.verify_certificate_hash.is_empty()
+    {
+        return Err(FieldError::new("trusted_ca", "only certificate provider roots and SAN matching are supported"));
+    }
+    match v.match_subject_alt_names.as_slice() {
+        [] => Err(FieldError::new("match_subject_alt_names", "empty: mesh verifies each endpoint's SPIFFE ID")),
+        [one] => match &one.match_pattern {
+            Some(MatchPattern::Exact(id)) if !one.ignore_case => {
+                id.parse::<SpiffeId>().map_err(|e| FieldError::new("match_subject_alt_names[0].exact", e.to_string()))
+            }
+            _ => Err(FieldError::new(
+                "match_subject_alt_names[0]",
+                "only an exact, case-sensitive SPIFFE ID is supported",
+            )),
+        },
+        _ => {
+            Err(FieldError::new("match_subject_alt_names", "more than one SAN: mesh checks one SPIFFE ID per endpoint"))
+        }
+    }
+}
+
+/// A `file_watcher` provider's files as a watched mesh identity. The trust domain of the roots is
+/// the one of the certificate's own SPIFFE ID.
+pub(crate) fn identity_source(provider: &CertificateProvider) -> Result<IdentitySource, InvalidIdentity> {
+    let credentials = Credentials::from_pem_files(&provider.certificate_file, &provider.private_key_file)?;
+    let trust_domain = credentials.spiffe_id().trust_domain();
+    IdentitySource::from_files(IdentityFiles::new(
+        &provider.certificate_file,
+        &provider.private_key_file,
+        &provider.ca_certificate_file,
+        trust_domain,
+    ))
+}
