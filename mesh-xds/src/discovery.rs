@@ -1,105 +1,21 @@
 //! [`XdsDiscovery`]: mesh's `Discovery` fed by an xDS control plane.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
-use mesh_core::{
-    Discovery, IdentitySource, InvalidIdentity, InvalidName, ServiceName, SnapshotWatch, SubsetName,
-    discovery::SnapshotPublisher,
-};
+use mesh_core::{Discovery, IdentitySource, ServiceName, SnapshotWatch, SubsetName, discovery::SnapshotPublisher};
 use tokio::sync::{mpsc, watch};
 
+pub use crate::shared::{XdsError, XdsStatus};
 use crate::{
-    Bootstrap, BootstrapError,
+    Bootstrap,
     ads::stream::{self, Options},
-    cascade::{Built, CascadeError},
-    security,
+    resource::security,
+    shared::{Shared, Target},
 };
-
-/// What can go wrong with xDS discovery.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum XdsError {
-    /// The bootstrap is missing or invalid.
-    #[error(transparent)]
-    Bootstrap(#[from] BootstrapError),
-    /// [`XdsDiscoveryBuilder::build`] was called outside a tokio runtime.
-    #[error("xDS discovery must be started inside a tokio runtime")]
-    NoRuntime,
-    /// A listener name that cannot be turned into a service name.
-    #[error("xDS target {target:?} cannot name a service: {source}")]
-    InvalidTarget {
-        /// The listener name.
-        target: String,
-        /// Why.
-        #[source]
-        source: InvalidName,
-    },
-    /// A certificate provider's files could not be loaded.
-    #[error("certificate provider instance {instance:?}: {source}")]
-    Identity {
-        /// The instance name in the bootstrap.
-        instance: String,
-        /// Why.
-        #[source]
-        source: InvalidIdentity,
-    },
-    /// The bootstrap names no certificate provider instance to take the identity from.
-    #[error("the bootstrap has no certificate provider instance {0:?}")]
-    NoCertificateProvider(String),
-    /// The control plane could not be reached, or the stream failed; the last good snapshots stay.
-    #[error("xDS stream to {server}: {reason}")]
-    Stream {
-        /// The server URI.
-        server: String,
-        /// What happened.
-        reason: String,
-    },
-    /// A target's resources do not add up to a snapshot; its last good snapshot stays.
-    #[error(transparent)]
-    Cascade(#[from] CascadeError),
-}
-
-/// What the ADS stream has done so far, for operations and tests: watch it to wait for an ACK,
-/// a NACK or a reconnection without sleeping.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct XdsStatus {
-    /// Whether a stream is open.
-    pub connected: bool,
-    /// Streams opened so far.
-    pub streams: u64,
-    /// Responses received.
-    pub responses: u64,
-    /// Responses ACKed.
-    pub acks: u64,
-    /// Responses NACKed (wholly or in part).
-    pub nacks: u64,
-    /// The error detail of the last NACK.
-    pub last_nack: Option<String>,
-    /// Snapshots published, all targets together.
-    pub published: u64,
-}
-
-/// One watched target.
-pub(crate) struct Target {
-    pub(crate) listener: String,
-    pub(crate) publisher: SnapshotPublisher,
-    pub(crate) last: Option<Built>,
-    pub(crate) last_error: Option<CascadeError>,
-    /// Every subset the target has had, and its cluster (the naming is fixed, so this only grows).
-    pub(crate) known: BTreeMap<SubsetName, String>,
-}
-
-/// State shared by the handle and the stream task.
-pub(crate) struct Shared {
-    pub(crate) targets: Mutex<BTreeMap<ServiceName, Target>>,
-    pub(crate) status: watch::Sender<XdsStatus>,
-    aliases: Mutex<HashMap<ServiceName, String>>,
-}
 
 /// Service discovery from an xDS control plane (istiod, or any xDS server), the way gRPC's
 /// proxyless clients do it: [`watch`](Discovery::watch) of a service subscribes to its Listener

@@ -29,7 +29,7 @@ mod bootstrap;
 mod cascade;
 mod discovery;
 mod resource;
-mod security;
+mod shared;
 
 pub use crate::bootstrap::{
     Bootstrap, BootstrapError, CertificateProvider, ChannelCredentials, Locality, Node, ServerTarget, XdsServer,

@@ -26,8 +26,8 @@ use crate::{
     Bootstrap, XdsError,
     bootstrap::{ChannelCredentials, ServerTarget},
     cascade::{self, BuildOptions},
-    discovery::Shared,
     resource::DecodeContext,
+    shared::Shared,
 };
 
 /// The stream's settings.

@@ -16,8 +16,8 @@ use envoy_types::pb::{
 };
 use mesh_core::policy::{OutlierDetection, Percentage};
 
-use super::{DecodeContext, FieldError, FieldResult, duration};
-use crate::security::{self, ClusterTls};
+use super::field::{DecodeContext, FieldError, FieldResult, decode_any, duration};
+use super::security::{self, ClusterTls};
 
 /// A checked EDS cluster.
 #[derive(Clone, Debug, PartialEq)]
@@ -133,7 +133,7 @@ fn typed_policy(policy: &LoadBalancingPolicy, depth: usize) -> FieldResult<LbKin
             ".ring_hash.v3.RingHash" => return Ok(LbKind::RingHash),
             ".wrr_locality.v3.WrrLocality" => {
                 let field = format!("policies[{i}].typed_extension_config.typed_config");
-                let wrr: WrrLocality = super::decode_any(any, &field)?;
+                let wrr: WrrLocality = decode_any(any, &field)?;
                 let inner = wrr
                     .endpoint_picking_policy
                     .ok_or_else(|| FieldError::new(format!("{field}.endpoint_picking_policy"), "missing"))?;

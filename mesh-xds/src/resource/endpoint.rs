@@ -7,7 +7,7 @@ use envoy_types::pb::envoy::config::{
     endpoint::v3::{ClusterLoadAssignment, lb_endpoint::HostIdentifier},
 };
 
-use super::{FieldError, FieldResult};
+use super::field::{FieldError, FieldResult};
 
 /// The endpoints a cluster sends to: those of the lowest priority that has a healthy one.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use envoy_types::pb::envoy::{
 };
 use mesh_core::policy::{Fault, FaultAbort, FaultDelay, Percentage};
 
-use super::{FieldError, FieldResult, duration};
+use super::field::{FieldError, FieldResult, duration};
 
 /// The type URL of the fault filter's config.
 pub(crate) const FAULT: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";

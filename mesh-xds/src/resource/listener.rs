@@ -13,7 +13,10 @@ use envoy_types::pb::envoy::{
 };
 use mesh_core::policy::Fault;
 
-use super::{FieldError, FieldResult, decode_any, duration, filter, route};
+use super::{
+    field::{FieldError, FieldResult, decode_any, duration},
+    filter, route,
+};
 
 /// A checked client Listener.
 #[derive(Clone, Debug, PartialEq)]

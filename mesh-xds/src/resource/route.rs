@@ -23,7 +23,10 @@ use mesh_core::{
     policy::{Backoff, Fault, RetryOn, RetryPolicy},
 };
 
-use super::{FieldError, FieldResult, decode_any, duration, filter};
+use super::{
+    field::{FieldError, FieldResult, decode_any, duration},
+    filter,
+};
 
 /// A checked RouteConfiguration.
 #[derive(Clone, Debug, PartialEq)]

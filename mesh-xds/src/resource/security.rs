@@ -16,7 +16,7 @@ use mesh_core::{Credentials, IdentityFiles, IdentitySource, InvalidIdentity, Spi
 
 use crate::{
     bootstrap::CertificateProvider,
-    resource::{DecodeContext, FieldError, FieldResult, decode_any},
+    resource::field::{DecodeContext, FieldError, FieldResult, decode_any},
 };
 
 /// What a cluster's TLS context asks for.
