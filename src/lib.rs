@@ -5,9 +5,14 @@
 //! - [`core`] (`mesh-core`): the model, identity and discovery; no tower, hyper or tonic.
 //! - [`tower`] (`mesh-tower`): the layers and the client and server stacks.
 //! - [`tonic`] (`mesh-tonic`): gRPC on the mesh.
+//! - `xds` (`mesh-xds`, feature `xds`): discovery from istiod or any xDS control plane.
 //!
-//! Start with the README and `docs/architecture.md`; `cargo run --example quickstart` shows a
-//! client following endpoint changes live.
+//! Features: `otlp` (on by default) exports traces over OTLP/gRPC; `dev-certs` adds
+//! `core::identity::dev`, an in-memory development CA for tests and trying mesh by hand; `xds`.
+//!
+//! Start with the README and `docs/architecture.md`; `cargo run --example hello` is the smallest
+//! real use (an axum service and its client over mTLS), and `cargo run --example quickstart`
+//! shows a client following endpoint changes live.
 
 pub use mesh_core as core;
 pub use mesh_tonic as tonic;
