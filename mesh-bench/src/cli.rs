@@ -7,7 +7,7 @@ use crate::{configs::Config, loadgen::Workload};
 /// What `--help` prints.
 pub(crate) const USAGE: &str = "\
 usage:
-  mesh-bench run [--quick] [--rounds N] [--configs bare,bare-mtls,mesh,sidecar-nginx,sidecar-haproxy]
+  mesh-bench run [--quick] [--rounds N] [--configs bare,bare-mtls,mesh,sidecar-nginx,sidecar-haproxy,sidecar-envoy]
                  [--out DIR] [--no-pin]
       the whole benchmark; writes DIR/summary.json (default target/bench) and prints a table
   mesh-bench server --config NAME --certs DIR
@@ -177,6 +177,6 @@ mod tests {
     fn run_defaults() {
         let Ok(Command::Run(run)) = args("run --quick") else { panic!("run parses") };
         assert!(run.quick && run.pin);
-        assert_eq!((run.rounds, run.configs.len()), (3, 5));
+        assert_eq!((run.rounds, run.configs.len()), (3, 6), "every configuration, sidecar-envoy included");
     }
 }

@@ -16,12 +16,21 @@ pub(crate) enum Config {
     SidecarNginx,
     /// plaintext client -> haproxy -> mTLS (h2) -> haproxy -> plaintext hyper server.
     SidecarHaproxy,
+    /// plaintext client -> Envoy -> SPIFFE mTLS (h2) -> Envoy -> plaintext hyper server: Istio's
+    /// data plane, one worker each.
+    SidecarEnvoy,
 }
 
 impl Config {
     /// Every configuration, in the order runs interleave them.
-    pub(crate) const ALL: [Config; 5] =
-        [Config::Bare, Config::BareMtls, Config::Mesh, Config::SidecarNginx, Config::SidecarHaproxy];
+    pub(crate) const ALL: [Config; 6] = [
+        Config::Bare,
+        Config::BareMtls,
+        Config::Mesh,
+        Config::SidecarNginx,
+        Config::SidecarHaproxy,
+        Config::SidecarEnvoy,
+    ];
 
     /// The name used on the command line and in `summary.json`.
     pub(crate) fn name(self) -> &'static str {
@@ -31,12 +40,13 @@ impl Config {
             Config::Mesh => "mesh",
             Config::SidecarNginx => "sidecar-nginx",
             Config::SidecarHaproxy => "sidecar-haproxy",
+            Config::SidecarEnvoy => "sidecar-envoy",
         }
     }
 
     /// Whether a proxy pair sits on the path.
     pub(crate) fn is_sidecar(self) -> bool {
-        matches!(self, Config::SidecarNginx | Config::SidecarHaproxy)
+        matches!(self, Config::SidecarNginx | Config::SidecarHaproxy | Config::SidecarEnvoy)
     }
 
     /// What the server process behind the path serves (sidecars front a bare plaintext server).
@@ -53,7 +63,7 @@ impl Config {
 
 /// A configuration name that does not exist.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown configuration {0:?} (bare, bare-mtls, mesh, sidecar-nginx, sidecar-haproxy)")]
+#[error("unknown configuration {0:?} (bare, bare-mtls, mesh, sidecar-nginx, sidecar-haproxy, sidecar-envoy)")]
 pub(crate) struct UnknownConfig(String);
 
 impl FromStr for Config {

