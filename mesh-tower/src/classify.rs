@@ -143,13 +143,13 @@ pub fn error(error: &BoxError) -> Class {
 pub fn error_of(error: &(dyn std::error::Error + 'static)) -> Class {
     let mut source = Some(error);
     while let Some(e) = source {
-        if e.is::<crate::client::ConnectError>()
+        if e.is::<crate::connection::ConnectError>()
             || e.downcast_ref::<hyper_util::client::legacy::Error>().is_some_and(|e| e.is_connect())
         {
             return Class::Transport(TransportFailure::Connect);
         }
-        if e.is::<crate::client::deadline::PerTryTimeout>()
-            || e.is::<crate::client::deadline::RouteTimeout>()
+        if e.is::<crate::failure::PerTryTimeout>()
+            || e.is::<crate::failure::RouteTimeout>()
             || e.is::<tokio::time::error::Elapsed>()
         {
             return Class::Transport(TransportFailure::Timeout);
@@ -213,7 +213,7 @@ mod tests {
 
     #[test]
     fn transport_errors() {
-        let timeout: BoxError = Box::new(crate::client::deadline::PerTryTimeout(std::time::Duration::from_millis(5)));
+        let timeout: BoxError = Box::new(crate::failure::PerTryTimeout(std::time::Duration::from_millis(5)));
         assert_eq!(error(&timeout), Class::Transport(TransportFailure::Timeout));
         assert_eq!(error(&timeout).retryable(&[RetryOn::PerTryTimeout]), Some(RetryOn::PerTryTimeout));
         let reset: BoxError = "connection reset".into();

@@ -2,5 +2,5 @@
 //! away in any release; applications should not use them.
 
 pub use crate::client::balance::{EndpointLoad, InFlight, Rng};
-pub use crate::client::router::route::select as select_route;
-pub use crate::client::router::split::WeightedSplit;
+pub use crate::client::resolution::route::select as select_route;
+pub use crate::client::resolution::split::WeightedSplit;

@@ -16,15 +16,15 @@ use mesh_core::{Discovery, IdentitySource, ServiceName};
 use tower::util::BoxCloneSyncService;
 
 use super::{
-    ClientConfig, Protocol,
+    config::{ClientConfig, Protocol},
     deadline::DeadlineLayer,
     endpoint::{
         self, EndpointBody, Endpoints,
         connect::{IdentityBook, MeshConnector},
         mirror::MirrorStats,
-        outlier::OutlierStats,
     },
     fault::FaultLayer,
+    outlier::OutlierStats,
     retry::{RetryLayer, RetryStats},
     router::RouterLayer,
     shed::LoadShedLayer,

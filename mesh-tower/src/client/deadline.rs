@@ -47,7 +47,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
 
-use super::Resolution;
+use super::resolution::Resolution;
 use crate::{BoxError, headers::requested};
 
 pub use crate::headers::TIMEOUT_HEADER;
@@ -81,17 +81,7 @@ impl Deadline {
     }
 }
 
-/// The request's deadline passed, retries included.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error(
-    "the request took longer than its deadline of {0:?} (the route's timeout, or less if the request or the call being handled had less time)"
-)]
-pub struct RouteTimeout(pub Duration);
-
-/// One attempt took longer than the route's `per_try_timeout`.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("the attempt took longer than the route's per-try timeout of {0:?}")]
-pub struct PerTryTimeout(pub Duration);
+pub use crate::failure::{PerTryTimeout, RouteTimeout};
 
 /// The deadline of one attempt: the request's, or sooner by the per-try timeout. The bool says
 /// whether the per-try timeout is the one that binds.

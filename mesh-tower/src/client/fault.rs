@@ -18,7 +18,7 @@ use std::{
 use http::{Request, StatusCode};
 use tower::{Layer, Service, ServiceExt};
 
-use super::{Resolution, router::split::in_share};
+use super::resolution::{Resolution, split::in_share};
 use crate::{BoxError, future::PassThrough};
 
 /// A request failed on purpose by the route's fault policy.

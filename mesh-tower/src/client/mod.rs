@@ -32,11 +32,13 @@
 
 pub mod balance;
 mod builder;
-mod config;
+pub(crate) mod config;
 pub mod deadline;
 pub mod endpoint;
-mod error;
+pub(crate) mod error;
 pub mod fault;
+pub mod outlier;
+pub mod resolution;
 mod respond;
 pub mod retry;
 pub mod router;
@@ -44,9 +46,9 @@ pub mod shed;
 
 pub use self::builder::{MeshClient, MeshClientBuilder, ResponseBody, ResponseFuture};
 pub use self::config::{ClientConfig, Protocol};
-pub use self::endpoint::connect::ConnectError;
-pub use self::error::{ClientError, ErrorKind, NoEndpoints, UnknownSubset, Unresolved};
+pub use self::error::{ClientError, ErrorKind, Unresolved};
+pub use self::resolution::{NoEndpoints, NoRoute, Resolution, UnknownSubset};
 pub use self::respond::{
     ERROR_HEADER, ErrorResponse, ErrorResponseFuture, ErrorResponseLayer, ErrorResponses, response_of, status_of,
 };
-pub use self::router::{Resolution, route::NoRoute};
+pub use crate::connection::ConnectError;

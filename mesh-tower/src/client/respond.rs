@@ -27,7 +27,10 @@ use http_body_util::{Either, Full};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use super::{ClientError, ErrorKind};
+use super::{
+    error::{ClientError, ErrorKind},
+    fault::InjectedFault,
+};
 use crate::BoxError;
 
 /// The response header that names why mesh answered instead of the upstream.
@@ -100,7 +103,7 @@ pub fn status_of(kind: ErrorKind, error: &(dyn std::error::Error + 'static)) -> 
         ErrorKind::InjectedFault => {
             let mut source = Some(error);
             while let Some(e) = source {
-                if let Some(fault) = e.downcast_ref::<super::fault::InjectedFault>() {
+                if let Some(fault) = e.downcast_ref::<InjectedFault>() {
                     return fault.status();
                 }
                 source = e.source();

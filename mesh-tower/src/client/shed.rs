@@ -21,7 +21,7 @@ use mesh_core::{ServiceName, policy::CircuitBreaker};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service, ServiceExt};
 
-use super::Resolution;
+use super::resolution::Resolution;
 use crate::{BoxError, future::PassThrough};
 
 /// A request refused because the destination already has `max_concurrent` requests in flight and

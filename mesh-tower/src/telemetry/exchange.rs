@@ -13,7 +13,7 @@ use super::{ACCESS_LOG_TARGET, Direction, SPAN_TARGET, Shared, metrics::RequestL
 use crate::{
     ConnectionInfo, PeerIdentity, Upstream,
     classify::{self, Class, ClassifyHead, TransportFailure},
-    client::{ClientError, ErrorKind},
+    failure::{ClientError, ErrorKind},
     grpc,
 };
 

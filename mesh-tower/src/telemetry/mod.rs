@@ -40,7 +40,6 @@
 
 mod body;
 mod exchange;
-mod golden;
 mod metrics;
 #[cfg(feature = "otlp")]
 pub mod otlp;
@@ -53,8 +52,8 @@ use mesh_core::{ServiceName, SubsetName};
 use tower::Layer;
 
 pub use self::body::TelemetryBody;
-pub use self::golden::{GoldenSignals, SubsetSignals};
 pub use self::service::{Telemetry, TelemetryError, TelemetryFuture};
+pub use crate::golden::{GoldenSignals, SubsetSignals};
 
 /// The `tracing` target of access-log events.
 pub const ACCESS_LOG_TARGET: &str = "mesh::access";

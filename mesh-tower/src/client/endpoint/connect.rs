@@ -3,7 +3,6 @@
 
 use std::{
     collections::HashMap,
-    fmt,
     future::Future,
     io,
     net::SocketAddr,
@@ -21,7 +20,7 @@ use mesh_core::{
     IdentitySource, SpiffeId,
     identity::{
         serial_of, spiffe_id_of,
-        tls::{PeerRejected, TlsOptions, client_config},
+        tls::{TlsOptions, client_config},
     },
 };
 use pin_project_lite::pin_project;
@@ -31,86 +30,11 @@ use tokio::net::TcpStream;
 use tokio_rustls::{TlsConnector, client::TlsStream};
 use tower::Service;
 
-use super::Protocol;
-use crate::{BoxError, PeerIdentity};
-
-/// Why a connection to an endpoint could not be opened. Found in the source chain of a
-/// transport error.
-#[derive(Debug)]
-pub struct ConnectError {
-    endpoint: String,
-    kind: ConnectErrorKind,
-}
-
-#[derive(Debug)]
-enum ConnectErrorKind {
-    Tcp(BoxError),
-    Tls(io::Error),
-    NoExpectedIdentity(String),
-    EndpointGone(String),
-    HandshakeTimeout(std::time::Duration),
-}
-
-impl ConnectError {
-    /// The endpoint dialled.
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
-    }
-
-    /// Whether the TLS handshake failed or timed out (including a peer refused by identity).
-    pub fn is_tls(&self) -> bool {
-        matches!(self.kind, ConnectErrorKind::Tls(_) | ConnectErrorKind::HandshakeTimeout(_))
-    }
-
-    /// Why the peer was refused, when its certificate was the problem beyond X.509 validation
-    /// (wrong SPIFFE ID, none, several, untrusted trust domain).
-    pub fn peer_rejected(&self) -> Option<&PeerRejected> {
-        match &self.kind {
-            ConnectErrorKind::Tls(e) => PeerRejected::find(e),
-            _ => None,
-        }
-    }
-
-    /// Whether discovery gave no identity to check the endpoint against, so it was not dialled.
-    pub fn is_missing_identity(&self) -> bool {
-        matches!(self.kind, ConnectErrorKind::NoExpectedIdentity(_))
-    }
-}
-
-impl fmt::Display for ConnectError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.kind {
-            ConnectErrorKind::Tcp(e) => write!(f, "cannot connect to {}: {e}", self.endpoint),
-            ConnectErrorKind::Tls(e) => match PeerRejected::find(e) {
-                // rustls would print its own Debug form of our error; say it plainly.
-                Some(rejected) => write!(f, "mTLS handshake with {} failed: {rejected}", self.endpoint),
-                None => write!(f, "mTLS handshake with {} failed: {e}", self.endpoint),
-            },
-            ConnectErrorKind::NoExpectedIdentity(service) => write!(
-                f,
-                "endpoint {} of service {service} has no expected SPIFFE ID in discovery (set `identity` on the service \
-                 or the endpoint); refusing to dial it without one",
-                self.endpoint
-            ),
-            ConnectErrorKind::HandshakeTimeout(limit) => {
-                write!(f, "mTLS handshake with {} did not finish within {limit:?}", self.endpoint)
-            }
-            ConnectErrorKind::EndpointGone(service) => {
-                write!(f, "endpoint {} left service {service} before it was dialled", self.endpoint)
-            }
-        }
-    }
-}
-
-impl std::error::Error for ConnectError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match &self.kind {
-            ConnectErrorKind::Tcp(e) => Some(e.as_ref()),
-            ConnectErrorKind::Tls(e) => Some(e),
-            _ => None,
-        }
-    }
-}
+use crate::client::config::Protocol;
+use crate::{
+    PeerIdentity,
+    connection::{ConnectError, ConnectErrorKind},
+};
 
 /// The identity each endpoint address must present, as of the last snapshot that listed it.
 /// Entries outlive the endpoint's removal by [`IdentityBook::RETAIN`], longer than any connect takes.

@@ -13,12 +13,12 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy;
 use pin_project_lite::pin_project;
 
-use super::{EndpointBody, outlier::Health};
+use super::EndpointBody;
 use crate::{
     BoxError, Upstream,
     classify::{self, Class, ClassifyHead, TransportFailure},
-    client::{Resolution, balance::InFlight, deadline::Deadline},
-    telemetry::GoldenSignals,
+    client::{balance::InFlight, deadline::Deadline, outlier::Health, resolution::Resolution},
+    golden::GoldenSignals,
 };
 
 /// One attempt's accounting: recorded exactly once, however the attempt ends. Dropped without an
@@ -64,13 +64,7 @@ impl AttemptRecord {
             && let Some(policy) = &self.resolution.plan().outlier
         {
             let plan = self.resolution.plan();
-            if crate::client::endpoint::outlier::record(
-                &self.health,
-                failed,
-                policy,
-                &plan.all_health,
-                &plan.outlier_stats,
-            ) {
+            if crate::client::outlier::record(&self.health, failed, policy, &plan.all_health, &plan.outlier_stats) {
                 crate::metrics::per_service(crate::metrics::OUTLIER_EJECTIONS, self.resolution.service());
             }
         }

@@ -143,7 +143,7 @@ impl MirrorStats {
 pub(crate) fn tee<B>(
     shared: &std::sync::Arc<super::Shared>,
     request: http::Request<B>,
-    shadow: crate::client::router::Target,
+    shadow: crate::client::resolution::plan::Target,
 ) -> http::Request<TeeBody<B>>
 where
     B: Body<Data = Bytes>,

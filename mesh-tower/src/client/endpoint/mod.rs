@@ -2,7 +2,7 @@
 //!
 //! [`Endpoints`] picks the endpoint in the subset the request's
 //! [`Resolution`] chose (P2C, round robin or ring hash, see
-//! [`balance`](super::balance)), skipping endpoints [outlier detection](outlier) ejected and the
+//! [`balance`](super::balance)), skipping endpoints [outlier detection](super::outlier) ejected and the
 //! ones that already failed this request, then sends over hyper-util's pooled client, dialled
 //! with mutual TLS that checks the endpoint's expected SPIFFE ID. A share of a
 //! route's requests is copied to a shadow subset ([`mirror`]).
@@ -18,7 +18,6 @@ mod body;
 pub(crate) mod connect;
 mod future;
 pub mod mirror;
-pub mod outlier;
 
 use std::{
     sync::Arc,
@@ -37,11 +36,14 @@ use self::{
     future::AttemptRecord,
     mirror::{MirrorStats, TeeBody},
 };
-use super::{ClientConfig, Protocol, Resolution, router::Target};
+use super::{
+    config::{ClientConfig, Protocol},
+    resolution::{Resolution, plan::Target},
+};
 use crate::{
     BoxError, Upstream,
     client::{balance::InFlight, deadline::Deadline},
-    telemetry::GoldenSignals,
+    golden::GoldenSignals,
 };
 
 /// Sends each attempt to an endpoint of its resolved subset. See the [module docs](self).

@@ -25,9 +25,9 @@ use super::{
 use crate::{
     BoxError, classify,
     client::{
-        Resolution,
         balance::Rng,
         deadline::{self, Deadline, PerTryTimeout},
+        resolution::Resolution,
     },
     context::RETRY_DEPTH_HEADER,
     future::PassThrough,

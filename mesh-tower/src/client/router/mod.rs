@@ -6,15 +6,12 @@
 //! match wins), chooses the subset once (the route's weights by an exact weighted split, the subset the
 //! request is pinned to, or its cohort's), and attaches the result as a
 //! [`Resolution`] to the request's extensions. Every layer below reads that; none matches again.
+//! The resolution itself, with the plan of each version, lives in [`resolution`](super::resolution),
+//! beneath every layer that reads it.
 //!
 //! Its response future wraps every error of the stack below in a
 //! [`ClientError`] that names the cause and the route, subset, endpoint and
 //! attempts of the request, timeouts included.
-
-mod plan;
-mod resolution;
-pub(crate) mod route;
-pub(crate) mod split;
 
 use std::{
     future::Future,
@@ -30,14 +27,16 @@ use mesh_core::{ServiceName, SnapshotWatch};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service, ServiceExt};
 
-pub(crate) use self::plan::Target;
-use self::plan::{EndpointStates, Plan, PlanContext};
-use self::resolution::Choosing;
-pub use self::resolution::Resolution;
 use super::{
-    ClientConfig, ClientError, Unresolved,
     balance::Rng,
-    endpoint::{connect::IdentityBook, outlier::OutlierStats},
+    config::ClientConfig,
+    endpoint::connect::IdentityBook,
+    error::{ClientError, Target, Unresolved},
+    outlier::OutlierStats,
+    resolution::{
+        Choosing, Resolution,
+        plan::{EndpointStates, Plan, PlanContext},
+    },
 };
 use crate::BoxError;
 
@@ -205,7 +204,7 @@ where
             inner
                 .oneshot(request)
                 .await
-                .map_err(|e| BoxError::from(ClientError::new(e.into(), service, Some(&resolution))))
+                .map_err(|e| BoxError::from(ClientError::new(e.into(), service, Some(went(&resolution)))))
         })
     }
 }
@@ -254,7 +253,7 @@ where
         match self.project().state.project() {
             StateProj::Routed { inner, resolution } => Poll::Ready(ready!(inner.poll(cx)).map_err(|e| {
                 let service = resolution.service();
-                ClientError::new(e.into(), service, Some(resolution)).into()
+                ClientError::new(e.into(), service, Some(went(resolution))).into()
             })),
             StateProj::Waiting { inner } => inner.as_mut().poll(cx),
             StateProj::Failed { error } => Poll::Ready(Err(match error.take() {
@@ -268,6 +267,16 @@ where
 impl<F, RB> std::fmt::Debug for RouterFuture<F, RB> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RouterFuture").finish_non_exhaustive()
+    }
+}
+
+/// Where a request went, from its resolution and progress, for its error.
+fn went(resolution: &Resolution) -> Target {
+    Target {
+        route: resolution.route().cloned(),
+        subset: resolution.subset().cloned(),
+        endpoint: resolution.endpoint(),
+        attempts: resolution.attempts(),
     }
 }
 

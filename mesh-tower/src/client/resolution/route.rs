@@ -3,12 +3,10 @@
 //! Routes are tried in order and the first whose [`RouteMatch`] holds wins: path (exact, or
 //! prefix segment by segment), method, and every header condition (exact, present, regex). A
 //! destination without routes sends every request to every endpoint; a destination with routes
-//! of which none matches refuses the request with [`NoRoute`] (the mesh's 404).
-
-use std::fmt;
+//! of which none matches refuses the request with [`NoRoute`](super::NoRoute) (the mesh's 404).
 
 use http::Request;
-use mesh_core::{Route, RouteMatch, ServiceName};
+use mesh_core::{Route, RouteMatch};
 
 /// Whether `request` satisfies `matches`.
 pub(crate) fn matches<B>(matches: &RouteMatch, request: &Request<B>) -> bool {
@@ -29,29 +27,6 @@ pub(crate) fn matches<B>(matches: &RouteMatch, request: &Request<B>) -> bool {
 pub fn select<B>(routes: &[Route], request: &Request<B>) -> Option<usize> {
     routes.iter().position(|route| matches(&route.matches, request))
 }
-
-/// A request that matches none of its destination's routes.
-#[derive(Debug, Clone)]
-pub struct NoRoute {
-    pub(crate) service: ServiceName,
-    pub(crate) method: http::Method,
-    pub(crate) path: String,
-}
-
-impl NoRoute {
-    /// The destination.
-    pub fn service(&self) -> &ServiceName {
-        &self.service
-    }
-}
-
-impl fmt::Display for NoRoute {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "no route of service {} matches {} {}", self.service, self.method, self.path)
-    }
-}
-
-impl std::error::Error for NoRoute {}
 
 #[cfg(test)]
 mod tests {

@@ -18,7 +18,7 @@ use mesh_core::{
 use super::split::WeightedSplit;
 use crate::client::{
     balance::{EndpointLoad, Picker, Ring, Rng},
-    endpoint::outlier::{Health, OutlierStats},
+    outlier::{Health, OutlierStats},
 };
 
 /// An endpoint ready to be dialled.

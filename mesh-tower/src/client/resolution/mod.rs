@@ -1,5 +1,6 @@
-//! [`Resolution`]: one request's route, policies and subset, decided once by the router and read
-//! by every layer below it.
+//! [`Resolution`]: one request's route, policies and subset, decided once by the
+//! [router](super::router) and read by every layer below it; the plan each snapshot version is
+//! compiled into; and the refusals of a request that resolves to nowhere.
 
 use std::{
     fmt,
@@ -14,15 +15,17 @@ use mesh_core::{
     policy::{CircuitBreaker, Fault, RetryPolicy},
 };
 
-use super::{
+pub(crate) mod plan;
+mod refused;
+pub(crate) mod route;
+pub(crate) mod split;
+
+pub use self::refused::{NoEndpoints, NoRoute, UnknownSubset};
+use self::{
     plan::{EndpointStates, Plan, PlanContext, RoutePlan, SubsetPlan, Target},
-    route::NoRoute,
     split::in_share,
 };
-use crate::{
-    BoxError,
-    client::{NoEndpoints, UnknownSubset, balance::Rng},
-};
+use crate::{BoxError, client::balance::Rng};
 
 /// In a request's extensions below the router: what the request resolved to, once.
 ///
@@ -100,7 +103,7 @@ impl Resolution {
     /// Matches the route and chooses the subset.
     pub(crate) fn choose<B>(plan: Arc<Plan>, request: &Request<B>, choosing: Choosing<'_>) -> Result<Self, BoxError> {
         let route = if plan.routed() {
-            match super::route::select(plan.snapshot.routes(), request) {
+            match route::select(plan.snapshot.routes(), request) {
                 Some(i) => i,
                 None => {
                     let (method, path) = (request.method().clone(), request.uri().path().to_owned());

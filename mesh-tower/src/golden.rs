@@ -17,7 +17,7 @@ const STEPS_PER_OCTAVE: f64 = 8.0;
 /// Buckets from 1 µs to about 2^28 µs (4.5 minutes); slower requests land in the last one.
 const BUCKETS: usize = 28 * STEPS_PER_OCTAVE as usize;
 
-/// The golden signals of every subset a [`TelemetryLayer`](super::TelemetryLayer) has seen, over
+/// The golden signals of every subset a [`TelemetryLayer`](crate::telemetry::TelemetryLayer) has seen, over
 /// a sliding window. Cheap to clone; every clone reads the same figures.
 ///
 /// ```
