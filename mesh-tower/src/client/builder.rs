@@ -175,7 +175,7 @@ impl MeshClientBuilder {
         let telemetry = self.telemetry.clone().unwrap_or_else(|| TelemetryLayer::client(self.service.clone()));
         let identities = Arc::new(IdentityBook::default());
         let router =
-            RouterLayer::new(self.discovery.watch(&self.service), &self.config).with_identities(identities.clone());
+            RouterLayer::with_identities(self.discovery.watch(&self.service), &self.config, identities.clone());
         let endpoints = self.endpoints::<B>(identities, &telemetry)?;
         let (faults, retries, shed) = (FaultLayer::new(), RetryLayer::new(), LoadShedLayer::new());
         let handles = Handles {

@@ -114,11 +114,10 @@ where
         let Some(resolution) = request.extensions_mut().remove::<Resolution>() else {
             return ResponseFuture::failed(NotResolved.into());
         };
-        let target = match resolution.pick(&request) {
-            Ok(target) => target.clone(),
+        let (target, attempt) = match resolution.start_attempt(&request) {
+            Ok((target, attempt)) => (target.clone(), attempt),
             Err(error) => return ResponseFuture::failed(error.into()),
         };
-        let attempt = resolution.start_attempt(target.address);
         if attempt > 1 {
             // For the server's logs; nothing of mesh's reads it back.
             request.headers_mut().insert(ATTEMPT_HEADER, crate::headers::small_number(attempt));

@@ -204,14 +204,6 @@ impl Resolution {
         self.inner.progress.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Counts an attempt to `address`; returns its number (1 for the first).
-    pub(crate) fn start_attempt(&self, address: SocketAddr) -> u32 {
-        let mut progress = self.progress();
-        progress.attempts += 1;
-        progress.endpoint = Some(address);
-        progress.attempts
-    }
-
     /// Remembers that `address` failed this request: later attempts go elsewhere when they can.
     pub(crate) fn record_failed(&self, address: SocketAddr) {
         let mut progress = self.progress();
@@ -220,10 +212,11 @@ impl Resolution {
         }
     }
 
-    /// The endpoint for the next attempt: the subset's balancer's pick, skipping ejected
-    /// endpoints and the ones that failed this request when the subset has others. Never leaves
-    /// a request with nowhere to go.
-    pub(crate) fn pick<B>(&self, request: &Request<B>) -> Result<&Target, NoEndpoints> {
+    /// Starts the next attempt: the subset's balancer picks its endpoint, skipping ejected
+    /// endpoints and the ones that failed this request when the subset has others (never leaving
+    /// a request with nowhere to go); the attempt is counted. Returns the endpoint and the
+    /// attempt's number (1 for the first).
+    pub(crate) fn start_attempt<B>(&self, request: &Request<B>) -> Result<(&Target, u32), NoEndpoints> {
         let plan = &self.inner.plan;
         let subset = self.subset_plan();
         let hash_key = plan.hash_header.as_ref().and_then(|h| request.headers().get(h)).map(|v| v.as_bytes());
@@ -236,13 +229,16 @@ impl Resolution {
                 version: plan.version,
             });
         };
-        let progress = self.progress();
-        let acceptable = |t: &Target| !t.health.is_ejected() && !progress.failed.contains(&t.address);
+        let mut progress = self.progress();
+        let failed = &progress.failed;
+        let acceptable = |t: &Target| !t.health.is_ejected() && !failed.contains(&t.address);
         if !acceptable(&targets[i]) {
             let n = targets.len();
             i = (1..n).map(|k| (i + k) % n).find(|j| acceptable(&targets[*j])).unwrap_or(i);
         }
-        Ok(&targets[i])
+        progress.attempts += 1;
+        progress.endpoint = Some(targets[i].address);
+        Ok((&targets[i], progress.attempts))
     }
 
     /// On a request the route mirrors (by its share), an endpoint of the shadow subset.

@@ -65,6 +65,10 @@ impl RouterLayer {
     /// Routes by the snapshots of `watch`, with `config`'s subset and cohort headers, balancer
     /// seed and resolve timeout.
     pub fn new(watch: SnapshotWatch, config: &ClientConfig) -> Self {
+        Self::build(watch, config, None)
+    }
+
+    fn build(watch: SnapshotWatch, config: &ClientConfig, identities: Option<Arc<IdentityBook>>) -> Self {
         Self {
             shared: Arc::new(Shared {
                 watch,
@@ -76,17 +80,15 @@ impl RouterLayer {
                 subset_header: config.subset_header.clone(),
                 cohort_header: config.cohort_header.clone(),
                 resolve_timeout: config.resolve_timeout,
-                identities: None,
+                identities,
             }),
         }
     }
 
-    /// Keeps `book` up to date with the identities each version expects of its endpoints.
-    pub(crate) fn with_identities(mut self, book: Arc<IdentityBook>) -> Self {
-        if let Some(shared) = Arc::get_mut(&mut self.shared) {
-            shared.identities = Some(book);
-        }
-        self
+    /// Routes as [`new`](Self::new) does, and keeps `book` up to date with the identities each
+    /// version expects of its endpoints (what the mTLS dialer checks).
+    pub(crate) fn with_identities(watch: SnapshotWatch, config: &ClientConfig, book: Arc<IdentityBook>) -> Self {
+        Self::build(watch, config, Some(book))
     }
 
     /// Ejections by outlier detection so far, over every version.
