@@ -60,11 +60,11 @@ fn rpc_names(path: &str) -> Option<(&str, &str)> {
 }
 
 impl Exchange {
-    /// Starts the exchange of `request`: opens its span (parented on `parent` server side).
-    pub(crate) fn start<B>(shared: &Arc<Shared>, request: &Request<B>) -> Self {
+    /// Starts the exchange of `request`, with its span when `traced` (the request was sampled).
+    pub(crate) fn start<B>(shared: &Arc<Shared>, request: &Request<B>, traced: bool) -> Self {
         let grpc = grpc::is_grpc(request.headers());
         let path = request.uri().path();
-        let span = if shared.traces { Self::span(shared, request, grpc, path) } else { Span::none() };
+        let span = if traced { Self::span(shared, request, grpc, path) } else { Span::none() };
         let mut exchange = Self {
             shared: shared.clone(),
             span,
@@ -81,7 +81,7 @@ impl Exchange {
             attempts: 1,
             peer: None,
             trace_id: None,
-            recording: true,
+            recording: traced,
             done: false,
         };
         if shared.direction == Direction::Inbound {

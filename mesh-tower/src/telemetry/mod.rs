@@ -44,6 +44,7 @@ mod metrics;
 #[cfg(feature = "otlp")]
 pub mod otlp;
 mod propagation;
+mod sampling;
 mod service;
 
 use std::{sync::Arc, time::Duration};
@@ -59,6 +60,10 @@ pub use crate::golden::{GoldenSignals, SubsetSignals};
 pub const ACCESS_LOG_TARGET: &str = "mesh::access";
 /// The `tracing` target of request spans.
 pub const SPAN_TARGET: &str = "mesh::trace";
+/// The field every request span starts with (see `Exchange::span`), by which the pipeline's
+/// sampler knows a span mesh built only because it sampled the request.
+#[cfg_attr(not(feature = "otlp"), allow(dead_code))]
+pub(crate) const REQUEST_SPAN_MARK: &str = "mesh.direction";
 
 /// Which side of a call a [`TelemetryLayer`] is on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -114,12 +119,21 @@ pub(crate) struct Shared {
     pub(crate) service: ServiceName,
     pub(crate) version: Option<SubsetName>,
     pub(crate) traces: bool,
+    /// The layer's own head-sampling ratio; `None` follows the pipeline's.
+    pub(crate) sample_ratio: Option<f64>,
     pub(crate) metrics: bool,
     pub(crate) access_log: bool,
     pub(crate) b3: bool,
     pub(crate) golden: GoldenSignals,
     pub(crate) attempts: GoldenSignals,
     pub(crate) request_metrics: metrics::SharedRequestMetrics,
+}
+
+impl Shared {
+    /// The head-sampling ratio of new traces.
+    pub(crate) fn sample_ratio(&self) -> f64 {
+        self.sample_ratio.unwrap_or_else(sampling::pipeline_ratio)
+    }
 }
 
 impl TelemetryLayer {
@@ -140,6 +154,7 @@ impl TelemetryLayer {
                 service: service.clone(),
                 version: None,
                 traces: true,
+                sample_ratio: None,
                 metrics: true,
                 access_log: false,
                 b3: false,
@@ -161,9 +176,21 @@ impl TelemetryLayer {
         self.edit(|s| s.version = Some(version))
     }
 
-    /// One span per request (default on).
+    /// One span per sampled request (default on). Off, requests still carry the trace context
+    /// on (server side from the caller to the handler's calls, client side onto the wire).
     pub fn traces(self, on: bool) -> Self {
         self.edit(|s| s.traces = on)
+    }
+
+    /// The share of new traces (requests that arrive without a caller's decision) this layer
+    /// samples, 0.0 to 1.0 (values outside are clamped). Requests that continue a trace follow
+    /// the caller's decision. Unsampled requests get no span, only a trace context to pass on.
+    ///
+    /// Default: the ratio of the [`otlp::OtlpTelemetry`] pipeline built last in this process
+    /// ([`otlp::OtlpConfig::sample_ratio`]), or 1.0 (every request gets a span, and the
+    /// OpenTelemetry SDK installed, if any, decides) when none was built.
+    pub fn sample_ratio(self, ratio: f64) -> Self {
+        self.edit(|s| s.sample_ratio = Some(sampling::clamp(ratio)))
     }
 
     /// Request counts and durations through the `metrics` facade (default on).

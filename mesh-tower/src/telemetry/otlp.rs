@@ -23,11 +23,14 @@
 use std::time::Duration;
 
 use mesh_core::{ServiceName, SpiffeId, SubsetName};
-use opentelemetry::{KeyValue, trace::TracerProvider as _};
+use opentelemetry::{
+    Context, KeyValue,
+    trace::{Link, SpanKind, TraceContextExt, TraceId, TracerProvider as _},
+};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{
     Resource,
-    trace::{Sampler, SdkTracerProvider},
+    trace::{Sampler, SamplingResult, SdkTracerProvider, ShouldSample},
 };
 use tracing::{Subscriber, level_filters::LevelFilter};
 use tracing_subscriber::{Layer, filter::Targets, registry::LookupSpan};
@@ -116,7 +119,9 @@ impl OtlpConfig {
     }
 
     /// The share of new traces to sample, 0.0 to 1.0 (default 1.0). A request that arrives with
-    /// a sampling decision keeps it (parent-based), so a trace is whole or absent.
+    /// a sampling decision keeps it (parent-based), so a trace is whole or absent. mesh's
+    /// [`TelemetryLayer`](super::TelemetryLayer)s apply it before building any span (unless
+    /// given their own): an unsampled request costs a `traceparent` header, not a span.
     pub fn sample_ratio(mut self, ratio: f64) -> Self {
         self.sample_ratio = ratio;
         self
@@ -178,10 +183,45 @@ impl OtlpConfig {
             .build();
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(self.sample_ratio))))
+            .with_sampler(PipelineSampler::new(self.sample_ratio))
             .with_resource(resource)
             .build();
+        super::sampling::set_pipeline_ratio(self.sample_ratio);
         Ok(OtlpTelemetry { provider, endpoint })
+    }
+}
+
+/// The pipeline's SDK sampler: parent-based, new traces at the ratio, except the root spans of
+/// mesh's requests, which mesh builds only for requests it already sampled at the same ratio
+/// (`telemetry::sampling`): sampling them again would sample ratio² of new traces.
+#[derive(Clone, Debug)]
+struct PipelineSampler {
+    others: Sampler,
+}
+
+impl PipelineSampler {
+    fn new(ratio: f64) -> Self {
+        Self { others: Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio))) }
+    }
+}
+
+impl ShouldSample for PipelineSampler {
+    fn should_sample(
+        &self,
+        parent: Option<&Context>,
+        trace_id: TraceId,
+        name: &str,
+        kind: &SpanKind,
+        attributes: &[KeyValue],
+        links: &[Link],
+    ) -> SamplingResult {
+        let root = parent.is_none_or(|cx| !cx.span().span_context().is_valid());
+        let sampler = if root && attributes.iter().any(|kv| kv.key.as_str() == super::REQUEST_SPAN_MARK) {
+            &Sampler::AlwaysOn
+        } else {
+            &self.others
+        };
+        sampler.should_sample(parent, trace_id, name, kind, attributes, links)
     }
 }
 

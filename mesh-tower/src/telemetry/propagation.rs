@@ -7,7 +7,7 @@ use opentelemetry::{
     propagation::{Extractor, Injector, TextMapPropagator},
     trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState},
 };
-use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+use opentelemetry_sdk::propagation::BaggagePropagator;
 
 struct Headers<'a>(&'a HeaderMap);
 
@@ -25,10 +25,7 @@ struct HeadersMut<'a>(&'a mut HeaderMap);
 
 impl Injector for HeadersMut<'_> {
     fn set(&mut self, key: &str, value: String) {
-        // The W3C names are known: no allocation for them on every request.
         let name = match key {
-            "traceparent" => Ok(HeaderName::from_static("traceparent")),
-            "tracestate" => Ok(HeaderName::from_static("tracestate")),
             "baggage" => Ok(HeaderName::from_static("baggage")),
             other => HeaderName::from_bytes(other.as_bytes()),
         };
@@ -38,26 +35,119 @@ impl Injector for HeadersMut<'_> {
     }
 }
 
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
+
 /// The context a request carries: its remote parent span (W3C, else B3 when `b3` is on) and its
-/// baggage. Empty when the request carries neither.
+/// baggage, on top of the current context. Without either it is the current context.
+///
+/// `traceparent` is read here rather than by the SDK's propagator: every request pays for it,
+/// and the propagator splits into a vector and parses through `from_str_radix`; this does the
+/// same checks on the bytes.
 pub(crate) fn extract(headers: &HeaderMap, b3: bool) -> Context {
-    let carrier = Headers(headers);
-    let cx = TraceContextPropagator::new().extract(&carrier);
-    let cx = BaggagePropagator::new().extract_with_context(&cx, &carrier);
-    if b3
-        && !cx.span().span_context().is_valid()
-        && let Some(remote) = extract_b3(headers)
-    {
-        return cx.with_remote_span_context(remote);
+    let mut cx = Context::current();
+    if let Some(remote) = headers.get(TRACEPARENT).and_then(|v| parse_traceparent(v.as_bytes())) {
+        let state = headers
+            .get(TRACESTATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<TraceState>().ok())
+            .unwrap_or_default();
+        cx = cx.with_remote_span_context(SpanContext::new(remote.trace_id, remote.span_id, remote.flags, true, state));
+    } else if b3 && let Some(remote) = extract_b3(headers) {
+        cx = cx.with_remote_span_context(remote);
+    }
+    if headers.contains_key(BAGGAGE) {
+        cx = BaggagePropagator::new().extract_with_context(&cx, &Headers(headers));
     }
     cx
 }
 
-/// Writes `cx`'s span as `traceparent`/`tracestate` and its baggage as `baggage`.
+/// Writes `cx`'s span as `traceparent` (and `tracestate` when it has one) and its baggage as
+/// `baggage`.
 pub(crate) fn inject(cx: &Context, headers: &mut HeaderMap) {
-    let mut carrier = HeadersMut(headers);
-    TraceContextPropagator::new().inject_context(cx, &mut carrier);
-    BaggagePropagator::new().inject_context(cx, &mut carrier);
+    let span = cx.span();
+    let span_context = span.span_context();
+    if span_context.is_valid()
+        && let Some(traceparent) = format_traceparent(span_context)
+    {
+        headers.insert(TRACEPARENT, traceparent);
+        let state = span_context.trace_state().header();
+        if !state.is_empty()
+            && let Ok(value) = HeaderValue::try_from(state)
+        {
+            headers.insert(TRACESTATE, value);
+        }
+    }
+    BaggagePropagator::new().inject_context(cx, &mut HeadersMut(headers));
+}
+
+/// The fields of a `traceparent` header.
+#[derive(Debug, PartialEq, Eq)]
+struct TraceParent {
+    trace_id: TraceId,
+    span_id: SpanId,
+    flags: TraceFlags,
+}
+
+/// Parses `traceparent` as W3C Trace Context level 1 says: `version-trace_id-parent_id-flags` in
+/// lowercase hex (2, 32, 16 and 2 digits); version `ff` is invalid, version `00` has exactly four
+/// fields, a later version may add fields after a `-`; all-zero ids are invalid. Of the flags only
+/// `sampled` is kept.
+fn parse_traceparent(value: &[u8]) -> Option<TraceParent> {
+    let value = value.trim_ascii();
+    if value.len() < 55 || value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
+        return None;
+    }
+    let version = hex::<1>(&value[..2])?[0];
+    let rest = &value[55..];
+    let valid_tail = match version {
+        0xff => false,
+        0 => rest.is_empty(),
+        _ => rest.is_empty() || rest[0] == b'-',
+    };
+    if !valid_tail {
+        return None;
+    }
+    let trace_id = TraceId::from_bytes(hex::<16>(&value[3..35])?);
+    let span_id = SpanId::from_bytes(hex::<8>(&value[36..52])?);
+    let flags = TraceFlags::new(hex::<1>(&value[53..55])?[0]) & TraceFlags::SAMPLED;
+    (trace_id != TraceId::INVALID && span_id != SpanId::INVALID).then_some(TraceParent { trace_id, span_id, flags })
+}
+
+/// `2 * N` lowercase hex digits as `N` bytes (W3C and B3 both say lowercase).
+fn hex<const N: usize>(digits: &[u8]) -> Option<[u8; N]> {
+    fn nibble(digit: u8) -> Option<u8> {
+        match digit {
+            b'0'..=b'9' => Some(digit - b'0'),
+            b'a'..=b'f' => Some(digit - b'a' + 10),
+            _ => None,
+        }
+    }
+    if digits.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        *byte = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+    }
+    Some(out)
+}
+
+/// `00-{trace_id}-{span_id}-{flags}`, written without formatting machinery.
+fn format_traceparent(span_context: &SpanContext) -> Option<HeaderValue> {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut line = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    let mut write = |at: usize, bytes: &[u8]| {
+        for (i, byte) in bytes.iter().enumerate() {
+            line[at + 2 * i] = DIGITS[usize::from(byte >> 4)];
+            line[at + 2 * i + 1] = DIGITS[usize::from(byte & 0xf)];
+        }
+    };
+    write(3, &span_context.trace_id().to_bytes());
+    write(36, &span_context.span_id().to_bytes());
+    write(53, &[(span_context.trace_flags() & TraceFlags::SAMPLED).to_u8()]);
+    HeaderValue::from_bytes(&line).ok()
 }
 
 /// B3, as Zipkin and older Istio deployments send it: `b3: {trace}-{span}[-{sampled}[-{parent}]]`,
@@ -75,30 +165,16 @@ fn extract_b3(headers: &HeaderMap) -> Option<SpanContext> {
         (get("x-b3-traceid")?, get("x-b3-spanid")?, sampled)
     };
     let trace = match trace.len() {
-        16 | 32 => TraceId::from_bytes(parse_hex::<16>(trace)?),
-        _ => return None,
+        16 => u128::from(u64::from_be_bytes(hex::<8>(trace.as_bytes())?)).to_be_bytes(),
+        _ => hex::<16>(trace.as_bytes())?,
     };
-    let span = SpanId::from_bytes(parse_hex::<8>(span).filter(|_| span.len() == 16)?);
+    let (trace, span) = (TraceId::from_bytes(trace), SpanId::from_bytes(hex::<8>(span.as_bytes())?));
     let flags = match sampled {
         Some("1" | "d" | "true") => TraceFlags::SAMPLED,
         _ => TraceFlags::default(),
     };
     let context = SpanContext::new(trace, span, flags, true, TraceState::default());
     context.is_valid().then_some(context)
-}
-
-/// Parses up to `2 * N` hex digits into `N` bytes, right-aligned (zero-padded on the left).
-fn parse_hex<const N: usize>(hex: &str) -> Option<[u8; N]> {
-    if hex.len() > 2 * N || !hex.len().is_multiple_of(2) || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let mut out = [0u8; N];
-    let offset = N - hex.len() / 2;
-    for (i, pair) in hex.as_bytes().chunks(2).enumerate() {
-        let pair = std::str::from_utf8(pair).ok()?;
-        out[offset + i] = u8::from_str_radix(pair, 16).ok()?;
-    }
-    Some(out)
 }
 
 #[cfg(test)]
@@ -169,5 +245,53 @@ mod tests {
             let cx = extract(&headers(&[("b3", bad)]), true);
             assert!(!cx.span().span_context().is_valid(), "{bad}");
         }
+    }
+
+    #[test]
+    fn traceparent_follows_the_w3c_grammar() {
+        let ids = |tp: &TraceParent| (tp.trace_id.to_string(), tp.span_id.to_string(), tp.flags.is_sampled());
+        let good = [
+            ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", true),
+            ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00", false),
+            ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09", true),
+            ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-08", false),
+            (" 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 ", true),
+            ("02-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-comes-later", true),
+        ];
+        for (value, sampled) in good {
+            let parsed = parse_traceparent(value.as_bytes()).unwrap_or_else(|| panic!("{value}"));
+            assert_eq!(
+                ids(&parsed),
+                ("4bf92f3577b34da6a3ce929d0e0e4736".into(), "00f067aa0ba902b7".into(), sampled),
+                "{value}"
+            );
+        }
+        let bad = [
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00F067AA0BA902B7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "02-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01extra",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-600f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",
+            "0x-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "",
+        ];
+        for value in bad {
+            assert_eq!(parse_traceparent(value.as_bytes()), None, "{value}");
+        }
+    }
+
+    #[test]
+    fn an_empty_tracestate_is_not_sent() {
+        let cx =
+            extract(&headers(&[("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")]), false);
+        let mut out = HeaderMap::new();
+        inject(&cx, &mut out);
+        assert_eq!(out["traceparent"], "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
+        assert!(!out.contains_key("tracestate") && !out.contains_key("baggage"), "{out:?}");
     }
 }

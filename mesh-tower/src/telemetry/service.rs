@@ -10,7 +10,14 @@ use pin_project_lite::pin_project;
 use tower::Service;
 use tracing::Span;
 
-use super::{Direction, Shared, TelemetryBody, exchange::Exchange, propagation};
+use opentelemetry::trace::TraceContextExt;
+
+use super::{
+    Direction, Shared, TelemetryBody,
+    exchange::Exchange,
+    propagation,
+    sampling::{self, Head},
+};
 use crate::BoxError;
 
 /// The service [`TelemetryLayer`](super::TelemetryLayer) makes.
@@ -79,25 +86,12 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let mut exchange = Exchange::start(&self.shared, &request);
-        let attach = match self.shared.direction {
-            Direction::Inbound => {
-                // The handler runs in the span parented on the caller's context, and in that
-                // context as the current OpenTelemetry context, so even without an OpenTelemetry
-                // `tracing` layer the mesh calls it makes carry the trace and baggage on.
-                let parent = propagation::extract(request.headers(), self.shared.b3);
-                // Only fails when no OpenTelemetry layer is installed (or the span is disabled):
-                // then the parent context travels as the current OpenTelemetry context below.
-                let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&exchange.span, parent.clone());
-                let cx = exchange.otel_context().unwrap_or(parent);
-                exchange.note_trace(&cx);
-                Some(cx)
-            }
+        let (exchange, attach) = match self.shared.direction {
+            Direction::Inbound => inbound(&self.shared, &request),
             Direction::Outbound => {
-                let cx = exchange.otel_context().unwrap_or_else(opentelemetry::Context::current);
+                let (exchange, cx) = outbound(&self.shared, &request);
                 propagation::inject(&cx, request.headers_mut());
-                exchange.note_trace(&cx);
-                None
+                (exchange, None)
             }
         };
         // Server side the handler runs inside the span (its own spans and mesh calls are
@@ -115,6 +109,62 @@ where
         };
         TelemetryFuture { inner, span, attach, exchange: Some(exchange) }
     }
+}
+
+/// Server side: the exchange, and the context the handler runs in (the caller's trace, with this
+/// request's span or, unsampled, its own span context), so even without an OpenTelemetry
+/// `tracing` layer the mesh calls the handler makes carry the trace and baggage on.
+fn inbound<B>(shared: &Arc<Shared>, request: &Request<B>) -> (Exchange, Option<opentelemetry::Context>) {
+    let parent = propagation::extract(request.headers(), shared.b3);
+    let head = sampling::decide(parent.span().span_context(), shared.sample_ratio());
+    let cx = match head {
+        Head::Sampled if shared.traces => {
+            let mut exchange = Exchange::start(shared, request, true);
+            // Only fails when no OpenTelemetry layer is installed (or the span is disabled):
+            // then the parent context travels as the current OpenTelemetry context below.
+            let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&exchange.span, parent.clone());
+            let cx = exchange.otel_context().unwrap_or(parent);
+            exchange.note_trace(&cx);
+            return (exchange, Some(cx));
+        }
+        Head::Sampled => parent,
+        Head::Unsampled(own) => parent.with_remote_span_context(own),
+    };
+    let mut exchange = Exchange::start(shared, request, false);
+    exchange.note_trace(&cx);
+    (exchange, Some(cx))
+}
+
+/// Client side: the exchange, and the context to write on the request (this request's span, or
+/// unsampled its own span context, in the trace of the span or context current at the call).
+fn outbound<B>(shared: &Arc<Shared>, request: &Request<B>) -> (Exchange, opentelemetry::Context) {
+    let parent = current_context();
+    let head = sampling::decide(parent.span().span_context(), shared.sample_ratio());
+    let (mut exchange, cx) = match head {
+        Head::Sampled if shared.traces => {
+            let mut exchange = Exchange::start(shared, request, true);
+            let cx = exchange.otel_context().unwrap_or(parent);
+            (exchange, cx)
+        }
+        Head::Sampled => (Exchange::start(shared, request, false), parent),
+        Head::Unsampled(own) => (Exchange::start(shared, request, false), parent.with_remote_span_context(own)),
+    };
+    exchange.note_trace(&cx);
+    (exchange, cx)
+}
+
+/// The OpenTelemetry context a call made now belongs to: the current `tracing` span's (a mesh
+/// server span, or the application's own) when it has one, else the current context (which the
+/// server side sets for an unsampled request, or the application attached).
+fn current_context() -> opentelemetry::Context {
+    let span = Span::current();
+    if !span.is_none() {
+        let cx = tracing_opentelemetry::OpenTelemetrySpanExt::context(&span);
+        if cx.span().span_context().is_valid() {
+            return cx;
+        }
+    }
+    opentelemetry::Context::current()
 }
 
 pin_project! {
