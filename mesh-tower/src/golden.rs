@@ -41,7 +41,7 @@ struct Inner {
     window: Duration,
     origin: Instant,
     /// Read on every request without a lock; copied on the rare insert of a new subset.
-    subsets: ArcSwap<HashMap<Option<SubsetName>, Arc<Mutex<Window>>>>,
+    subsets: ArcSwap<HashMap<Option<SubsetName>, Arc<Mutex<Window>>, foldhash::fast::RandomState>>,
 }
 
 /// The figures of one subset over the window, from [`GoldenSignals::snapshot`].

@@ -4,6 +4,8 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
+use foldhash::fast::RandomState;
+
 use arc_swap::ArcSwap;
 use mesh_core::{RouteName, ServiceName, SpiffeId, SubsetName};
 use metrics::{Counter, Histogram, Label};
@@ -34,7 +36,9 @@ struct Handles {
 pub(crate) struct RequestMetrics {
     direction: Direction,
     service: ServiceName,
-    handles: ArcSwap<HashMap<RequestLabels, Handles>>,
+    /// Looked up on every request: SipHash over the labels' strings cost more than the rest of
+    /// the lookup, and the keys are bounded label values, so a fast hasher.
+    handles: ArcSwap<HashMap<RequestLabels, Handles, RandomState>>,
 }
 
 impl std::fmt::Debug for RequestMetrics {

@@ -1,7 +1,6 @@
 use std::{
-    future::poll_fn,
     pin::Pin,
-    task::{Context, Poll},
+    task::{Context, Poll, Waker},
 };
 
 use bytes::{Bytes, BytesMut};
@@ -22,11 +21,16 @@ pub(super) enum Buffered {
     Partial(UnsyncBoxBody<Bytes, BoxError>),
 }
 
-/// Reads the frames `body` has ready now, up to `limit` bytes. A body that ends without waiting
-/// (a unary gRPC request) comes back whole; one that would wait for more (a client stream the
-/// application is still writing) or outgrows `limit` comes back as the bytes read so far chained
-/// to the rest, so nothing is lost and nothing waits on data that may depend on the response.
-pub(super) async fn ready_prefix<B>(body: B, limit: u64) -> Result<Buffered, BoxError>
+/// Reads the frames `body` has ready now, up to `limit` bytes, without waiting: a body that ends
+/// at once (a unary gRPC request, a `Full` body) comes back whole; one that would wait for more (a
+/// client stream the application is still writing, a body still arriving) or outgrows `limit`
+/// comes back as the bytes read so far chained to the rest, so nothing is lost and nothing waits
+/// on data that may depend on the response.
+///
+/// The body is polled with a waker that does nothing: a body that is not ready registers it, and
+/// whoever polls the rest next registers its own (a body keeps the latest waker, as the `Future`
+/// contract says), so no wake-up is lost.
+pub(super) fn ready_prefix<B>(body: B, limit: u64) -> Result<Buffered, BoxError>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -34,28 +38,25 @@ where
     let mut body = Box::pin(body);
     let mut read = BytesMut::new();
     let mut trailers = None;
-    let ended = poll_fn(|cx| {
-        loop {
-            if read.len() as u64 > limit {
-                return Poll::Ready(Ok(false));
-            }
-            match body.as_mut().poll_frame(cx) {
-                // Polling registered our waker; whoever polls the body next replaces it.
-                Poll::Pending => return Poll::Ready(Ok(false)),
-                Poll::Ready(None) => return Poll::Ready(Ok(true)),
-                Poll::Ready(Some(Err(error))) => return Poll::Ready(Err(error.into())),
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => read.extend_from_slice(&data),
-                    Err(frame) => {
-                        // Trailers on a request are rare; keep them, in order, and send once.
-                        trailers = frame.into_trailers().ok();
-                        return Poll::Ready(Ok(false));
-                    }
-                },
-            }
+    let mut cx = Context::from_waker(Waker::noop());
+    let ended = loop {
+        if read.len() as u64 > limit {
+            break false;
         }
-    })
-    .await?;
+        match body.as_mut().poll_frame(&mut cx) {
+            Poll::Pending => break false,
+            Poll::Ready(None) => break true,
+            Poll::Ready(Some(Err(error))) => return Err(error.into()),
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => read.extend_from_slice(&data),
+                Err(frame) => {
+                    // Trailers on a request are rare; keep them, in order, and send once.
+                    trailers = frame.into_trailers().ok();
+                    break false;
+                }
+            },
+        }
+    };
     let read = read.freeze();
     if ended {
         return Ok(Buffered::Whole(read));
@@ -114,7 +115,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_that_ends_at_once_is_whole() {
-        let Buffered::Whole(bytes) = ready_prefix(Full::new(Bytes::from_static(b"hello")), 64).await.unwrap() else {
+        let Buffered::Whole(bytes) = ready_prefix(Full::new(Bytes::from_static(b"hello")), 64).unwrap() else {
             panic!("a ready body is replayable");
         };
         assert_eq!(bytes, "hello");
@@ -124,7 +125,7 @@ mod tests {
     async fn a_body_still_waiting_is_sent_once_and_whole() {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Frame<Bytes>, BoxError>>();
         tx.send(Ok(Frame::data(Bytes::from_static(b"one ")))).unwrap();
-        let Buffered::Partial(body) = ready_prefix(Channel(rx), 64).await.unwrap() else {
+        let Buffered::Partial(body) = ready_prefix(Channel(rx), 64).unwrap() else {
             panic!("a body waiting for more is not replayable");
         };
         tx.send(Ok(Frame::data(Bytes::from_static(b"two")))).unwrap();
@@ -135,7 +136,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_over_the_limit_is_sent_once() {
         let body = Full::new(Bytes::from(vec![7u8; 100]));
-        let Buffered::Partial(body) = ready_prefix(body, 10).await.unwrap() else {
+        let Buffered::Partial(body) = ready_prefix(body, 10).unwrap() else {
             panic!("too large to replay");
         };
         assert_eq!(body.collect().await.unwrap().to_bytes().len(), 100);

@@ -5,7 +5,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    task::{Context, Poll},
+    task::{Context, Poll, ready},
     time::Duration,
 };
 
@@ -30,9 +30,9 @@ use crate::{
         resolution::Resolution,
     },
     context::RETRY_DEPTH_HEADER,
-    future::PassThrough,
     grpc,
 };
+use pin_project_lite::pin_project;
 
 /// Retries requests by their routes' policies. Cheap to clone: the budget and the counters are
 /// shared by every service it makes, so use one layer per destination.
@@ -151,6 +151,17 @@ where
     Box::pin(async move { Ok(body.collect().await.map_err(Into::into)?.to_bytes()) })
 }
 
+/// How a request's body can be sent again.
+enum Replay<B> {
+    /// Buffered now: every attempt sends a copy.
+    Now(Bytes),
+    /// Its size is within the limit, but not all of it is here yet: buffered before the first
+    /// attempt.
+    Later(Attempt<Bytes, BoxError>),
+    /// It cannot be: sent once.
+    Never(RetryBody<B>),
+}
+
 impl<S, B, ResBody> Service<Request<B>> for Retry<S>
 where
     S: Service<Request<RetryBody<B>>, Response = Response<ResBody>> + Clone + Send + 'static,
@@ -162,7 +173,7 @@ where
 {
     type Response = Response<ResBody>;
     type Error = BoxError;
-    type Future = PassThrough<S::Future, Response<ResBody>>;
+    type Future = RetryFuture<S::Future, Response<ResBody>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -180,135 +191,326 @@ where
         if outgoing > 0 {
             request.headers_mut().insert(RETRY_DEPTH_HEADER, crate::headers::small_number(outgoing));
         }
-        let per_try = policy.and_then(|p| p.per_try_timeout);
-        let (Some(resolution), true) = (resolution.clone(), retrying || per_try.is_some()) else {
+        let per_try_timeout = policy.and_then(|p| p.per_try_timeout);
+        let resolution = resolution.filter(|_| retrying || per_try_timeout.is_some());
+        let Some(resolution) = resolution else {
             // Nothing to retry and no per-try timeout: the ready inner service takes the request
             // as it is, unboxed.
-            return PassThrough::direct(self.inner.call(request.map(RetryBody::original)), None);
+            return RetryFuture::direct(self.inner.call(request.map(RetryBody::original)));
         };
-        let shared = self.shared.clone();
-        // The ready service takes the first attempt; clones take the retries.
-        let inner = self.inner.clone();
-        let first = std::mem::replace(&mut self.inner, inner);
-        PassThrough::boxed(async move { shared.run(first, request, resolution, retrying).await })
+        let Some(policy) = resolution.retry_policy() else {
+            return RetryFuture::direct(self.inner.call(request.map(RetryBody::original)));
+        };
+        // Every gRPC call is a POST; as in gRPC's retry design, a policy listing the method's
+        // route is the declaration that the method may be retried. Otherwise only RFC 9110's
+        // idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE), unless the policy says.
+        let grpc = grpc::is_grpc(request.headers());
+        let replayable = retrying && (grpc || request.method().is_idempotent() || policy.retry_non_idempotent);
+        // Every original request of a retrying route deposits into its budget.
+        let budget = retrying.then(|| self.shared.budget(&policy.budget));
+        if let Some(budget) = &budget {
+            budget.deposit();
+        }
+        let (parts, body) = request.into_parts();
+        let (budget, bytes, buffering) = match budget {
+            Some(budget) if replayable => match self.shared.replay(body, policy, grpc, resolution.service()) {
+                Ok(Replay::Now(bytes)) => (budget, bytes, None),
+                Ok(Replay::Later(buffering)) => (budget, Bytes::new(), Some(buffering)),
+                Ok(Replay::Never(body)) => {
+                    return once(&mut self.inner, Request::from_parts(parts, body), per_try_timeout);
+                }
+                Err(error) => return RetryFuture::boxed(std::future::ready(Err(error))),
+            },
+            _ => {
+                let request = Request::from_parts(parts, RetryBody::original(body));
+                return once(&mut self.inner, request, per_try_timeout);
+            }
+        };
+        let mut retry = Retrying {
+            budget,
+            shared: self.shared.clone(),
+            service: self.inner.clone(),
+            parts,
+            bytes,
+            resolution,
+            grpc,
+            _body: std::marker::PhantomData,
+        };
+        if buffering.is_some() || per_try_timeout.is_some() {
+            // The body still arriving, or attempts that race their own timer: the general loop.
+            let first = take_ready(&mut self.inner);
+            return RetryFuture::boxed(async move {
+                if let Some(buffering) = buffering {
+                    retry.bytes = buffering.await?;
+                }
+                retry.run(first).await
+            });
+        }
+        // The first attempt: the ready inner service takes a copy of the request, unboxed; what a
+        // retry needs is kept aside (boxed, small) for the few requests that need one.
+        let request = retry.request(1);
+        RetryFuture::first(self.inner.call(request), Box::new(retry))
+    }
+}
+
+/// The ready service `inner`, for a boxed future to call; a clone takes its place.
+fn take_ready<S: Clone>(inner: &mut S) -> S {
+    let clone = inner.clone();
+    std::mem::replace(inner, clone)
+}
+
+/// A request sent once: by the inner service's own future, unless a per-try timeout bounds it.
+fn once<S, B, ResBody: Send + 'static>(
+    inner: &mut S,
+    request: Request<RetryBody<B>>,
+    limit: Option<Duration>,
+) -> RetryFuture<S::Future, Response<ResBody>>
+where
+    S: Service<Request<RetryBody<B>>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    match limit {
+        None => RetryFuture::direct(inner.call(request)),
+        Some(limit) => RetryFuture::boxed(per_try(take_ready(inner), request, Some(limit))),
     }
 }
 
 impl Shared {
-    async fn run<S, B, ResBody>(
-        self: Arc<Self>,
-        first: S,
-        request: Request<B>,
-        resolution: Resolution,
-        retrying: bool,
-    ) -> Result<Response<ResBody>, BoxError>
-    where
-        S: Service<Request<RetryBody<B>>, Response = Response<ResBody>> + Clone + Send + 'static,
-        S::Error: Into<BoxError>,
-        S::Future: Send + 'static,
-        B: Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
-        let Some(policy) = resolution.retry_policy() else {
-            return first.oneshot(request.map(RetryBody::original)).await.map_err(Into::into);
-        };
-        if !retrying {
-            return per_try(first, request.map(RetryBody::original), policy.per_try_timeout).await;
-        }
-        let budget = self.budget(&policy.budget);
-        budget.deposit();
-        // Every gRPC call is a POST; as in gRPC's retry design, a policy listing the method's
-        // route is the declaration that the method may be retried.
-        let grpc = grpc::is_grpc(request.headers());
-        // RFC 9110's idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE).
-        let idempotent = grpc || request.method().is_idempotent();
-        if !idempotent && !policy.retry_non_idempotent {
-            return per_try(first, request.map(RetryBody::original), policy.per_try_timeout).await;
-        }
-        let (parts, body) = request.into_parts();
-        let bytes = match self.replayable(body, policy, grpc, resolution.service()).await? {
-            Ok(bytes) => bytes,
-            Err(body) => return per_try(first, Request::from_parts(parts, body), policy.per_try_timeout).await,
-        };
-        let mut service = first;
-        let mut number = 1u32;
-        loop {
-            let mut request = Request::from_parts(parts.clone(), RetryBody::replay(bytes.clone()));
-            if grpc && number > 1 {
-                request.headers_mut().insert(grpc::PREVIOUS_ATTEMPTS, crate::headers::small_number(number - 1));
-            }
-            let result = per_try(service.clone(), request, policy.per_try_timeout).await;
-            let class = match &result {
-                Ok(response) => match classify::head(response.status(), response.headers()) {
-                    classify::ClassifyHead::Ready(class) => class,
-                    // The status is in the trailers: the response is streaming, so committed.
-                    classify::ClassifyHead::RequiresEos { .. } => return result,
-                },
-                Err(error) => classify::error(error),
-            };
-            let Some(why) = class.retryable(&policy.retry_on) else { return result };
-            if number >= policy.max_attempts {
-                return result;
-            }
-            // gRPC server pushback: a delay to wait instead of the backoff, or (any value that is
-            // not a count of milliseconds) a request not to retry at all.
-            let pushback = match result.as_ref().ok().and_then(|r| r.headers().get(grpc::RETRY_PUSHBACK)) {
-                Some(value) => match value.to_str().ok().and_then(|v| v.parse::<u64>().ok()) {
-                    Some(ms) => Some(Duration::from_millis(ms)),
-                    None => return result,
-                },
-                None => None,
-            };
-            if !budget.withdraw() {
-                self.stats.budget_exhausted.fetch_add(1, Ordering::Relaxed);
-                crate::metrics::per_service(crate::metrics::RETRY_BUDGET_EXHAUSTED, resolution.service());
-                tracing::debug!(attempt = number, ?why, "retry budget exhausted; returning the failure");
-                return result;
-            }
-            self.stats.retries.fetch_add(1, Ordering::Relaxed);
-            crate::metrics::per_service(crate::metrics::RETRIES, resolution.service());
-            tracing::debug!(attempt = number, ?why, "retrying");
-            tokio::time::sleep(pushback.unwrap_or_else(|| self.backoff(policy, number))).await;
-            number += 1;
-            service = service.clone();
-        }
-    }
-
-    /// The body as bytes to replay, or (too large, or a client stream still being written) as a
-    /// body to send once.
-    async fn replayable<B>(
+    /// How `body` can be sent again: buffered at once when it is all here and within
+    /// `max_replay_bytes` (most requests: an empty GET, a unary gRPC message), later when its
+    /// size is within the limit but it is still arriving, never when it is larger, of unknown size
+    /// (counted), or a gRPC client stream still being written.
+    fn replay<B>(
         &self,
         body: B,
         policy: &RetryPolicy,
         grpc: bool,
         service: &mesh_core::ServiceName,
-    ) -> Result<Result<Bytes, RetryBody<B>>, BoxError>
+    ) -> Result<Replay<B>, BoxError>
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
         let hint = body.size_hint();
         if hint.exact() == Some(0) && body.is_end_stream() {
-            // Most GETs: nothing to buffer.
-            return Ok(Ok(Bytes::new()));
+            return Ok(Replay::Now(Bytes::new()));
         }
-        if hint.upper().is_some_and(|upper| upper <= policy.max_replay_bytes) {
-            return Ok(Ok(collect(body).await?));
+        let bounded = hint.upper().is_some_and(|upper| upper <= policy.max_replay_bytes);
+        if bounded || grpc {
+            // gRPC bodies never say their size; a unary or server-streaming call's one message is
+            // ready at once, while a client stream may wait on the application, so only what is
+            // ready now is buffered.
+            return Ok(match ready_prefix(body, policy.max_replay_bytes)? {
+                Buffered::Whole(bytes) => Replay::Now(bytes),
+                Buffered::Partial(rest) if bounded => Replay::Later(collect(rest)),
+                Buffered::Partial(rest) => self.not_replayable(RetryBody::partial(rest), service),
+            });
         }
-        // gRPC bodies never say their size; a unary or server-streaming call's one message is
-        // ready at once, while a client stream may wait on the application, so only what is
-        // ready now is buffered.
-        let body = if grpc {
-            match ready_prefix(body, policy.max_replay_bytes).await? {
-                Buffered::Whole(bytes) => return Ok(Ok(bytes)),
-                Buffered::Partial(body) => RetryBody::partial(body),
-            }
-        } else {
-            RetryBody::original(body)
-        };
+        Ok(self.not_replayable(RetryBody::original(body), service))
+    }
+
+    fn not_replayable<B>(&self, body: RetryBody<B>, service: &mesh_core::ServiceName) -> Replay<B> {
         self.stats.not_replayable.fetch_add(1, Ordering::Relaxed);
         crate::metrics::per_service(crate::metrics::RETRY_NOT_REPLAYABLE, service);
-        Ok(Err(body))
+        Replay::Never(body)
+    }
+}
+
+/// Everything a retry needs that the first attempt does not consume.
+struct Retrying<S, B> {
+    shared: Arc<Shared>,
+    service: S,
+    parts: http::request::Parts,
+    bytes: Bytes,
+    resolution: Resolution,
+    budget: Arc<Budget>,
+    grpc: bool,
+    _body: std::marker::PhantomData<fn() -> B>,
+}
+
+/// What to do after an attempt.
+enum Next {
+    /// Return its result.
+    Return,
+    /// Wait this long, then send the next attempt.
+    RetryAfter(Duration),
+}
+
+impl<S, B, ResBody> Retrying<S, B>
+where
+    S: Service<Request<RetryBody<B>>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    ResBody: Send + 'static,
+{
+    /// Attempt `number`'s copy of the request.
+    fn request(&self, number: u32) -> Request<RetryBody<B>> {
+        let mut request = Request::from_parts(self.parts.clone(), RetryBody::replay(self.bytes.clone()));
+        if self.grpc && number > 1 {
+            request.headers_mut().insert(grpc::PREVIOUS_ATTEMPTS, crate::headers::small_number(number - 1));
+        }
+        request
+    }
+
+    fn per_try_timeout(&self) -> Option<Duration> {
+        self.resolution.retry_policy().and_then(|p| p.per_try_timeout)
+    }
+
+    /// Every attempt, the first with `first` (a ready service).
+    async fn run(self, first: S) -> Result<Response<ResBody>, BoxError> {
+        let result = per_try(first, self.request(1), self.per_try_timeout()).await;
+        self.after(result, 1).await
+    }
+
+    /// After attempt `number` gave `result`: retries while the policy and the budget allow.
+    async fn after(
+        self,
+        mut result: Result<Response<ResBody>, BoxError>,
+        mut number: u32,
+    ) -> Result<Response<ResBody>, BoxError> {
+        loop {
+            match self.next(&result, number) {
+                Next::Return => return result,
+                Next::RetryAfter(delay) => tokio::time::sleep(delay).await,
+            }
+            number += 1;
+            result = per_try(self.service.clone(), self.request(number), self.per_try_timeout()).await;
+        }
+    }
+
+    /// Whether the outcome may be retried at all (no side effects: the budget is not touched).
+    fn retryable(&self, result: &Result<Response<ResBody>, BoxError>, number: u32) -> bool {
+        let Some(policy) = self.resolution.retry_policy() else { return false };
+        let class = match result {
+            Ok(response) => match classify::head(response.status(), response.headers()) {
+                classify::ClassifyHead::Ready(class) => class,
+                // The status is in the trailers: the response is streaming, so committed.
+                classify::ClassifyHead::RequiresEos { .. } => return false,
+            },
+            Err(error) => classify::error(error),
+        };
+        class.retryable(&policy.retry_on).is_some() && number < policy.max_attempts
+    }
+
+    /// The decision after attempt `number`: pushback, then the budget (withdrawn here).
+    fn next(&self, result: &Result<Response<ResBody>, BoxError>, number: u32) -> Next {
+        let Some(policy) = self.resolution.retry_policy() else { return Next::Return };
+        if !self.retryable(result, number) {
+            return Next::Return;
+        }
+        // gRPC server pushback: a delay to wait instead of the backoff, or (any value that is
+        // not a count of milliseconds) a request not to retry at all.
+        let pushback = match result.as_ref().ok().and_then(|r| r.headers().get(grpc::RETRY_PUSHBACK)) {
+            Some(value) => match value.to_str().ok().and_then(|v| v.parse::<u64>().ok()) {
+                Some(ms) => Some(Duration::from_millis(ms)),
+                None => return Next::Return,
+            },
+            None => None,
+        };
+        let service = self.resolution.service();
+        if !self.budget.withdraw() {
+            self.shared.stats.budget_exhausted.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::per_service(crate::metrics::RETRY_BUDGET_EXHAUSTED, service);
+            tracing::debug!(attempt = number, "retry budget exhausted; returning the failure");
+            return Next::Return;
+        }
+        self.shared.stats.retries.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::per_service(crate::metrics::RETRIES, service);
+        tracing::debug!(attempt = number, "retrying");
+        Next::RetryAfter(pushback.unwrap_or_else(|| self.shared.backoff(policy, number)))
+    }
+}
+
+/// What the first attempt's future hands its result to.
+trait AfterFirst<T>: Send {
+    /// The result to return, or the retries to run.
+    fn after_first(self: Box<Self>, result: Result<T, BoxError>) -> Result<Result<T, BoxError>, Boxed<T>>;
+}
+
+impl<S, B, ResBody> AfterFirst<Response<ResBody>> for Retrying<S, B>
+where
+    S: Service<Request<RetryBody<B>>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    ResBody: Send + 'static,
+{
+    fn after_first(
+        self: Box<Self>,
+        result: Result<Response<ResBody>, BoxError>,
+    ) -> Result<Result<Response<ResBody>, BoxError>, Boxed<Response<ResBody>>> {
+        if self.retryable(&result, 1) { Err(Box::pin(self.after(result, 1))) } else { Ok(result) }
+    }
+}
+
+type Boxed<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
+
+pin_project! {
+    /// The response future of [`Retry`]: the inner service's own future, unboxed, for a request
+    /// sent once and for the first attempt of one that may be retried; a boxed loop only once a
+    /// retry is needed (or for attempts with a per-try timeout, or bodies still arriving).
+    pub struct RetryFuture<F, T> {
+        #[pin]
+        state: State<F, T>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, T> {
+        Direct { #[pin] inner: F },
+        First { #[pin] attempt: F, retry: Option<Box<dyn AfterFirst<T>>> },
+        Boxed { inner: Boxed<T> },
+    }
+}
+
+impl<F, T> RetryFuture<F, T> {
+    fn direct(inner: F) -> Self {
+        Self { state: State::Direct { inner } }
+    }
+
+    fn first(attempt: F, retry: Box<dyn AfterFirst<T>>) -> Self {
+        Self { state: State::First { attempt, retry: Some(retry) } }
+    }
+
+    fn boxed(inner: impl Future<Output = Result<T, BoxError>> + Send + 'static) -> Self {
+        Self { state: State::Boxed { inner: Box::pin(inner) } }
+    }
+}
+
+impl<F, T, E> Future for RetryFuture<F, T>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let retries = match self.as_mut().project().state.project() {
+            StateProj::Direct { inner } => return inner.poll(cx).map_err(Into::into),
+            StateProj::Boxed { inner } => return inner.as_mut().poll(cx),
+            StateProj::First { attempt, retry } => {
+                let result = ready!(attempt.poll(cx)).map_err(Into::into);
+                let Some(retry) = retry.take() else { return Poll::Ready(result) };
+                match retry.after_first(result) {
+                    Ok(result) => return Poll::Ready(result),
+                    Err(retries) => retries,
+                }
+            }
+        };
+        self.as_mut().project().state.set(State::Boxed { inner: retries });
+        self.poll(cx)
+    }
+}
+
+impl<F, T> std::fmt::Debug for RetryFuture<F, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RetryFuture").finish_non_exhaustive()
     }
 }
 
@@ -337,5 +539,190 @@ where
             }
         }
         _ => service.oneshot(request).await.map_err(Into::into),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use http::{HeaderValue, Method, StatusCode};
+    use http_body_util::Full;
+    use mesh_core::{
+        Endpoint, PathMatch, Route, RouteMatch, RouteName, ServiceSnapshot, Subset, Weight, policy::RetryOn,
+    };
+
+    use super::*;
+
+    /// What the fake upstream saw of each attempt: method, body, `grpc-previous-rpc-attempts`.
+    type Seen = Arc<Mutex<Vec<(Method, Bytes, Option<HeaderValue>)>>>;
+
+    fn snapshot(per_try: Option<Duration>) -> Arc<ServiceSnapshot> {
+        let mut retry = RetryPolicy::default();
+        retry.retry_on = vec![RetryOn::GatewayError, RetryOn::GrpcUnavailable];
+        retry.per_try_timeout = per_try;
+        retry.backoff.base = Duration::from_millis(1);
+        retry.backoff.max = Duration::from_millis(1);
+        // Up front, the budget allows `ratio` retries per request (its per-second floor accrues).
+        retry.budget.ratio = 10.0;
+        let route = Route::new(RouteName::new("all").unwrap())
+            .with_match(RouteMatch::any().path(PathMatch::prefix("/").unwrap()))
+            .with_target("v1".parse().unwrap(), Weight::new(1).unwrap())
+            .with_retry(retry);
+        let snapshot = ServiceSnapshot::builder("svc".parse().unwrap())
+            .identity("spiffe://example.org/svc".parse().unwrap())
+            .endpoint(Endpoint::new(([127, 0, 0, 1], 1).into()).with_label("version", "v1").unwrap())
+            .subset(Subset::version("v1").unwrap())
+            .route(route)
+            .build()
+            .unwrap();
+        Arc::new(snapshot)
+    }
+
+    /// An upstream that answers `statuses` in turn (then 200), recording what each attempt
+    /// carried; gRPC failures answer `grpc-status: 14` in the headers.
+    #[derive(Clone)]
+    struct Upstream {
+        statuses: &'static [u16],
+        seen: Seen,
+        attempts: Arc<AtomicU64>,
+    }
+
+    impl Service<Request<RetryBody<UnsyncBody>>> for Upstream {
+        type Response = Response<()>;
+        type Error = BoxError;
+        type Future = Pin<Box<dyn Future<Output = Result<Response<()>, BoxError>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: Request<RetryBody<UnsyncBody>>) -> Self::Future {
+            let this = self.clone();
+            let (parts, body) = request.into_parts();
+            // Every body here is whole at once (a replayed copy, or a `Full` sent once).
+            let bytes = match ready_prefix(body, u64::MAX) {
+                Ok(Buffered::Whole(bytes)) => bytes,
+                _ => Bytes::from_static(b"(not whole)"),
+            };
+            Box::pin(async move {
+                let previous = parts.headers.get(grpc::PREVIOUS_ATTEMPTS).cloned();
+                this.seen.lock().unwrap().push((parts.method, bytes, previous));
+                let n = this.attempts.fetch_add(1, Ordering::Relaxed) as usize;
+                let status = this.statuses.get(n).copied().unwrap_or(200);
+                let mut response = Response::new(());
+                if grpc::is_grpc(&parts.headers) && status != 200 {
+                    response.headers_mut().insert("grpc-status", HeaderValue::from_static("14"));
+                } else {
+                    *response.status_mut() = StatusCode::from_u16(status).unwrap();
+                }
+                Ok(response)
+            })
+        }
+    }
+
+    /// A retry layer over an [`Upstream`] answering `statuses`.
+    fn stack(statuses: &'static [u16]) -> (Retry<Upstream>, Seen, RetryLayer) {
+        let seen = Seen::default();
+        let layer = RetryLayer::new();
+        (layer.layer(Upstream { statuses, seen: seen.clone(), attempts: Arc::default() }), seen, layer)
+    }
+
+    type UnsyncBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+    fn request(method: Method, body: UnsyncBody, grpc: bool, per_try: Option<Duration>) -> Request<UnsyncBody> {
+        let mut request = Request::builder().method(method).uri("/items").body(body).unwrap();
+        if grpc {
+            request.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        }
+        let resolution = Resolution::resolve(snapshot(per_try), &request).unwrap();
+        request.extensions_mut().insert(resolution);
+        request
+    }
+
+    fn full(bytes: &'static [u8]) -> UnsyncBody {
+        Full::new(Bytes::from_static(bytes)).map_err(|e| match e {}).boxed_unsync()
+    }
+
+    #[tokio::test]
+    async fn a_first_attempt_that_succeeds_is_sent_once() {
+        let (mut service, seen, layer) = stack(&[]);
+        let response = service.ready().await.unwrap().call(request(Method::GET, full(b""), false, None)).await;
+        assert_eq!(response.unwrap().status(), 200);
+        assert_eq!(seen.lock().unwrap().len(), 1);
+        assert_eq!((layer.stats().requests(), layer.stats().retries()), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn a_failed_first_attempt_is_retried_with_the_same_body() {
+        let (mut service, seen, layer) = stack(&[503, 502]);
+        let response = service.ready().await.unwrap().call(request(Method::PUT, full(b"payload"), false, None)).await;
+        assert_eq!(response.unwrap().status(), 200, "the third attempt succeeds");
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 3);
+        assert!(seen.iter().all(|(method, body, _)| method == Method::PUT && body == "payload"), "{seen:?}");
+        assert_eq!(layer.stats().retries(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_post_is_sent_once_and_its_failure_returned() {
+        let (mut service, seen, layer) = stack(&[503]);
+        let response = service.ready().await.unwrap().call(request(Method::POST, full(b"order"), false, None)).await;
+        assert_eq!(response.unwrap().status(), 503);
+        assert_eq!(seen.lock().unwrap().len(), 1);
+        assert_eq!(layer.stats().retries(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_grpc_call_is_retried_and_counts_its_previous_attempts() {
+        let (mut service, seen, _) = stack(&[503]);
+        let response = service.ready().await.unwrap().call(request(Method::POST, full(b"\0msg"), true, None)).await;
+        assert_eq!(response.unwrap().status(), 200);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.iter().map(|s| s.2.clone()).collect::<Vec<_>>(), [None, Some(HeaderValue::from_static("1"))]);
+        assert!(seen.iter().all(|s| s.1 == "\0msg"), "the message is replayed: {seen:?}");
+    }
+
+    #[tokio::test]
+    async fn a_body_of_known_size_still_arriving_is_buffered_then_replayed() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<http_body::Frame<Bytes>, BoxError>>();
+        // A body that says it has 6 bytes but sends them later, like an upload still in flight.
+        let body = Sized6(rx).boxed_unsync();
+        let (mut service, seen, _) = stack(&[503]);
+        let call = service.ready().await.unwrap().call(request(Method::PUT, body, false, None));
+        tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"abc")))).unwrap();
+        tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"def")))).unwrap();
+        drop(tx);
+        assert_eq!(call.await.unwrap().status(), 200);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.iter().map(|s| s.1.clone()).collect::<Vec<_>>(), ["abcdef", "abcdef"]);
+    }
+
+    #[tokio::test]
+    async fn attempts_with_a_per_try_timeout_are_retried_too() {
+        let (mut service, seen, _) = stack(&[502]);
+        let call =
+            service.ready().await.unwrap().call(request(Method::GET, full(b""), false, Some(Duration::from_secs(5))));
+        assert_eq!(call.await.unwrap().status(), 200);
+        assert_eq!(seen.lock().unwrap().len(), 2);
+    }
+
+    /// A body that announces exactly 6 bytes and sends the frames written to its channel.
+    struct Sized6(tokio::sync::mpsc::UnboundedReceiver<Result<http_body::Frame<Bytes>, BoxError>>);
+
+    impl Body for Sized6 {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+            self.0.poll_recv(cx)
+        }
+
+        fn size_hint(&self) -> http_body::SizeHint {
+            http_body::SizeHint::with_exact(6)
+        }
     }
 }
