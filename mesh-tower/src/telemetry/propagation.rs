@@ -69,8 +69,12 @@ pub(crate) fn inject(cx: &Context, headers: &mut HeaderMap) {
     let span = cx.span();
     let span_context = span.span_context();
     if span_context.is_valid()
-        && let Some(traceparent) = format_traceparent(span_context)
+        && let Some(mut traceparent) = format_traceparent(span_context)
     {
+        // A value new on every request: HTTP/2 would add each to its header table and evict the
+        // headers that do repeat. Marked never-indexed, it is sent as a literal and the table
+        // keeps what compresses.
+        traceparent.set_sensitive(true);
         headers.insert(TRACEPARENT, traceparent);
         let state = span_context.trace_state().header();
         if !state.is_empty()
