@@ -243,8 +243,8 @@ async fn run(args: ClientArgs) -> Result<Measurement, BoxError> {
     if let Some(telemetry) = telemetry {
         // Shows the recorder and the trace pipeline saw the run.
         tracing::info!(bytes = telemetry.prometheus.render().len(), "prometheus exposition rendered");
-        let spans = telemetry.flush_traces().await?;
-        tracing::info!(spans, "sampled client spans received by the OTLP sink");
+        let (exports, bytes) = telemetry.flush_traces().await?;
+        tracing::info!(exports, bytes, "sampled client spans received by the OTLP sink");
     }
     let h = &total.histogram;
     let seconds = match args.workload {

@@ -108,10 +108,12 @@ pub(crate) fn install_telemetry() -> Result<Telemetry, BoxError> {
 }
 
 impl Telemetry {
-    /// Exports what the batch processor holds and returns the spans the sink has received.
-    pub(crate) async fn flush_traces(self) -> Result<u64, BoxError> {
+    /// Exports what the batch processor holds and returns the exports and bytes the sink has
+    /// received.
+    pub(crate) async fn flush_traces(self) -> Result<(u64, u64), BoxError> {
+        use std::sync::atomic::Ordering::Relaxed;
         self.otlp.shutdown().await?;
-        Ok(self.sink.spans.load(std::sync::atomic::Ordering::Relaxed))
+        Ok((self.sink.received.exports.load(Relaxed), self.sink.received.bytes.load(Relaxed)))
     }
 }
 
