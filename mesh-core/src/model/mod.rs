@@ -9,9 +9,9 @@ mod weight;
 
 pub use self::endpoint::Endpoint;
 pub use self::labels::{InvalidLabel, Labels};
-pub use self::name::{HeaderName, InvalidMethod, InvalidName, Method, RouteName, ServiceName, SubsetName};
+pub use self::name::{DnsName, HeaderName, InvalidMethod, InvalidName, Method, RouteName, ServiceName, SubsetName};
 pub use self::route::{
-    HeaderMatch, HeaderRegex, HeaderValueMatch, InvalidPathMatch, InvalidRegex, Mirror, PathMatch, Route, RouteMatch,
+    DnsTarget, HeaderMatch, HeaderRegex, HeaderValueMatch, InvalidPathMatch, InvalidRegex, Mirror, PathMatch, Route, RouteMatch,
     Subset, WeightedTarget,
 };
 pub(crate) use self::snapshot::CheckedSpec;
