@@ -107,7 +107,7 @@ pub enum DiscoveryError {
     #[error("the policy source failed: {0}")]
     Policies(#[source] Arc<DiscoveryError>),
     /// The endpoints of a DNS subset could not be looked up; its last good set stays.
-    #[error("the endpoints of subset {subset} could not be looked up at {target}: {source}")]
+    #[error("the endpoints of subset {subset} could not be had: {source}")]
     Endpoints {
         /// The subset.
         subset: SubsetName,
