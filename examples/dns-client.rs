@@ -205,7 +205,8 @@ async fn run(args: Args) -> Result<bool, Error> {
                     match result {
                         Ok(response) => {
                             let upstream = response.extensions().get::<Upstream>();
-                            let subset = upstream.and_then(|u| u.subset.as_ref()).map_or("none".into(), |s| s.to_string());
+                            let subset =
+                                upstream.and_then(|u| u.subset.as_ref()).map_or("none".into(), |s| s.to_string());
                             let endpoint = upstream.map_or("unknown".into(), |u| u.address.to_string());
                             *t.subsets.entry(subset).or_default() += 1;
                             *t.endpoints.entry(endpoint).or_default() += 1;

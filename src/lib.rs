@@ -18,11 +18,11 @@
 //! shows a client following endpoint changes live.
 
 pub use mesh_core as core;
+/// DNS discovery: subsets' endpoints from A/AAAA or SRV records (feature `dns`).
+#[cfg(feature = "dns")]
+pub use mesh_dns as dns;
 pub use mesh_tonic as tonic;
 pub use mesh_tower as tower;
 /// xDS discovery: join Istio's istiod or any xDS control plane (feature `xds`).
 #[cfg(feature = "xds")]
 pub use mesh_xds as xds;
-/// DNS discovery: subsets' endpoints from A/AAAA or SRV records (feature `dns`).
-#[cfg(feature = "dns")]
-pub use mesh_dns as dns;

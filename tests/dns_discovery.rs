@@ -291,7 +291,10 @@ async fn srv_records_give_ports_and_weights() {
     const SRV: &str = "_http._tcp.reviews.mesh.test";
     // a and b share priority 0 with weights 1 and 3; c (priority 1) is a backup, not used.
     let srv = |records: &[(&Pod, u16, u16)]| -> Vec<String> {
-        records.iter().map(|(pod, prio, w)| format!("{SRV},{}.mesh.test,{},{prio},{w}", pod.name, pod.addr().port())).collect()
+        records
+            .iter()
+            .map(|(pod, prio, w)| format!("{SRV},{}.mesh.test,{},{prio},{w}", pod.name, pod.addr().port()))
+            .collect()
     };
     let hosts = "127.0.0.1 a.mesh.test\n127.0.0.1 b.mesh.test\n127.0.0.1 c.mesh.test\n";
     let Some(mut dns) = Dnsmasq::start(hosts, &srv(&[(&a, 0, 1), (&b, 0, 3), (&c, 1, 5)])) else { return };

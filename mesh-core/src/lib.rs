@@ -56,8 +56,8 @@ pub use crate::identity::{
     SpiffeId, TrustBundle, TrustDomain,
 };
 pub use crate::model::{
-    DnsName, DnsTarget, Endpoint, HeaderMatch, HeaderName, HeaderRegex, HeaderValueMatch, InvalidLabel, InvalidMethod, InvalidName,
-    InvalidPathMatch, InvalidRegex, InvalidSnapshot, InvalidWeight, Labels, Method, Mirror, PathMatch, Route,
-    RouteMatch, RouteName, ServiceName, ServiceSnapshot, ServiceSnapshotBuilder, ServiceSpec, Subset, SubsetName,
-    Weight, WeightedTarget,
+    DnsName, DnsTarget, Endpoint, HeaderMatch, HeaderName, HeaderRegex, HeaderValueMatch, InvalidLabel, InvalidMethod,
+    InvalidName, InvalidPathMatch, InvalidRegex, InvalidSnapshot, InvalidWeight, Labels, Method, Mirror, PathMatch,
+    Route, RouteMatch, RouteName, ServiceName, ServiceSnapshot, ServiceSnapshotBuilder, ServiceSpec, Subset,
+    SubsetName, Weight, WeightedTarget,
 };

@@ -16,8 +16,8 @@ use hickory_resolver::{
 use mesh_core::{
     DnsTarget,
     discovery::{
-        ComposedDiscovery, ComposedDiscoveryBuilder, Discovery, DiscoveryError, EndpointDiscovery,
-        EndpointsPublisher, EndpointsWatch,
+        ComposedDiscovery, ComposedDiscoveryBuilder, Discovery, DiscoveryError, EndpointDiscovery, EndpointsPublisher,
+        EndpointsWatch,
     },
 };
 use tokio::runtime::Handle;

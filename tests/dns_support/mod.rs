@@ -100,8 +100,12 @@ impl Dnsmasq {
         for srv in &self.srv {
             command.arg(format!("--srv-host={srv}"));
         }
-        let mut child =
-            command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().map_err(|e| e.to_string())?;
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
         // dnsmasq says "started" once it listens, or why it could not.
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();

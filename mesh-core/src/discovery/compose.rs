@@ -8,9 +8,7 @@ use std::{
 
 use tokio::{runtime::Handle, sync::Notify, task::AbortHandle};
 
-use super::{
-    Discovery, DiscoveryError, EndpointDiscovery, EndpointsWatch, SnapshotPublisher, SnapshotWatch,
-};
+use super::{Discovery, DiscoveryError, EndpointDiscovery, EndpointsWatch, SnapshotPublisher, SnapshotWatch};
 use crate::{DnsTarget, Endpoint, Labels, ServiceName, ServiceSnapshot, ServiceSpec, SubsetName};
 
 /// Discovery that takes a service's routes, splits, identity and policies from one source (code,

@@ -86,7 +86,10 @@ impl ServiceSpec {
             }
             match (&subset.dns, subset.port) {
                 (None, Some(_)) => {
-                    return fail(format!("subsets[{i}].port"), "`port` applies to the addresses of `dns`; name one".into());
+                    return fail(
+                        format!("subsets[{i}].port"),
+                        "`port` applies to the addresses of `dns`; name one".into(),
+                    );
                 }
                 (Some(_), Some(0)) => return fail(format!("subsets[{i}].port"), "port 0 cannot be dialled".into()),
                 _ => {}
