@@ -133,7 +133,8 @@ impl DnsDiscoveryBuilder {
         self
     }
 
-    /// How long one query waits for an answer before it is tried again (default 2 s; two tries).
+    /// How long one query waits for an answer (default 2 s); a query that times out is retried
+    /// twice before the lookup counts as failed.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -172,7 +173,7 @@ impl DnsDiscoveryBuilder {
         options.cache_size = 0;
         options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
         options.timeout = self.timeout;
-        options.attempts = 2;
+        options.attempts = 2; // retries after the first try
         let resolver = builder.build().map_err(|e| DnsConfigError::SystemConfig(Box::new(e)))?;
         Ok(DnsDiscovery {
             inner: Arc::new(Inner {
