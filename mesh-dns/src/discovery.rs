@@ -271,3 +271,21 @@ impl fmt::Debug for DnsDiscovery {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_builds_say_why() {
+        let error = DnsDiscovery::builder().nameserver("127.0.0.1:53".parse().unwrap()).build().unwrap_err();
+        assert!(matches!(error, DnsConfigError::NoRuntime), "{error}");
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let _guard = runtime.enter();
+        let inverted = DnsDiscovery::builder().refresh(Duration::from_secs(5), Duration::from_secs(1)).build();
+        assert!(matches!(inverted, Err(DnsConfigError::RefreshBounds { .. })));
+        let zero = DnsDiscovery::builder().refresh(Duration::ZERO, Duration::from_secs(1)).build();
+        assert!(zero.unwrap_err().to_string().contains("above zero"));
+        assert!(DnsDiscovery::builder().nameserver("127.0.0.1:53".parse().unwrap()).build().is_ok());
+    }
+}
