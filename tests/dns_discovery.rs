@@ -1,6 +1,6 @@
 //! DNS discovery against a real DNS server (dnsmasq) while requests flow: the canary split from a
 //! file, the pods from DNS. Records are added and removed, the server is stopped, one subset's name
-//! vanishes (NXDOMAIN), and SRV records give ports and weights.
+//! vanishes (NXDOMAIN), SRV records give ports and weights, and A and AAAA records both count.
 //!
 //! Needs dnsmasq (`MESH_DNSMASQ`, or on the PATH or in /usr/sbin); without it the tests skip with
 //! the reason, unless `MESH_INTEROP=1`: then they fail.
@@ -334,4 +334,31 @@ async fn srv_records_give_ports_and_weights() {
     let changed = until(&mut watch, |s, e| e.is_none() && s.endpoints().iter().any(|ep| ep.address == c.addr())).await;
     let weights: BTreeMap<_, _> = changed.endpoints().iter().map(|ep| (ep.address, ep.weight.get())).collect();
     assert_eq!(weights, BTreeMap::from([(a.addr(), 1), (c.addr(), 2)]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_and_aaaa_records_both_give_endpoints() {
+    // One pod on 127.0.0.1 and one on ::1, on one port, behind one name with an A and an AAAA record.
+    let mut listeners = None;
+    for _ in 0..20 {
+        let v4 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = v4.local_addr().unwrap().port();
+        if let Ok(v6) = tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], port))).await {
+            listeners = Some((port, v4, v6));
+            break;
+        }
+    }
+    let (port, v4, v6) = listeners.expect("no port free on both 127.0.0.1 and ::1 (is IPv6 loopback up?)");
+    let (v4, v6) = (pod("v4", v4), pod("v6", v6));
+    let Some(dns) = Dnsmasq::start(&hosts(&[(&v4, V1), (&v6, V1), (&v4, V2)]), &[]) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let discovery = composed(&dns, &policy_file(dir.path(), port)).await;
+    let mut watch = discovery.watch(&"reviews".parse().unwrap());
+    let snapshot = tokio::time::timeout(WAIT, watch.ready()).await.unwrap().unwrap();
+    assert_eq!(subset(&snapshot, "v1"), [v4.addr(), v6.addr()]);
+
+    let traffic = Traffic::start(&client(&discovery), 2);
+    more_hits(&[&v6], 10).await;
+    let (sent, failed, _) = traffic.finish().await;
+    assert_eq!(failed, 0, "{failed} of {sent} requests failed");
 }
