@@ -29,6 +29,7 @@ mod bootstrap;
 mod cascade;
 mod discovery;
 mod resource;
+mod server;
 mod shared;
 
 pub use crate::bootstrap::{
@@ -37,6 +38,7 @@ pub use crate::bootstrap::{
 pub use crate::cascade::{CascadeError, subset_for_cluster};
 pub use crate::discovery::{XdsDiscovery, XdsDiscoveryBuilder, XdsError, XdsStatus};
 pub use crate::resource::{ResourceError, ResourceType};
+pub use crate::server::{InboundListener, InboundStatus};
 
 #[cfg(test)]
 mod tests;
