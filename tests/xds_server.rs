@@ -12,6 +12,7 @@ mod xds_support;
 
 use std::{net::SocketAddr, path::Path, sync::Arc};
 
+use ::http::{Request, Response, StatusCode};
 use bytes::Bytes;
 use envoy_types::pb::envoy::config::rbac::v3::rbac::Action;
 use grpc_support::pb::{
@@ -19,18 +20,10 @@ use grpc_support::pb::{
     greeter_client::GreeterClient,
     greeter_server::{Greeter, GreeterServer},
 };
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh::{
-    core::{
-        Endpoint, IdentitySource, ServiceName, ServiceSnapshot, SpiffeId, StaticDiscovery,
-        identity::{
-            dev::DevCa,
-            tls::{TlsOptions, client_config},
-        },
-    },
+    core::{Endpoint, IdentitySource, ServiceName, ServiceSnapshot, SpiffeId, StaticDiscovery, identity::dev::DevCa},
     tonic::{MeshChannel, PeerIdentityExt},
     tower::{
         HandshakeFailure, PeerIdentity,
@@ -40,10 +33,11 @@ use mesh::{
     xds::{Bootstrap, InboundListener, InboundStatus, XdsDiscovery},
 };
 use tempfile::TempDir;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tonic::Code;
 use xds_support::{
     ControlPlane, LDS, Resources,
+    http::{self, Mtls},
     inbound::{self, any_request, inbound_listener, operation, policy, principals, rbac, server_bootstrap},
 };
 
@@ -119,65 +113,17 @@ impl XdsServer {
     }
 }
 
-/// One HTTP connection to the server, plaintext or mTLS, HTTP/1.1 or HTTP/2.
-enum Connection {
-    Http1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
-    Http2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
-}
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-async fn connect(addr: SocketAddr, mtls: Option<&IdentitySource>, http2: bool) -> Result<Connection, BoxError> {
-    let tcp = TcpStream::connect(addr).await?;
-    match mtls {
-        None => handshake(TokioIo::new(tcp), http2).await,
-        Some(identity) => {
-            let mut options = TlsOptions::default();
-            options.alpn = vec![if http2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
-            let config = client_config(identity, SERVER.parse()?, &options)?;
-            let server_name = rustls_pki_types::ServerName::try_from("greeter.default")?;
-            let tls = tokio_rustls::TlsConnector::from(config).connect(server_name, tcp).await?;
-            handshake(TokioIo::new(tls), http2).await
-        }
-    }
-}
-
-async fn handshake<I>(io: TokioIo<I>, http2: bool) -> Result<Connection, BoxError>
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    if http2 {
-        let (send, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
-        tokio::spawn(connection);
-        Ok(Connection::Http2(send))
-    } else {
-        let (send, connection) = hyper::client::conn::http1::handshake(io).await?;
-        tokio::spawn(connection);
-        Ok(Connection::Http1(send))
-    }
-}
-
-impl Connection {
-    /// GET `path`: the status and the body.
-    async fn get(&mut self, path: &str) -> Result<(StatusCode, String), BoxError> {
-        let request = Request::get(path).header("host", "greeter.default").body(Full::new(Bytes::new()))?;
-        let response = match self {
-            Self::Http1(send) => send.send_request(request).await?,
-            Self::Http2(send) => send.send_request(request).await?,
-        };
-        let status = response.status();
-        let body = response.into_body().collect().await?.to_bytes();
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
-    }
-}
-
-/// One request on a new connection.
+/// One request on a new connection, plaintext or as `identity` (expecting the server's ID).
 async fn get_once(
     addr: SocketAddr,
-    mtls: Option<&IdentitySource>,
+    identity: Option<&IdentitySource>,
     http2: bool,
-) -> Result<(StatusCode, String), BoxError> {
-    connect(addr, mtls, http2).await?.get("/echo").await
+) -> Result<(StatusCode, String), http::BoxError> {
+    http::get_once(addr, identity.map(|identity| Mtls { identity, server: SERVER }), http2, "/echo").await
+}
+
+async fn connect(addr: SocketAddr, identity: Option<&IdentitySource>, http2: bool) -> http::Connection {
+    http::connect(addr, identity.map(|identity| Mtls { identity, server: SERVER }), http2).await.unwrap()
 }
 
 /// A gRPC call through mesh's client, which dials with mTLS and expects the server's identity.
@@ -230,7 +176,7 @@ async fn the_control_plane_turns_mtls_on_and_plaintext_callers_are_refused_from_
     cp.wait_ack(LDS, &v1).await;
     server.wait_applied(1).await;
     assert_eq!(get_once(addr, None, false).await.unwrap(), (StatusCode::OK, "anonymous".into()));
-    let mut open = connect(addr, None, false).await.unwrap();
+    let mut open = connect(addr, None, false).await;
     assert_eq!(open.get("/echo").await.unwrap().0, StatusCode::OK);
 
     // STRICT: from the next connection on, only mTLS; the connection already open stays.
@@ -302,7 +248,7 @@ async fn rbac_pushed_live_denies_and_allows_again_dry_runs_and_untranslatable_po
         say_hello(addr, who).await.unwrap();
     }
     // A connection opened before the policy: the policy applies to its next request too.
-    let mut open = connect(addr, Some(&sleep), true).await.unwrap();
+    let mut open = connect(addr, Some(&sleep), true).await;
     assert_eq!(open.get("/echo").await.unwrap(), (StatusCode::OK, SLEEP.into()));
 
     // DENY sleep (an Istio AuthorizationPolicy with action DENY and from.source.principals).
