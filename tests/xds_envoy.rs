@@ -39,6 +39,7 @@ use mesh::{
     core::{Endpoint, IdentitySource, ServiceName, ServiceSnapshot, SpiffeId, StaticDiscovery, identity::dev::DevCa},
     tonic::MeshChannel,
     tower::server::{Server, ServerHandle},
+    xds::{Bootstrap, XdsDiscovery},
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tonic::Code;
@@ -71,9 +72,10 @@ fn identity(ca: &DevCa, id: &str) -> IdentitySource {
 
 // === the plaintext app behind the inbound sidecar ===
 
-/// Answers with the client certificate Envoy forwarded (`x-forwarded-client-cert`).
+/// Answers with its version and the client certificate Envoy forwarded
+/// (`x-forwarded-client-cert`).
 #[derive(Clone)]
-struct App;
+struct App(&'static str);
 
 fn forwarded(headers: &::http::HeaderMap) -> String {
     headers.get("x-forwarded-client-cert").and_then(|v| v.to_str().ok()).unwrap_or("none").to_owned()
@@ -86,7 +88,8 @@ impl Greeter for App {
         request: tonic::Request<HelloRequest>,
     ) -> Result<tonic::Response<HelloReply>, tonic::Status> {
         let xfcc = forwarded(request.metadata().as_ref());
-        Ok(tonic::Response::new(HelloReply { message: format!("hello {}, xfcc {xfcc}", request.get_ref().name) }))
+        let message = format!("hello {} from {}, xfcc {xfcc}", request.get_ref().name, self.0);
+        Ok(tonic::Response::new(HelloReply { message }))
     }
 }
 
@@ -101,9 +104,9 @@ async fn app_service(
     Ok(Response::new(tonic::body::Body::new(Full::new(Bytes::from(body)))))
 }
 
-async fn plaintext_app() -> ServerHandle {
+async fn plaintext_app(version: &'static str) -> ServerHandle {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let greeter = GreeterServer::new(App);
+    let greeter = GreeterServer::new(App(version));
     let service = tower::service_fn(move |request| app_service(request, greeter.clone()));
     Server::builder().plaintext().build().unwrap().spawn(listener, service).unwrap()
 }
@@ -345,7 +348,7 @@ async fn envoy_sidecars_and_mesh_trust_each_other_and_check_identities_both_ways
     cp.wait_ack(LDS, &version).await;
     mesh.wait_applied(1).await;
 
-    let app = plaintext_app().await;
+    let app = plaintext_app("v1").await;
     let ports = Ports {
         inbound: free_port(),
         as_sleep: free_port(),
@@ -409,4 +412,173 @@ async fn envoy_sidecars_and_mesh_trust_each_other_and_check_identities_both_ways
         counts.0, counts.1
     );
     drop(envoy);
+}
+
+// === Envoy and mesh fed by the same control plane ===
+
+const HOST: &str = "greeter.default.svc.cluster.local";
+const PORT: u16 = 8080;
+const CALLS: usize = 1000;
+
+fn target() -> String {
+    format!("{HOST}:{PORT}")
+}
+
+fn cluster_of(subset: &str) -> String {
+    xds_support::resources::cluster_name(HOST, PORT, subset)
+}
+
+fn set_split(res: &mut Resources, (w1, w2): (u32, u32)) {
+    let routes = xds_support::resources::route_config(
+        &target(),
+        HOST,
+        PORT,
+        &[(&cluster_of("v1"), w1), (&cluster_of("v2"), w2)],
+    );
+    res.set(&target(), &routes);
+}
+
+/// Envoy's bootstrap: everything else (listeners, routes, clusters, endpoints) over ADS.
+fn envoy_ads_bootstrap(dir: &Path, cp: SocketAddr) -> PathBuf {
+    let yaml = format!(
+        r#"node: {{id: sidecar~127.0.0.1~envoy.default~default.svc.cluster.local, cluster: envoy.default}}
+dynamic_resources:
+  ads_config: {{api_type: GRPC, transport_api_version: V3, grpc_services: [{{envoy_grpc: {{cluster_name: xds}}}}]}}
+  lds_config: {{ads: {{}}, resource_api_version: V3}}
+  cds_config: {{ads: {{}}, resource_api_version: V3}}
+static_resources:
+  clusters:
+  - name: xds
+    type: STATIC
+    connect_timeout: 5s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: xds
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {ip}, port_value: {port}}}}}}}}}]}}]
+"#,
+        ip = cp.ip(),
+        port = cp.port()
+    );
+    let path = dir.join("envoy-ads.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// Calls through `client`; counts replies by the version that answered.
+async fn split_round<T>(mut client: GreeterClient<T>) -> (usize, usize)
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    T::ResponseBody: hyper::body::Body<Data = Bytes> + Send + 'static,
+    <T::ResponseBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+{
+    let (mut v1, mut v2) = (0, 0);
+    for _ in 0..CALLS {
+        let reply = client.say_hello(HelloRequest { name: "split".into() }).await.unwrap().into_inner().message;
+        if reply.contains(" from v1,") {
+            v1 += 1;
+        } else if reply.contains(" from v2,") {
+            v2 += 1;
+        } else {
+            panic!("unexpected reply {reply:?}");
+        }
+    }
+    (v1, v2)
+}
+
+/// v2's share of CALLS is `share`, within 5.5 standard deviations of a binomial draw.
+fn assert_share(who: &str, (v1, v2): (usize, usize), share: f64) {
+    let n = CALLS as f64;
+    let sd = (n * share * (1.0 - share)).sqrt();
+    assert_eq!(v1 + v2, CALLS, "{who}");
+    assert!(
+        (v2 as f64 - n * share).abs() <= 5.5 * sd,
+        "{who}: v2 {v2} of {CALLS}, expected {} +/- {}",
+        n * share,
+        5.5 * sd
+    );
+}
+
+/// Waits until `clients` clients ACKed `version` of `type_url`.
+async fn wait_acks(cp: &ControlPlane, type_url: &str, version: &str, clients: usize) {
+    let mut heard = cp.heard();
+    let waited = tokio::time::timeout(
+        Duration::from_secs(60),
+        heard.wait_for(|h| h.acks.iter().filter(|(t, v)| t == type_url && v == version).count() >= clients),
+    )
+    .await;
+    assert!(waited.is_ok(), "{clients} clients never ACKed {type_url} {version}: {:?}", cp.heard().borrow());
+}
+
+/// One control plane feeds a mesh client, an Envoy (an outbound listener on the same routes, and
+/// an inbound sidecar in front of app v2) and the mesh server v1 (the xds-server example, its
+/// inbound listener). Both clients split between the mesh server and the Envoy sidecar by the
+/// weights the control plane sets, 70/30 then 20/80.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_and_mesh_fed_by_one_control_plane_split_between_each_other_by_its_weights() {
+    use xds_support::resources::{any, client_listener, cluster, envoy_listener, load_assignment};
+    let Some(envoy) = envoy_binary() else { return };
+    let Some(xds_server) = example("xds-server") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let ca = DevCa::new("cluster.local".parse().unwrap()).unwrap();
+    write_certs(&ca, &dir.path().join("greeter"), GREETER);
+
+    let cp = ControlPlane::start(Resources::default()).await;
+    // v1: the mesh server, its (plaintext) inbound listener from the control plane.
+    let bootstrap = server_bootstrap(dir.path(), cp.addr, &dir.path().join("greeter"));
+    let mesh_server = XdsServerProcess::start(&xds_server, &bootstrap, "v1").await;
+    // v2: an app behind Envoy's inbound sidecar.
+    let app = plaintext_app("v2").await;
+    let (outbound, inbound) = (free_port(), free_port());
+    let inbound_cluster = "inbound|8080||greeter.default.svc.cluster.local";
+    let version = cp.update(|res| {
+        res.set(&inbound_name(mesh_server.addr), &inbound_listener(mesh_server.addr, false, vec![]));
+        res.set(&target(), &client_listener(&target()));
+        set_split(res, (70, 30));
+        for (subset, addr) in [("v1", mesh_server.addr), ("v2", localhost(inbound))] {
+            res.set(&cluster_of(subset), &cluster(&cluster_of(subset), None));
+            res.set(&cluster_of(subset), &load_assignment(&cluster_of(subset), &[addr]));
+        }
+        res.set(inbound_cluster, &cluster(inbound_cluster, None));
+        res.set(inbound_cluster, &load_assignment(inbound_cluster, &[app.local_addr()]));
+        let out = envoy_listener("envoy-outbound", localhost(outbound), &target());
+        let inn = xds_support::inbound::envoy_inbound_listener("envoy-inbound", localhost(inbound), inbound_cluster);
+        res.wildcard_listeners.insert("envoy-outbound".into(), any(&out));
+        res.wildcard_listeners.insert("envoy-inbound".into(), any(&inn));
+    });
+    mesh_server.wait_applied(1).await;
+    let envoy = Envoy::start(&envoy, &envoy_ads_bootstrap(dir.path(), cp.addr), outbound).await;
+    envoy.wait_listening(outbound).await;
+    envoy.wait_listening(inbound).await;
+    wait_acks(&cp, xds_support::RDS, &version, 1).await;
+
+    let client_bootstrap = xds_support::bootstrap(dir.path(), cp.addr, None);
+    let xds =
+        XdsDiscovery::builder(Bootstrap::from_file(&client_bootstrap).unwrap()).allow_plaintext().build().unwrap();
+    let service = xds.target(&target()).unwrap();
+    let mesh_channel = MeshChannel::builder(xds.clone(), service).plaintext().build().unwrap();
+    // The authority names the service, as an application behind a sidecar calls it.
+    let envoy_channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{outbound}"))
+        .unwrap()
+        .origin(format!("http://{}", target()).parse().unwrap())
+        .connect()
+        .await
+        .unwrap();
+
+    let mesh = split_round(GreeterClient::new(mesh_channel.clone())).await;
+    let through_envoy = split_round(GreeterClient::new(envoy_channel.clone())).await;
+    eprintln!("70/30: mesh client {mesh:?}, Envoy {through_envoy:?} (v1 = mesh server, v2 = Envoy sidecar)");
+    assert_share("mesh client", mesh, 0.3);
+    assert_share("Envoy", through_envoy, 0.3);
+
+    let version = cp.update(|res| set_split(res, (20, 80)));
+    wait_acks(&cp, xds_support::RDS, &version, 2).await;
+    let mesh = split_round(GreeterClient::new(mesh_channel)).await;
+    let through_envoy = split_round(GreeterClient::new(envoy_channel)).await;
+    eprintln!("20/80: mesh client {mesh:?}, Envoy {through_envoy:?}");
+    assert_share("mesh client", mesh, 0.8);
+    assert_share("Envoy", through_envoy, 0.8);
 }

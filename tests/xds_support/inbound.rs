@@ -256,3 +256,56 @@ pub fn source_ip_principal() -> Principal {
         })),
     }
 }
+
+/// A socket listener for Envoy on `addr` sending every request to `cluster` (an Envoy inbound
+/// sidecar in front of its app, as istiod's `inbound|PORT||` listeners do), routes inline.
+pub fn envoy_inbound_listener(name: &str, addr: SocketAddr, cluster: &str) -> Listener {
+    use envoy_types::pb::envoy::config::route::v3::{RouteAction as Forward, route_action::ClusterSpecifier};
+    let manager = HttpConnectionManager {
+        stat_prefix: name.into(),
+        route_specifier: Some(RouteSpecifier::RouteConfig(RouteConfiguration {
+            name: name.into(),
+            virtual_hosts: vec![VirtualHost {
+                name: name.into(),
+                domains: vec!["*".into()],
+                routes: vec![Route {
+                    r#match: Some(RouteMatch {
+                        path_specifier: Some(PathSpecifier::Prefix("/".into())),
+                        ..Default::default()
+                    }),
+                    action: Some(RouteAction::Route(Forward {
+                        cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.into())),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        })),
+        http_filters: vec![HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(any(&Router::default()))),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    Listener {
+        name: name.into(),
+        address: Some(Address {
+            address: Some(address::Address::SocketAddress(SocketAddress {
+                address: addr.ip().to_string(),
+                port_specifier: Some(PortSpecifier::PortValue(u32::from(addr.port()))),
+                ..Default::default()
+            })),
+        }),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: "envoy.filters.network.http_connection_manager".into(),
+                config_type: Some(filter::ConfigType::TypedConfig(any(&manager))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
