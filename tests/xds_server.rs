@@ -300,6 +300,7 @@ async fn rbac_pushed_live_denies_and_allows_again_dry_runs_and_untranslatable_po
         rbac(Action::Deny, vec![("ipblock", policy(vec![any_request()], vec![inbound::source_ip_principal()]))], false);
     cp.update(|r| r.set(&name, &inbound_listener(addr, true, vec![untranslatable])));
     let nack = cp.wait_nack(|d| d.contains("remote_ip")).await;
+    eprintln!("NACK: {nack}");
     assert!(nack.contains(&name) && nack.contains("not supported"), "{nack}");
     server
         .inbound

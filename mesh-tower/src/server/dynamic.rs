@@ -14,8 +14,11 @@ use tokio_rustls::TlsAcceptor;
 pub(super) struct DynamicSecurity {
     current: watch::Receiver<Arc<ServerSecurity>>,
     options: TlsOptions,
-    built: Arc<Mutex<Option<(Arc<ServerSecurity>, TlsAcceptor)>>>,
+    built: Arc<Mutex<Option<Built>>>,
 }
+
+/// An acceptor, and the configuration it was built for.
+type Built = (Arc<ServerSecurity>, TlsAcceptor);
 
 /// What to do with one accepted connection.
 pub(super) enum Admission {
