@@ -66,14 +66,16 @@ impl AuthorizationPolicy {
     /// Checks the policy.
     pub fn validate(&self) -> Result<(), InvalidPolicy> {
         for (i, rule) in self.rules.iter().enumerate() {
-            for (j, p) in rule.from.iter().enumerate() {
-                if let PrincipalMatch::PathPrefix { prefix, .. } = p
-                    && !prefix.starts_with('/')
-                {
-                    return Err(InvalidPolicy::new(
-                        format!("rules[{i}].from[{j}].prefix"),
-                        "a SPIFFE path prefix starts with '/'",
-                    ));
+            for (list, principals) in [("from", &rule.from), ("not_from", &rule.not_from)] {
+                for (j, p) in principals.iter().enumerate() {
+                    if let PrincipalMatch::PathPrefix { prefix, .. } = p
+                        && !prefix.starts_with('/')
+                    {
+                        return Err(InvalidPolicy::new(
+                            format!("rules[{i}].{list}[{j}].prefix"),
+                            "a SPIFFE path prefix starts with '/'",
+                        ));
+                    }
                 }
             }
         }

@@ -262,3 +262,6 @@ fn check_routes(rc: &RouteConfiguration) -> FieldResult<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
