@@ -345,7 +345,8 @@ async fn envoy_sidecars_and_mesh_trust_each_other_and_check_identities_both_ways
     let allow_sleep =
         rbac(Action::Allow, vec![("allow-sleep", policy(vec![any_request()], vec![principals(&[SLEEP])]))], false);
     let version = cp.update(|r| r.set(&inbound_name(mesh.addr), &inbound_listener(mesh.addr, true, vec![allow_sleep])));
-    cp.wait_ack(LDS, &version).await;
+    let acked = tokio::time::timeout(Duration::from_secs(60), cp.wait_ack(LDS, &version)).await;
+    assert!(acked.is_ok(), "the xds-server example never ACKed its listener");
     mesh.wait_applied(1).await;
 
     let app = plaintext_app("v1").await;

@@ -23,7 +23,10 @@ use grpc_support::pb::{
 use http_body_util::Full;
 use hyper::body::Incoming;
 use mesh::{
-    core::{Endpoint, IdentitySource, ServiceName, ServiceSnapshot, SpiffeId, StaticDiscovery, identity::dev::DevCa},
+    core::{
+        Endpoint, Identity, IdentitySource, ServiceName, ServiceSnapshot, SpiffeId, StaticDiscovery, TrustBundle,
+        identity::dev::DevCa,
+    },
     tonic::{MeshChannel, PeerIdentityExt},
     tower::{
         HandshakeFailure, PeerIdentity,
@@ -83,6 +86,11 @@ async fn serve(
     Ok(Response::new(tonic::body::Body::new(Full::new(Bytes::from(caller)))))
 }
 
+/// Waits for `event`; fails (rather than hangs) after a minute.
+async fn within<T>(event: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(60), event).await.expect("the awaited event never happened")
+}
+
 /// A mesh server on 127.0.0.1, configured only by the control plane.
 struct XdsServer {
     handle: ServerHandle,
@@ -109,7 +117,21 @@ impl XdsServer {
 
     /// Waits until `applied` configurations were applied (and returns the status).
     async fn wait_applied(&self, applied: u64) -> InboundStatus {
-        self.inbound.status().wait_for(|s| s.applied >= applied).await.unwrap().clone()
+        self.wait_status(|s| s.applied >= applied).await
+    }
+
+    /// Waits until the status satisfies `condition`; fails (rather than hangs) after a minute.
+    async fn wait_status(&self, condition: impl Fn(&InboundStatus) -> bool) -> InboundStatus {
+        let mut status = self.inbound.status();
+        match tokio::time::timeout(std::time::Duration::from_secs(60), status.wait_for(|s| condition(s))).await {
+            Ok(Ok(s)) => s.clone(),
+            _ => panic!("the server's status never got there: {:?}", self.inbound.status().borrow()),
+        }
+    }
+
+    /// Waits until the last error mentions `text`.
+    async fn wait_error(&self, text: &str) -> InboundStatus {
+        self.wait_status(|s| s.last_error.as_deref().is_some_and(|e| e.contains(text))).await
     }
 }
 
@@ -168,12 +190,12 @@ async fn the_control_plane_turns_mtls_on_and_plaintext_callers_are_refused_from_
     // No listener yet: the server does not serve, and never falls back to plaintext.
     let refused = get_once(addr, None, false).await;
     assert!(refused.is_err(), "a server without its listener served: {refused:?}");
-    server.handle.wait_for_handshakes(|c| c.failed(HandshakeFailure::NotServing) >= 1).await;
+    within(server.handle.wait_for_handshakes(|c| c.failed(HandshakeFailure::NotServing) >= 1)).await;
     assert!(!server.inbound.status().borrow().serving);
 
     // Plaintext (Istio's mTLS DISABLE): served, callers anonymous.
     let v1 = cp.update(|r| r.set(&inbound::inbound_name(addr), &inbound_listener(addr, false, vec![])));
-    cp.wait_ack(LDS, &v1).await;
+    within(cp.wait_ack(LDS, &v1)).await;
     server.wait_applied(1).await;
     assert_eq!(get_once(addr, None, false).await.unwrap(), (StatusCode::OK, "anonymous".into()));
     let mut open = connect(addr, None, false).await;
@@ -181,13 +203,13 @@ async fn the_control_plane_turns_mtls_on_and_plaintext_callers_are_refused_from_
 
     // STRICT: from the next connection on, only mTLS; the connection already open stays.
     let v2 = cp.update(|r| r.set(&inbound::inbound_name(addr), &inbound_listener(addr, true, vec![])));
-    cp.wait_ack(LDS, &v2).await;
+    within(cp.wait_ack(LDS, &v2)).await;
     server.wait_applied(2).await;
     for http2 in [false, true] {
         let before = server.handle.handshake_counts().failed(HandshakeFailure::NotTls);
         let refused = get_once(addr, None, http2).await;
         assert!(refused.is_err(), "plaintext served after mTLS was turned on: {refused:?}");
-        server.handle.wait_for_handshakes(|c| c.failed(HandshakeFailure::NotTls) > before).await;
+        within(server.handle.wait_for_handshakes(|c| c.failed(HandshakeFailure::NotTls) > before)).await;
         assert_eq!(get_once(addr, Some(&sleep), http2).await.unwrap(), (StatusCode::OK, SLEEP.into()));
     }
     assert_eq!(
@@ -197,10 +219,23 @@ async fn the_control_plane_turns_mtls_on_and_plaintext_callers_are_refused_from_
     );
     assert_eq!(say_hello(addr, &sleep).await.unwrap(), format!("hello xds, you are {SLEEP}"));
 
-    // A caller from another trust domain fails the handshake.
-    let other_ca = DevCa::new("evil.example".parse().unwrap()).unwrap();
-    let evil = client_identity(&other_ca, "/ns/default/sa/sleep");
-    assert!(get_once(addr, Some(&evil), false).await.is_err());
+    // A caller whose certificate another CA signed (it trusts ours) is refused by the server.
+    let rogue_ca = DevCa::new("cluster.local".parse().unwrap()).unwrap();
+    let rogue_cert = rogue_ca.issue("/ns/default/sa/sleep").unwrap().credentials().unwrap();
+    let both = format!("{}{}", ca.cert_pem(), rogue_ca.cert_pem());
+    let bundle = TrustBundle::from_pem("cluster.local".parse().unwrap(), both.as_bytes()).unwrap();
+    let rogue = IdentitySource::fixed(Identity::new(rogue_cert, bundle).unwrap());
+    let before = server.handle.handshake_counts().failed(HandshakeFailure::UntrustedIssuer);
+    assert!(get_once(addr, Some(&rogue), false).await.is_err(), "a certificate of another CA was accepted");
+    within(server.handle.wait_for_handshakes(|c| c.failed(HandshakeFailure::UntrustedIssuer) > before)).await;
+
+    // A listener for another address (a control plane mix-up) is not applied: mTLS stays.
+    let elsewhere: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let mut other = inbound_listener(elsewhere, false, vec![]);
+    other.name = inbound::inbound_name(addr);
+    cp.update(|r| r.set(&inbound::inbound_name(addr), &other));
+    server.wait_error("127.0.0.1:1").await;
+    assert!(get_once(addr, None, false).await.is_err(), "a listener for another address let plaintext in");
 
     // A listener mesh cannot honour (TLS without client certificates) is NACKed: mTLS stays.
     let mut bad = inbound_listener(addr, true, vec![]);
@@ -209,20 +244,15 @@ async fn the_control_plane_turns_mtls_on_and_plaintext_callers_are_refused_from_
         xds_support::resources::any(&inbound::downstream_tls(false)),
     ));
     cp.update(|r| r.set(&inbound::inbound_name(addr), &bad));
-    let nack = cp.wait_nack(|d| d.contains("require_client_certificate")).await;
+    let nack = within(cp.wait_nack(|d| d.contains("require_client_certificate"))).await;
     assert!(nack.contains(&inbound::inbound_name(addr)), "{nack}");
-    server.inbound.status().wait_for(|s| s.last_error.is_some()).await.unwrap();
+    server.wait_error("require_client_certificate").await;
     assert!(get_once(addr, None, false).await.is_err(), "a NACKed listener let plaintext in");
     assert_eq!(get_once(addr, Some(&sleep), true).await.unwrap(), (StatusCode::OK, SLEEP.into()));
 
     // The listener removed: the last good configuration stays.
     cp.update(|r| r.remove(LDS, &inbound::inbound_name(addr)));
-    server
-        .inbound
-        .status()
-        .wait_for(|s| s.last_error.as_deref().is_some_and(|e| e.contains("does not exist")))
-        .await
-        .unwrap();
+    server.wait_error("does not exist").await;
     assert!(get_once(addr, None, false).await.is_err());
     assert_eq!(get_once(addr, Some(&sleep), false).await.unwrap(), (StatusCode::OK, SLEEP.into()));
     assert_eq!(server.inbound.status().borrow().applied, 2);
@@ -299,15 +329,10 @@ async fn rbac_pushed_live_denies_and_allows_again_dry_runs_and_untranslatable_po
     let untranslatable =
         rbac(Action::Deny, vec![("ipblock", policy(vec![any_request()], vec![inbound::source_ip_principal()]))], false);
     cp.update(|r| r.set(&name, &inbound_listener(addr, true, vec![untranslatable])));
-    let nack = cp.wait_nack(|d| d.contains("remote_ip")).await;
+    let nack = within(cp.wait_nack(|d| d.contains("remote_ip"))).await;
     eprintln!("NACK: {nack}");
     assert!(nack.contains(&name) && nack.contains("not supported"), "{nack}");
-    server
-        .inbound
-        .status()
-        .wait_for(|s| s.last_error.as_deref().is_some_and(|e| e.contains("remote_ip")))
-        .await
-        .unwrap();
+    server.wait_error("remote_ip").await;
     assert_eq!(server.inbound.status().borrow().applied, 4);
     assert_eq!(get_once(addr, Some(&intruder), false).await.unwrap().0, StatusCode::FORBIDDEN);
     assert_eq!(say_hello(addr, &intruder).await.unwrap_err().code(), Code::PermissionDenied);

@@ -152,10 +152,13 @@ impl InboundTarget {
             return self.report(refused);
         }
         if config.address != self.address {
-            return self.report(Some(format!(
-                "LDS resource {name:?} is for {}, and the server listens on {}",
-                config.address, self.address
-            )));
+            // A later refused update is the newer news.
+            return self.report(refused.or_else(|| {
+                Some(format!(
+                    "LDS resource {name:?} is for {}, and the server listens on {}",
+                    config.address, self.address
+                ))
+            }));
         }
         if self.last.as_ref().is_none_or(|last| last.tls != config.tls) {
             let security = match &config.tls {
