@@ -8,6 +8,10 @@
 //! [`ServiceSnapshot`](mesh_core::ServiceSnapshot) that mesh's client stack follows live. What mesh
 //! cannot honour is NACKed with an error naming the resource, the field and the reason.
 //!
+//! Servers follow their inbound Listener (gRFC A36) with [`XdsDiscovery::inbound`]: its TLS
+//! context becomes the security of new connections and its RBAC filters (gRFC A41) the
+//! authorization policy of every request, translated exactly or NACKed.
+//!
 //! # Start
 //!
 //! ```no_run
