@@ -322,7 +322,7 @@ fn rule(action: AuthorizationAction, term: Vec<Literal>) -> FieldResult<Option<A
         let one = |kind: &str, len: usize| {
             if len > 0 {
                 Err(FieldError::new(
-                    "permissions",
+                    if kind == "caller" { "principals" } else { "permissions" },
                     format!("two conditions on the {kind} that must both hold: mesh rules match one {kind} each"),
                 ))
             } else {
