@@ -96,10 +96,14 @@ pub enum HandshakeFailure {
     Timeout,
     /// The connection broke during the handshake.
     Io,
+    /// The server had no configuration yet (a server whose control plane has not configured
+    /// it, [`ServerBuilder::security_from`](crate::server::ServerBuilder::security_from)): the
+    /// connection was closed on accept.
+    NotServing,
 }
 
 impl HandshakeFailure {
-    const ALL: [HandshakeFailure; 10] = [
+    const ALL: [HandshakeFailure; 11] = [
         Self::NoClientCertificate,
         Self::UntrustedIssuer,
         Self::Expired,
@@ -110,6 +114,7 @@ impl HandshakeFailure {
         Self::Protocol,
         Self::Timeout,
         Self::Io,
+        Self::NotServing,
     ];
 
     /// A stable name for logs and metric labels.
@@ -125,6 +130,7 @@ impl HandshakeFailure {
             Self::Protocol => "protocol",
             Self::Timeout => "timeout",
             Self::Io => "io",
+            Self::NotServing => "not_serving",
         }
     }
 

@@ -60,6 +60,9 @@ pub struct Bootstrap {
     pub node: Node,
     /// Certificate provider instances by name, which clusters' TLS contexts refer to.
     pub certificate_providers: BTreeMap<String, CertificateProvider>,
+    /// `server_listener_resource_name_template` (gRFC A36): the name of a server's inbound
+    /// Listener, `%s` standing for its `IP:port` (Istio: `xds.istio.io/grpc/lds/inbound/%s`).
+    pub server_listener_resource_name_template: Option<String>,
 }
 
 /// Where the control plane is and how to reach it.
@@ -194,7 +197,26 @@ impl Bootstrap {
             }
             Some(_) => return Err(BootstrapError::invalid("certificate_providers", "not an object")),
         }
-        Ok(Self { server, node, certificate_providers })
+        let template = string(root, "server_listener_resource_name_template", "$")
+            .map_err(|_| BootstrapError::invalid("server_listener_resource_name_template", "not a string"))?;
+        let server_listener_resource_name_template = template.map(str::to_owned);
+        Ok(Self { server, node, certificate_providers, server_listener_resource_name_template })
+    }
+
+    /// The name of the inbound Listener of a server listening on `address`: the
+    /// `server_listener_resource_name_template` with `%s` replaced by `IP:port` (`[IP]:port` for
+    /// IPv6), as gRPC names it.
+    pub fn server_listener_name(&self, address: std::net::SocketAddr) -> Result<String, BootstrapError> {
+        let template = self.server_listener_resource_name_template.as_deref().ok_or_else(|| {
+            BootstrapError::invalid("server_listener_resource_name_template", "missing: needed to serve from xDS")
+        })?;
+        if template.starts_with("xdstp:") {
+            return Err(BootstrapError::invalid(
+                "server_listener_resource_name_template",
+                "xdstp:// names (federation) are not supported",
+            ));
+        }
+        Ok(template.replace("%s", &address.to_string()))
     }
 }
 

@@ -94,6 +94,14 @@ fn good<'a>(state: &'a AdsState, kind: ResourceType, name: &str) -> Result<Optio
 fn listener<'a>(state: &'a AdsState, name: &str) -> Result<Option<&'a Listener>, CascadeError> {
     Ok(match good(state, ResourceType::Listener, name)? {
         Some(Resource::Listener(l)) => Some(l),
+        Some(Resource::InboundListener(_)) => {
+            return Err(CascadeError::Refused(ResourceError::new(
+                ResourceType::Listener,
+                name,
+                "api_listener",
+                "missing: this is a server listener, and a client listener is an API listener",
+            )));
+        }
         _ => None,
     })
 }

@@ -25,9 +25,9 @@ use crate::{
 /// Cheap to clone; the ADS stream stops when the last clone is dropped.
 #[derive(Clone)]
 pub struct XdsDiscovery {
-    shared: Arc<Shared>,
-    wake: mpsc::UnboundedSender<()>,
-    bootstrap: Arc<Bootstrap>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) wake: mpsc::UnboundedSender<()>,
+    pub(crate) bootstrap: Arc<Bootstrap>,
 }
 
 /// Configures an [`XdsDiscovery`].
@@ -70,7 +70,12 @@ impl XdsDiscoveryBuilder {
     pub fn build(self) -> Result<XdsDiscovery, XdsError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| XdsError::NoRuntime)?;
         let (status, _) = watch::channel(XdsStatus::default());
-        let shared = Arc::new(Shared { targets: Mutex::default(), status, aliases: Mutex::default() });
+        let shared = Arc::new(Shared {
+            targets: Mutex::default(),
+            status,
+            aliases: Mutex::default(),
+            inbound: Mutex::default(),
+        });
         let (wake, woken) = mpsc::unbounded_channel();
         let bootstrap = Arc::new(self.bootstrap);
         runtime.spawn(stream::run(shared.clone(), bootstrap.clone(), self.options, woken));

@@ -8,6 +8,10 @@
 //! [`ServiceSnapshot`](mesh_core::ServiceSnapshot) that mesh's client stack follows live. What mesh
 //! cannot honour is NACKed with an error naming the resource, the field and the reason.
 //!
+//! Servers follow their inbound Listener (gRFC A36) with [`XdsDiscovery::inbound`]: its TLS
+//! context becomes the security of new connections and its RBAC filters (gRFC A41) the
+//! authorization policy of every request, translated exactly or NACKed.
+//!
 //! # Start
 //!
 //! ```no_run
@@ -29,6 +33,7 @@ mod bootstrap;
 mod cascade;
 mod discovery;
 mod resource;
+mod server;
 mod shared;
 
 pub use crate::bootstrap::{
@@ -37,6 +42,7 @@ pub use crate::bootstrap::{
 pub use crate::cascade::{CascadeError, subset_for_cluster};
 pub use crate::discovery::{XdsDiscovery, XdsDiscoveryBuilder, XdsError, XdsStatus};
 pub use crate::resource::{ResourceError, ResourceType};
+pub use crate::server::{InboundListener, InboundStatus};
 
 #[cfg(test)]
 mod tests;

@@ -56,6 +56,14 @@ pub enum XdsError {
     /// A target's resources do not add up to a snapshot; its last good snapshot stays.
     #[error(transparent)]
     Cascade(#[from] CascadeError),
+    /// A server asked for the inbound Listener another server's address already uses.
+    #[error("inbound listener {listener:?} is already followed for {address}")]
+    InboundAddress {
+        /// The Listener name.
+        listener: String,
+        /// The address it was first asked for.
+        address: std::net::SocketAddr,
+    },
 }
 
 /// What the ADS stream has done so far, for operations and tests: watch it to wait for an ACK,
@@ -94,4 +102,6 @@ pub(crate) struct Shared {
     pub(crate) targets: Mutex<BTreeMap<ServiceName, Target>>,
     pub(crate) status: watch::Sender<XdsStatus>,
     pub(crate) aliases: Mutex<HashMap<ServiceName, String>>,
+    /// Servers' inbound Listeners, by name.
+    pub(crate) inbound: Mutex<BTreeMap<String, crate::server::InboundTarget>>,
 }

@@ -3,6 +3,9 @@
 //! every ACK and NACK it receives; plus the bootstrap and certificate files a client needs.
 #![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
 
+pub mod envoy;
+pub mod http;
+pub mod inbound;
 pub mod resources;
 
 use std::{

@@ -70,6 +70,21 @@ fn reject(why: PeerRejected) -> TlsError {
     TlsError::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(why))))
 }
 
+/// How a server secures the connections it accepts next, when a control plane decides it
+/// (`mesh_tower::server::ServerBuilder::security_from` follows a watch of it, per connection).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum ServerSecurity {
+    /// Nothing configured yet: accepted connections are closed at once. A server waiting for its
+    /// configuration never falls back to plaintext.
+    NotServing,
+    /// Plaintext: callers are not authenticated.
+    Plaintext,
+    /// Mutual TLS: present this source's certificate, require a client certificate chained to its
+    /// trust bundle, with exactly one SPIFFE ID.
+    Mtls(IdentitySource),
+}
+
 /// Options for the TLS configurations.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]

@@ -445,6 +445,11 @@ impl HeaderRegex {
     pub fn as_str(&self) -> &str {
         self.0.as_str()
     }
+
+    /// Whether the regex matches `text` (anywhere, unless the pattern is anchored).
+    pub fn is_match(&self, text: &str) -> bool {
+        self.0.is_match(text)
+    }
 }
 
 impl PartialEq for HeaderRegex {

@@ -15,8 +15,8 @@ mod limits;
 mod retry;
 
 pub use self::authz::{
-    AuthorizationAction, AuthorizationDecision, AuthorizationMode, AuthorizationPolicy, AuthorizationRule,
-    PrincipalMatch,
+    AuthorizationAction, AuthorizationDecision, AuthorizationMode, AuthorizationPolicy, AuthorizationRule, Call,
+    NoHeaders, PrincipalMatch, RequestHeaders,
 };
 pub use self::balance::{LoadBalancer, LoadBalancerKind};
 pub use self::fault::{Fault, FaultAbort, FaultDelay};

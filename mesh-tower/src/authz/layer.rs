@@ -22,6 +22,8 @@ pub(super) enum PolicySource {
     Fixed(Arc<AuthorizationPolicy>),
     /// The serving service's own snapshot, read per request (lock-free), so edits apply live.
     Discovery(SnapshotWatch),
+    /// Whatever the watch holds when a request arrives (`None`: no authorization configured).
+    Watch(tokio::sync::watch::Receiver<Option<Arc<AuthorizationPolicy>>>),
 }
 
 /// What an authorization layer decided so far.
@@ -73,6 +75,24 @@ impl AuthorizationLayer {
     /// service, every call is denied (fail closed), with the reason in the log.
     pub fn from_discovery(discovery: &impl Discovery, service: &ServiceName) -> Self {
         Self { policy: PolicySource::Discovery(discovery.watch(service)), stats: Arc::default() }
+    }
+
+    /// Follows the policy a control plane sets (an xDS listener's RBAC filters, from
+    /// `mesh_xds::XdsDiscovery::inbound`), read per request: a change applies to the next request,
+    /// on open connections too. While the watch holds `None`, no authorization is configured and
+    /// every caller is served, as on a server without this layer.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use mesh_core::policy::AuthorizationPolicy;
+    ///
+    /// let (set, policy) = tokio::sync::watch::channel(None);
+    /// let layer = mesh_tower::authz::AuthorizationLayer::from_watch(policy);
+    /// set.send_replace(Some(Arc::new(AuthorizationPolicy::enforce(vec![])))); // now deny all
+    /// # let _ = layer;
+    /// ```
+    pub fn from_watch(policy: tokio::sync::watch::Receiver<Option<Arc<AuthorizationPolicy>>>) -> Self {
+        Self { policy: PolicySource::Watch(policy), stats: Arc::default() }
     }
 
     /// The counters of every service this layer made.

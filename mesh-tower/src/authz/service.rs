@@ -3,12 +3,17 @@ use std::{
     task::{Context, Poll},
 };
 
-use http::{Request, Response, StatusCode};
-use mesh_core::policy::{AuthorizationDecision, AuthorizationMode};
+use std::borrow::Cow;
+
+use http::{HeaderMap, Request, Response, StatusCode};
+use mesh_core::{
+    HeaderName,
+    policy::{AuthorizationDecision, AuthorizationMode, Call, RequestHeaders},
+};
 use tower::Service;
 
 use super::{AuthorizationStats, ResponseFuture, layer::PolicySource};
-use crate::PeerIdentity;
+use crate::{ConnectionInfo, PeerIdentity};
 
 /// The service [`AuthorizationLayer`](super::AuthorizationLayer) makes.
 #[derive(Clone, Debug)]
@@ -33,12 +38,20 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let peer = request.extensions().get::<PeerIdentity>().map(PeerIdentity::id);
-        let (method, path) = (request.method().as_str(), request.uri().path());
+        let headers = Headers(request.headers());
+        let mut call = Call::new(peer, request.method().as_str(), request.uri().path(), &headers);
+        if let Some(info) = request.extensions().get::<ConnectionInfo>() {
+            call = call.with_port(info.local_addr.port());
+        }
         let (decision, mode) = match &self.policy {
-            PolicySource::Fixed(policy) => (policy.evaluate(peer, method, path), policy.mode),
+            PolicySource::Fixed(policy) => (policy.evaluate_call(&call), policy.mode),
+            PolicySource::Watch(watch) => match watch.borrow().as_deref() {
+                Some(policy) => (policy.evaluate_call(&call), policy.mode),
+                None => (AuthorizationDecision::Allow { rule: 0 }, AuthorizationMode::Enforce),
+            },
             PolicySource::Discovery(watch) => match watch.current() {
                 Some(snapshot) => match &snapshot.policies().authorization {
-                    Some(policy) => (policy.evaluate(peer, method, path), policy.mode),
+                    Some(policy) => (policy.evaluate_call(&call), policy.mode),
                     None if peer.is_some() => (AuthorizationDecision::Allow { rule: 0 }, AuthorizationMode::Enforce),
                     None => (AuthorizationDecision::Deny { rule: None }, AuthorizationMode::Enforce),
                 },
@@ -86,5 +99,26 @@ where
         let mut response = Response::new(ResBody::default());
         *response.status_mut() = StatusCode::FORBIDDEN;
         ResponseFuture::denied(response)
+    }
+}
+
+/// A request's headers as authorization rules read them.
+struct Headers<'a>(&'a HeaderMap);
+
+impl RequestHeaders for Headers<'_> {
+    fn value(&self, name: &HeaderName) -> Option<Cow<'_, [u8]>> {
+        let mut values = self.0.get_all(name.as_str()).iter();
+        let first = values.next()?;
+        match values.next() {
+            None => Some(Cow::Borrowed(first.as_bytes())),
+            Some(second) => {
+                let mut joined = [first.as_bytes(), b",", second.as_bytes()].concat();
+                for more in values {
+                    joined.push(b',');
+                    joined.extend_from_slice(more.as_bytes());
+                }
+                Some(Cow::Owned(joined))
+            }
+        }
     }
 }

@@ -41,6 +41,7 @@
 //! # Ok(()) }
 //! ```
 
+mod dynamic;
 mod handle;
 mod stack;
 
@@ -59,7 +60,7 @@ use mesh_core::{
     IdentitySource,
     identity::{
         serial_of, spiffe_id_of,
-        tls::{TlsOptions, server_config},
+        tls::{ServerSecurity, TlsOptions, server_config},
     },
 };
 use tokio::{
@@ -70,6 +71,7 @@ use tokio::{
 use tokio_rustls::TlsAcceptor;
 use tower::{Layer, Service, ServiceExt};
 
+use self::dynamic::{Admission, DynamicSecurity};
 pub use self::handle::ServerHandle;
 use self::stack::RequestLayers;
 use crate::{
@@ -88,6 +90,8 @@ pub struct Server {
     header_read_timeout: Duration,
     handshake_timeout: Duration,
     tls: Option<TlsAcceptor>,
+    /// Set by [`ServerBuilder::security_from`]; wins over `tls`.
+    dynamic: Option<DynamicSecurity>,
     handshakes: Arc<HandshakeStats>,
     layers: RequestLayers,
 }
@@ -100,6 +104,7 @@ pub struct ServerBuilder {
     header_read_timeout: Duration,
     handshake_timeout: Duration,
     security: Security,
+    dynamic: Option<tokio::sync::watch::Receiver<Arc<ServerSecurity>>>,
     tls_options: TlsOptions,
     layers: RequestLayers,
 }
@@ -140,6 +145,7 @@ impl Server {
             header_read_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             security: Security::Unset,
+            dynamic: None,
             tls_options: TlsOptions::default(),
             layers: RequestLayers::default(),
         }
@@ -278,7 +284,19 @@ impl Server {
         B::Error: Into<BoxError>,
     {
         let Accepted { stream, info, http, watcher } = accepted;
-        let Some(tls) = &self.tls else {
+        let tls = match &self.dynamic {
+            None => self.tls.clone(),
+            Some(dynamic) => match dynamic.admit() {
+                Admission::Tls(acceptor) => Some(acceptor),
+                Admission::Plaintext => None,
+                Admission::NotServing => {
+                    self.handshakes.failed(HandshakeFailure::NotServing);
+                    tracing::debug!(remote_addr = %info.remote_addr, "not serving yet: connection closed");
+                    return;
+                }
+            },
+        };
+        let Some(tls) = tls else {
             let service = PerConnection { inner: service, info, peer: None };
             return serve_connection(&http, watcher, stream, service, info).await;
         };
@@ -371,6 +389,28 @@ impl ServerBuilder {
         self
     }
 
+    /// Secures each new connection as `security` says when it is accepted, for a server a
+    /// control plane configures (`mesh_xds::XdsDiscovery::inbound`): mTLS with the identity it
+    /// names, plaintext, or no service at all ([`ServerSecurity::NotServing`]: the connection
+    /// is closed at once and counted as [`HandshakeFailure::NotServing`]). A change applies to the
+    /// connections accepted after it; open connections keep the security they were accepted
+    /// with. Takes the place of [`identity`](Self::identity) and [`plaintext`](Self::plaintext).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use mesh_core::identity::tls::ServerSecurity;
+    ///
+    /// let (set, security) = tokio::sync::watch::channel(Arc::new(ServerSecurity::NotServing));
+    /// let server = mesh_tower::server::Server::builder().security_from(security).build()?;
+    /// set.send_replace(Arc::new(ServerSecurity::Plaintext)); // the next connection is served
+    /// # let _ = server;
+    /// # Ok::<_, mesh_tower::server::ServerBuildError>(())
+    /// ```
+    pub fn security_from(mut self, security: tokio::sync::watch::Receiver<Arc<ServerSecurity>>) -> Self {
+        self.dynamic = Some(security);
+        self
+    }
+
     /// Opts out of TLS: plaintext connections, callers unauthenticated.
     pub fn plaintext(mut self) -> Self {
         self.security = Security::Plaintext;
@@ -419,7 +459,9 @@ impl ServerBuilder {
     /// The server. Fails if neither [`identity`](Self::identity) nor
     /// [`plaintext`](Self::plaintext) was chosen.
     pub fn build(self) -> Result<Server, ServerBuildError> {
+        let dynamic = self.dynamic.map(|watch| DynamicSecurity::new(watch, self.tls_options.clone()));
         let tls = match &self.security {
+            Security::Unset if dynamic.is_some() => None,
             Security::Unset => return Err(MissingIdentity { what: "the server".into() }.into()),
             Security::Plaintext => None,
             Security::Mtls(source) => Some(TlsAcceptor::from(server_config(source, &self.tls_options)?)),
@@ -430,6 +472,7 @@ impl ServerBuilder {
             header_read_timeout: self.header_read_timeout,
             handshake_timeout: self.handshake_timeout,
             tls,
+            dynamic,
             handshakes: Arc::default(),
             layers: self.layers,
         })
@@ -441,6 +484,7 @@ impl fmt::Debug for Server {
         f.debug_struct("Server")
             .field("protocol", &self.protocol)
             .field("mtls", &self.tls.is_some())
+            .field("dynamic_security", &self.dynamic.is_some())
             .field("drain_timeout", &self.drain_timeout)
             .field("layers", &self.layers)
             .finish_non_exhaustive()

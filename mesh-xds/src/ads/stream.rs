@@ -26,7 +26,7 @@ use crate::{
     Bootstrap, XdsError,
     bootstrap::{ChannelCredentials, ServerTarget},
     cascade::{self, BuildOptions},
-    resource::DecodeContext,
+    resource::{DecodeContext, ResourceType},
     shared::Shared,
 };
 
@@ -219,10 +219,13 @@ impl Driver {
     /// subscription requests to send.
     fn refresh(&mut self, connected: bool, now: Instant) -> Vec<DiscoveryRequest> {
         let mut targets = self.shared.targets.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut inbound = self.shared.inbound.lock().unwrap_or_else(PoisonError::into_inner);
         let mut requests = Vec::new();
         // Subscribing drops unwanted entries, which may change what is wanted: settle first.
         for _ in 0..4 {
-            let wanted = cascade::wanted(&self.state, targets.values().map(|t| t.listener.as_str()));
+            let mut wanted = cascade::wanted(&self.state, targets.values().map(|t| t.listener.as_str()));
+            // Servers' inbound Listeners carry their routes inline: nothing more to follow.
+            wanted.entry(ResourceType::Listener).or_default().extend(inbound.keys().cloned());
             let before = requests.len();
             for (kind, names) in wanted {
                 requests.extend(self.state.subscribe(kind, names, connected, now));
@@ -261,6 +264,9 @@ impl Driver {
         }
         if published > 0 {
             self.shared.status.send_modify(|s| s.published += published);
+        }
+        for (name, target) in inbound.iter_mut() {
+            target.update(&self.state, name, &self.bootstrap);
         }
         requests
     }

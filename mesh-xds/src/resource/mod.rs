@@ -9,7 +9,9 @@ pub(crate) mod cluster;
 pub(crate) mod endpoint;
 mod field;
 pub(crate) mod filter;
+pub(crate) mod inbound;
 pub(crate) mod listener;
+pub(crate) mod rbac;
 pub(crate) mod route;
 pub(crate) mod security;
 
@@ -23,6 +25,8 @@ pub use self::field::{ResourceError, ResourceType};
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Resource {
     Listener(listener::Listener),
+    /// A server's listener (gRFC A36): an address and a filter chain instead of an API listener.
+    InboundListener(inbound::InboundConfig),
     RouteConfiguration(route::RouteConfig),
     Cluster(cluster::Cluster),
     ClusterLoadAssignment(endpoint::LoadAssignment),
@@ -52,8 +56,12 @@ pub(crate) fn decode(
         ResourceType::Listener => {
             let raw = envoy_types::pb::envoy::config::listener::v3::Listener::decode(bytes).map_err(undecodable)?;
             let name = raw.name.clone();
-            let parsed = listener::parse(&raw).map(Resource::Listener).map_err(|e| e.into_resource(kind, &name));
-            (name, parsed)
+            let parsed = if inbound::is_inbound(&raw) {
+                inbound::parse(&raw, ctx).map(Resource::InboundListener)
+            } else {
+                listener::parse(&raw).map(Resource::Listener)
+            };
+            (name.clone(), parsed.map_err(|e| e.into_resource(kind, &name)))
         }
         ResourceType::RouteConfiguration => {
             let raw =

@@ -231,7 +231,7 @@ fn parse_match(m: &RawMatch) -> FieldResult<RouteMatch> {
     Ok(out)
 }
 
-fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         if "\\.+*?()|[]{}^$#&-~".contains(c) {
@@ -243,7 +243,7 @@ fn escape(s: &str) -> String {
 }
 
 #[allow(deprecated)] // the older matcher fields are what many control planes send
-fn header(h: &HeaderMatcher) -> FieldResult<HeaderMatch> {
+pub(crate) fn header(h: &HeaderMatcher) -> FieldResult<HeaderMatch> {
     let name = HeaderName::new(&h.name).map_err(|e| FieldError::new("name", e.to_string()))?;
     if h.invert_match {
         return Err(FieldError::new("invert_match", "inverted header matches are not supported"));

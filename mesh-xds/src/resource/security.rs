@@ -139,6 +139,111 @@ fn expected_identity(validation: Option<&CertificateValidationContext>) -> Field
     }
 }
 
+/// What a server listener's `DownstreamTlsContext` asks for (gRFC A36): mTLS with the
+/// certificate of one provider instance and the roots of another (or the same).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct ServerTls {
+    /// The instance whose certificate the server presents.
+    pub(crate) certificate_instance: String,
+    /// The instance whose roots verify the callers' certificates.
+    pub(crate) ca_instance: String,
+}
+
+#[allow(deprecated)] // istiod sends the deprecated certificate provider fields beside the new ones.
+pub(crate) fn parse_downstream(any: &Any, ctx: &DecodeContext<'_>) -> FieldResult<ServerTls> {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
+    let tls: DownstreamTlsContext = decode_any(any, "typed_config")?;
+    if tls.require_client_certificate.as_ref().is_none_or(|b| !b.value) {
+        return Err(FieldError::new(
+            "require_client_certificate",
+            "TLS without client certificates is not supported: mesh servers require mTLS",
+        ));
+    }
+    if tls.require_sni.as_ref().is_some_and(|b| b.value) {
+        return Err(FieldError::new("require_sni", "is not supported"));
+    }
+    let common = tls.common_tls_context.as_ref().ok_or_else(|| FieldError::new("common_tls_context", "missing"))?;
+    let within = |e: FieldError| e.within("common_tls_context");
+    if !common.tls_certificates.is_empty() || !common.tls_certificate_sds_secret_configs.is_empty() {
+        return Err(within(FieldError::new(
+            "tls_certificates",
+            "inline and SDS certificates are not supported: use a certificate provider instance",
+        )));
+    }
+    let certificate_instance =
+        match (&common.tls_certificate_provider_instance, &common.tls_certificate_certificate_provider_instance) {
+            (Some(new), _) => new.instance_name.clone(),
+            (None, Some(old)) => old.instance_name.clone(),
+            (None, None) => {
+                return Err(within(FieldError::new("tls_certificate_provider_instance", "missing")));
+            }
+        };
+    let (validation, ca_instance) = match &common.validation_context_type {
+        Some(ValidationContextType::ValidationContext(v)) => {
+            (Some(v), v.ca_certificate_provider_instance.as_ref().map(|p| p.instance_name.clone()))
+        }
+        Some(ValidationContextType::CombinedValidationContext(c)) => {
+            let default = c.default_validation_context.as_ref();
+            let new =
+                default.and_then(|v| v.ca_certificate_provider_instance.as_ref()).map(|p| p.instance_name.clone());
+            let old = c.validation_context_certificate_provider_instance.as_ref().map(|p| p.instance_name.clone());
+            (default, new.or(old))
+        }
+        Some(ValidationContextType::ValidationContextCertificateProviderInstance(p)) => {
+            (None, Some(p.instance_name.clone()))
+        }
+        Some(_) => {
+            return Err(within(FieldError::new(
+                "validation_context_type",
+                "only certificate provider instances are supported",
+            )));
+        }
+        None => (None, None),
+    };
+    let ca_instance = ca_instance.ok_or_else(|| {
+        within(FieldError::new("validation_context", "no root certificate provider instance to verify callers with"))
+    })?;
+    if let Some(v) = validation
+        && (!v.match_subject_alt_names.is_empty()
+            || !v.match_typed_subject_alt_names.is_empty()
+            || v.trusted_ca.is_some()
+            || v.custom_validator_config.is_some()
+            || !v.verify_certificate_spki.is_empty()
+            || !v.verify_certificate_hash.is_empty())
+    {
+        return Err(within(FieldError::new(
+            "validation_context",
+            "only certificate provider roots are supported on a server (callers are authorized by RBAC)",
+        )));
+    }
+    for (field, name) in
+        [("tls_certificate_provider_instance", &certificate_instance), ("validation_context", &ca_instance)]
+    {
+        if !ctx.certificate_providers.contains_key(name) {
+            return Err(within(FieldError::new(
+                field,
+                format!("certificate provider instance {name:?} is not in the bootstrap"),
+            )));
+        }
+    }
+    Ok(ServerTls { certificate_instance, ca_instance })
+}
+
+/// The certificate and key of `certificate`'s files with the roots of `ca`'s, watched on disk.
+pub(crate) fn server_identity(
+    certificate: &CertificateProvider,
+    ca: &CertificateProvider,
+) -> Result<IdentitySource, InvalidIdentity> {
+    let credentials = Credentials::from_pem_files(&certificate.certificate_file, &certificate.private_key_file)?;
+    let trust_domain = credentials.spiffe_id().trust_domain();
+    IdentitySource::from_files(IdentityFiles::new(
+        &certificate.certificate_file,
+        &certificate.private_key_file,
+        &ca.ca_certificate_file,
+        trust_domain,
+    ))
+}
+
 /// A `file_watcher` provider's files as a watched mesh identity. The trust domain of the roots is
 /// the one of the certificate's own SPIFFE ID.
 pub(crate) fn identity_source(provider: &CertificateProvider) -> Result<IdentitySource, InvalidIdentity> {
