@@ -9,9 +9,11 @@
 //!    ports, prints `START` and waits for a line on stdin (the parent samples the server's RSS,
 //!    then writes one);
 //! 2. sends N requests at once: every request finds the pool empty and starts a connection
-//!    (hyper-util finishes and pools a connection whose request was served by another, so N
-//!    connections are opened and each completes its handshake), waits for every response and
-//!    until its own CPU is quiet (no handshake still running);
+//!    (the runtime polls every task once before it looks at I/O: see `loadgen::main`;
+//!    hyper-util finishes and pools a connection whose request was served by another, so N
+//!    connections are opened and each completes its handshake), waits for every response, for
+//!    N more established connections to the server's ports (some connect only after a SYN
+//!    retransmission) and until its own CPU is quiet (no handshake still running);
 //! 3. measures its RSS and connections again, prints `END`, and waits for stdin to close while
 //!    holding every connection open (the parent waits for the server's CPU to be quiet, samples
 //!    its RSS, then closes the client's stdin);
@@ -70,9 +72,21 @@ pub(crate) async fn run(args: &ClientArgs, connections: usize) -> Result<Measure
             }
         }
     }
-    // Connections whose request another connection served finish in the background.
-    tokio::task::spawn_blocking(move || procstat::wait_quiet(&[me], QUIET_WINDOW, QUIET_LIMIT)).await?;
+    // Connections whose request another connection served finish in the background, some after
+    // a SYN retransmission (a full accept queue drops SYNs): wait for all of them, then for quiet.
+    let (ports, target) = (args.ports.clone(), open_before + connections);
+    tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + QUIET_LIMIT;
+        while procstat::established_to(&ports).is_ok_and(|open| open < target) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        procstat::wait_quiet(&[me], QUIET_WINDOW, QUIET_LIMIT);
+    })
+    .await?;
     let (rss_after, open_after) = (procstat::rss_kib(me)?, procstat::established_to(&args.ports)?);
+    if open_after < open_before + connections {
+        tracing::warn!(opened = open_after.saturating_sub(open_before), connections, "fewer connections than asked");
+    }
     line("END")?;
     wait_for_parent(true).await?;
     drop(sender);

@@ -168,7 +168,13 @@ pub(crate) struct Measurement {
 
 /// Runs one workload and prints `START`, `END` and the measurement.
 pub(crate) fn main(args: ClientArgs) -> Result<(), BoxError> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut runtime = tokio::runtime::Builder::new_current_thread();
+    if let Workload::Idle { connections } = args.workload {
+        // Every request's first poll (which starts its connection) before any I/O completes:
+        // otherwise late requests find early connections idle and fewer are opened.
+        runtime.event_interval(u32::try_from(connections).unwrap_or(u32::MAX).saturating_add(64));
+    }
+    let runtime = runtime.enable_all().build()?;
     let measurement = runtime.block_on(async {
         let telemetry = if args.config.is_mesh() { Some(crate::mesh_config::install_telemetry()?) } else { None };
         let measurement = match args.workload {
