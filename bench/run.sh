@@ -4,7 +4,7 @@
 # into the same summary.
 #
 #   bench/run.sh            # full: 3 interleaved rounds, 10 s per workload, then instructions (REPEAT=3)
-#   bench/run.sh --quick    # 3 interleaved rounds, 1 s per workload, then instructions (REPEAT=1, 1 s/4 s)
+#   bench/run.sh --quick    # 3 interleaved rounds, 1 s per workload, then instructions (REPEAT=1, 2 s/6 s)
 #   bench/run.sh --quick --configs bare-mtls,mesh    # any `mesh-bench run` flag passes through
 #   bench/run.sh --quick --no-instructions           # skip the callgrind step (also MESH_BENCH_INSTRUCTIONS=0);
 #                                                    # summary.json then says so and its instruction ratios are null
@@ -95,7 +95,7 @@ fi
 # Instructions per request (callgrind): quick mode is one short pair per figure, to check the
 # plumbing; the full mode's figures are medians of 3 pairs of 2 s and 12 s runs.
 if [ "$quick" = 1 ]; then
-  export REPEAT=${REPEAT:-1} SHORT=${SHORT:-1} LONG=${LONG:-4}
+  export REPEAT=${REPEAT:-1} SHORT=${SHORT:-2} LONG=${LONG:-6}
 else
   export REPEAT=${REPEAT:-3} SHORT=${SHORT:-2} LONG=${LONG:-12}
 fi

@@ -84,9 +84,12 @@ pub(crate) fn tonic_client(certs: &Path, port: u16) -> Result<GreeterClient<toni
 /// setup with a route for the Greeter (see [`mesh_config::snapshot`]). It opens one HTTP/2
 /// connection per endpoint.
 pub(crate) fn mesh_client(certs: &Path, ports: &[u16]) -> Result<GreeterClient<mesh_tonic::MeshChannel>, BoxError> {
-    let channel = mesh_tonic::MeshChannel::builder(mesh_config::discovery(ports, mesh_config::Traffic::Grpc)?, mesh_config::service()?)
-        .identity(crate::certs::identity(certs, "client")?)
-        .build()?;
+    let channel = mesh_tonic::MeshChannel::builder(
+        mesh_config::discovery(ports, mesh_config::Traffic::Grpc)?,
+        mesh_config::service()?,
+    )
+    .identity(crate::certs::identity(certs, "client")?)
+    .build()?;
     Ok(GreeterClient::new(channel))
 }
 

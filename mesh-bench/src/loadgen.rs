@@ -426,7 +426,8 @@ mod tests {
 
     #[test]
     fn workloads_round_trip() {
-        for text in ["h1:32", "h2:8x16", "rate:2000:32", "handshake:16", "grpc:8x16", "grpc-rate:2000:8x4", "idle:1000"] {
+        for text in ["h1:32", "h2:8x16", "rate:2000:32", "handshake:16", "grpc:8x16", "grpc-rate:2000:8x4", "idle:1000"]
+        {
             let workload: Workload = text.parse().expect("valid workload");
             assert_eq!(workload.to_string(), text);
         }

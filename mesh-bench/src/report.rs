@@ -67,6 +67,23 @@ fn per_connection(delta_kib: Option<i64>, connections: Option<u64>) -> f64 {
     }
 }
 
+/// The medians of one configuration's runs of the idle workload: KiB per connection.
+fn idle_medians(runs: &[&Record]) -> Value {
+    let m = |f: &dyn Fn(&Record) -> f64| median(runs.iter().map(|r| f(r)).collect());
+    json!({
+        "idle_connections": m(&|r| r.client.idle_connections.map_or(f64::NAN, |n| n as f64)),
+        "kib_per_connection": {
+            "client": m(&|r| per_connection(r.client.idle_rss_delta_kib, r.client.idle_connections)),
+            "server": m(&|r| per_connection(r.server_idle_rss_delta_kib, r.client.idle_connections)),
+        },
+        "errors": runs.iter().map(|r| r.client.errors).sum::<u64>(),
+        "peak_rss_kib": {
+            "client": m(&|r| r.client.peak_rss_kib as f64),
+            "server": m(&|r| r.server.peak_rss_kib as f64),
+        },
+    })
+}
+
 /// The medians of one configuration's runs of one workload.
 fn medians(runs: &[&Record]) -> Value {
     let m = |f: &dyn Fn(&Record) -> f64| median(runs.iter().map(|r| f(r)).collect());
@@ -77,18 +94,7 @@ fn medians(runs: &[&Record]) -> Value {
     // what a quiet machine would do, as long as the busiest core is the bottleneck.
     let busiest = |r: &Record| (r.client.cpu_s.max(r.server.cpu_s + proxies_cpu(r))).max(f64::MIN_POSITIVE);
     if runs.iter().any(|r| r.client.idle_connections.is_some()) {
-        return json!({
-            "idle_connections": m(&|r| r.client.idle_connections.map_or(f64::NAN, |n| n as f64)),
-            "kib_per_connection": {
-                "client": m(&|r| per_connection(r.client.idle_rss_delta_kib, r.client.idle_connections)),
-                "server": m(&|r| per_connection(r.server_idle_rss_delta_kib, r.client.idle_connections)),
-            },
-            "errors": runs.iter().map(|r| r.client.errors).sum::<u64>(),
-            "peak_rss_kib": {
-                "client": m(&|r| r.client.peak_rss_kib as f64),
-                "server": m(&|r| r.server.peak_rss_kib as f64),
-            },
-        });
+        return idle_medians(runs);
     }
     json!({
         "rps": m(&|r| r.client.rps),
@@ -281,6 +287,9 @@ pub(crate) fn print_table(summary: &Value) {
     for config in Config::ALL {
         let Some(workloads) = summary["results"][config.name()].as_object() else { continue };
         for (workload, m) in workloads {
+            if m.get("kib_per_connection").is_some() {
+                continue; // idle connections: their own lines below
+            }
             let server_rss = m["peak_rss_kib"]["server"].as_f64().unwrap_or(0.0);
             let proxy_rss = m["peak_rss_kib"]["proxies"].as_f64().unwrap_or(0.0);
             let server_cpu = m["cpu_s_per_10k"]["server"].as_f64().unwrap_or(0.0);
@@ -298,6 +307,24 @@ pub(crate) fn print_table(summary: &Value) {
                 format!("{:.3}", server_cpu + proxy_cpu),
                 server_rss + proxy_rss,
                 m["errors"],
+            ));
+        }
+    }
+    let idle: Vec<(&str, &Value)> = Config::ALL
+        .iter()
+        .filter_map(|c| summary["results"][c.name()].as_object().map(|w| (c.name(), w)))
+        .flat_map(|(name, workloads)| {
+            workloads.iter().filter(|(_, m)| m.get("kib_per_connection").is_some()).map(move |(_, m)| (name, m))
+        })
+        .collect();
+    if !idle.is_empty() {
+        out("\nidle mTLS connections (RSS per connection, KiB, medians):");
+        for (name, m) in idle {
+            out(&format!(
+                "  {name:<16} client {:>7} server {:>7} ({} connections)",
+                cell(&m["kib_per_connection"]["client"], 1),
+                cell(&m["kib_per_connection"]["server"], 1),
+                cell(&m["idle_connections"], 0),
             ));
         }
     }

@@ -198,8 +198,7 @@ fn run_config(cx: &Context, config: Config, round: usize) -> Result<Vec<Record>,
                 procstat::wait_quiet(&server_pids, crate::idle::QUIET_WINDOW, crate::idle::QUIET_LIMIT);
             }
             let (server_after, proxies_after) = (procstat::sample(&server_pids), procstat::sample(&proxy_pids));
-            let idle_rss_delta =
-                stdin.is_some().then(|| server_after.rss_kib as i64 - server_before.rss_kib as i64);
+            let idle_rss_delta = stdin.is_some().then(|| server_after.rss_kib as i64 - server_before.rss_kib as i64);
             // Closing stdin lets an idle client close its connections.
             drop(stdin.take());
             let measurement: Measurement = serde_json::from_str(&read_line(&mut reader, &what, "a JSON line", &log)?)?;
