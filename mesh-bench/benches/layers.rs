@@ -284,6 +284,22 @@ fn telemetry(c: &mut Criterion) {
             .finish(),
     );
     run(c, "telemetry/client_fmt_subscriber_info", TelemetryLayer::client(name()), Some(fmt));
+    // The OpenTelemetry pipeline the `mesh` configuration runs (an OTLP exporter to a port where
+    // nothing listens: the batch processor drops what it cannot send, off the request path). At
+    // 1% an unsampled request builds no span; at 100% every request builds and ends one.
+    let otel = {
+        let _entered = rt.enter();
+        mesh_tower::telemetry::otlp::OtlpConfig::new(name()).endpoint("http://127.0.0.1:9").sample_ratio(0.01).build()
+    };
+    let otel = otel.unwrap();
+    let dispatch = || {
+        use tracing_subscriber::layer::SubscriberExt;
+        tracing::Dispatch::new(tracing_subscriber::registry().with(otel.layer()))
+    };
+    run(c, "telemetry/client_otel_1pct", TelemetryLayer::client(name()).sample_ratio(0.01), Some(dispatch()));
+    run(c, "telemetry/server_otel_1pct", TelemetryLayer::server(name()).sample_ratio(0.01), Some(dispatch()));
+    run(c, "telemetry/client_otel_every_request", TelemetryLayer::client(name()).sample_ratio(1.0), Some(dispatch()));
+    run(c, "telemetry/server_otel_every_request", TelemetryLayer::server(name()).sample_ratio(1.0), Some(dispatch()));
 }
 
 /// Keeps the body type honest: the response of a boxed stack is read to its end.

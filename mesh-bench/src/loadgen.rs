@@ -184,8 +184,8 @@ pub(crate) fn main(args: ClientArgs) -> Result<(), BoxError> {
         if let Some(telemetry) = telemetry {
             // Shows the recorder and the trace pipeline saw the run.
             tracing::info!(bytes = telemetry.prometheus.render().len(), "prometheus exposition rendered");
-            let spans = telemetry.flush_traces().await?;
-            tracing::info!(spans, "sampled client spans received by the OTLP sink");
+            let (exports, bytes) = telemetry.flush_traces().await?;
+            tracing::info!(exports, bytes, "sampled client spans received by the OTLP sink");
         }
         Ok::<_, BoxError>(measurement)
     })?;

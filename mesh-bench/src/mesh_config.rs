@@ -32,7 +32,7 @@ use mesh_tower::{
         otlp::{OtlpConfig, OtlpTelemetry},
     },
 };
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 
 use crate::{
@@ -57,11 +57,14 @@ pub(crate) struct Telemetry {
 /// The share of new traces sampled: a typical production setting.
 pub(crate) const TRACE_SAMPLE_RATIO: f64 = 0.01;
 
+/// Request duration buckets, seconds: 0.5 ms to 10 s (those of `examples/prometheus.rs`).
+const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
 /// How often [`install_telemetry`]'s stand-in for a Prometheus server scrapes the recorder.
 const SCRAPE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Installs the process's telemetry as a production service would: a real `metrics` recorder
-/// (Prometheus, installed globally; mesh-tower's request and event metrics land in it, and a task
+/// (Prometheus with bucketed request durations, installed globally; mesh-tower's request and event metrics land in it, and a task
 /// renders it every [`SCRAPE_INTERVAL`] as a scraper would; call it on a tokio runtime), an
 /// OpenTelemetry trace pipeline ([`TRACE_SAMPLE_RATIO`], OTLP/gRPC to [`crate::otlp_sink`]) and a
 /// `tracing` subscriber whose log layer writes INFO events to stderr without ANSI colours.
@@ -73,7 +76,13 @@ const SCRAPE_INTERVAL: Duration = Duration::from_secs(10);
 pub(crate) fn install_telemetry() -> Result<Telemetry, BoxError> {
     use tracing_subscriber::{Layer, layer::SubscriberExt, util::SubscriberInitExt};
 
-    let prometheus = PrometheusBuilder::new().install_recorder()?;
+    // Request durations as a bucketed histogram, as `examples/prometheus.rs` and
+    // docs/observability.md set it up: what Prometheus aggregates across instances (the
+    // exporter's default, a summary, cannot be aggregated and costs a quantile sketch update per
+    // sample when scraped).
+    let prometheus = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(mesh_tower::metrics::REQUEST_DURATION.to_owned()), LATENCY_BUCKETS)?
+        .install_recorder()?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,mesh::trace=off"));
     let logs = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(std::io::stderr).with_filter(filter);
@@ -99,10 +108,12 @@ pub(crate) fn install_telemetry() -> Result<Telemetry, BoxError> {
 }
 
 impl Telemetry {
-    /// Exports what the batch processor holds and returns the spans the sink has received.
-    pub(crate) async fn flush_traces(self) -> Result<u64, BoxError> {
+    /// Exports what the batch processor holds and returns the exports and bytes the sink has
+    /// received.
+    pub(crate) async fn flush_traces(self) -> Result<(u64, u64), BoxError> {
+        use std::sync::atomic::Ordering::Relaxed;
         self.otlp.shutdown().await?;
-        Ok(self.sink.spans.load(std::sync::atomic::Ordering::Relaxed))
+        Ok((self.sink.received.exports.load(Relaxed), self.sink.received.bytes.load(Relaxed)))
     }
 }
 

@@ -12,7 +12,10 @@
 //!   the rustls configurations ([`identity::tls`]) that check peers by SPIFFE ID.
 //! - [`discovery`]: the object-safe [`Discovery`] trait through which a client learns a service's
 //!   snapshot and every later change of it, with two backends: [`StaticDiscovery`] (configured in
-//!   code, changed live through its handle) and [`FileDiscovery`] (a YAML or JSON file, watched).
+//!   code, changed live through its handle) and [`FileDiscovery`] (a YAML or JSON file, watched);
+//!   and [`ComposedDiscovery`](discovery::ComposedDiscovery), which takes routes and policies from
+//!   one of them and the endpoints of subsets that name a DNS name from an
+//!   [`EndpointDiscovery`](discovery::EndpointDiscovery) such as `mesh-dns`.
 //!
 //! `mesh-tower` turns these into tower layers and the client and server stacks.
 //!
@@ -53,8 +56,8 @@ pub use crate::identity::{
     SpiffeId, TrustBundle, TrustDomain,
 };
 pub use crate::model::{
-    Endpoint, HeaderMatch, HeaderName, HeaderRegex, HeaderValueMatch, InvalidLabel, InvalidMethod, InvalidName,
-    InvalidPathMatch, InvalidRegex, InvalidSnapshot, InvalidWeight, Labels, Method, Mirror, PathMatch, Route,
-    RouteMatch, RouteName, ServiceName, ServiceSnapshot, ServiceSnapshotBuilder, ServiceSpec, Subset, SubsetName,
-    Weight, WeightedTarget,
+    DnsName, DnsTarget, Endpoint, HeaderMatch, HeaderName, HeaderRegex, HeaderValueMatch, InvalidLabel, InvalidMethod,
+    InvalidName, InvalidPathMatch, InvalidRegex, InvalidSnapshot, InvalidWeight, Labels, Method, Mirror, PathMatch,
+    Route, RouteMatch, RouteName, ServiceName, ServiceSnapshot, ServiceSnapshotBuilder, ServiceSpec, Subset,
+    SubsetName, Weight, WeightedTarget,
 };

@@ -23,14 +23,35 @@ pub(crate) fn requested(headers: &HeaderMap) -> Option<Duration> {
 
 /// Tells the next hop how long the caller still waits: `grpc-timeout` on a gRPC request,
 /// `x-mesh-timeout` otherwise, replacing what the request carried.
+///
+/// `x-mesh-timeout` is rounded down to whole milliseconds below a second and to 10 ms above
+/// (at most 1% early, never late), so requests under the same route timeout send the same value:
+/// HTTP/2's header compression then sends it as one byte, and the value is formatted once per
+/// thread rather than per request.
 pub(crate) fn propagate(headers: &mut HeaderMap, remaining: Duration) {
     if grpc::is_grpc(headers) {
         headers.remove(TIMEOUT_HEADER);
         headers.insert(grpc::TIMEOUT, grpc::timeout_value(remaining));
     } else {
-        let ms = remaining.as_millis().min(99_999_999) as u64;
-        headers.insert(TIMEOUT_HEADER, HeaderValue::from(ms));
+        headers.insert(TIMEOUT_HEADER, timeout_value(remaining));
     }
+}
+
+/// The `x-mesh-timeout` value for `remaining` (see [`propagate`]).
+fn timeout_value(remaining: Duration) -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(u64, HeaderValue)>> = const { std::cell::RefCell::new(None) };
+    }
+    let ms = remaining.as_millis().min(99_999_999) as u64;
+    let ms = if ms >= 1_000 { ms - ms % 10 } else { ms };
+    LAST.with_borrow_mut(|last| match last {
+        Some((cached, value)) if *cached == ms => value.clone(),
+        _ => {
+            let value = HeaderValue::from(ms);
+            *last = Some((ms, value.clone()));
+            value
+        }
+    })
 }
 
 /// A header value for a small count (attempts, hops) without allocating for the common ones.
@@ -62,5 +83,9 @@ mod tests {
         let mut http = HeaderMap::new();
         propagate(&mut http, Duration::from_millis(42));
         assert_eq!(http[TIMEOUT_HEADER], "42");
+        for (remaining, sent) in [(4_999_900, "4990"), (4_990_000, "4990"), (999_999, "999"), (1_000_001, "1000")] {
+            propagate(&mut http, Duration::from_micros(remaining));
+            assert_eq!(http[TIMEOUT_HEADER], sent, "{remaining} µs: never later than the caller's deadline");
+        }
     }
 }

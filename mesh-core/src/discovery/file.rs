@@ -36,6 +36,12 @@ use crate::{ServiceName, ServiceSnapshot, ServiceSpec, model::CheckedSpec};
 ///         timeout: 2s
 /// ```
 ///
+/// A subset may name a DNS name instead of selecting listed endpoints
+/// (`- { name: v1, dns: reviews-v1.default.svc.cluster.local, port: 9080 }`, or an SRV name without
+/// `port`; see [`Subset`](crate::Subset)). Such a subset has no endpoints in this backend's
+/// snapshots: put the file behind a [`ComposedDiscovery`](super::ComposedDiscovery) with a DNS
+/// endpoint source to resolve it.
+///
 /// A change is published to the services it touches, and only to those. An edit that does not
 /// parse or breaks a rule is refused as a whole: every service keeps its last good snapshot, and
 /// the error — naming the file, the line and the field — goes to every watch

@@ -49,6 +49,8 @@
 //! }
 //! ```
 
+mod compose;
+mod endpoints;
 mod file;
 mod memory;
 pub mod metrics;
@@ -56,10 +58,12 @@ mod watch;
 
 use std::sync::Arc;
 
+pub use self::compose::{ComposedDiscovery, ComposedDiscoveryBuilder, NoRuntime};
+pub use self::endpoints::{EndpointDiscovery, EndpointsClosed, EndpointsPublisher, EndpointsWatch};
 pub use self::file::{FileDiscovery, FileDiscoveryError};
 pub use self::memory::StaticDiscovery;
 pub use self::watch::{SnapshotPublisher, SnapshotWatch, WatchClosed, WrongService};
-use crate::{ServiceName, ServiceSnapshot};
+use crate::{DnsTarget, ServiceName, ServiceSnapshot, SubsetName};
 
 /// A source of service snapshots: a file, code, or a control plane.
 ///
@@ -98,6 +102,21 @@ pub enum DiscoveryError {
     /// A snapshot from the source broke a rule; the last good snapshot stays.
     #[error(transparent)]
     Invalid(#[from] crate::InvalidSnapshot),
+    /// The routes and policies of a [`ComposedDiscovery`] could not be had from their source; the
+    /// last good ones stay.
+    #[error("the policy source failed: {0}")]
+    Policies(#[source] Arc<DiscoveryError>),
+    /// The endpoints of a DNS subset could not be looked up; its last good set stays.
+    #[error("the endpoints of subset {subset} could not be had: {source}")]
+    Endpoints {
+        /// The subset.
+        subset: SubsetName,
+        /// What was looked up.
+        target: DnsTarget,
+        /// Why it failed.
+        #[source]
+        source: Arc<DiscoveryError>,
+    },
     /// The backend stopped before it published a snapshot.
     #[error("discovery of service {0} stopped before any snapshot was published")]
     Closed(ServiceName),

@@ -9,10 +9,10 @@ mod weight;
 
 pub use self::endpoint::Endpoint;
 pub use self::labels::{InvalidLabel, Labels};
-pub use self::name::{HeaderName, InvalidMethod, InvalidName, Method, RouteName, ServiceName, SubsetName};
+pub use self::name::{DnsName, HeaderName, InvalidMethod, InvalidName, Method, RouteName, ServiceName, SubsetName};
 pub use self::route::{
-    HeaderMatch, HeaderRegex, HeaderValueMatch, InvalidPathMatch, InvalidRegex, Mirror, PathMatch, Route, RouteMatch,
-    Subset, WeightedTarget,
+    DnsTarget, HeaderMatch, HeaderRegex, HeaderValueMatch, InvalidPathMatch, InvalidRegex, Mirror, PathMatch, Route,
+    RouteMatch, Subset, WeightedTarget,
 };
 pub(crate) use self::snapshot::CheckedSpec;
 pub use self::snapshot::{InvalidSnapshot, ServiceSnapshot, ServiceSnapshotBuilder, ServiceSpec};

@@ -120,6 +120,44 @@ name_type!(
     check_short_name
 );
 
+name_type!(
+    /// A name to look up in DNS for a subset's endpoints, such as
+    /// `reviews-v1.default.svc.cluster.local` (A/AAAA records) or
+    /// `_http._tcp.reviews-v1.default.svc.cluster.local` (SRV records): 1 to 253 bytes of labels of
+    /// 1 to 63 letters, digits, `-` and `_`, separated by `.`, with an optional final `.`.
+    ///
+    /// ```
+    /// let name: mesh_core::DnsName = "_grpc._tcp.reviews.default.svc.cluster.local".parse()?;
+    /// assert!("reviews..svc".parse::<mesh_core::DnsName>().is_err());
+    /// # Ok::<_, mesh_core::InvalidName>(())
+    /// ```
+    DnsName,
+    "DNS name",
+    check_lookup_name
+);
+
+fn check_lookup_name(name: &str) -> Result<(), &'static str> {
+    let bare = name.strip_suffix('.').unwrap_or(name);
+    if bare.is_empty() {
+        return Err("it is empty");
+    }
+    if bare.len() > 253 {
+        return Err("it is longer than 253 bytes");
+    }
+    for label in bare.split('.') {
+        if label.is_empty() {
+            return Err("it has an empty label ('..')");
+        }
+        if label.len() > 63 {
+            return Err("a label is longer than 63 bytes");
+        }
+        if !label.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_')) {
+            return Err("a label may hold only letters, digits, '-' and '_'");
+        }
+    }
+    Ok(())
+}
+
 fn check_dns_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
         return Err("it is empty");

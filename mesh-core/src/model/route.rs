@@ -4,11 +4,22 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{HeaderName, InvalidName, Labels, Method, RouteName, SubsetName, Weight};
+use super::{DnsName, HeaderName, InvalidName, Labels, Method, RouteName, SubsetName, Weight};
 use crate::policy::RetryPolicy;
 
 /// A named group of a service's endpoints, selected by labels: `v2` = endpoints labelled
 /// `version: v2`. Routes send traffic to subsets.
+///
+/// A subset may instead name a DNS name ([`dns`](Self::dns)) whose records list its endpoints, as
+/// a Kubernetes headless Service publishes its pods. Such a subset selects no endpoint by itself:
+/// a [`ComposedDiscovery`](crate::discovery::ComposedDiscovery) resolves the name and publishes
+/// the endpoints in its place. In files:
+///
+/// ```yaml
+/// subsets:
+///   - { name: v1, dns: reviews-v1.default.svc.cluster.local, port: 9080 }   # A/AAAA records
+///   - { name: v2, dns: _http._tcp.reviews-v2.default.svc.cluster.local }    # SRV records
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
@@ -16,14 +27,69 @@ pub struct Subset {
     /// The subset's name, which routes refer to.
     pub name: SubsetName,
     /// The labels an endpoint must carry to belong to the subset. Empty selects every endpoint.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
     pub labels: Labels,
+    /// A DNS name whose records are the subset's endpoints: with [`port`](Self::port), its A and
+    /// AAAA records, each at that port; without, its SRV records (ports and weights from them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsName>,
+    /// The port of the addresses that [`dns`](Self::dns)'s A/AAAA records give.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+/// Where a subset's endpoints are looked up: a DNS name, and the port when the name has address
+/// records rather than SRV records. See [`Subset::dns`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DnsTarget {
+    /// The name looked up.
+    pub name: DnsName,
+    /// `Some`: look up A/AAAA records and use this port; `None`: look up SRV records.
+    pub port: Option<u16>,
+}
+
+impl DnsTarget {
+    /// The A/AAAA records of `name`, each address at `port`.
+    pub fn addresses(name: DnsName, port: u16) -> Self {
+        Self { name, port: Some(port) }
+    }
+
+    /// The SRV records of `name` (such as `_grpc._tcp.reviews.default.svc.cluster.local`).
+    pub fn srv(name: DnsName) -> Self {
+        Self { name, port: None }
+    }
+}
+
+impl std::fmt::Display for DnsTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.port {
+            Some(port) => write!(f, "{} (A/AAAA, port {port})", self.name),
+            None => write!(f, "{} (SRV)", self.name),
+        }
+    }
 }
 
 impl Subset {
     /// A subset of the endpoints whose labels include `labels`.
     pub fn new(name: SubsetName, labels: Labels) -> Self {
-        Self { name, labels }
+        Self { name, labels, dns: None, port: None }
+    }
+
+    /// A subset whose endpoints are what `target` resolves to in DNS.
+    ///
+    /// ```
+    /// use mesh_core::{DnsTarget, Subset};
+    /// let v1 = Subset::from_dns("v1".parse()?, DnsTarget::addresses("reviews-v1.default.svc.cluster.local".parse()?, 9080));
+    /// assert_eq!(v1.dns_target().unwrap().port, Some(9080));
+    /// # Ok::<_, mesh_core::InvalidName>(())
+    /// ```
+    pub fn from_dns(name: SubsetName, target: DnsTarget) -> Self {
+        Self { name, labels: Labels::new(), dns: Some(target.name), port: target.port }
+    }
+
+    /// Where the subset's endpoints are looked up, when it names a DNS name.
+    pub fn dns_target(&self) -> Option<DnsTarget> {
+        self.dns.clone().map(|name| DnsTarget { name, port: self.port })
     }
 
     /// The common case: the endpoints labelled `version: <name>`.
@@ -38,7 +104,7 @@ impl Subset {
         let mut labels = Labels::new();
         // A valid subset name is always a valid label value (same characters, same length cap).
         labels.insert("version", version).unwrap_or_else(|e| unreachable!("{e}"));
-        Ok(Self { name, labels })
+        Ok(Self { name, labels, dns: None, port: None })
     }
 }
 

@@ -78,6 +78,22 @@ impl ServiceSpec {
                     format!("subset {:?} is defined twice", subset.name.as_str()),
                 );
             }
+            if subset.dns.is_some() && !subset.labels.is_empty() {
+                return fail(
+                    format!("subsets[{i}].labels"),
+                    "a subset that names `dns` takes its endpoints from DNS and cannot also select by labels".into(),
+                );
+            }
+            match (&subset.dns, subset.port) {
+                (None, Some(_)) => {
+                    return fail(
+                        format!("subsets[{i}].port"),
+                        "`port` applies to the addresses of `dns`; name one".into(),
+                    );
+                }
+                (Some(_), Some(0)) => return fail(format!("subsets[{i}].port"), "port 0 cannot be dialled".into()),
+                _ => {}
+            }
         }
         let mut routes = HashSet::new();
         for (i, route) in self.routes.iter().enumerate() {
@@ -181,8 +197,13 @@ impl ServiceSnapshot {
     }
 
     /// The endpoints of a subset.
+    ///
+    /// A subset that names a DNS name ([`Subset::dns`]) has none here: its endpoints are known
+    /// only once a [`ComposedDiscovery`](crate::discovery::ComposedDiscovery) resolved the name, and
+    /// its snapshots list them under an ordinary subset instead.
     pub fn subset_endpoints<'a>(&'a self, subset: &'a Subset) -> impl Iterator<Item = &'a Endpoint> + 'a {
-        self.spec.endpoints.iter().filter(move |ep| ep.labels.matches(&subset.labels))
+        let by_labels = subset.dns.is_none();
+        self.spec.endpoints.iter().filter(move |ep| by_labels && ep.labels.matches(&subset.labels))
     }
 
     /// The routes, in match order.
@@ -331,6 +352,27 @@ mod tests {
             .build()
             .unwrap_err();
         assert_eq!(err.field(), "routes[0].timeout");
+    }
+
+    #[test]
+    fn dns_subsets_are_checked_and_select_nothing_by_themselves() {
+        let yaml = "{endpoints: [{address: 127.0.0.1:1}], subsets: [{name: v1, dns: reviews-v1.test, port: 80}]}";
+        let spec = serde_norway::from_str::<CheckedSpec>(yaml).unwrap().0;
+        let snap = ServiceSnapshot::new(name(), spec).unwrap();
+        let v1 = &snap.subsets()[0];
+        assert_eq!(v1.dns_target().unwrap().to_string(), "reviews-v1.test (A/AAAA, port 80)");
+        assert_eq!(snap.subset_endpoints(v1).count(), 0, "a DNS subset does not select by (empty) labels");
+
+        for (bad, field) in [
+            ("{subsets: [{name: v1, dns: a.test, labels: {version: v1}}]}", "subsets[0].labels"),
+            ("{subsets: [{name: v1, port: 80}]}", "subsets[0].port"),
+            ("{subsets: [{name: v1, dns: a.test, port: 0}]}", "subsets[0].port"),
+        ] {
+            let err = serde_norway::from_str::<CheckedSpec>(bad).err().unwrap();
+            assert!(err.to_string().contains(field), "{bad}: {err}");
+        }
+        let err = serde_norway::from_str::<CheckedSpec>("{subsets: [{name: v1, dns: 'a..test'}]}").err().unwrap();
+        assert!(err.to_string().contains("invalid DNS name"), "{err}");
     }
 
     #[test]

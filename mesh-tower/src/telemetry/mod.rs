@@ -14,6 +14,10 @@
 //! `mesh.peer_identity`). With the `tracing-opentelemetry` layer installed (the `otlp` feature's
 //! [`otlp::OtlpTelemetry`] sets one up) they become OpenTelemetry spans.
 //!
+//! Sampling is decided before any span is built ([`TelemetryLayer::sample_ratio`]): a request
+//! that continues a trace follows its caller, a new trace is sampled at the ratio, and an
+//! unsampled request gets no span, only its own span context to carry on.
+//!
 //! Context flows with no help from the application: the server side reads W3C `traceparent`,
 //! `tracestate` and `baggage` (and B3, with [`TelemetryLayer::accept_b3`]), runs the handler in
 //! its span, and every mesh client call the handler makes is a child span whose context is

@@ -41,26 +41,36 @@ const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
 
 /// The context a request carries: its remote parent span (W3C, else B3 when `b3` is on) and its
 /// baggage, on top of the current context. Without either it is the current context.
+#[cfg(test)]
+fn extract(headers: &HeaderMap, b3: bool) -> Context {
+    let (cx, parent) = extract_parent(headers, b3);
+    if parent.is_valid() { cx.with_remote_span_context(parent) } else { cx }
+}
+
+/// [`extract`] in two parts: the current context with the request's baggage, and its remote
+/// parent span (invalid when it has none), so a caller that puts its own span in the context
+/// builds it once.
 ///
 /// `traceparent` is read here rather than by the SDK's propagator: every request pays for it,
 /// and the propagator splits into a vector and parses through `from_str_radix`; this does the
 /// same checks on the bytes.
-pub(crate) fn extract(headers: &HeaderMap, b3: bool) -> Context {
-    let mut cx = Context::current();
+pub(crate) fn extract_parent(headers: &HeaderMap, b3: bool) -> (Context, SpanContext) {
+    let mut parent = SpanContext::empty_context();
     if let Some(remote) = headers.get(TRACEPARENT).and_then(|v| parse_traceparent(v.as_bytes())) {
         let state = headers
             .get(TRACESTATE)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<TraceState>().ok())
             .unwrap_or_default();
-        cx = cx.with_remote_span_context(SpanContext::new(remote.trace_id, remote.span_id, remote.flags, true, state));
+        parent = SpanContext::new(remote.trace_id, remote.span_id, remote.flags, true, state);
     } else if b3 && let Some(remote) = extract_b3(headers) {
-        cx = cx.with_remote_span_context(remote);
+        parent = remote;
     }
+    let mut cx = Context::current();
     if headers.contains_key(BAGGAGE) {
         cx = BaggagePropagator::new().extract_with_context(&cx, &Headers(headers));
     }
-    cx
+    (cx, parent)
 }
 
 /// Writes `cx`'s span as `traceparent` (and `tracestate` when it has one) and its baggage as
@@ -69,8 +79,12 @@ pub(crate) fn inject(cx: &Context, headers: &mut HeaderMap) {
     let span = cx.span();
     let span_context = span.span_context();
     if span_context.is_valid()
-        && let Some(traceparent) = format_traceparent(span_context)
+        && let Some(mut traceparent) = format_traceparent(span_context)
     {
+        // A value new on every request: HTTP/2 would add each to its header table and evict the
+        // headers that do repeat. Marked never-indexed, it is sent as a literal and the table
+        // keeps what compresses.
+        traceparent.set_sensitive(true);
         headers.insert(TRACEPARENT, traceparent);
         let state = span_context.trace_state().header();
         if !state.is_empty()

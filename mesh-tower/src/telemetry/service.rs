@@ -115,10 +115,12 @@ where
 /// request's span or, unsampled, its own span context), so even without an OpenTelemetry
 /// `tracing` layer the mesh calls the handler makes carry the trace and baggage on.
 fn inbound<B>(shared: &Arc<Shared>, request: &Request<B>) -> (Exchange, Option<opentelemetry::Context>) {
-    let parent = propagation::extract(request.headers(), shared.b3);
-    let head = sampling::decide(parent.span().span_context(), shared.sample_ratio());
+    let (base, remote) = propagation::extract_parent(request.headers(), shared.b3);
+    let head = sampling::decide(&remote, shared.sample_ratio());
+    let parent = || if remote.is_valid() { base.with_remote_span_context(remote.clone()) } else { base.clone() };
     let cx = match head {
         Head::Sampled if shared.traces => {
+            let parent = parent();
             let mut exchange = Exchange::start(shared, request, true);
             // Only fails when no OpenTelemetry layer is installed (or the span is disabled):
             // then the parent context travels as the current OpenTelemetry context below.
@@ -127,8 +129,8 @@ fn inbound<B>(shared: &Arc<Shared>, request: &Request<B>) -> (Exchange, Option<o
             exchange.note_trace(&cx);
             return (exchange, Some(cx));
         }
-        Head::Sampled => parent,
-        Head::Unsampled(own) => parent.with_remote_span_context(own),
+        Head::Sampled => parent(),
+        Head::Unsampled(own) => base.with_remote_span_context(own),
     };
     let mut exchange = Exchange::start(shared, request, false);
     exchange.note_trace(&cx);
