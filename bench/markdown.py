@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Renders target/bench/summary.json (from `mesh-bench run`) as the Markdown tables of
-docs/benchmarks.md: one row per configuration and workload (medians of the interleaved runs), then
-the ratios against their goals. Usage: bench/markdown.py [target/bench/summary.json]"""
+docs/benchmarks.md: one row per configuration and workload (medians of the interleaved runs), the
+idle connections' memory and the instructions per request when measured, then the ratios against
+their goals. Usage: bench/markdown.py [target/bench/summary.json]"""
 import json
 import sys
 
@@ -16,8 +17,12 @@ print()
 print("| config | workload | req/s median (min-max) | per busiest-core CPU s | p50 µs | p90 µs | p99 µs "
       "| CPU s / 10k req: total (client + server + proxies) | server+proxies peak RSS MiB |")
 print("|---|---|---|---|---|---|---|---|---|")
+idle = []
 for config, workloads in s["results"].items():
     for workload, r in workloads.items():
+        if "kib_per_connection" in r:
+            idle.append((config, workload, r))
+            continue
         cpu = r["cpu_s_per_10k"]
         rss = r["peak_rss_kib"]
         busiest = r.get("rps_per_busiest_core")
@@ -26,6 +31,29 @@ for config, workloads in s["results"].items():
               f"| {r['p50_us']:.0f} | {r['p90_us']:.0f} | {r['p99_us']:.0f} "
               f"| {cpu['total']:.3f} ({cpu['client']:.3f} + {cpu['server']:.3f} + {cpu['proxies']:.3f}) "
               f"| {(rss['server'] + rss['proxies']) / 1024:.1f} |")
+if idle:
+    print()
+    print("| config | workload | connections opened | client KiB per connection | server KiB per connection |")
+    print("|---|---|---|---|---|")
+    for config, workload, r in idle:
+        kib = r["kib_per_connection"]
+        num = lambda v, d: "-" if v is None else f"{v:.{d}f}"
+        print(f"| {config} | {workload} | {num(r['idle_connections'], 0)} | {num(kib['client'], 1)} "
+              f"| {num(kib['server'], 1)} |")
+instructions = s.get("instructions", {})
+print()
+print(f"Instructions per request: {instructions.get('status', 'not in this summary')}"
+      + (f" ({instructions['method']})." if instructions.get("method") else "."))
+figures = instructions.get("per_request") or {}
+if figures:
+    print()
+    print("| config | workload | client instructions | server instructions |")
+    print("|---|---|---|---|")
+    for config, workloads in figures.items():
+        for workload, sides in workloads.items():
+            count = lambda side: sides.get(side, {}).get("instructions")
+            text = lambda v: "-" if v is None else f"{v / 1000:.1f} k"
+            print(f"| {config} | {workload} | {text(count('client'))} | {text(count('server'))} |")
 print()
 print("| ratio | median of wall-clock req/s | per busiest-core CPU-second | goal | met |")
 print("|---|---|---|---|---|")

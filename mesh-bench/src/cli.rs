@@ -7,14 +7,19 @@ use crate::{configs::Config, loadgen::Workload};
 /// What `--help` prints.
 pub(crate) const USAGE: &str = "\
 usage:
-  mesh-bench run [--quick] [--rounds N] [--configs bare,bare-mtls,mesh,sidecar-nginx,sidecar-haproxy,sidecar-envoy]
-                 [--out DIR] [--no-pin]
+  mesh-bench run [--quick] [--rounds N] [--out DIR] [--no-pin]
+                 [--configs bare,bare-mtls,mesh,sidecar-nginx,sidecar-haproxy,sidecar-envoy,grpc-tonic,grpc-mesh]
       the whole benchmark; writes DIR/summary.json (default target/bench) and prints a table
   mesh-bench server --config NAME --certs DIR
       (a child of `run`) serves the hello handler; prints `LISTENING port[,port..]`
   mesh-bench client --config NAME --certs DIR --ports P[,P..] --workload W [--warmup SECS] [--duration SECS]
       (a child of `run`) one workload; prints START, END and a JSON line
-      W: h1:CONNS | h2:CONNSxSTREAMS | rate:REQ_PER_S:CONNS | handshake:CONCURRENCY
+      W: h1:CONNS | h2:CONNSxSTREAMS | rate:REQ_PER_S:CONNS | handshake:CONCURRENCY | idle:CONNS
+         | grpc:CONNSxSTREAMS | grpc-rate:REQ_PER_S:CONNSxSTREAMS (grpc workloads: grpc-* configs only)
+      idle: after START and after END waits for the parent on stdin (a line, then end of input)
+  mesh-bench merge-instructions --summary FILE (--per-request FILE [--method TEXT] | --skipped REASON)
+      puts bench/per-request.sh's instruction counts (its JSON) into summary.json, with their
+      ratios and goals; --skipped records why there are none (the ratios stay null)
   mesh-bench certs --out DIR
       writes the development CA and the server and client certificates";
 
@@ -43,6 +48,16 @@ pub(crate) enum Command {
     Server(ServerArgs),
     Client(ClientArgs),
     Run(RunArgs),
+    MergeInstructions(MergeArgs),
+}
+
+/// `mesh-bench merge-instructions`.
+#[derive(Debug, Clone)]
+pub(crate) struct MergeArgs {
+    pub(crate) summary: PathBuf,
+    pub(crate) per_request: Option<PathBuf>,
+    pub(crate) method: Option<String>,
+    pub(crate) skipped: Option<String>,
 }
 
 /// `mesh-bench server`.
@@ -89,6 +104,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, C
     let (mut config, mut certs, mut out, mut ports, mut workload) = (None, None, None, None, None);
     let (mut warmup, mut duration) = (Duration::from_secs(1), Duration::from_secs(5));
     let (mut quick, mut rounds, mut configs, mut pin) = (false, 3usize, Config::ALL.to_vec(), true);
+    let (mut summary, mut per_request, mut method, mut skipped) = (None, None, None, None);
     while let Some(arg) = it.next() {
         let mut value = |flag: &'static str| it.next().ok_or(CliError::MissingValue(flag));
         match arg.as_str() {
@@ -124,6 +140,10 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, C
                     .map(|name| parse_value("--configs", name.to_owned(), "a configuration name"))
                     .collect::<Result<_, _>>()?;
             }
+            "--summary" => summary = Some(PathBuf::from(value("--summary")?)),
+            "--per-request" => per_request = Some(PathBuf::from(value("--per-request")?)),
+            "--method" => method = Some(value("--method")?),
+            "--skipped" => skipped = Some(value("--skipped")?),
             "-h" | "--help" => return Ok(Command::Help),
             other => return Err(CliError::Unknown(other.to_owned())),
         }
@@ -150,6 +170,17 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, C
             out: out.unwrap_or_else(|| PathBuf::from("target/bench")),
             pin,
         })),
+        "merge-instructions" => {
+            if per_request.is_some() == skipped.is_some() {
+                return Err(CliError::Required("exactly one of --per-request and --skipped"));
+            }
+            Ok(Command::MergeInstructions(MergeArgs {
+                summary: summary.ok_or(CliError::Required("--summary"))?,
+                per_request,
+                method,
+                skipped,
+            }))
+        }
         other => Err(CliError::Unknown(other.to_owned())),
     }
 }
@@ -171,12 +202,27 @@ mod tests {
         assert!(matches!(args("frobnicate"), Err(CliError::Unknown(_))));
         assert!(matches!(args("client --workload h3:1"), Err(CliError::Invalid { .. })));
         assert!(matches!(args("client --duration -1"), Err(CliError::Invalid { .. })));
+        assert!(matches!(args("merge-instructions --summary s.json"), Err(CliError::Required(_))));
+        assert!(matches!(
+            args("merge-instructions --summary s.json --per-request p.json --skipped no"),
+            Err(CliError::Required(_))
+        ));
+        assert!(matches!(args("merge-instructions --per-request p.json"), Err(CliError::Required("--summary"))));
     }
 
     #[test]
     fn run_defaults() {
         let Ok(Command::Run(run)) = args("run --quick") else { panic!("run parses") };
         assert!(run.quick && run.pin);
-        assert_eq!((run.rounds, run.configs.len()), (3, 6), "every configuration, sidecar-envoy included");
+        assert_eq!((run.rounds, run.configs.len()), (3, 8), "every configuration, sidecar-envoy and gRPC included");
+        assert!(run.configs.contains(&Config::GrpcTonic) && run.configs.contains(&Config::GrpcMesh));
+    }
+
+    #[test]
+    fn merge_instructions_parses() {
+        let Ok(Command::MergeInstructions(merge)) = args("merge-instructions --summary s.json --skipped flag") else {
+            panic!("merge-instructions parses")
+        };
+        assert_eq!((merge.skipped.as_deref(), merge.per_request), (Some("flag"), None));
     }
 }

@@ -1,4 +1,5 @@
-//! The configurations compared: what sits between the load generator and the hello handler.
+//! The configurations compared: what sits between the load generator and the hello handler (or,
+//! for the gRPC pair, the Greeter's echo handler).
 
 use std::{fmt, str::FromStr};
 
@@ -19,17 +20,24 @@ pub(crate) enum Config {
     /// plaintext client -> Envoy -> SPIFFE mTLS (h2) -> Envoy -> plaintext hyper server: Istio's
     /// data plane, one worker each.
     SidecarEnvoy,
+    /// tonic's `Channel` over hand-wired rustls mTLS -> tonic's `Server` behind a hand-wired
+    /// rustls acceptor: plain tonic, the gRPC anchor.
+    GrpcTonic,
+    /// `mesh_tonic::MeshChannel` -> `mesh_tonic::GrpcServer`, set up like `mesh`.
+    GrpcMesh,
 }
 
 impl Config {
     /// Every configuration, in the order runs interleave them.
-    pub(crate) const ALL: [Config; 6] = [
+    pub(crate) const ALL: [Config; 8] = [
         Config::Bare,
         Config::BareMtls,
         Config::Mesh,
         Config::SidecarNginx,
         Config::SidecarHaproxy,
         Config::SidecarEnvoy,
+        Config::GrpcTonic,
+        Config::GrpcMesh,
     ];
 
     /// The name used on the command line and in `summary.json`.
@@ -41,12 +49,30 @@ impl Config {
             Config::SidecarNginx => "sidecar-nginx",
             Config::SidecarHaproxy => "sidecar-haproxy",
             Config::SidecarEnvoy => "sidecar-envoy",
+            Config::GrpcTonic => "grpc-tonic",
+            Config::GrpcMesh => "grpc-mesh",
         }
     }
 
     /// Whether a proxy pair sits on the path.
     pub(crate) fn is_sidecar(self) -> bool {
         matches!(self, Config::SidecarNginx | Config::SidecarHaproxy | Config::SidecarEnvoy)
+    }
+
+    /// Whether requests are gRPC calls (the `grpc:` workloads) rather than `GET /hello`.
+    pub(crate) fn is_grpc(self) -> bool {
+        matches!(self, Config::GrpcTonic | Config::GrpcMesh)
+    }
+
+    /// Whether the client opens one HTTP/2 connection per server endpoint (mesh's pool), so
+    /// fewer client pools give the same number of connections.
+    pub(crate) fn connection_per_endpoint(self) -> bool {
+        matches!(self, Config::Mesh | Config::GrpcMesh)
+    }
+
+    /// Whether the client and server run mesh (and install its telemetry).
+    pub(crate) fn is_mesh(self) -> bool {
+        matches!(self, Config::Mesh | Config::GrpcMesh)
     }
 
     /// What the server process behind the path serves (sidecars front a bare plaintext server).
@@ -63,7 +89,9 @@ impl Config {
 
 /// A configuration name that does not exist.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown configuration {0:?} (bare, bare-mtls, mesh, sidecar-nginx, sidecar-haproxy, sidecar-envoy)")]
+#[error(
+    "unknown configuration {0:?} (bare, bare-mtls, mesh, sidecar-nginx, sidecar-haproxy, sidecar-envoy, grpc-tonic, grpc-mesh)"
+)]
 pub(crate) struct UnknownConfig(String);
 
 impl FromStr for Config {

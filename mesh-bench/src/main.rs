@@ -5,6 +5,7 @@
 //! mesh-bench run [--quick] [--rounds N] [--configs a,b,..] [--out DIR] [--no-pin]
 //! mesh-bench server --config NAME --certs DIR
 //! mesh-bench client --config NAME --certs DIR --ports P[,P..] --workload W --warmup S --duration S
+//! mesh-bench merge-instructions --summary FILE (--per-request FILE [--method TEXT] | --skipped REASON)
 //! mesh-bench certs --out DIR
 //! ```
 //!
@@ -12,11 +13,15 @@
 //! configuration (interleaved: A B C A B C ...) starts the server (and the proxies) pinned to one
 //! core and a client process per workload pinned to the other, samples every process's CPU time
 //! and peak RSS over the measured window, and writes `DIR/summary.json` and a table on stdout.
-//! `server` and `client` are the child processes it starts; `docs/benchmarks.md` says more.
+//! `server` and `client` are the child processes it starts; `merge-instructions` adds the
+//! instruction counts of `bench/per-request.sh` to the summary; `docs/benchmarks.md` says more.
 
 mod certs;
 mod cli;
 mod configs;
+mod grpc;
+mod idle;
+mod instructions;
 mod loadgen;
 mod mesh_config;
 mod otlp_sink;
@@ -50,6 +55,7 @@ fn main() -> ExitCode {
         cli::Command::Server(args) => server::main(args),
         cli::Command::Client(args) => loadgen::main(args),
         cli::Command::Run(args) => run::main(args),
+        cli::Command::MergeInstructions(args) => instructions::merge(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

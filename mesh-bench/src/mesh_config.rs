@@ -117,19 +117,33 @@ impl Telemetry {
     }
 }
 
-fn service() -> Result<ServiceName, BoxError> {
+/// The destination's service name (`hello`), for the client, the server and telemetry.
+pub(crate) fn service() -> Result<ServiceName, BoxError> {
     Ok("hello".parse()?)
 }
 
+/// What the routed requests are: the path prefix the `hello` route matches and what it retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Traffic {
+    /// `GET /hello`; retried on gateway errors and connect failures.
+    Http,
+    /// `helloworld.Greeter` calls; retried on `UNAVAILABLE` and connect failures.
+    Grpc,
+}
+
 /// The destination as discovery describes it: `ports` on loopback, half `v1`, half `v2`.
-pub(crate) fn snapshot(ports: &[u16]) -> Result<ServiceSnapshot, BoxError> {
+pub(crate) fn snapshot(ports: &[u16], traffic: Traffic) -> Result<ServiceSnapshot, BoxError> {
     let mut retry = RetryPolicy::default();
-    retry.retry_on = vec![RetryOn::GatewayError, RetryOn::ConnectFailure];
+    let (prefix, retry_on) = match traffic {
+        Traffic::Http => ("/hello", RetryOn::GatewayError),
+        Traffic::Grpc => ("/helloworld.Greeter", RetryOn::GrpcUnavailable),
+    };
+    retry.retry_on = vec![retry_on, RetryOn::ConnectFailure];
     let testers = Route::new(RouteName::new("testers")?)
         .with_match(RouteMatch::any().header(HeaderMatch::exact("x-user".parse()?, "qa")))
         .with_target("v2".parse()?, Weight::new(100)?);
     let hello = Route::new(RouteName::new("hello")?)
-        .with_match(RouteMatch::any().path(PathMatch::prefix("/hello")?))
+        .with_match(RouteMatch::any().path(PathMatch::prefix(prefix)?))
         .with_target("v1".parse()?, Weight::new(50)?)
         .with_target("v2".parse()?, Weight::new(50)?)
         .with_retry(retry)
@@ -151,12 +165,18 @@ pub(crate) fn snapshot(ports: &[u16]) -> Result<ServiceSnapshot, BoxError> {
     Ok(builder.build()?)
 }
 
+/// A static discovery holding [`snapshot`].
+pub(crate) fn discovery(ports: &[u16], traffic: Traffic) -> Result<StaticDiscovery, BoxError> {
+    let discovery = StaticDiscovery::new();
+    discovery.set(snapshot(ports, traffic)?);
+    Ok(discovery)
+}
+
 /// The whole client stack (`MeshClient`: telemetry, the router, the deadline, fault injection,
 /// retries with budget, load shedding, then P2C and the mTLS connection pool). With `pooled == false` every
 /// request opens a new connection (the handshake workload).
 pub(crate) fn client(certs: &Path, ports: &[u16], h2: bool, pooled: bool) -> Result<MeshClient<Full<Bytes>>, BoxError> {
-    let discovery = StaticDiscovery::new();
-    discovery.set(snapshot(ports)?);
+    let discovery = discovery(ports, Traffic::Http)?;
     let mut config = ClientConfig::default();
     config.protocol = if h2 { Protocol::Http2 } else { Protocol::Http1 };
     if !pooled {
@@ -168,17 +188,22 @@ pub(crate) fn client(certs: &Path, ports: &[u16], h2: bool, pooled: bool) -> Res
         .build::<Full<Bytes>>()?)
 }
 
-/// Starts the mesh server on [`ENDPOINTS`] listeners: mTLS, telemetry (span and request metrics),
-/// authorization allowing only the client's SPIFFE ID, the request context layer, then the hello
-/// handler, in the order `docs/architecture.md` gives.
-pub(crate) async fn serve(certs: &Path) -> Result<(Vec<u16>, Vec<ServerHandle>), BoxError> {
+/// The mesh server: mTLS, telemetry (span and request metrics), authorization allowing only the
+/// client's SPIFFE ID, the request context layer, then the service, in the order
+/// `docs/architecture.md` gives.
+pub(crate) fn server(certs: &Path) -> Result<Server, BoxError> {
     let policy =
         AuthorizationPolicy::enforce(vec![AuthorizationRule::allow(vec![PrincipalMatch::Exact(CLIENT_ID.parse()?)])]);
-    let server = Server::builder()
+    Ok(Server::builder()
         .identity(certs::identity(certs, "server")?)
         .telemetry(TelemetryLayer::server(service()?))
         .authorization(AuthorizationLayer::new(policy))
-        .build()?;
+        .build()?)
+}
+
+/// Starts [`server`] with the hello handler on [`ENDPOINTS`] listeners.
+pub(crate) async fn serve(certs: &Path) -> Result<(Vec<u16>, Vec<ServerHandle>), BoxError> {
+    let server = server(certs)?;
     let service = tower::service_fn(crate::server::hello);
     let (mut ports, mut handles) = (Vec::new(), Vec::new());
     for _ in 0..ENDPOINTS {

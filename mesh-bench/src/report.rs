@@ -15,6 +15,8 @@ pub(crate) struct Record {
     pub(crate) client: Measurement,
     /// The server process over the measured window (CPU delta; peak RSS at its end).
     pub(crate) server: Usage,
+    /// Idle workload: the server's current RSS with the connections open minus before, KiB.
+    pub(crate) server_idle_rss_delta_kib: Option<i64>,
     /// Both proxies of a sidecar pair, the same way.
     pub(crate) proxies: Option<Usage>,
 }
@@ -57,6 +59,31 @@ fn per_10k(cpu_s: f64, requests: u64) -> f64 {
     if requests == 0 { f64::NAN } else { cpu_s / requests as f64 * 10_000.0 }
 }
 
+/// KiB per idle connection: an RSS delta over the connections the client opened.
+fn per_connection(delta_kib: Option<i64>, connections: Option<u64>) -> f64 {
+    match (delta_kib, connections) {
+        (Some(delta), Some(n)) if n > 0 => delta as f64 / n as f64,
+        _ => f64::NAN,
+    }
+}
+
+/// The medians of one configuration's runs of the idle workload: KiB per connection.
+fn idle_medians(runs: &[&Record]) -> Value {
+    let m = |f: &dyn Fn(&Record) -> f64| median(runs.iter().map(|r| f(r)).collect());
+    json!({
+        "idle_connections": m(&|r| r.client.idle_connections.map_or(f64::NAN, |n| n as f64)),
+        "kib_per_connection": {
+            "client": m(&|r| per_connection(r.client.idle_rss_delta_kib, r.client.idle_connections)),
+            "server": m(&|r| per_connection(r.server_idle_rss_delta_kib, r.client.idle_connections)),
+        },
+        "errors": runs.iter().map(|r| r.client.errors).sum::<u64>(),
+        "peak_rss_kib": {
+            "client": m(&|r| r.client.peak_rss_kib as f64),
+            "server": m(&|r| r.server.peak_rss_kib as f64),
+        },
+    })
+}
+
 /// The medians of one configuration's runs of one workload.
 fn medians(runs: &[&Record]) -> Value {
     let m = |f: &dyn Fn(&Record) -> f64| median(runs.iter().map(|r| f(r)).collect());
@@ -66,6 +93,9 @@ fn medians(runs: &[&Record]) -> Value {
     // (server and proxies share it). On a machine where other work steals CPU this estimates
     // what a quiet machine would do, as long as the busiest core is the bottleneck.
     let busiest = |r: &Record| (r.client.cpu_s.max(r.server.cpu_s + proxies_cpu(r))).max(f64::MIN_POSITIVE);
+    if runs.iter().any(|r| r.client.idle_connections.is_some()) {
+        return idle_medians(runs);
+    }
     json!({
         "rps": m(&|r| r.client.rps),
         "rps_per_busiest_core": m(&|r| r.client.requests as f64 / busiest(r)),
@@ -114,7 +144,11 @@ pub(crate) fn summarize(records: &[Record], meta: Meta) -> Value {
                 json!({
                     "round": r.round,
                     "client": r.client,
-                    "server": { "cpu_s": r.server.cpu_s, "peak_rss_kib": r.server.peak_rss_kib },
+                    "server": {
+                        "cpu_s": r.server.cpu_s,
+                        "peak_rss_kib": r.server.peak_rss_kib,
+                        "idle_rss_delta_kib": r.server_idle_rss_delta_kib,
+                    },
                     "proxies": r.proxies.map(|p| json!({ "cpu_s": p.cpu_s, "peak_rss_kib": p.peak_rss_kib })),
                 })
             })
@@ -131,10 +165,19 @@ pub(crate) fn summarize(records: &[Record], meta: Meta) -> Value {
     let p99_added = get(&results, Config::Mesh, rate, "p99_us")
         .zip(get(&results, Config::BareMtls, rate, "p99_us"))
         .map(|(mesh, mtls)| mesh - mtls);
-    let cpu_ratio = get(&results, Config::Mesh, rate, "cpu_s_per_10k.total")
-        .zip(get(&results, Config::BareMtls, rate, "cpu_s_per_10k.total"))
-        .map(|(mesh, mtls)| mesh / mtls);
-    let ratios = json!({
+    let cpu_ratio = |config: Config| {
+        let mesh = get(&results, Config::Mesh, rate, "cpu_s_per_10k.total")?;
+        Some(mesh / get(&results, config, rate, "cpu_s_per_10k.total")?)
+    };
+    let (grpc, grpc_rate, idle) = ("grpc_c8x16", "rate2000_grpc_c8x4", "idle_c1000");
+    let grpc_of = |workload: &str, field: &str| {
+        Some((get(&results, Config::GrpcMesh, workload, field)?, get(&results, Config::GrpcTonic, workload, field)?))
+    };
+    let idle_minus = |side: &str| {
+        let field = format!("kib_per_connection.{side}");
+        Some(get(&results, Config::Mesh, idle, &field)? - get(&results, Config::BareMtls, idle, &field)?)
+    };
+    let mut ratios = json!({
         "mesh_over_bare_h1": ratio(Config::Bare, h1),
         "mesh_over_bare_mtls_h1": ratio(Config::BareMtls, h1),
         "mesh_over_sidecar_nginx_h1": ratio(Config::SidecarNginx, h1),
@@ -147,8 +190,16 @@ pub(crate) fn summarize(records: &[Record], meta: Meta) -> Value {
         "mesh_over_sidecar_envoy_h2": ratio(Config::SidecarEnvoy, h2),
         "handshakes_mesh_over_rustls": ratio(Config::BareMtls, hs),
         "p99_added_us_fixed_rate": p99_added,
-        "cpu_per_request_mesh_over_bare_mtls_fixed_rate": cpu_ratio,
+        "cpu_per_request_mesh_over_bare_mtls_fixed_rate": cpu_ratio(Config::BareMtls),
+        "cpu_per_request_mesh_over_sidecar_envoy_fixed_rate": cpu_ratio(Config::SidecarEnvoy),
+        "grpc_mesh_over_tonic": grpc_of(grpc, "rps").map(|(mesh, tonic)| mesh / tonic),
+        "grpc_p99_added_us_fixed_rate": grpc_of(grpc_rate, "p99_us").map(|(mesh, tonic)| mesh - tonic),
+        "grpc_cpu_per_request_mesh_over_tonic_fixed_rate":
+            grpc_of(grpc_rate, "cpu_s_per_10k.total").map(|(mesh, tonic)| mesh / tonic),
+        "idle_conn_kib_mesh_minus_bare_mtls": idle_minus("server"),
+        "idle_conn_kib_mesh_minus_bare_mtls_client": idle_minus("client"),
     });
+    crate::instructions::set_ratios(&mut ratios, None);
     // The same throughput ratios from requests per CPU-second of the busiest core (see `medians`).
     let cpu_normalized = json!({
         "mesh_over_bare_h1": per_core(Config::Bare, h1),
@@ -162,28 +213,9 @@ pub(crate) fn summarize(records: &[Record], meta: Meta) -> Value {
         "mesh_over_sidecar_haproxy_h2": per_core(Config::SidecarHaproxy, h2),
         "mesh_over_sidecar_envoy_h2": per_core(Config::SidecarEnvoy, h2),
         "handshakes_mesh_over_rustls": per_core(Config::BareMtls, hs),
+        "grpc_mesh_over_tonic": grpc_of(grpc, "rps_per_busiest_core").map(|(mesh, tonic)| mesh / tonic),
     });
-    let at_least = |key: &str, target: f64| {
-        let value = ratios[key].as_f64();
-        json!({ "value": value, "target": format!(">= {target}"), "met": value.map(|v| v >= target) })
-    };
-    let at_most = |key: &str, target: f64| {
-        let value = ratios[key].as_f64();
-        json!({ "value": value, "target": format!("<= {target}"), "met": value.map(|v| v <= target) })
-    };
-    let goals = json!({
-        "mesh_over_bare_mtls_h1": at_least("mesh_over_bare_mtls_h1", 0.90),
-        "mesh_over_bare_mtls_h2": at_least("mesh_over_bare_mtls_h2", 0.90),
-        "mesh_over_bare_h1": at_least("mesh_over_bare_h1", 0.80),
-        "mesh_over_bare_h2": at_least("mesh_over_bare_h2", 0.80),
-        "mesh_over_sidecar_haproxy_h1": at_least("mesh_over_sidecar_haproxy_h1", 4.0),
-        "mesh_over_sidecar_nginx_h1": at_least("mesh_over_sidecar_nginx_h1", 5.0),
-        "mesh_over_sidecar_envoy_h1": at_least("mesh_over_sidecar_envoy_h1", 5.0),
-        "mesh_over_sidecar_envoy_h2": at_least("mesh_over_sidecar_envoy_h2", 5.0),
-        "p99_added_us_fixed_rate": at_most("p99_added_us_fixed_rate", 100.0),
-        "cpu_per_request_mesh_over_bare_mtls_fixed_rate": at_most("cpu_per_request_mesh_over_bare_mtls_fixed_rate", 1.25),
-        "handshakes_mesh_over_rustls": at_least("handshakes_mesh_over_rustls", 0.90),
-    });
+    let goals = goals(&ratios);
     json!({
         "machine": {
             "nproc": std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -203,8 +235,42 @@ pub(crate) fn summarize(records: &[Record], meta: Meta) -> Value {
         "ratios": ratios,
         "ratios_cpu_normalized": cpu_normalized,
         "goals": goals,
+        "instructions": crate::instructions::not_merged(),
         "results": results,
     })
+}
+
+/// Each ratio against its target (issue 8's and issue 13's goals).
+pub(crate) fn goals(ratios: &Value) -> Value {
+    let at_least = |key: &str, target: f64| {
+        let value = ratios[key].as_f64();
+        json!({ "value": value, "target": format!(">= {target}"), "met": value.map(|v| v >= target) })
+    };
+    let at_most = |key: &str, target: f64| {
+        let value = ratios[key].as_f64();
+        json!({ "value": value, "target": format!("<= {target}"), "met": value.map(|v| v <= target) })
+    };
+    let mut goals = json!({
+        "mesh_over_bare_mtls_h1": at_least("mesh_over_bare_mtls_h1", 0.90),
+        "mesh_over_bare_mtls_h2": at_least("mesh_over_bare_mtls_h2", 0.90),
+        "mesh_over_bare_h1": at_least("mesh_over_bare_h1", 0.80),
+        "mesh_over_bare_h2": at_least("mesh_over_bare_h2", 0.80),
+        "mesh_over_sidecar_haproxy_h1": at_least("mesh_over_sidecar_haproxy_h1", 4.0),
+        "mesh_over_sidecar_nginx_h1": at_least("mesh_over_sidecar_nginx_h1", 5.0),
+        "mesh_over_sidecar_envoy_h1": at_least("mesh_over_sidecar_envoy_h1", 5.0),
+        "mesh_over_sidecar_envoy_h2": at_least("mesh_over_sidecar_envoy_h2", 5.0),
+        "p99_added_us_fixed_rate": at_most("p99_added_us_fixed_rate", 100.0),
+        "cpu_per_request_mesh_over_bare_mtls_fixed_rate": at_most("cpu_per_request_mesh_over_bare_mtls_fixed_rate", 1.25),
+        "handshakes_mesh_over_rustls": at_least("handshakes_mesh_over_rustls", 0.90),
+        "cpu_per_request_mesh_over_sidecar_envoy_fixed_rate":
+            at_most("cpu_per_request_mesh_over_sidecar_envoy_fixed_rate", 0.35),
+        "grpc_mesh_over_tonic": at_least("grpc_mesh_over_tonic", 0.90),
+        "idle_conn_kib_mesh_minus_bare_mtls": at_most("idle_conn_kib_mesh_minus_bare_mtls", 8.0),
+    });
+    for key in crate::instructions::RATIO_KEYS {
+        goals[key] = at_most(key, crate::instructions::GOAL);
+    }
+    goals
 }
 
 fn cell(value: &Value, decimals: usize) -> String {
@@ -221,6 +287,9 @@ pub(crate) fn print_table(summary: &Value) {
     for config in Config::ALL {
         let Some(workloads) = summary["results"][config.name()].as_object() else { continue };
         for (workload, m) in workloads {
+            if m.get("kib_per_connection").is_some() {
+                continue; // idle connections: their own lines below
+            }
             let server_rss = m["peak_rss_kib"]["server"].as_f64().unwrap_or(0.0);
             let proxy_rss = m["peak_rss_kib"]["proxies"].as_f64().unwrap_or(0.0);
             let server_cpu = m["cpu_s_per_10k"]["server"].as_f64().unwrap_or(0.0);
@@ -238,6 +307,24 @@ pub(crate) fn print_table(summary: &Value) {
                 format!("{:.3}", server_cpu + proxy_cpu),
                 server_rss + proxy_rss,
                 m["errors"],
+            ));
+        }
+    }
+    let idle: Vec<(&str, &Value)> = Config::ALL
+        .iter()
+        .filter_map(|c| summary["results"][c.name()].as_object().map(|w| (c.name(), w)))
+        .flat_map(|(name, workloads)| {
+            workloads.iter().filter(|(_, m)| m.get("kib_per_connection").is_some()).map(move |(_, m)| (name, m))
+        })
+        .collect();
+    if !idle.is_empty() {
+        out("\nidle mTLS connections (RSS per connection, KiB, medians):");
+        for (name, m) in idle {
+            out(&format!(
+                "  {name:<16} client {:>7} server {:>7} ({} connections)",
+                cell(&m["kib_per_connection"]["client"], 1),
+                cell(&m["kib_per_connection"]["server"], 1),
+                cell(&m["idle_connections"], 0),
             ));
         }
     }

@@ -2,7 +2,7 @@
 
 use std::{
     fs::{File, OpenOptions},
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
     process::{Child, ChildStdout, Command, Stdio},
     time::Duration,
@@ -45,6 +45,9 @@ impl Plan {
             workloads.push(Workload::Rate { per_second: 20_000, connections: 32 });
         }
         workloads.push(Workload::Handshake { concurrency: 16 });
+        workloads.push(Workload::Idle { connections: 1_000 });
+        workloads.push(Workload::Grpc { connections: 8, streams: 16 });
+        workloads.push(Workload::GrpcRate { per_second: 2_000, connections: 8, streams: 4 });
         let (warmup, duration) = if quick {
             (Duration::from_millis(250), Duration::from_secs(1))
         } else {
@@ -53,11 +56,13 @@ impl Plan {
         Plan { warmup, duration, workloads }
     }
 
+    /// The gRPC configurations run the gRPC workloads, the others the HTTP ones; handshakes and
+    /// idle connections are measured where they are mTLS (and on `bare`, for reference).
     fn workloads(&self, config: Config) -> impl Iterator<Item = Workload> + '_ {
-        self.workloads
-            .iter()
-            .copied()
-            .filter(move |w| !matches!(w, Workload::Handshake { .. }) || config.handshakes() || config == Config::Bare)
+        self.workloads.iter().copied().filter(move |w| match w {
+            Workload::Handshake { .. } | Workload::Idle { .. } => config.handshakes() || config == Config::Bare,
+            _ => w.is_grpc() == config.is_grpc(),
+        })
     }
 }
 
@@ -145,7 +150,70 @@ struct Context {
     plan: Plan,
 }
 
-/// Runs every workload of `config` once: one server (and proxy pair), one client per workload.
+/// Where a client process sends, and the processes sampled while it runs.
+struct Target {
+    ports: Vec<u16>,
+    server_pids: Vec<u32>,
+    proxy_pids: Vec<u32>,
+}
+
+/// One client process running `workload`: the server's and proxies' usage over its window, its
+/// measurement, and (idle workload) the server's RSS delta.
+fn run_client(
+    cx: &Context,
+    config: Config,
+    workload: Workload,
+    target: &Target,
+) -> Result<(Usage, Usage, Measurement, Option<i64>), BoxError> {
+    let log = cx.out.join("logs").join(format!("{config}-client.log"));
+    let ports_arg: Vec<String> = target.ports.iter().map(u16::to_string).collect();
+    let (server_pids, proxy_pids) = (&target.server_pids, &target.proxy_pids);
+    let mut child = command(&cx.client_pin, &cx.exe)
+        .args(["client", "--config", config.name(), "--certs"])
+        .arg(&cx.certs)
+        .args(["--ports", &ports_arg.join(","), "--workload", &workload.to_string()])
+        .args(["--warmup", &cx.plan.warmup.as_secs_f64().to_string()])
+        .args(["--duration", &cx.plan.duration.as_secs_f64().to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(log_file(&log)?)
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("the client's stdout is not piped")?;
+    // Only the idle workload reads stdin: it waits there while this process samples the server.
+    let mut stdin = child.stdin.take().filter(|_| matches!(workload, Workload::Idle { .. }));
+    let mut reader = BufReader::new(stdout);
+    let what = format!("{config} client {workload}");
+    let outcome = (|| -> Result<(Usage, Usage, Measurement, Option<i64>), BoxError> {
+        read_line(&mut reader, &what, "START", &log)?;
+        let (server_before, proxies_before) = (procstat::sample(server_pids), procstat::sample(proxy_pids));
+        if let Some(stdin) = stdin.as_mut() {
+            stdin.write_all(b"sampled\n")?;
+            stdin.flush()?;
+        }
+        read_line(&mut reader, &what, "END", &log)?;
+        if stdin.is_some() {
+            // Handshakes the server has not finished yet would be missed.
+            procstat::wait_quiet(server_pids, crate::idle::QUIET_WINDOW, crate::idle::QUIET_LIMIT);
+        }
+        let (server_after, proxies_after) = (procstat::sample(server_pids), procstat::sample(proxy_pids));
+        let idle_rss_delta = stdin.is_some().then(|| server_after.rss_kib as i64 - server_before.rss_kib as i64);
+        // Closing stdin lets an idle client close its connections.
+        drop(stdin.take());
+        let measurement: Measurement = serde_json::from_str(&read_line(&mut reader, &what, "a JSON line", &log)?)?;
+        let delta = |before: Usage, after: Usage| Usage {
+            cpu_s: after.cpu_s - before.cpu_s,
+            peak_rss_kib: after.peak_rss_kib,
+            rss_kib: after.rss_kib,
+        };
+        Ok((delta(server_before, server_after), delta(proxies_before, proxies_after), measurement, idle_rss_delta))
+    })();
+    drop(stdin);
+    let _ = child.wait();
+    outcome
+}
+
+/// Runs every workload of `config` once: one server (and proxy pair), one client per workload
+/// (the idle workload: its own server too).
 fn run_config(cx: &Context, config: Config, round: usize) -> Result<Vec<Record>, BoxError> {
     let logs = cx.out.join("logs");
     let server_log = logs.join(format!("{config}-server.log"));
@@ -161,37 +229,23 @@ fn run_config(cx: &Context, config: Config, round: usize) -> Result<Vec<Record>,
     let ports = pair.as_ref().map_or(server.ports.clone(), |p| p.ports.clone());
     let proxy_pids = pair.as_ref().map(sidecars::Pair::pids).unwrap_or_default();
     let server_pids = [server.child.id()];
-    let ports_arg: Vec<String> = ports.iter().map(u16::to_string).collect();
     let mut records = Vec::new();
     for workload in cx.plan.workloads(config) {
-        let log = logs.join(format!("{config}-client.log"));
-        let mut child = command(&cx.client_pin, &cx.exe)
-            .args(["client", "--config", config.name(), "--certs"])
-            .arg(&cx.certs)
-            .args(["--ports", &ports_arg.join(","), "--workload", &workload.to_string()])
-            .args(["--warmup", &cx.plan.warmup.as_secs_f64().to_string()])
-            .args(["--duration", &cx.plan.duration.as_secs_f64().to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log_file(&log)?)
-            .spawn()?;
-        let stdout = child.stdout.take().ok_or("the client's stdout is not piped")?;
-        let mut reader = BufReader::new(stdout);
-        let what = format!("{config} client {workload}");
-        let outcome = (|| -> Result<(Usage, Usage, Measurement), BoxError> {
-            read_line(&mut reader, &what, "START", &log)?;
-            let (server_before, proxies_before) = (procstat::sample(&server_pids), procstat::sample(&proxy_pids));
-            read_line(&mut reader, &what, "END", &log)?;
-            let (server_after, proxies_after) = (procstat::sample(&server_pids), procstat::sample(&proxy_pids));
-            let measurement: Measurement = serde_json::from_str(&read_line(&mut reader, &what, "a JSON line", &log)?)?;
-            let delta = |before: Usage, after: Usage| Usage {
-                cpu_s: after.cpu_s - before.cpu_s,
-                peak_rss_kib: after.peak_rss_kib,
-            };
-            Ok((delta(server_before, server_after), delta(proxies_before, proxies_after), measurement))
-        })();
-        let _ = child.wait();
-        let (server_usage, proxies, client) = outcome?;
+        // The idle workload gets a server of its own: memory that earlier workloads freed would
+        // otherwise be reused by its connections and hide part of their cost.
+        let fresh = match workload {
+            Workload::Idle { .. } if pair.is_none() => {
+                Some(ServerProcess::start(&cx.exe, &cx.server_pin, config.server(), &cx.certs, &server_log)?)
+            }
+            _ => None,
+        };
+        let target = match &fresh {
+            Some(fresh) => {
+                Target { ports: fresh.ports.clone(), server_pids: vec![fresh.child.id()], proxy_pids: Vec::new() }
+            }
+            None => Target { ports: ports.clone(), server_pids: server_pids.to_vec(), proxy_pids: proxy_pids.clone() },
+        };
+        let (server_usage, proxies, client, server_idle_rss_delta_kib) = run_client(cx, config, workload, &target)?;
         if client.errors > 0 {
             eprintln!(
                 "mesh-bench: {config} {workload}: {} errors (first: {})",
@@ -205,6 +259,7 @@ fn run_config(cx: &Context, config: Config, round: usize) -> Result<Vec<Record>,
             round,
             client,
             server: server_usage,
+            server_idle_rss_delta_kib,
             proxies: pair.as_ref().map(|_| proxies),
         });
     }

@@ -12,7 +12,13 @@ use hyper_util::{
 use mesh_tower::client::MeshClient;
 use tower::{Service, ServiceExt};
 
-use crate::{BoxError, configs::Config, mesh_config, tls::RustlsConnector};
+use crate::{
+    BoxError,
+    configs::Config,
+    grpc::{self, pb::greeter_client::GreeterClient},
+    mesh_config,
+    tls::RustlsConnector,
+};
 
 /// A response that was not `200 OK`.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +34,10 @@ pub(crate) enum Sender {
     Tls(Client<RustlsConnector, Full<Bytes>>, Uri),
     /// mesh's whole client stack (`mesh`).
     Mesh(MeshClient<Full<Bytes>>, Uri),
+    /// The generated Greeter client on a tonic `Channel` over hand-wired rustls (`grpc-tonic`).
+    Tonic(GreeterClient<tonic::transport::Channel>),
+    /// The generated Greeter client on a `MeshChannel` (`grpc-mesh`).
+    MeshGrpc(GreeterClient<mesh_tonic::MeshChannel>),
 }
 
 /// What a load-generator run asks of its senders.
@@ -53,7 +63,8 @@ where
 
 impl Sender {
     /// A sender for `config` aimed at `ports` (the server's, the mesh's endpoints, or the local
-    /// proxy's: `[h1, h2]` for sidecars). Each call makes its own connection pool.
+    /// proxy's: `[h1, h2]` for sidecars). Each call makes its own connection pool (a tonic
+    /// `Channel` is one connection; gRPC is always HTTP/2, whatever `shape` says).
     pub(crate) fn new(config: Config, certs: &Path, ports: &[u16], shape: Shape) -> Result<Self, BoxError> {
         let port = |i: usize| ports.get(i).or(ports.first()).copied().ok_or("no port to send to");
         match config {
@@ -65,6 +76,8 @@ impl Sender {
                 let uri = format!("http://127.0.0.1:{}/hello", port(0)?).parse()?;
                 Ok(Sender::Tls(hyper_client(crate::tls::connector(certs, shape.h2)?, shape), uri))
             }
+            Config::GrpcTonic => Ok(Sender::Tonic(grpc::tonic_client(certs, port(0)?)?)),
+            Config::GrpcMesh => Ok(Sender::MeshGrpc(grpc::mesh_client(certs, ports)?)),
             Config::Bare | Config::SidecarNginx | Config::SidecarHaproxy | Config::SidecarEnvoy => {
                 let port = if config.is_sidecar() && shape.h2 { port(1)? } else { port(0)? };
                 let uri = format!("http://127.0.0.1:{port}/hello").parse()?;
@@ -75,7 +88,7 @@ impl Sender {
         }
     }
 
-    /// Sends one GET and reads the whole response body.
+    /// Sends one GET and reads the whole response body (or makes one unary gRPC call).
     pub(crate) async fn send(&mut self) -> Result<(), BoxError> {
         let request = |uri: &Uri| Request::get(uri.clone()).body(Full::new(Bytes::new()));
         let (status, body) = match self {
@@ -91,6 +104,8 @@ impl Sender {
                 let response = stack.ready().await?.call(request(uri)?).await?;
                 (response.status(), response.into_body().collect().await?.to_bytes())
             }
+            Sender::Tonic(client) => return grpc::call(client).await,
+            Sender::MeshGrpc(client) => return grpc::call(client).await,
         };
         if status != StatusCode::OK || body.as_ref() != crate::server::HELLO {
             return Err(BadStatus(status).into());

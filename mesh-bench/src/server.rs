@@ -1,4 +1,5 @@
-//! `mesh-bench server`: the hello handler behind each configuration, in its own process.
+//! `mesh-bench server`: the hello handler (the Greeter for gRPC) behind each configuration, in its
+//! own process.
 //!
 //! Every server runs on a current-thread tokio runtime (the run pins it to one core), binds
 //! `127.0.0.1:0`, prints `LISTENING port[,port..]` and serves until killed.
@@ -31,6 +32,10 @@ pub(crate) async fn hello<B>(_request: Request<B>) -> Result<Response<Full<Bytes
 
 /// Runs the server for `args.config` until the process is killed.
 pub(crate) fn main(args: ServerArgs) -> Result<(), BoxError> {
+    // The idle workload holds 1,000 connections (the client says so if the limit is too low).
+    if let Err(error) = crate::procstat::raise_open_files() {
+        eprintln!("mesh-bench server: could not raise the open-file limit: {error}");
+    }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(serve(args.config.server(), &args.certs))
 }
@@ -51,6 +56,18 @@ async fn serve(config: Config, certs: &Path) -> Result<(), BoxError> {
             announce(&ports)?;
             std::future::pending::<()>().await;
             Ok(())
+        }
+        Config::GrpcMesh => {
+            let _telemetry = mesh_config::install_telemetry()?;
+            let (ports, _servers) = crate::grpc::serve_mesh(certs).await?;
+            announce(&ports)?;
+            std::future::pending::<()>().await;
+            Ok(())
+        }
+        Config::GrpcTonic => {
+            let (port, serve) = crate::grpc::serve_tonic(certs).await?;
+            announce(&[port])?;
+            serve.await
         }
         Config::BareMtls => bare(Some(crate::tls::acceptor(certs)?)).await,
         _ => bare(None).await,
