@@ -56,6 +56,8 @@ mod watch;
 
 use std::sync::Arc;
 
+#[cfg(feature = "fuzzing")]
+pub(crate) use self::file::parse as file_parse;
 pub use self::file::{FileDiscovery, FileDiscoveryError};
 pub use self::memory::StaticDiscovery;
 pub use self::watch::{SnapshotPublisher, SnapshotWatch, WatchClosed, WrongService};

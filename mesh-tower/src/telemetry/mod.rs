@@ -43,7 +43,7 @@ mod exchange;
 mod metrics;
 #[cfg(feature = "otlp")]
 pub mod otlp;
-mod propagation;
+pub(crate) mod propagation;
 mod service;
 
 use std::{sync::Arc, time::Duration};
