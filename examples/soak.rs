@@ -40,8 +40,7 @@ use std::{
 use http_body_util::{BodyExt, Empty};
 use mesh::{
     core::{
-        Endpoint, IdentitySource, Route, ServiceName, ServiceSnapshot, StaticDiscovery,
-        Subset, Weight,
+        Endpoint, IdentitySource, Route, ServiceName, ServiceSnapshot, StaticDiscovery, Subset, Weight,
         identity::{Identity, IdentityUpdater, dev::DevCa},
         policy::{RetryOn, RetryPolicy},
     },
@@ -346,12 +345,13 @@ async fn run(args: Args) -> Result<u64, Error> {
     }
     let end = Resources::sample();
     let elapsed = started.elapsed();
-    let (requests, errors) = counts.values().fold((0, 0), |(r, e), c| {
-        (r + c.requests.load(Ordering::Relaxed), e + c.errors.load(Ordering::Relaxed))
-    });
+    let (requests, errors) = counts
+        .values()
+        .fold((0, 0), |(r, e), c| (r + c.requests.load(Ordering::Relaxed), e + c.errors.load(Ordering::Relaxed)));
     let retries = h1.retry_stats().retries() + h2.retry_stats().retries() + channel.client().retry_stats().retries();
     report(&args, &counts, (requests, errors, retries), &events, (start, end), elapsed);
-    for (handle, _) in std::mem::take(&mut *fleet.lock().map_err(|_| "poisoned")?) {
+    let leaving = std::mem::take(&mut *fleet.lock().map_err(|_| "poisoned")?);
+    for (handle, _) in leaving {
         handle.shutdown().await?;
     }
     for handle in greeters {
@@ -395,7 +395,7 @@ impl Schedule<'_> {
                 break;
             }
             tokio::time::sleep_until(at).await;
-            if ticks % 2 == 0 {
+            if ticks.is_multiple_of(2) {
                 let split = SPLITS[(ticks / 2) as usize % SPLITS.len()];
                 self.discovery.update(service, |spec| {
                     if let Ok(route) = reviews_route(split) {
@@ -407,7 +407,7 @@ impl Schedule<'_> {
                 self.churn(service).await?;
                 events.endpoint_changes += 2;
             }
-            if (tick * ticks as u32).as_millis() % ROTATE_EVERY.as_millis() == 0 {
+            if (tick * ticks as u32).as_millis().is_multiple_of(ROTATE_EVERY.as_millis()) {
                 self.servers.rotate(self.ca)?;
                 self.clients.rotate(self.ca)?;
                 events.rotations += 1;

@@ -71,8 +71,7 @@ async fn a_blackholed_endpoint_is_bounded_ejected_and_comes_back() {
     let Some(lab) = Lab::new("a_blackholed_endpoint_is_bounded_ejected_and_comes_back") else { return };
     let hosts = [lab.host(), lab.host(), lab.host()];
     let names = ["a", "b", "c"];
-    let backends: Vec<_> =
-        hosts.iter().zip(names).map(|(h, n)| backend(n, h.listen(), identity("/backend"))).collect();
+    let backends: Vec<_> = hosts.iter().zip(names).map(|(h, n)| backend(n, h.listen(), identity("/backend"))).collect();
     let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
 
     let name: ServiceName = "reviews".parse().unwrap();

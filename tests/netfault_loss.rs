@@ -61,7 +61,8 @@ async fn p2c_steers_away_from_a_lossy_slow_subset_and_no_request_fails() {
     ];
     bad.loss(LOSS);
     let (base, jitter) = (Duration::from_millis(50), Duration::from_millis(20));
-    let relays = [Relay::start(backends[2].addr, base, jitter, 1).await, Relay::start(backends[3].addr, base, jitter, 2).await];
+    let relays =
+        [Relay::start(backends[2].addr, base, jitter, 1).await, Relay::start(backends[3].addr, base, jitter, 2).await];
     let addrs = [backends[0].addr, backends[1].addr, relays[0].addr, relays[1].addr];
     let mut config = ClientConfig::default();
     config.seed = Some(42);

@@ -57,12 +57,14 @@ fn write_client_certs(ca: &DevCa, dir: &Path) {
     std::fs::write(dir.join("ca.pem"), ca.cert_pem()).unwrap();
 }
 
+/// Replies from v1, from v2, failures, and the first failures.
+type Counts = (usize, usize, usize, Vec<String>);
+
 /// Calls in a loop until stopped, counting replies per version and failures.
 struct Calls {
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    /// (v1, v2, failures, first failures)
-    counts: Arc<Mutex<(usize, usize, usize, Vec<String>)>>,
+    counts: Arc<Mutex<Counts>>,
     done: watch::Receiver<usize>,
 }
 
@@ -100,7 +102,7 @@ impl Calls {
         Calls { stop, tasks, counts, done }
     }
 
-    fn counts(&self) -> (usize, usize, usize, Vec<String>) {
+    fn counts(&self) -> Counts {
         self.counts.lock().unwrap().clone()
     }
 
@@ -113,7 +115,7 @@ impl Calls {
             .unwrap();
     }
 
-    async fn stop(mut self) -> (usize, usize, usize, Vec<String>) {
+    async fn stop(mut self) -> Counts {
         self.stop.store(true, Ordering::Relaxed);
         for task in std::mem::take(&mut self.tasks) {
             task.await.unwrap();

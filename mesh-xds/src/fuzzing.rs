@@ -35,8 +35,12 @@ fn providers() -> BTreeMap<String, CertificateProvider> {
 pub const ORDER: [&str; 4] = ["Listener", "RouteConfiguration", "Cluster", "ClusterLoadAssignment"];
 
 fn kind(index: usize) -> ResourceType {
-    [ResourceType::Listener, ResourceType::RouteConfiguration, ResourceType::Cluster, ResourceType::ClusterLoadAssignment]
-        [index % 4]
+    [
+        ResourceType::Listener,
+        ResourceType::RouteConfiguration,
+        ResourceType::Cluster,
+        ResourceType::ClusterLoadAssignment,
+    ][index % 4]
 }
 
 /// Decodes `bytes` as one resource of the type `ORDER[kind % 4]` and translates it; an error's

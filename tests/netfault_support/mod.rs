@@ -63,8 +63,23 @@ fn missing() -> Option<String> {
     if !succeeds(&["ip", "netns", "add", &probe]) {
         return Some("`ip netns add` is refused here (no network namespaces)".into());
     }
-    let statistic =
-        succeeds(&["ip", "netns", "exec", &probe, "iptables", "-A", "INPUT", "-m", "statistic", "--mode", "random", "--probability", "0.5", "-j", "DROP"]);
+    let statistic = succeeds(&[
+        "ip",
+        "netns",
+        "exec",
+        &probe,
+        "iptables",
+        "-A",
+        "INPUT",
+        "-m",
+        "statistic",
+        "--mode",
+        "random",
+        "--probability",
+        "0.5",
+        "-j",
+        "DROP",
+    ]);
     let _ = succeeds(&["ip", "netns", "del", &probe]);
     if !statistic {
         return Some("iptables cannot use `-m statistic` in a namespace".into());
@@ -178,7 +193,8 @@ impl Host {
     pub fn loss(&self, p: f64) {
         let p = format!("{p}");
         for (chain, dir) in [("INPUT", "-i"), ("OUTPUT", "-o")] {
-            let args = [chain, dir, &self.inner, "-m", "statistic", "--mode", "random", "--probability", &p, "-j", "DROP"];
+            let args =
+                [chain, dir, &self.inner, "-m", "statistic", "--mode", "random", "--probability", &p, "-j", "DROP"];
             self.iptables(&[&["-A"][..], &args[..]].concat());
         }
     }
@@ -187,14 +203,43 @@ impl Host {
     pub fn reject(&self, port: u16) {
         let port = port.to_string();
         self.iptables(&[
-            "-A", "INPUT", "-i", &self.inner, "-p", "tcp", "--dport", &port, "--syn", "-j", "REJECT", "--reject-with",
+            "-A",
+            "INPUT",
+            "-i",
+            &self.inner,
+            "-p",
+            "tcp",
+            "--dport",
+            &port,
+            "--syn",
+            "-j",
+            "REJECT",
+            "--reject-with",
             "tcp-reset",
         ]);
     }
 
     /// Limits what the host sends to `rate` (`tc tbf`, e.g. `"1mbit"`).
     pub fn slow_link(&self, rate: &str) {
-        run(&["ip", "netns", "exec", &self.ns, "tc", "qdisc", "replace", "dev", &self.inner, "root", "tbf", "rate", rate, "burst", "32kbit", "latency", "400ms"]);
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.ns,
+            "tc",
+            "qdisc",
+            "replace",
+            "dev",
+            &self.inner,
+            "root",
+            "tbf",
+            "rate",
+            rate,
+            "burst",
+            "32kbit",
+            "latency",
+            "400ms",
+        ]);
     }
 
     /// Lifts every fault.
@@ -225,11 +270,7 @@ impl Backend {
 }
 
 /// A mesh server (mTLS, `identity`) on `listener`, answering with `name`.
-pub fn backend(
-    name: &'static str,
-    listener: tokio::net::TcpListener,
-    identity: mesh::core::IdentitySource,
-) -> Backend {
+pub fn backend(name: &'static str, listener: tokio::net::TcpListener, identity: mesh::core::IdentitySource) -> Backend {
     let (count, hits) = watch::channel(0usize);
     let count = Arc::new(count);
     let service = tower::service_fn(move |_req: http::Request<hyper::body::Incoming>| {
