@@ -191,6 +191,7 @@ async fn without_a_route_timeout_keepalive_bounds_a_request() {
         let discovery = StaticDiscovery::new();
         discovery.set(snapshot(&name, &[server.addr], None));
         let mut config = config(protocol);
+        config.connect_timeout = ClientConfig::default().connect_timeout;
         config.http2_keepalive_interval = Some(Duration::from_secs(1));
         config.http2_keepalive_timeout = Duration::from_secs(1);
         config.tcp_user_timeout = Some(Duration::from_secs(2));
@@ -211,4 +212,55 @@ async fn without_a_route_timeout_keepalive_bounds_a_request() {
         "netfault keepalive, no route timeout, HTTP/2 PING every 1 s (1 s to answer), TCP_USER_TIMEOUT 2 s: {}",
         figures.join("; ")
     );
+}
+
+/// A refused port (iptables REJECT with a TCP reset on new connections), every request on a new
+/// connection: the connect fails at once, is retried on another endpoint (`connect_failure` is
+/// in the default `retry_on`), and the endpoint is ejected; no request fails. The fault comes
+/// after a warm-up: a client's retry budget starts empty (docs/resilience.md), so a client born
+/// into an outage has its first few requests fail rather than retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_port_is_retried_elsewhere_and_ejected() {
+    let Some(lab) = Lab::new("a_refused_port_is_retried_elsewhere_and_ejected") else { return };
+    let (good, refusing) = (lab.host(), lab.host());
+    let backends = [
+        backend("good", good.listen(), identity("/backend")),
+        backend("refusing", refusing.listen(), identity("/backend")),
+    ];
+    let name: ServiceName = "reviews".parse().unwrap();
+    let discovery = StaticDiscovery::new();
+    discovery.set(snapshot(&name, &[backends[0].addr, backends[1].addr], None));
+    let mut outlier = OutlierDetection::default();
+    outlier.consecutive_failures = 3;
+    discovery
+        .update(&name, |spec| {
+            spec.policies.outlier_detection = Some(outlier);
+            spec.policies.retry = Some(RetryPolicy::default());
+        })
+        .unwrap();
+    let mut config = config(Protocol::Http1);
+    config.pool_max_idle_per_endpoint = 0;
+    let client = mesh_client(&discovery, &name, config);
+    let traffic = Traffic::start(&client, 4);
+    traffic.more(300).await;
+    let warm = traffic.so_far();
+    refusing.reject(backends[1].addr.port());
+    let refused_from = backends[1].hits();
+    traffic.more(1_000).await;
+    let summary = traffic.stop().await;
+    let summary =
+        Summary { requests: summary.requests - warm.requests, failed: summary.failed - warm.failed, ..summary };
+    let ejections = client.outlier_stats().ejections();
+    eprintln!(
+        "netfault refused port: {} requests, {} failed, slowest {:?}, ejections {ejections}, retries {}, per backend {:?}",
+        summary.requests,
+        summary.failed,
+        summary.max_latency,
+        client.retry_stats().retries(),
+        summary.per_backend
+    );
+    assert_eq!(summary.failed, 0, "{:?}", summary.errors);
+    // At most the 4 requests whose connections were open when the rule came: none after.
+    assert!(backends[1].hits() <= refused_from + 4, "a refused port answered new connections");
+    assert!(ejections >= 1, "the refusing endpoint was never ejected");
 }

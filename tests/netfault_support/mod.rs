@@ -1,9 +1,9 @@
 //! Real network faults for the `netfault_*` tests: backends (and the xDS control plane) live in
 //! network namespaces of their own, joined to the test's namespace by veth pairs, and faults are
 //! kernel rules inside those namespaces: iptables `DROP` (a blackholed host), `REJECT` (a refused
-//! port), random drop (`-m statistic`: packet loss) and `tc tbf` (a slow link). Latency and jitter
-//! come from [`Relay`], a seeded delaying TCP relay in the test process (the kernel here has no
-//! `netem`).
+//! port) and random drop (`-m statistic`: packet loss). Latency and jitter come from [`Relay`], a
+//! seeded delaying TCP relay in the test process (`tc netem` needs the `sch_netem` module, which
+//! CI's kernel lacks).
 //!
 //! Needs root, `ip` (iproute2) and `iptables`. Where they are missing the tests skip, saying why,
 //! unless `MESH_NETFAULTS=1`, where they fail. Everything a test creates is named
@@ -54,7 +54,7 @@ fn missing() -> Option<String> {
     if uid != Some(true) {
         return Some("not root (network namespaces need CAP_SYS_ADMIN and CAP_NET_ADMIN)".into());
     }
-    for (tool, package) in [("ip", "iproute2"), ("iptables", "iptables"), ("tc", "iproute2")] {
+    for (tool, package) in [("ip", "iproute2"), ("iptables", "iptables")] {
         if !succeeds(&["sh", "-c", &format!("command -v {tool}")]) {
             return Some(format!("`{tool}` not found (Debian package {package})"));
         }
@@ -139,6 +139,19 @@ impl Lab {
         run(&["ip", "-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", &inner]);
         run(&["ip", "-n", &ns, "link", "set", &inner, "up"]);
         run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        // Both ends carry traffic before the host is used: a SYN sent earlier is lost, and
+        // retransmitted only a second later.
+        let up = |args: &[&str]| {
+            Command::new("ip").args(args).output().is_ok_and(|o| {
+                let text = String::from_utf8_lossy(&o.stdout);
+                text.contains("state UP") && !text.contains("NO-CARRIER")
+            })
+        };
+        let ready = std::time::Instant::now();
+        while !(up(&["link", "show", &outer]) && up(&["-n", &ns, "link", "show", &inner])) {
+            assert!(ready.elapsed() < Duration::from_secs(30), "the veth pair {outer}/{inner} never came up");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         Host { ns, inner, addr }
     }
 }
@@ -219,33 +232,9 @@ impl Host {
         ]);
     }
 
-    /// Limits what the host sends to `rate` (`tc tbf`, e.g. `"1mbit"`).
-    pub fn slow_link(&self, rate: &str) {
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            &self.ns,
-            "tc",
-            "qdisc",
-            "replace",
-            "dev",
-            &self.inner,
-            "root",
-            "tbf",
-            "rate",
-            rate,
-            "burst",
-            "32kbit",
-            "latency",
-            "400ms",
-        ]);
-    }
-
     /// Lifts every fault.
     pub fn heal(&self) {
         self.iptables(&["-F"]);
-        let _ = succeeds(&["ip", "netns", "exec", &self.ns, "tc", "qdisc", "del", "dev", &self.inner, "root"]);
     }
 }
 
