@@ -17,8 +17,8 @@
 //! - every minute, the servers' and then the clients' certificates are rotated (new leaf
 //!   certificates from the same CA, pushed to the identity sources as a SPIRE agent would).
 //!
-//! Resources are sampled after a warm-up (the first tenth of the run, at least 10 s and at most
-//! 60 s: pools, TLS sessions and allocator arenas fill) and at the end: resident memory (`VmRSS`),
+//! Resources are sampled after a warm-up (the first quarter of the run, at least 30 s and at most
+//! 120 s: pools, TLS sessions and allocator arenas fill) and at the end: resident memory (`VmRSS`),
 //! open file descriptors, threads and tokio tasks, all of this one process (client and servers).
 //! With `--json` the last line is one JSON object with the keys `requests`, `errors`,
 //! `rss_start_kib`, `rss_end_kib`, `fds_start`, `fds_end`, and also `tasks_start`, `tasks_end`,
@@ -334,7 +334,7 @@ async fn run(args: Args) -> Result<u64, Error> {
         .collect();
 
     let total = Duration::from_secs_f64(args.minutes * 60.0);
-    let warm_up = (total / 10).clamp(Duration::from_secs(10), Duration::from_secs(60)).min(total / 2);
+    let warm_up = (total / 4).clamp(Duration::from_secs(30), Duration::from_secs(120)).min(total / 2);
     let started = tokio::time::Instant::now();
     let schedule = Schedule { ca: &ca, servers: &servers, clients: &clients, discovery: &discovery, fleet: &fleet };
     let (events, start) = schedule.run(&reviews, started, warm_up, total).await?;
