@@ -219,3 +219,63 @@ async fn a_partitioned_control_plane_loses_no_call_and_changes_follow_the_heal()
     assert!(after_v1 <= 200, "{after_v1} calls went to v1 after the partition");
     drop(cp);
 }
+
+/// The control plane's host dies without a word (its namespace deleted: no FIN, no reset) and a
+/// new one comes up at the same address, serving a changed configuration. The client must leave
+/// the dead stream (TCP keepalive on the ADS channel) and follow the new control plane; calls go
+/// on meanwhile on the last good configuration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_plane_that_dies_silently_is_left_for_its_replacement() {
+    let Some(lab) = Lab::new("a_control_plane_that_dies_silently_is_left_for_its_replacement") else { return };
+    let ca = DevCa::new("cluster.local".parse().unwrap()).unwrap();
+    let backend_identity = IdentitySource::fixed(ca.identity("/ns/default/sa/reviews").unwrap());
+    let v1 = serve(backend_identity.clone(), Options { version: "v1", ..Default::default() }).await;
+    let v2 = serve(backend_identity, Options { version: "v2", ..Default::default() }).await;
+    let mut res = Resources::default();
+    res.set(&listener(), &r::client_listener(&listener()));
+    set_routes(&mut res, &[("v1", 100)]);
+    for (subset, addr) in [("v1", v1.handle.local_addr()), ("v2", v2.handle.local_addr())] {
+        res.set(&cluster(subset), &r::cluster(&cluster(subset), Some(REVIEWS)));
+        res.set(&cluster(subset), &r::load_assignment(&cluster(subset), &[addr]));
+    }
+    let cp_host = lab.host();
+    let cp = ControlPlane::start_on_listener(cp_host.listen(), res.clone());
+    let dir = tempfile::tempdir().unwrap();
+    write_client_certs(&ca, dir.path());
+    let bootstrap = xds_support::bootstrap(dir.path(), cp.addr, Some(dir.path()));
+    let xds = XdsDiscovery::builder(Bootstrap::from_file(&bootstrap).unwrap())
+        .backoff(Duration::from_millis(100), Duration::from_secs(2))
+        .seed(7)
+        .build()
+        .unwrap();
+    let service = xds.target(&listener()).unwrap();
+    let channel =
+        MeshChannel::builder(xds.clone(), service.clone()).identity(xds.identity("default").unwrap()).build().unwrap();
+    let client = GreeterClient::new(channel);
+    let mut watch = xds.watch(&service);
+    tokio::time::timeout(Duration::from_secs(30), watch.wait_for(|s| all_to(s, "v1"))).await.unwrap().unwrap();
+    let calls = Calls::start(&client, 2);
+    calls.more(50).await;
+
+    // The host dies; a new one with the same address serves everything to v2.
+    // The host goes first, so not even the old control plane's FIN gets out when it stops.
+    let port = cp.addr.port();
+    let died = tokio::time::Instant::now();
+    let cp_host = lab.replace(cp_host);
+    drop(cp);
+    set_routes(&mut res, &[("v2", 100)]);
+    let _replacement = ControlPlane::start_on_listener(cp_host.listen_on(port), res);
+    let followed = tokio::time::timeout(Duration::from_secs(180), watch.wait_for(|s| all_to(s, "v2"))).await;
+    let took = died.elapsed();
+    let streams = xds.status().borrow().streams;
+    calls.more(50).await;
+    let (a, b, failed, errors) = calls.stop().await;
+    eprintln!(
+        "netfault xDS host death: the client followed the replacement control plane {took:?} after the old host \
+         died ({streams} streams opened in all); {} calls, {failed} failed (v1 {a}, v2 {b})",
+        a + b + failed
+    );
+    assert!(followed.is_ok(), "the client stayed on the dead control plane's stream for 180 s");
+    assert_eq!(failed, 0, "calls failed: {errors:?}");
+    assert!(b > 0);
+}

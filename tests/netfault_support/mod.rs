@@ -127,6 +127,21 @@ impl Lab {
         static NEXT: AtomicU32 = AtomicU32::new(1);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         assert!(n < 255, "too many hosts in one test process");
+        self.make(n)
+    }
+
+    /// Deletes `host` at once (its kernel forgets every connection, no reset is sent) and makes
+    /// a new, empty host with the same names and address: a machine that died and was replaced.
+    pub fn replace(&self, host: Host) -> Host {
+        // The link first (at once, where the namespace's teardown is asynchronous): nothing of the
+        // old host can reach the wire again.
+        run(&["ip", "link", "del", &format!("{PREFIX}{}r{}", std::process::id(), host.n)]);
+        run(&["ip", "netns", "del", &host.ns]);
+        self.hosts.lock().unwrap().retain(|ns| *ns != host.ns);
+        self.make(host.n)
+    }
+
+    fn make(&self, n: u32) -> Host {
         let pid = std::process::id();
         let ns = format!("{PREFIX}-{pid}-{n}");
         let (outer, inner) = (format!("{PREFIX}{pid}r{n}"), format!("{PREFIX}{pid}n{n}"));
@@ -152,7 +167,7 @@ impl Lab {
             assert!(ready.elapsed() < Duration::from_secs(30), "the veth pair {outer}/{inner} never came up");
             std::thread::sleep(Duration::from_millis(10));
         }
-        Host { ns, inner, addr }
+        Host { ns, inner, addr, n }
     }
 }
 
@@ -171,13 +186,19 @@ pub struct Host {
     pub ns: String,
     inner: String,
     pub addr: Ipv4Addr,
+    n: u32,
 }
 
 impl Host {
     /// A listener on this host's address (port 0: any), made inside its namespace, for the test's
     /// own runtime: the socket stays in the namespace whichever thread uses it.
     pub fn listen(&self) -> tokio::net::TcpListener {
-        let (path, addr) = (format!("/var/run/netns/{}", self.ns), SocketAddr::from((self.addr, 0)));
+        self.listen_on(0)
+    }
+
+    /// A listener on `port` of this host's address.
+    pub fn listen_on(&self, port: u16) -> tokio::net::TcpListener {
+        let (path, addr) = (format!("/var/run/netns/{}", self.ns), SocketAddr::from((self.addr, port)));
         let listener = std::thread::spawn(move || {
             let ns = std::fs::File::open(&path).unwrap();
             nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
