@@ -46,6 +46,9 @@
 
 pub mod discovery;
 mod duration;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 mod model;
 pub mod policy;

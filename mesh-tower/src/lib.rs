@@ -56,6 +56,9 @@ mod connection;
 pub mod context;
 mod failure;
 mod future;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod golden;
 pub mod grpc;
 mod headers;

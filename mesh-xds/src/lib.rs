@@ -32,6 +32,9 @@ mod ads;
 mod bootstrap;
 mod cascade;
 mod discovery;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod resource;
 mod server;
 mod shared;

@@ -106,6 +106,19 @@ impl ControlPlane {
         tls: Option<tonic::transport::ServerTlsConfig>,
     ) -> Self {
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        Self::serve(listener, resources, tls)
+    }
+
+    /// Serves on `listener` (one made inside a network namespace, for instance).
+    pub fn start_on_listener(listener: tokio::net::TcpListener, resources: Resources) -> Self {
+        Self::serve(listener, resources, None)
+    }
+
+    fn serve(
+        listener: tokio::net::TcpListener,
+        resources: Resources,
+        tls: Option<tonic::transport::ServerTlsConfig>,
+    ) -> Self {
         let addr = listener.local_addr().unwrap();
         let (state, service) = Self::service(resources);
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);

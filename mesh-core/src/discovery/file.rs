@@ -166,7 +166,11 @@ struct FileSpec {
 }
 
 /// Parses a discovery file's text; `json` picks the JSON syntax.
-fn parse(path: &Path, text: &str, json: bool) -> Result<BTreeMap<ServiceName, ServiceSpec>, FileDiscoveryError> {
+pub(crate) fn parse(
+    path: &Path,
+    text: &str,
+    json: bool,
+) -> Result<BTreeMap<ServiceName, ServiceSpec>, FileDiscoveryError> {
     let error = |field: String, line, column, message: String| FileDiscoveryError {
         path: path.to_owned(),
         line,

@@ -58,6 +58,8 @@ mod watch;
 
 use std::sync::Arc;
 
+#[cfg(feature = "fuzzing")]
+pub(crate) use self::file::parse as file_parse;
 pub use self::compose::{ComposedDiscovery, ComposedDiscoveryBuilder, NoRuntime};
 pub use self::endpoints::{EndpointDiscovery, EndpointsClosed, EndpointsPublisher, EndpointsWatch};
 pub use self::file::{FileDiscovery, FileDiscoveryError};

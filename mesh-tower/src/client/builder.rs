@@ -213,12 +213,21 @@ impl MeshClientBuilder {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.connect_timeout));
+        // Dead peers are found even when the route sets no timeout: docs/reliability.md.
+        connector.set_keepalive(config.tcp_keepalive);
+        connector.set_keepalive_interval(config.tcp_keepalive.map(|_| config.tcp_keepalive_interval));
+        connector.set_keepalive_retries(config.tcp_keepalive.map(|_| 3));
+        #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
+        connector.set_tcp_user_timeout(config.tcp_user_timeout);
         let mut http = Client::builder(TokioExecutor::new());
         http.pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .pool_idle_timeout(config.pool_idle_timeout)
             .pool_max_idle_per_host(config.pool_max_idle_per_endpoint)
-            .http2_only(config.protocol == Protocol::Http2);
+            .http2_only(config.protocol == Protocol::Http2)
+            .http2_keep_alive_interval(config.http2_keepalive_interval)
+            .http2_keep_alive_timeout(config.http2_keepalive_timeout)
+            .http2_keep_alive_while_idle(false);
         let connector = match &self.security {
             Security::Unset => return Err(MissingIdentity { what: format!("the client of service {}", self.service) }),
             Security::Plaintext => MeshConnector::plaintext(connector),

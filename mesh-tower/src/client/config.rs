@@ -11,6 +11,24 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// How long an idle pooled connection is kept.
     pub pool_idle_timeout: Duration,
+    /// TCP keepalive: after this long without traffic, the kernel probes the peer (every
+    /// [`tcp_keepalive_interval`](Self::tcp_keepalive_interval), 3 probes), so a pooled
+    /// connection to a host that vanished is closed instead of kept. `None` turns probes off.
+    pub tcp_keepalive: Option<Duration>,
+    /// The time between two TCP keepalive probes.
+    pub tcp_keepalive_interval: Duration,
+    /// `TCP_USER_TIMEOUT` (Linux): a connection whose sent data stays unacknowledged this long is
+    /// closed, so a request written to a blackholed peer fails instead of waiting out the
+    /// kernel's retransmissions (about 15 minutes). Only unacknowledged data counts, never a
+    /// slow answer. `None` leaves the kernel's default.
+    pub tcp_user_timeout: Option<Duration>,
+    /// HTTP/2 keepalive: while requests are open on a connection, a PING is sent after this long
+    /// without frames, and the connection (with its requests) fails when the answer does not come
+    /// within [`http2_keepalive_timeout`](Self::http2_keepalive_timeout). Bounds a request
+    /// whose peer went silent when the route has no timeout. `None` turns pings off.
+    pub http2_keepalive_interval: Option<Duration>,
+    /// How long an HTTP/2 keepalive PING may wait for its answer.
+    pub http2_keepalive_timeout: Duration,
     /// Idle connections kept per endpoint.
     pub pool_max_idle_per_endpoint: usize,
     /// How long a request waits for the destination's first snapshot before failing with
@@ -41,6 +59,11 @@ impl Default for ClientConfig {
             protocol: Protocol::Http1,
             connect_timeout: Duration::from_secs(3),
             pool_idle_timeout: Duration::from_secs(90),
+            tcp_keepalive: Some(Duration::from_secs(30)),
+            tcp_keepalive_interval: Duration::from_secs(10),
+            tcp_user_timeout: Some(Duration::from_secs(30)),
+            http2_keepalive_interval: Some(Duration::from_secs(30)),
+            http2_keepalive_timeout: Duration::from_secs(10),
             pool_max_idle_per_endpoint: usize::MAX,
             resolve_timeout: Duration::from_secs(5),
             subset_header: Some(http::HeaderName::from_static("x-mesh-subset")),

@@ -47,7 +47,7 @@ mod exchange;
 mod metrics;
 #[cfg(feature = "otlp")]
 pub mod otlp;
-mod propagation;
+pub(crate) mod propagation;
 mod sampling;
 mod service;
 

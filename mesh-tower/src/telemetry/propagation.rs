@@ -41,8 +41,8 @@ const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
 
 /// The context a request carries: its remote parent span (W3C, else B3 when `b3` is on) and its
 /// baggage, on top of the current context. Without either it is the current context.
-#[cfg(test)]
-fn extract(headers: &HeaderMap, b3: bool) -> Context {
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn extract(headers: &HeaderMap, b3: bool) -> Context {
     let (cx, parent) = extract_parent(headers, b3);
     if parent.is_valid() { cx.with_remote_span_context(parent) } else { cx }
 }
