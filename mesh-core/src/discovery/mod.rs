@@ -58,10 +58,10 @@ mod watch;
 
 use std::sync::Arc;
 
-#[cfg(feature = "fuzzing")]
-pub(crate) use self::file::parse as file_parse;
 pub use self::compose::{ComposedDiscovery, ComposedDiscoveryBuilder, NoRuntime};
 pub use self::endpoints::{EndpointDiscovery, EndpointsClosed, EndpointsPublisher, EndpointsWatch};
+#[cfg(feature = "fuzzing")]
+pub(crate) use self::file::parse as file_parse;
 pub use self::file::{FileDiscovery, FileDiscoveryError};
 pub use self::memory::StaticDiscovery;
 pub use self::watch::{SnapshotPublisher, SnapshotWatch, WatchClosed, WrongService};
