@@ -48,28 +48,7 @@ fn parse_common(common: &CommonTlsContext, ctx: &DecodeContext<'_>) -> FieldResu
             (None, Some(old)) => Some(("tls_certificate_certificate_provider_instance", old.instance_name.clone())),
             (None, None) => None,
         };
-    let (validation, roots_instance) = match &common.validation_context_type {
-        Some(ValidationContextType::ValidationContext(v)) => {
-            (Some(v), v.ca_certificate_provider_instance.as_ref().map(|p| p.instance_name.clone()))
-        }
-        Some(ValidationContextType::CombinedValidationContext(c)) => {
-            let default = c.default_validation_context.as_ref();
-            let new =
-                default.and_then(|v| v.ca_certificate_provider_instance.as_ref()).map(|p| p.instance_name.clone());
-            let old = c.validation_context_certificate_provider_instance.as_ref().map(|p| p.instance_name.clone());
-            (default, new.or(old))
-        }
-        Some(ValidationContextType::ValidationContextCertificateProviderInstance(p)) => {
-            (None, Some(p.instance_name.clone()))
-        }
-        Some(_) => {
-            return Err(FieldError::new(
-                "validation_context_type",
-                "only certificate provider instances are supported",
-            ));
-        }
-        None => (None, None),
-    };
+    let (validation, roots_instance) = validation_context(common)?;
     let Some(roots) = roots_instance else {
         return Err(FieldError::new(
             "validation_context",
@@ -105,6 +84,35 @@ fn parse_common(common: &CommonTlsContext, ctx: &DecodeContext<'_>) -> FieldResu
 }
 
 #[allow(deprecated)] // istiod sends match_subject_alt_names
+/// The validation context and the certificate provider instance of the roots, in any of the
+/// shapes upstream and downstream TLS contexts carry them (new and deprecated fields).
+fn validation_context(
+    common: &CommonTlsContext,
+) -> FieldResult<(Option<&CertificateValidationContext>, Option<String>)> {
+    Ok(match &common.validation_context_type {
+        Some(ValidationContextType::ValidationContext(v)) => {
+            (Some(v), v.ca_certificate_provider_instance.as_ref().map(|p| p.instance_name.clone()))
+        }
+        Some(ValidationContextType::CombinedValidationContext(c)) => {
+            let default = c.default_validation_context.as_ref();
+            let new =
+                default.and_then(|v| v.ca_certificate_provider_instance.as_ref()).map(|p| p.instance_name.clone());
+            let old = c.validation_context_certificate_provider_instance.as_ref().map(|p| p.instance_name.clone());
+            (default, new.or(old))
+        }
+        Some(ValidationContextType::ValidationContextCertificateProviderInstance(p)) => {
+            (None, Some(p.instance_name.clone()))
+        }
+        Some(_) => {
+            return Err(FieldError::new(
+                "validation_context_type",
+                "only certificate provider instances are supported",
+            ));
+        }
+        None => (None, None),
+    })
+}
+
 fn expected_identity(validation: Option<&CertificateValidationContext>) -> FieldResult<SpiffeId> {
     let Some(v) = validation else {
         return Err(FieldError::new("match_subject_alt_names", "missing: mesh verifies each endpoint's SPIFFE ID"));
@@ -178,28 +186,7 @@ pub(crate) fn parse_downstream(any: &Any, ctx: &DecodeContext<'_>) -> FieldResul
                 return Err(within(FieldError::new("tls_certificate_provider_instance", "missing")));
             }
         };
-    let (validation, ca_instance) = match &common.validation_context_type {
-        Some(ValidationContextType::ValidationContext(v)) => {
-            (Some(v), v.ca_certificate_provider_instance.as_ref().map(|p| p.instance_name.clone()))
-        }
-        Some(ValidationContextType::CombinedValidationContext(c)) => {
-            let default = c.default_validation_context.as_ref();
-            let new =
-                default.and_then(|v| v.ca_certificate_provider_instance.as_ref()).map(|p| p.instance_name.clone());
-            let old = c.validation_context_certificate_provider_instance.as_ref().map(|p| p.instance_name.clone());
-            (default, new.or(old))
-        }
-        Some(ValidationContextType::ValidationContextCertificateProviderInstance(p)) => {
-            (None, Some(p.instance_name.clone()))
-        }
-        Some(_) => {
-            return Err(within(FieldError::new(
-                "validation_context_type",
-                "only certificate provider instances are supported",
-            )));
-        }
-        None => (None, None),
-    };
+    let (validation, ca_instance) = validation_context(common).map_err(within)?;
     let ca_instance = ca_instance.ok_or_else(|| {
         within(FieldError::new("validation_context", "no root certificate provider instance to verify callers with"))
     })?;
