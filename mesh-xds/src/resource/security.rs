@@ -83,9 +83,9 @@ fn parse_common(common: &CommonTlsContext, ctx: &DecodeContext<'_>) -> FieldResu
     Ok(ClusterTls { instance, identity })
 }
 
-#[allow(deprecated)] // istiod sends match_subject_alt_names
 /// The validation context and the certificate provider instance of the roots, in any of the
 /// shapes upstream and downstream TLS contexts carry them (new and deprecated fields).
+#[allow(deprecated)] // istiod sends the deprecated certificate provider fields beside the new ones.
 fn validation_context(
     common: &CommonTlsContext,
 ) -> FieldResult<(Option<&CertificateValidationContext>, Option<String>)> {
@@ -113,6 +113,7 @@ fn validation_context(
     })
 }
 
+#[allow(deprecated)] // istiod sends match_subject_alt_names
 fn expected_identity(validation: Option<&CertificateValidationContext>) -> FieldResult<SpiffeId> {
     let Some(v) = validation else {
         return Err(FieldError::new("match_subject_alt_names", "missing: mesh verifies each endpoint's SPIFFE ID"));
