@@ -22,7 +22,11 @@ use crate::{
 /// and follows the cascade to routes, clusters and endpoints; each consistent set becomes a
 /// [`ServiceSnapshot`](mesh_core::ServiceSnapshot).
 ///
-/// Cheap to clone; the ADS stream stops when the last clone is dropped.
+/// Cheap to clone. The ADS stream runs while a clone, an [`InboundListener`](crate::InboundListener)
+/// or a watch taken from them is in use (a client's [`SnapshotWatch`], which `MeshChannel` and
+/// `MeshClient` hold; a server's security and authorization watches): a server or client built
+/// where this handle goes out of scope keeps its configuration live. Once all of them are
+/// dropped, the stream ends (within a second).
 #[derive(Clone)]
 pub struct XdsDiscovery {
     pub(crate) shared: Arc<Shared>,
@@ -78,7 +82,7 @@ impl XdsDiscoveryBuilder {
         });
         let (wake, woken) = mpsc::unbounded_channel();
         let bootstrap = Arc::new(self.bootstrap);
-        runtime.spawn(stream::run(shared.clone(), bootstrap.clone(), self.options, woken));
+        runtime.spawn(stream::run(shared.clone(), bootstrap.clone(), self.options, stream::Wake::new(woken)));
         Ok(XdsDiscovery { shared, wake, bootstrap })
     }
 }

@@ -133,6 +133,17 @@ pub(crate) struct Shared {
     pub(crate) inbound: Mutex<BTreeMap<String, crate::server::InboundTarget>>,
 }
 
+impl Shared {
+    /// Whether a watch taken from the discovery is still in use: a client's snapshot watch, or
+    /// a server's security, authorization or status watch. The stream serves them even after
+    /// every `XdsDiscovery` handle is gone.
+    pub(crate) fn watched(&self) -> bool {
+        use std::sync::PoisonError;
+        self.targets.lock().unwrap_or_else(PoisonError::into_inner).values().any(|t| t.publisher.is_watched())
+            || self.inbound.lock().unwrap_or_else(PoisonError::into_inner).values().any(|t| t.is_watched())
+    }
+}
+
 #[cfg(test)]
 mod status_tests {
     use super::XdsStatus;
