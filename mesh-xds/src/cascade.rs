@@ -342,7 +342,9 @@ fn load_balancer(clusters: &[(&str, &Cluster)], vh: &VirtualHost) -> Result<Load
             let headers: BTreeSet<_> = vh.routes.iter().filter_map(|r| r.hash_header.clone()).collect();
             match headers.len() {
                 1 => LoadBalancer::ring_hash(headers.into_iter().next().unwrap_or_else(|| unreachable!())),
-                0 => return Err("RING_HASH clusters but no route has a header hash_policy".into()),
+                // Nothing to hash (gRFC A42: gRPC then hashes a random value per call, so calls
+                // spread over the ring): spread them evenly.
+                0 => LoadBalancer::round_robin(),
                 _ => return Err(format!("routes hash different headers {headers:?}; mesh hashes one per service")),
             }
         }
