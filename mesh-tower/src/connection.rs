@@ -1,6 +1,11 @@
 //! What mesh tells handlers and callers about the connection a message travelled on.
 
-use std::{fmt, io, net::SocketAddr};
+use std::{
+    any::Any,
+    fmt, io,
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
+};
 
 use mesh_core::{RouteName, SubsetName, identity::tls::PeerRejected};
 
@@ -54,9 +59,46 @@ pub(crate) enum ConnectErrorKind {
     NoExpectedIdentity(String),
     EndpointGone(String),
     HandshakeTimeout(std::time::Duration),
+    /// The failure of a dial that several requests waited for: each gets it, cause and all.
+    Shared(Arc<ConnectError>),
+}
+
+/// Where the client keeps an endpoint's connection of its own (the HTTP/2 one), beside the
+/// endpoint's latency estimate and health, for as long as discovery lists the endpoint: the
+/// connection closes when the last plan that lists the endpoint is dropped. The content is the
+/// connection layer's business (typed by its request body), so this holds it opaquely.
+#[derive(Default)]
+pub(crate) struct ConnectionSlot {
+    connection: OnceLock<Arc<dyn Any + Send + Sync>>,
+}
+
+impl ConnectionSlot {
+    /// What the slot holds, made by `init` on first use.
+    pub(crate) fn get_or_init(&self, init: impl FnOnce() -> Arc<dyn Any + Send + Sync>) -> Arc<dyn Any + Send + Sync> {
+        self.connection.get_or_init(init).clone()
+    }
+}
+
+impl fmt::Debug for ConnectionSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionSlot").field("used", &self.connection.get().is_some()).finish()
+    }
 }
 
 impl ConnectError {
+    /// `error`, for one more of the requests that waited for the dial that failed with it.
+    pub(crate) fn shared(error: &Arc<ConnectError>) -> Self {
+        Self { endpoint: error.endpoint.clone(), kind: ConnectErrorKind::Shared(error.clone()) }
+    }
+
+    /// The failure itself, through the sharing of a dial.
+    fn own(&self) -> &Self {
+        match &self.kind {
+            ConnectErrorKind::Shared(error) => error.own(),
+            _ => self,
+        }
+    }
+
     /// The endpoint dialled.
     pub fn endpoint(&self) -> &str {
         &self.endpoint
@@ -64,13 +106,13 @@ impl ConnectError {
 
     /// Whether the TLS handshake failed or timed out (including a peer refused by identity).
     pub fn is_tls(&self) -> bool {
-        matches!(self.kind, ConnectErrorKind::Tls(_) | ConnectErrorKind::HandshakeTimeout(_))
+        matches!(self.own().kind, ConnectErrorKind::Tls(_) | ConnectErrorKind::HandshakeTimeout(_))
     }
 
     /// Why the peer was refused, when its certificate was the problem beyond X.509 validation
     /// (wrong SPIFFE ID, none, several, untrusted trust domain).
     pub fn peer_rejected(&self) -> Option<&PeerRejected> {
-        match &self.kind {
+        match &self.own().kind {
             ConnectErrorKind::Tls(e) => PeerRejected::find(e),
             _ => None,
         }
@@ -78,7 +120,7 @@ impl ConnectError {
 
     /// Whether discovery gave no identity to check the endpoint against, so it was not dialled.
     pub fn is_missing_identity(&self) -> bool {
-        matches!(self.kind, ConnectErrorKind::NoExpectedIdentity(_))
+        matches!(self.own().kind, ConnectErrorKind::NoExpectedIdentity(_))
     }
 }
 
@@ -103,6 +145,7 @@ impl fmt::Display for ConnectError {
             ConnectErrorKind::EndpointGone(service) => {
                 write!(f, "endpoint {} left service {service} before it was dialled", self.endpoint)
             }
+            ConnectErrorKind::Shared(error) => error.fmt(f),
         }
     }
 }
@@ -112,6 +155,7 @@ impl std::error::Error for ConnectError {
         match &self.kind {
             ConnectErrorKind::Tcp(e) => Some(e.as_ref()),
             ConnectErrorKind::Tls(e) => Some(e),
+            ConnectErrorKind::Shared(error) => error.source(),
             _ => None,
         }
     }

@@ -86,6 +86,29 @@ impl Drop for AttemptRecord {
     }
 }
 
+/// The HTTP/2 send of [`Http2Connections`](super::Http2Connections), boxed once.
+type Http2Send = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
+
+pin_project! {
+    /// An attempt on its way: through hyper-util's pool or on the endpoint's HTTP/2 connection.
+    #[project = SendingProj]
+    pub(crate) enum Sending {
+        Pooled { #[pin] future: legacy::ResponseFuture },
+        Http2 { future: Http2Send },
+    }
+}
+
+impl Future for Sending {
+    type Output = Result<Response<Incoming>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            SendingProj::Pooled { future } => future.poll(cx).map_err(BoxError::from),
+            SendingProj::Http2 { future } => future.as_mut().poll(cx),
+        }
+    }
+}
+
 pin_project! {
     /// The response future of [`Endpoints`](super::Endpoints).
     pub struct ResponseFuture {
@@ -99,7 +122,7 @@ pin_project! {
     enum State {
         // No allocation beyond hyper-util's own.
         Sending {
-            #[pin] future: legacy::ResponseFuture,
+            #[pin] future: Sending,
             upstream: Option<Upstream>,
             record: Option<AttemptRecord>,
         },
@@ -108,7 +131,7 @@ pin_project! {
 }
 
 impl ResponseFuture {
-    pub(crate) fn sending(future: legacy::ResponseFuture, upstream: Upstream, record: AttemptRecord) -> Self {
+    pub(crate) fn sending(future: Sending, upstream: Upstream, record: AttemptRecord) -> Self {
         Self { state: State::Sending { future, upstream: Some(upstream), record: Some(record) } }
     }
 
@@ -130,7 +153,6 @@ impl Future for ResponseFuture {
                 let mut response = match result {
                     Ok(response) => response,
                     Err(error) => {
-                        let error = BoxError::from(error);
                         record.finish(classify::error(&error));
                         return Poll::Ready(Err(error));
                     }
