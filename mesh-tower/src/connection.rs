@@ -45,11 +45,12 @@ pub struct Upstream {
 }
 
 /// Why a connection to an endpoint could not be opened. Found in the source chain of a
-/// transport error.
-#[derive(Debug)]
+/// transport error. Cheap to clone: every request that waited for the same failed connection
+/// gets the same error.
+#[derive(Clone, Debug)]
 pub struct ConnectError {
     pub(crate) endpoint: String,
-    pub(crate) kind: ConnectErrorKind,
+    pub(crate) kind: Arc<ConnectErrorKind>,
 }
 
 #[derive(Debug)]
@@ -59,8 +60,6 @@ pub(crate) enum ConnectErrorKind {
     NoExpectedIdentity(String),
     EndpointGone(String),
     HandshakeTimeout(std::time::Duration),
-    /// The failure of a dial that several requests waited for: each gets it, cause and all.
-    Shared(Arc<ConnectError>),
 }
 
 /// Where the client keeps an endpoint's connection of its own (the HTTP/2 one), beside the
@@ -86,17 +85,8 @@ impl fmt::Debug for ConnectionSlot {
 }
 
 impl ConnectError {
-    /// `error`, for one more of the requests that waited for the dial that failed with it.
-    pub(crate) fn shared(error: &Arc<ConnectError>) -> Self {
-        Self { endpoint: error.endpoint.clone(), kind: ConnectErrorKind::Shared(error.clone()) }
-    }
-
-    /// The failure itself, through the sharing of a dial.
-    fn own(&self) -> &Self {
-        match &self.kind {
-            ConnectErrorKind::Shared(error) => error.own(),
-            _ => self,
-        }
+    pub(crate) fn new(endpoint: String, kind: ConnectErrorKind) -> Self {
+        Self { endpoint, kind: Arc::new(kind) }
     }
 
     /// The endpoint dialled.
@@ -106,13 +96,13 @@ impl ConnectError {
 
     /// Whether the TLS handshake failed or timed out (including a peer refused by identity).
     pub fn is_tls(&self) -> bool {
-        matches!(self.own().kind, ConnectErrorKind::Tls(_) | ConnectErrorKind::HandshakeTimeout(_))
+        matches!(*self.kind, ConnectErrorKind::Tls(_) | ConnectErrorKind::HandshakeTimeout(_))
     }
 
     /// Why the peer was refused, when its certificate was the problem beyond X.509 validation
     /// (wrong SPIFFE ID, none, several, untrusted trust domain).
     pub fn peer_rejected(&self) -> Option<&PeerRejected> {
-        match &self.own().kind {
+        match &*self.kind {
             ConnectErrorKind::Tls(e) => PeerRejected::find(e),
             _ => None,
         }
@@ -120,13 +110,13 @@ impl ConnectError {
 
     /// Whether discovery gave no identity to check the endpoint against, so it was not dialled.
     pub fn is_missing_identity(&self) -> bool {
-        matches!(self.own().kind, ConnectErrorKind::NoExpectedIdentity(_))
+        matches!(*self.kind, ConnectErrorKind::NoExpectedIdentity(_))
     }
 }
 
 impl fmt::Display for ConnectError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.kind {
+        match &*self.kind {
             ConnectErrorKind::Tcp(e) => write!(f, "cannot connect to {}: {e}", self.endpoint),
             ConnectErrorKind::Tls(e) => match PeerRejected::find(e) {
                 // rustls would print its own Debug form of our error; say it plainly.
@@ -145,17 +135,15 @@ impl fmt::Display for ConnectError {
             ConnectErrorKind::EndpointGone(service) => {
                 write!(f, "endpoint {} left service {service} before it was dialled", self.endpoint)
             }
-            ConnectErrorKind::Shared(error) => error.fmt(f),
         }
     }
 }
 
 impl std::error::Error for ConnectError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match &self.kind {
+        match &*self.kind {
             ConnectErrorKind::Tcp(e) => Some(e.as_ref()),
             ConnectErrorKind::Tls(e) => Some(e),
-            ConnectErrorKind::Shared(error) => error.source(),
             _ => None,
         }
     }

@@ -13,11 +13,12 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy;
 use pin_project_lite::pin_project;
 
-use super::EndpointBody;
+use super::{EndpointBody, connect::ConnectFailures};
 use crate::{
     BoxError, Upstream,
     classify::{self, Class, ClassifyHead, TransportFailure},
     client::{balance::InFlight, deadline::Deadline, outlier::Health, resolution::Resolution},
+    connection::ConnectError,
     golden::GoldenSignals,
 };
 
@@ -98,13 +99,20 @@ pin_project! {
     }
 }
 
+/// How an attempt failed to get a response: hyper-util's error (whose connect failures are
+/// explained by what the connector recorded), or one that already names its cause.
+pub(crate) enum SendError {
+    Pooled(legacy::Error),
+    Explained(BoxError),
+}
+
 impl Future for Sending {
-    type Output = Result<Response<Incoming>, BoxError>;
+    type Output = Result<Response<Incoming>, SendError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            SendingProj::Pooled { future } => future.poll(cx).map_err(BoxError::from),
-            SendingProj::Http2 { future } => future.as_mut().poll(cx),
+            SendingProj::Pooled { future } => future.poll(cx).map_err(SendError::Pooled),
+            SendingProj::Http2 { future } => future.as_mut().poll(cx).map_err(SendError::Explained),
         }
     }
 }
@@ -125,14 +133,20 @@ pin_project! {
             #[pin] future: Sending,
             upstream: Option<Upstream>,
             record: Option<AttemptRecord>,
+            failures: Arc<ConnectFailures>,
         },
         Failed { error: Option<BoxError> },
     }
 }
 
 impl ResponseFuture {
-    pub(crate) fn sending(future: Sending, upstream: Upstream, record: AttemptRecord) -> Self {
-        Self { state: State::Sending { future, upstream: Some(upstream), record: Some(record) } }
+    pub(crate) fn sending(
+        future: Sending,
+        upstream: Upstream,
+        record: AttemptRecord,
+        failures: Arc<ConnectFailures>,
+    ) -> Self {
+        Self { state: State::Sending { future, upstream: Some(upstream), record: Some(record), failures } }
     }
 
     pub(crate) fn failed(error: BoxError) -> Self {
@@ -145,7 +159,7 @@ impl Future for ResponseFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            StateProj::Sending { future, upstream, record } => {
+            StateProj::Sending { future, upstream, record, failures } => {
                 let result = ready!(future.poll(cx));
                 let Some(mut record) = record.take() else {
                     return Poll::Ready(Err("endpoint ResponseFuture polled after completion".into()));
@@ -153,6 +167,10 @@ impl Future for ResponseFuture {
                 let mut response = match result {
                     Ok(response) => response,
                     Err(error) => {
+                        let error = match error {
+                            SendError::Pooled(error) => explain(error, failures, record.address, record.started),
+                            SendError::Explained(error) => error,
+                        };
                         record.finish(classify::error(&error));
                         return Poll::Ready(Err(error));
                     }
@@ -176,6 +194,30 @@ impl Future for ResponseFuture {
                 .unwrap_or_else(|| "endpoint ResponseFuture polled after completion".into()))),
         }
     }
+}
+
+/// A request that waited for a connection another request was opening, when that connect
+/// failed, gets only the pool's "request was canceled" from hyper-util: give it the connect's own
+/// error instead, as the request that dialled got.
+fn explain(error: legacy::Error, failures: &ConnectFailures, address: SocketAddr, started: Instant) -> BoxError {
+    if error.is_connect()
+        && !carries_connect_error(&error)
+        && let Some(cause) = failures.since(address, started)
+    {
+        return cause.into();
+    }
+    error.into()
+}
+
+fn carries_connect_error(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.is::<ConnectError>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 impl fmt::Debug for ResponseFuture {

@@ -168,7 +168,7 @@ impl Http2Connections {
         let dialled = outcome.wait_for(Option::is_some).await.map_err(|_| "the HTTP/2 dial task ended")?.clone();
         match dialled {
             Some(Ok(open)) => Ok(open),
-            Some(Err(error)) => Err(ConnectError::shared(&error).into()),
+            Some(Err(error)) => Err(ConnectError::clone(&error).into()),
             None => Err("the HTTP/2 dial ended without an outcome".into()),
         }
     }
@@ -238,8 +238,7 @@ where
     std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
     let stream = connector.call(uri).await?;
     let peer = stream.peer().cloned();
-    let handshake =
-        |e: hyper::Error| ConnectError { endpoint: endpoint.clone(), kind: ConnectErrorKind::Tcp(e.into()) };
+    let handshake = |e: hyper::Error| ConnectError::new(endpoint.clone(), ConnectErrorKind::Tcp(e.into()));
     let (mut send, connection) = builder.handshake(stream).await.map_err(handshake)?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
