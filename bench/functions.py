@@ -5,6 +5,10 @@ process and workload (a short and a long run), so start-up, handshakes and shutd
     per request = (cost in LONG - cost in SHORT) / (requests in LONG - requests in SHORT)
 
 Usage: bench/functions.py SHORT.out LONG.out REQUESTS_SHORT REQUESTS_LONG [--top N] [--json OUT]
+       bench/functions.py --table NAME=FILE.json [NAME=FILE.json ...]
+           (the groups of several such JSON outputs side by side, as a Markdown table of
+           instructions per request executed in each group's own functions, then the whole
+           process and mesh's crate entered from outside it)
 
 Groups: mesh's own modules (`mesh_tower::client::retry`, `mesh_tower::telemetry`, ...), hyper,
 hyper-util, h2, rustls, tokio, tonic, tower, the allocator (malloc/free and friends), memcpy and
@@ -151,8 +155,37 @@ def figures(path):
             "group": group, "callers": callers}
 
 
+def table(specs):
+    """Markdown: each group's self instructions per request, one column per NAME=FILE.json."""
+    columns = []
+    for spec in specs:
+        name, _, path = spec.partition("=")
+        with open(path) as f:
+            columns.append((name, json.load(f)))
+    rows = {}
+    for _, data in columns:
+        for row in data["groups"]:
+            rows.setdefault(row["group"], 0)
+            rows[row["group"]] = max(rows[row["group"]], abs(row["self"]))
+    print("| per request (self) | " + " | ".join(name for name, _ in columns) + " |")
+    print("|---" * (len(columns) + 1) + "|")
+    fmt = lambda v: "" if v is None or abs(v) < 50 else f"{v / 1000:.1f} k"
+    for group in sorted(rows, key=lambda g: -rows[g]):
+        if rows[group] < 150 or group.endswith("(all modules)"):
+            continue
+        cells = [fmt(next((r["self"] for r in data["groups"] if r["group"] == group), None)) for _, data in columns]
+        print(f"| {group} | " + " | ".join(cells) + " |")
+    whole = lambda data: next((r["inclusive"] for r in data["groups"] if r["group"].endswith("(all modules)")), None)
+    print("| **mesh's crate entered from outside it (inclusive)** | " +
+          " | ".join(fmt(whole(data)) for _, data in columns) + " |")
+    print("| **whole process** | " + " | ".join(f"{data['per_request'] / 1000:.1f} k" for _, data in columns) + " |")
+
+
 def main(argv):
     args = argv[1:]
+    if args and args[0] == "--table":
+        table(args[1:])
+        return
     top = 25
     json_out = None
     if "--top" in args:

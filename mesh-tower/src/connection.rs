@@ -1,6 +1,11 @@
 //! What mesh tells handlers and callers about the connection a message travelled on.
 
-use std::{fmt, io, net::SocketAddr, sync::Arc};
+use std::{
+    any::Any,
+    fmt, io,
+    net::SocketAddr,
+    sync::{Arc, OnceLock},
+};
 
 use mesh_core::{RouteName, SubsetName, identity::tls::PeerRejected};
 
@@ -55,6 +60,28 @@ pub(crate) enum ConnectErrorKind {
     NoExpectedIdentity(String),
     EndpointGone(String),
     HandshakeTimeout(std::time::Duration),
+}
+
+/// Where the client keeps an endpoint's connection of its own (the HTTP/2 one), beside the
+/// endpoint's latency estimate and health, for as long as discovery lists the endpoint: the
+/// connection closes when the last plan that lists the endpoint is dropped. The content is the
+/// connection layer's business (typed by its request body), so this holds it opaquely.
+#[derive(Default)]
+pub(crate) struct ConnectionSlot {
+    connection: OnceLock<Arc<dyn Any + Send + Sync>>,
+}
+
+impl ConnectionSlot {
+    /// What the slot holds, made by `init` on first use.
+    pub(crate) fn get_or_init(&self, init: impl FnOnce() -> Arc<dyn Any + Send + Sync>) -> Arc<dyn Any + Send + Sync> {
+        self.connection.get_or_init(init).clone()
+    }
+}
+
+impl fmt::Debug for ConnectionSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionSlot").field("used", &self.connection.get().is_some()).finish()
+    }
 }
 
 impl ConnectError {

@@ -24,34 +24,45 @@ pub(crate) fn requested(headers: &HeaderMap) -> Option<Duration> {
 /// Tells the next hop how long the caller still waits: `grpc-timeout` on a gRPC request,
 /// `x-mesh-timeout` otherwise, replacing what the request carried.
 ///
-/// `x-mesh-timeout` is rounded down to whole milliseconds below a second and to 10 ms above
-/// (at most 1% early, never late), so requests under the same route timeout send the same value:
-/// HTTP/2's header compression then sends it as one byte, and the value is formatted once per
-/// thread rather than per request.
+/// Both are rounded down to whole milliseconds below a second and to 10 ms above (at most 1%
+/// early, never late), so requests under the same route timeout send the same value: HTTP/2's
+/// header compression then sends it as one byte, and the value is formatted once per thread
+/// rather than per request.
 pub(crate) fn propagate(headers: &mut HeaderMap, remaining: Duration) {
+    thread_local! {
+        static MESH: Cached = const { std::cell::RefCell::new(None) };
+        static GRPC: Cached = const { std::cell::RefCell::new(None) };
+    }
+    let ms = rounded_millis(remaining);
     if grpc::is_grpc(headers) {
         headers.remove(TIMEOUT_HEADER);
-        headers.insert(grpc::TIMEOUT, grpc::timeout_value(remaining));
+        let value = GRPC.with(|last| cached(last, ms, || grpc::timeout_value(Duration::from_millis(ms))));
+        headers.insert(grpc::TIMEOUT, value);
     } else {
-        headers.insert(TIMEOUT_HEADER, timeout_value(remaining));
+        headers.insert(TIMEOUT_HEADER, MESH.with(|last| cached(last, ms, || HeaderValue::from(ms))));
     }
 }
 
-/// The `x-mesh-timeout` value for `remaining` (see [`propagate`]).
-fn timeout_value(remaining: Duration) -> HeaderValue {
-    thread_local! {
-        static LAST: std::cell::RefCell<Option<(u64, HeaderValue)>> = const { std::cell::RefCell::new(None) };
-    }
+/// The last value one thread formatted, by the milliseconds it says.
+type Cached = std::cell::RefCell<Option<(u64, HeaderValue)>>;
+
+/// `remaining` in whole milliseconds, rounded down to 10 ms from a second up (see [`propagate`]).
+fn rounded_millis(remaining: Duration) -> u64 {
     let ms = remaining.as_millis().min(99_999_999) as u64;
-    let ms = if ms >= 1_000 { ms - ms % 10 } else { ms };
-    LAST.with_borrow_mut(|last| match last {
+    if ms >= 1_000 { ms - ms % 10 } else { ms }
+}
+
+/// The value for `ms`: the last one when it said the same, else `make`'s (kept for next time).
+fn cached(last: &Cached, ms: u64, make: impl FnOnce() -> HeaderValue) -> HeaderValue {
+    let mut last = last.borrow_mut();
+    match &*last {
         Some((cached, value)) if *cached == ms => value.clone(),
         _ => {
-            let value = HeaderValue::from(ms);
+            let value = make();
             *last = Some((ms, value.clone()));
             value
         }
-    })
+    }
 }
 
 /// A header value for a small count (attempts, hops) without allocating for the common ones.
@@ -86,6 +97,8 @@ mod tests {
         for (remaining, sent) in [(4_999_900, "4990"), (4_990_000, "4990"), (999_999, "999"), (1_000_001, "1000")] {
             propagate(&mut http, Duration::from_micros(remaining));
             assert_eq!(http[TIMEOUT_HEADER], sent, "{remaining} µs: never later than the caller's deadline");
+            propagate(&mut grpc, Duration::from_micros(remaining));
+            assert_eq!(grpc[grpc::TIMEOUT], format!("{sent}m"), "gRPC's deadline is rounded the same way");
         }
     }
 }

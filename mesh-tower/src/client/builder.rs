@@ -19,7 +19,7 @@ use super::{
     config::{ClientConfig, Protocol},
     deadline::DeadlineLayer,
     endpoint::{
-        self, EndpointBody, Endpoints,
+        self, EndpointBody, Endpoints, Http2Connections, Transport,
         connect::{IdentityBook, MeshConnector},
         mirror::MirrorStats,
     },
@@ -249,7 +249,11 @@ impl MeshClientBuilder {
             host: HeaderValue::from_str(self.service.as_str()).ok(),
             failures: connector.failures(),
         };
-        Ok(Endpoints::new(shared, http.build(connector)))
+        let transport = match config.protocol {
+            Protocol::Http1 => Transport::Pooled(Arc::new(http.build(connector))),
+            Protocol::Http2 => Transport::Http2(Arc::new(Http2Connections::new(connector, config))),
+        };
+        Ok(Endpoints::new(shared, transport))
     }
 }
 

@@ -9,7 +9,9 @@ pub struct ClientConfig {
     /// How long opening a connection may take; with mTLS, the TCP connect and the handshake each
     /// get this long.
     pub connect_timeout: Duration,
-    /// How long an idle pooled connection is kept.
+    /// How long an idle connection is kept: an HTTP/1.1 connection in the pool, or an
+    /// endpoint's HTTP/2 connection no request used for this long (closed between one and 1.25
+    /// times this after its last request, once the requests still open on it are done).
     pub pool_idle_timeout: Duration,
     /// TCP keepalive: after this long without traffic, the kernel probes the peer (every
     /// [`tcp_keepalive_interval`](Self::tcp_keepalive_interval), 3 probes), so a pooled
@@ -29,7 +31,7 @@ pub struct ClientConfig {
     pub http2_keepalive_interval: Option<Duration>,
     /// How long an HTTP/2 keepalive PING may wait for its answer.
     pub http2_keepalive_timeout: Duration,
-    /// Idle connections kept per endpoint.
+    /// Idle HTTP/1.1 connections kept per endpoint (over HTTP/2 an endpoint has one connection).
     pub pool_max_idle_per_endpoint: usize,
     /// How long a request waits for the destination's first snapshot before failing with
     /// [`Unresolved`](super::Unresolved).

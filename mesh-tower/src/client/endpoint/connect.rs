@@ -219,6 +219,16 @@ pin_project! {
     }
 }
 
+impl MeshStream {
+    /// Who answered, when the connection is mTLS.
+    pub(crate) fn peer(&self) -> Option<&PeerIdentity> {
+        match self {
+            Self::Plain { .. } => None,
+            Self::Tls { peer, .. } => peer.as_ref(),
+        }
+    }
+}
+
 impl Connection for MeshStream {
     fn connected(&self) -> Connected {
         match self {

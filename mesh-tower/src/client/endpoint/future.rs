@@ -87,6 +87,36 @@ impl Drop for AttemptRecord {
     }
 }
 
+/// The HTTP/2 send of [`Http2Connections`](super::Http2Connections), boxed once.
+type Http2Send = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
+
+pin_project! {
+    /// An attempt on its way: through hyper-util's pool or on the endpoint's HTTP/2 connection.
+    #[project = SendingProj]
+    pub(crate) enum Sending {
+        Pooled { #[pin] future: legacy::ResponseFuture },
+        Http2 { future: Http2Send },
+    }
+}
+
+/// How an attempt failed to get a response: hyper-util's error (whose connect failures are
+/// explained by what the connector recorded), or one that already names its cause.
+pub(crate) enum SendError {
+    Pooled(legacy::Error),
+    Explained(BoxError),
+}
+
+impl Future for Sending {
+    type Output = Result<Response<Incoming>, SendError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            SendingProj::Pooled { future } => future.poll(cx).map_err(SendError::Pooled),
+            SendingProj::Http2 { future } => future.as_mut().poll(cx).map_err(SendError::Explained),
+        }
+    }
+}
+
 pin_project! {
     /// The response future of [`Endpoints`](super::Endpoints).
     pub struct ResponseFuture {
@@ -100,7 +130,7 @@ pin_project! {
     enum State {
         // No allocation beyond hyper-util's own.
         Sending {
-            #[pin] future: legacy::ResponseFuture,
+            #[pin] future: Sending,
             upstream: Option<Upstream>,
             record: Option<AttemptRecord>,
             failures: Arc<ConnectFailures>,
@@ -111,7 +141,7 @@ pin_project! {
 
 impl ResponseFuture {
     pub(crate) fn sending(
-        future: legacy::ResponseFuture,
+        future: Sending,
         upstream: Upstream,
         record: AttemptRecord,
         failures: Arc<ConnectFailures>,
@@ -137,7 +167,10 @@ impl Future for ResponseFuture {
                 let mut response = match result {
                     Ok(response) => response,
                     Err(error) => {
-                        let error = explain(error, failures, record.address, record.started);
+                        let error = match error {
+                            SendError::Pooled(error) => explain(error, failures, record.address, record.started),
+                            SendError::Explained(error) => error,
+                        };
                         record.finish(classify::error(&error));
                         return Poll::Ready(Err(error));
                     }

@@ -3,9 +3,11 @@
 //! [`Endpoints`] picks the endpoint in the subset the request's
 //! [`Resolution`] chose (P2C, round robin or ring hash, see
 //! [`balance`](super::balance)), skipping endpoints [outlier detection](super::outlier) ejected and the
-//! ones that already failed this request, then sends over hyper-util's pooled client, dialled
-//! with mutual TLS that checks the endpoint's expected SPIFFE ID. A share of a
-//! route's requests is copied to a shadow subset ([`mirror`]).
+//! ones that already failed this request, then sends on the endpoint's connection, dialled
+//! with mutual TLS that checks the endpoint's expected SPIFFE ID: over HTTP/2 the endpoint's one
+//! connection of our own (`http2`: a clone of its `SendRequest`, no pool lookup), over HTTP/1.1
+//! hyper-util's pool (an idle list per endpoint). A share of a route's requests is copied to a
+//! shadow subset ([`mirror`]).
 //!
 //! Every attempt is accounted for, however it ends: a response (classified from its head, or at
 //! the end of its body when the gRPC status is in the trailers), an error, a per-try or route
@@ -17,6 +19,7 @@
 mod body;
 pub(crate) mod connect;
 mod future;
+mod http2;
 pub mod mirror;
 
 use std::{
@@ -31,9 +34,10 @@ use hyper_util::client::legacy::Client;
 
 pub use self::body::EndpointBody;
 pub use self::future::ResponseFuture;
+pub(crate) use self::http2::Http2Connections;
 use self::{
     connect::MeshConnector,
-    future::AttemptRecord,
+    future::{AttemptRecord, Sending},
     mirror::{MirrorStats, TeeBody},
 };
 use super::{
@@ -49,7 +53,25 @@ use crate::{
 /// Sends each attempt to an endpoint of its resolved subset. See the [module docs](self).
 pub struct Endpoints<B> {
     shared: Arc<Shared>,
-    http: Client<MeshConnector, TeeBody<B>>,
+    transport: Transport<B>,
+}
+
+/// How attempts reach their endpoint.
+pub(crate) enum Transport<B> {
+    /// HTTP/1.1: hyper-util's pool, an idle list of connections per endpoint. Behind an `Arc`:
+    /// the retry layer clones the stack below it for each request that may be retried.
+    Pooled(Arc<Client<MeshConnector, TeeBody<B>>>),
+    /// HTTP/2: the endpoint's one connection of our own.
+    Http2(Arc<Http2Connections>),
+}
+
+impl<B> Clone for Transport<B> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Pooled(http) => Self::Pooled(http.clone()),
+            Self::Http2(connections) => Self::Http2(connections.clone()),
+        }
+    }
 }
 
 pub(crate) struct Shared {
@@ -76,8 +98,8 @@ pub const ATTEMPT_HEADER: http::HeaderName = http::HeaderName::from_static("x-me
 pub struct NotResolved;
 
 impl<B> Endpoints<B> {
-    pub(crate) fn new(shared: Shared, http: Client<MeshConnector, TeeBody<B>>) -> Self {
-        Self { shared: Arc::new(shared), http }
+    pub(crate) fn new(shared: Shared, transport: Transport<B>) -> Self {
+        Self { shared: Arc::new(shared), transport }
     }
 
     /// The counts of mirrored copies.
@@ -88,7 +110,7 @@ impl<B> Endpoints<B> {
 
 impl<B> Clone for Endpoints<B> {
     fn clone(&self) -> Self {
-        Self { shared: self.shared.clone(), http: self.http.clone() }
+        Self { shared: self.shared.clone(), transport: self.transport.clone() }
     }
 }
 
@@ -150,7 +172,13 @@ where
         );
         match rewrite(request, &target, &self.shared) {
             Ok(request) => {
-                ResponseFuture::sending(self.http.request(request), upstream, record, self.shared.failures.clone())
+                let sending = match &self.transport {
+                    Transport::Pooled(http) => Sending::Pooled { future: http.request(request) },
+                    Transport::Http2(connections) => {
+                        Sending::Http2 { future: Box::pin(connections.clone().send(target.connection, request)) }
+                    }
+                };
+                ResponseFuture::sending(sending, upstream, record, self.shared.failures.clone())
             }
             Err(error) => ResponseFuture::failed(error),
         }

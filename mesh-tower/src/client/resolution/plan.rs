@@ -16,9 +16,12 @@ use mesh_core::{
 };
 
 use super::split::WeightedSplit;
-use crate::client::{
-    balance::{EndpointLoad, Picker, Ring, Rng},
-    outlier::{Health, OutlierStats},
+use crate::{
+    client::{
+        balance::{EndpointLoad, Picker, Ring, Rng},
+        outlier::{Health, OutlierStats},
+    },
+    connection::ConnectionSlot,
 };
 
 /// An endpoint ready to be dialled.
@@ -28,6 +31,8 @@ pub(crate) struct Target {
     pub(crate) authority: Authority,
     pub(crate) load: Arc<EndpointLoad>,
     pub(crate) health: Arc<Health>,
+    /// The client's own connection to it (HTTP/2), kept as long as the endpoint is listed.
+    pub(crate) connection: Arc<ConnectionSlot>,
 }
 
 #[derive(Debug)]
@@ -71,9 +76,9 @@ pub(crate) struct Plan {
     pub(crate) rng: Arc<Rng>,
 }
 
-/// What the client keeps per endpoint address across snapshot versions: its latency estimate
-/// and its health.
-pub(crate) type EndpointStates = HashMap<SocketAddr, (Arc<EndpointLoad>, Arc<Health>)>;
+/// What the client keeps per endpoint address across snapshot versions: its latency estimate,
+/// its health and its connection.
+pub(crate) type EndpointStates = HashMap<SocketAddr, (Arc<EndpointLoad>, Arc<Health>, Arc<ConnectionSlot>)>;
 
 /// What a plan is built with besides the snapshot.
 pub(crate) struct PlanContext<'a> {
@@ -102,11 +107,11 @@ impl Plan {
         let lb = &policies.load_balancer;
         let mut target = |ep: &mesh_core::Endpoint| {
             let authority = Authority::try_from(ep.address.to_string()).ok()?;
-            let (load, health) = endpoints
+            let (load, health, connection) = endpoints
                 .entry(ep.address)
-                .or_insert_with(|| (Arc::new(EndpointLoad::new(cx.default_rtt)), Arc::default()))
+                .or_insert_with(|| (Arc::new(EndpointLoad::new(cx.default_rtt)), Arc::default(), Arc::default()))
                 .clone();
-            Some((Target { address: ep.address, authority, load, health }, ep.weight.get()))
+            Some((Target { address: ep.address, authority, load, health, connection }, ep.weight.get()))
         };
         let subset_plan = |name: Option<SubsetName>, targets: Vec<(Target, u32)>| {
             let ring = (lb.kind == LoadBalancerKind::RingHash)
@@ -159,7 +164,7 @@ impl Plan {
             service: snapshot.name().clone(),
             outlier: policies.outlier_detection.clone(),
             circuit_breaker: policies.circuit_breaker.clone(),
-            all_health: endpoints.values().map(|(_, health)| health.clone()).collect(),
+            all_health: endpoints.values().map(|(_, health, _)| health.clone()).collect(),
             outlier_stats: cx.outlier_stats,
             rng: cx.rng,
             routes: routes.into(),
