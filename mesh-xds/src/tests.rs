@@ -323,11 +323,14 @@ fn route_matches_translate_with_envoy_semantics() {
             && !route.matches.headers[0].matches_value(Some(b"x-qa-7"))
     );
 
+    // invert_match as gRPC reads it: present and not matching.
+    let mut inverted = rc.clone();
+    inverted.virtual_hosts[0].routes[0].r#match.as_mut().unwrap().headers[0].invert_match = true;
+    let parsed = crate::resource::route::parse(&inverted).unwrap();
+    let m = &parsed.virtual_hosts[0].routes[0].matches.headers[0];
+    assert!(m.matches_value(Some(b"x-qa-7")) && !m.matches_value(Some(b"qa-7")) && !m.matches_value(None));
+
     // Unsupported, behaviour-changing matchers are refused with the field named.
-    let mut bad = rc.clone();
-    bad.virtual_hosts[0].routes[0].r#match.as_mut().unwrap().headers[0].invert_match = true;
-    let err = crate::resource::route::parse(&bad).unwrap_err();
-    assert_eq!(err.field, "virtual_hosts[0].routes[0].match.headers[0].invert_match");
     let mut bad = rc.clone();
     bad.virtual_hosts[0].routes[0].r#match.as_mut().unwrap().runtime_fraction =
         Some(envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent {

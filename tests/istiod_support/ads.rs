@@ -70,9 +70,14 @@ impl Client {
         self.sent.iter().filter_map(|s| s.answer.clone().flatten()).collect()
     }
 
-    /// Whether every response sent has been answered.
+    /// Whether the latest response of each type has been answered (a client may answer only
+    /// the newest of several responses of a type sent in a row).
     pub fn settled(&self) -> bool {
-        self.sent.iter().all(|s| s.answer.is_some())
+        let mut latest: BTreeMap<&str, &Sent> = BTreeMap::new();
+        for s in &self.sent {
+            latest.insert(&s.type_url, s);
+        }
+        latest.values().all(|s| s.answer.is_some())
     }
 
     /// How many responses were sent.

@@ -408,13 +408,26 @@ impl HeaderMatch {
         Ok(Self { name, value: HeaderValueMatch::Regex(HeaderRegex::new(regex)?) })
     }
 
+    /// The header is present and `inner` does not match its value (an absent header matches
+    /// neither, as in gRPC's `invert_match`).
+    pub fn inverted(self) -> Self {
+        Self { name: self.name, value: HeaderValueMatch::Not(Box::new(self.value)) }
+    }
+
     /// Whether `value` (the header's value, if present) satisfies the match.
     pub fn matches_value(&self, value: Option<&[u8]>) -> bool {
-        match (&self.value, value) {
-            (_, None) => false,
-            (HeaderValueMatch::Present, Some(_)) => true,
-            (HeaderValueMatch::Exact(exact), Some(v)) => exact.as_bytes() == v,
-            (HeaderValueMatch::Regex(re), Some(v)) => std::str::from_utf8(v).is_ok_and(|v| re.0.is_match(v)),
+        value.is_some_and(|v| self.value.matches(v))
+    }
+}
+
+impl HeaderValueMatch {
+    /// Whether a present header's value `v` satisfies the match.
+    fn matches(&self, v: &[u8]) -> bool {
+        match self {
+            Self::Present => true,
+            Self::Exact(exact) => exact.as_bytes() == v,
+            Self::Regex(re) => std::str::from_utf8(v).is_ok_and(|v| re.0.is_match(v)),
+            Self::Not(inner) => !inner.matches(v),
         }
     }
 }
@@ -470,6 +483,9 @@ pub enum HeaderValueMatch {
     Present,
     /// A value the regex matches.
     Regex(HeaderRegex),
+    /// A value the inner match does not match (the header must be present). In files:
+    /// `invert: true` beside the match.
+    Not(Box<HeaderValueMatch>),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -482,6 +498,8 @@ struct HeaderMatchRepr {
     present: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     regex: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    invert: bool,
 }
 
 impl TryFrom<HeaderMatchRepr> for HeaderMatch {
@@ -498,18 +516,24 @@ impl TryFrom<HeaderMatchRepr> for HeaderMatch {
                 ));
             }
         };
-        Ok(Self { name: repr.name, value })
+        let m = Self { name: repr.name, value };
+        Ok(if repr.invert { m.inverted() } else { m })
     }
 }
 
 impl From<HeaderMatch> for HeaderMatchRepr {
     fn from(m: HeaderMatch) -> Self {
-        match m.value {
-            HeaderValueMatch::Exact(v) => Self { name: m.name, exact: Some(v), present: false, regex: None },
-            HeaderValueMatch::Present => Self { name: m.name, exact: None, present: true, regex: None },
-            HeaderValueMatch::Regex(re) => {
-                Self { name: m.name, exact: None, present: false, regex: Some(re.as_str().to_owned()) }
-            }
+        let repr = |name, exact, present, regex, invert| Self { name, exact, present, regex, invert };
+        let (value, invert) = match m.value {
+            HeaderValueMatch::Not(inner) => (*inner, true),
+            value => (value, false),
+        };
+        match value {
+            HeaderValueMatch::Exact(v) => repr(m.name, Some(v), false, None, invert),
+            HeaderValueMatch::Present => repr(m.name, None, true, None, invert),
+            HeaderValueMatch::Regex(re) => repr(m.name, None, false, Some(re.as_str().to_owned()), invert),
+            // A double inversion is the match itself.
+            HeaderValueMatch::Not(inner) => Self::from(HeaderMatch { name: m.name, value: *inner }),
         }
     }
 }
@@ -517,6 +541,17 @@ impl From<HeaderMatch> for HeaderMatchRepr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_inverted_header_match_needs_the_header() {
+        let m = HeaderMatch::exact("end-user".parse().unwrap(), "jason").inverted();
+        assert!(m.matches_value(Some(b"ada")));
+        assert!(!m.matches_value(Some(b"jason")));
+        assert!(!m.matches_value(None), "an absent header matches no inverted match (gRPC)");
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(json, r#"{"name":"end-user","exact":"jason","invert":true}"#);
+        assert_eq!(serde_json::from_str::<HeaderMatch>(&json).unwrap(), m);
+    }
 
     #[test]
     fn path_prefix_is_segment_wise() {

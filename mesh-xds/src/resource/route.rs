@@ -76,8 +76,13 @@ fn parse_virtual_host(raw: &RawVirtualHost) -> FieldResult<VirtualHost> {
     let mut routes = Vec::new();
     for (i, r) in raw.routes.iter().enumerate() {
         let field = format!("routes[{i}]");
-        // gRFC A28: a route with query parameter matchers is skipped, as it could never match.
-        if r.r#match.as_ref().is_some_and(|m| !m.query_parameters.is_empty()) {
+        // gRFC A28: a route with query parameter matchers is skipped, as it could never match;
+        // so is one matching a pseudo-header (istiod's `method: {exact: POST}` is `:method`),
+        // which gRPC's matchers never see either.
+        if r.r#match
+            .as_ref()
+            .is_some_and(|m| !m.query_parameters.is_empty() || m.headers.iter().any(|h| h.name.starts_with(':')))
+        {
             continue;
         }
         let mut route = parse_route(r, i).map_err(|e| e.within(&field))?;
@@ -241,12 +246,17 @@ pub(crate) fn escape(s: &str) -> String {
     out
 }
 
-#[allow(deprecated)] // the older matcher fields are what many control planes send
+/// A header matcher; `invert_match` as gRPC reads it: the header must be present and its value
+/// not match (istiod sends it for a VirtualService's `withoutHeaders`; gRPC, and so mesh, ignore
+/// `treat_missing_header_as_empty`).
 pub(crate) fn header(h: &HeaderMatcher) -> FieldResult<HeaderMatch> {
+    let m = header_value(h)?;
+    Ok(if h.invert_match { m.inverted() } else { m })
+}
+
+#[allow(deprecated)] // the older matcher fields are what many control planes send
+fn header_value(h: &HeaderMatcher) -> FieldResult<HeaderMatch> {
     let name = HeaderName::new(&h.name).map_err(|e| FieldError::new("name", e.to_string()))?;
-    if h.invert_match {
-        return Err(FieldError::new("invert_match", "inverted header matches are not supported"));
-    }
     let re = |pattern: String| {
         HeaderMatch::regex(name.clone(), &format!("^(?:{pattern})$"))
             .map_err(|e| FieldError::new("regex", e.to_string()))

@@ -212,7 +212,8 @@ where
 }
 
 /// Waits for the first snapshot: `true` once there is one; `false` as soon as discovery reports
-/// why there is none (a refused resource, an unreachable control plane), so the call fails at
+/// why there is none (a refused resource, an unreachable control plane; not merely that the
+/// service is not known yet), so the call fails at
 /// once with that reason instead of waiting out the resolve timeout, as gRPC fails a call on a
 /// channel in transient failure; `false` too if the backend stops.
 async fn first_snapshot(watch: &mut SnapshotWatch) -> bool {
@@ -220,7 +221,8 @@ async fn first_snapshot(watch: &mut SnapshotWatch) -> bool {
         if watch.current().is_some() {
             return true;
         }
-        if watch.last_error().is_some() {
+        // "Not known (yet)" is no reason: the service may still be published.
+        if watch.last_error().is_some_and(|e| !matches!(*e, mesh_core::DiscoveryError::UnknownService(_))) {
             return false;
         }
         if watch.changed().await.is_err() {
