@@ -7,7 +7,12 @@ use std::path::Path;
 #[test]
 fn checked_in_grpc_code_matches_the_protos() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let protos = ["examples/proto/helloworld/helloworld.proto", "examples/proto/testing/streaming.proto"];
+    let protos = [
+        "examples/proto/helloworld/helloworld.proto",
+        "examples/proto/testing/streaming.proto",
+        // gRPC's interop protos (grpc.testing); test.proto imports the other two.
+        "examples/proto/grpc/testing/test.proto",
+    ];
     let files =
         protox::compile(protos.map(|p| root.join(p)), [root.join("examples/proto")]).expect("the protos compile");
     let out = tempfile::tempdir().expect("a temporary directory");
@@ -17,7 +22,7 @@ fn checked_in_grpc_code_matches_the_protos() {
         .compile_fds(files)
         .expect("code generation succeeds");
     let checked_in = root.join("examples/proto/gen");
-    for name in ["helloworld.rs", "mesh.testing.rs"] {
+    for name in ["helloworld.rs", "mesh.testing.rs", "grpc.testing.rs"] {
         let fresh = std::fs::read_to_string(out.path().join(name)).expect("generated");
         let path = checked_in.join(name);
         if std::env::var_os("MESH_REGENERATE_PROTOS").is_some() {
