@@ -2,7 +2,13 @@
 //!
 //! ```text
 //! cargo run --example echo-client -- --connect ADDR --ca FILE --cert FILE --key FILE --expect SPIFFE_ID
+//! cargo run --example echo-client -- --connect ADDR --workload-api SOCKET --expect SPIFFE_ID
 //! ```
+//!
+//! With `--workload-api SOCKET` (`unix:/run/spire/agent.sock`; `SPIFFE_ENDPOINT_SOCKET` when no
+//! identity flag is given) the client's SVID and trust bundles come from the SPIFFE Workload API
+//! (a SPIRE agent) instead of files. No SVID within 10 s is an error (exit 1), never a plaintext
+//! request.
 //!
 //! The client presents `--cert`/`--key`, and accepts the server only if its certificate chains to
 //! `--ca` and carries exactly the SPIFFE ID `--expect` names: the server is looked up as service
@@ -14,43 +20,39 @@
 //! identity failure, printed to stderr with its whole chain of causes. Exits 2 on bad usage.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use std::{
-    net::{Ipv4Addr, SocketAddr},
-    path::PathBuf,
-};
+#[path = "support/identity.rs"]
+mod identity;
+
+use std::net::{Ipv4Addr, SocketAddr};
 
 use http_body_util::{BodyExt, Empty};
 use mesh::{
-    core::{
-        Credentials, Endpoint, IdentityFiles, IdentitySource, ServiceName, ServiceSnapshot, SpiffeId, StaticDiscovery,
-        identity::tls::PeerRejected,
-    },
+    core::{Endpoint, ServiceName, ServiceSnapshot, SpiffeId, StaticDiscovery, identity::tls::PeerRejected},
     tower::{PeerIdentity, client::MeshClient},
 };
 use tower::ServiceExt;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
-const USAGE: &str = "usage: echo-client --connect ADDR --ca FILE --cert FILE --key FILE --expect SPIFFE_ID";
+const USAGE: &str =
+    "usage: echo-client --connect ADDR (--ca FILE --cert FILE --key FILE | --workload-api SOCKET) --expect SPIFFE_ID";
 
 struct Args {
     connect: SocketAddr,
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
+    identity: identity::IdentityArgs,
     expect: SpiffeId,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let (mut connect, mut ca, mut cert, mut key, mut expect) = (None, None, None, None, None);
+    let (mut connect, mut identity, mut expect) = (None, identity::IdentityFlags::default(), None);
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = |flag: &str| it.next().ok_or_else(|| format!("{flag} needs a value"));
+        if identity.take(&arg, &mut value)? {
+            continue;
+        }
         match arg.as_str() {
             "--connect" => connect = Some(parse_addr(&value("--connect")?)?),
-            "--ca" => ca = Some(PathBuf::from(value("--ca")?)),
-            "--cert" => cert = Some(PathBuf::from(value("--cert")?)),
-            "--key" => key = Some(PathBuf::from(value("--key")?)),
             "--expect" => {
                 let id = value("--expect")?;
                 expect = Some(SpiffeId::new(&id).map_err(|e| format!("--expect: {e}"))?);
@@ -64,9 +66,7 @@ fn parse_args() -> Result<Args, String> {
     }
     Ok(Args {
         connect: connect.ok_or("--connect ADDR is required (the address echo-server printed)")?,
-        ca: ca.ok_or("--ca FILE is required (the trust bundle: ca.pem)")?,
-        cert: cert.ok_or("--cert FILE is required (the client's certificate)")?,
-        key: key.ok_or("--key FILE is required (the client's private key)")?,
+        identity: identity.finish("client")?,
         expect: expect.ok_or("--expect SPIFFE_ID is required (the identity the server must prove)")?,
     })
 }
@@ -151,10 +151,7 @@ fn tls_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rus
 
 /// Whether the server answered with a 2xx.
 async fn run(args: Args) -> Result<bool, Error> {
-    // The bundle's trust domain is the client's own, as its certificate names it.
-    let credentials = Credentials::from_pem_files(&args.cert, &args.key)?;
-    let trust_domain = credentials.spiffe_id().trust_domain();
-    let identity = IdentitySource::from_files(IdentityFiles::new(&args.cert, &args.key, &args.ca, trust_domain))?;
+    let identity = args.identity.load().await?;
 
     let service: ServiceName = "echo".parse()?;
     let discovery = StaticDiscovery::new();

@@ -3,12 +3,19 @@
 //!
 //! ```text
 //! cargo run --example echo-server -- --listen ADDR --ca FILE --cert FILE --key FILE [--allow SPIFFE_ID]...
+//! cargo run --example echo-server -- --listen ADDR --workload-api SOCKET [--allow SPIFFE_ID]...
 //! ```
 //!
 //! The server presents `--cert`/`--key`, requires a client certificate chained to `--ca` that
 //! carries a SPIFFE ID of the server's own trust domain (read from `--cert`), and answers `200`
 //! with that ID as the body. The three files are watched: rewrite them (`gen-certs` does, or a
 //! SPIRE agent, or cert-manager) and the next handshake uses the new ones.
+//!
+//! With `--workload-api SOCKET` (`unix:/run/spire/agent.sock`; `SPIFFE_ENDPOINT_SOCKET` when no
+//! identity flag is given) the SVID and trust bundles come from the SPIFFE Workload API of a SPIRE
+//! agent instead, and every SVID it pushes is used by the next handshake. If the agent gives no
+//! SVID within 10 s (no registration entry matches this process, say) the server exits 1 and says
+//! why; it never serves without mTLS.
 //!
 //! With `--allow` (repeatable), only the callers named are answered; any other gets `403`.
 //! Without it, every caller that completes the handshake is answered.
@@ -17,14 +24,16 @@
 //! `:0`). Refused handshakes are reported on stderr as they happen (`RUST_LOG=mesh_tower=debug`
 //! shows the details). Ctrl-C or SIGTERM drains the server and prints the handshake counts.
 //!
-//! Exits 2 on bad usage, 1 if the identity files cannot be used or the address cannot be bound.
+//! Exits 2 on bad usage, 1 if the identity cannot be had or the address cannot be bound.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
+
+#[path = "support/identity.rs"]
+mod identity;
 
 use std::{
     convert::Infallible,
     io::Write,
     net::SocketAddr,
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -32,7 +41,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use mesh::{
     core::{
-        Credentials, IdentityFiles, IdentitySource, SpiffeId,
+        SpiffeId,
         policy::{AuthorizationPolicy, AuthorizationRule, PrincipalMatch},
     },
     tower::{
@@ -45,26 +54,25 @@ use tower::{ServiceBuilder, ServiceExt};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
-const USAGE: &str = "usage: echo-server --listen ADDR --ca FILE --cert FILE --key FILE [--allow SPIFFE_ID]...";
+const USAGE: &str = "usage: echo-server --listen ADDR (--ca FILE --cert FILE --key FILE | --workload-api SOCKET) \
+                     [--allow SPIFFE_ID]...";
 
 struct Args {
     listen: String,
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
+    identity: identity::IdentityArgs,
     allow: Vec<SpiffeId>,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let (mut listen, mut ca, mut cert, mut key, mut allow) = (None, None, None, None, Vec::new());
+    let (mut listen, mut identity, mut allow) = (None, identity::IdentityFlags::default(), Vec::new());
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = |flag: &str| it.next().ok_or_else(|| format!("{flag} needs a value"));
+        if identity.take(&arg, &mut value)? {
+            continue;
+        }
         match arg.as_str() {
             "--listen" => listen = Some(value("--listen")?),
-            "--ca" => ca = Some(PathBuf::from(value("--ca")?)),
-            "--cert" => cert = Some(PathBuf::from(value("--cert")?)),
-            "--key" => key = Some(PathBuf::from(value("--key")?)),
             "--allow" => {
                 let id = value("--allow")?;
                 allow.push(SpiffeId::new(&id).map_err(|e| format!("--allow: {e}"))?);
@@ -78,9 +86,7 @@ fn parse_args() -> Result<Args, String> {
     }
     Ok(Args {
         listen: listen.ok_or("--listen ADDR is required (127.0.0.1:8443, or 127.0.0.1:0 for any free port)")?,
-        ca: ca.ok_or("--ca FILE is required (the trust bundle: ca.pem)")?,
-        cert: cert.ok_or("--cert FILE is required (the server's certificate)")?,
-        key: key.ok_or("--key FILE is required (the server's private key)")?,
+        identity: identity.finish("server")?,
         allow,
     })
 }
@@ -125,11 +131,8 @@ async fn run(args: Args) -> Result<(), Error> {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
 
-    // The trust domain of the bundle is the server's own, as its certificate names it.
-    let credentials = Credentials::from_pem_files(&args.cert, &args.key)?;
-    let me = credentials.spiffe_id().clone();
-    let trust_domain = me.trust_domain();
-    let identity = IdentitySource::from_files(IdentityFiles::new(&args.cert, &args.key, &args.ca, trust_domain))?;
+    let identity = args.identity.load().await?;
+    let me = identity.current().credentials().spiffe_id().clone();
 
     // With --allow: enforce a policy allowing exactly those callers; anyone else gets 403.
     let authz = (!args.allow.is_empty()).then(|| {
@@ -160,7 +163,7 @@ async fn run(args: Args) -> Result<(), Error> {
     let server = Server::builder().identity(identity.clone()).drain_timeout(Duration::from_secs(5)).build()?;
     let handle = server.spawn(listener, service)?;
     out!("listening on {}", handle.local_addr());
-    out!("serving as {me} (trust domain {}, bundle {})", me.trust_domain(), args.ca.display());
+    out!("serving as {me} (trust domain {}, {})", me.trust_domain(), args.identity.bundle());
     if args.allow.is_empty() {
         out!("authorization: none; every caller of trust domain {} that completes mTLS is answered", me.trust_domain());
     } else {

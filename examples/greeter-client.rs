@@ -3,7 +3,12 @@
 //!
 //! ```text
 //! cargo run --example greeter-client -- --connect ADDR --ca FILE --cert FILE --key FILE --expect SPIFFE_ID [--name NAME] [--requests N]
+//! cargo run --example greeter-client -- --connect ADDR --workload-api SOCKET --expect SPIFFE_ID [--name NAME] [--requests N]
 //! ```
+//!
+//! With `--workload-api SOCKET` (`unix:/run/spire/agent.sock`; `SPIFFE_ENDPOINT_SOCKET` when no
+//! identity flag is given) the SVID and trust bundles come from the SPIFFE Workload API (a SPIRE
+//! agent) instead of files; no SVID within 10 s is an error (exit 1), never a plaintext call.
 //!
 //! The client presents `--cert`/`--key` and accepts the server only if its certificate chains to
 //! `--ca` and carries exactly the SPIFFE ID `--expect` names: the server is looked up as service
@@ -18,15 +23,13 @@
 //! server is not who `--expect` says) and exits 1. Exits 2 on bad usage.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use std::{
-    net::{Ipv4Addr, SocketAddr},
-    path::PathBuf,
-};
+#[path = "support/identity.rs"]
+mod identity;
+
+use std::net::{Ipv4Addr, SocketAddr};
 
 use mesh::{
-    core::{
-        Credentials, Endpoint, IdentityFiles, IdentitySource, ServiceName, ServiceSnapshot, SpiffeId, StaticDiscovery,
-    },
+    core::{Endpoint, ServiceName, ServiceSnapshot, SpiffeId, StaticDiscovery},
     tonic::MeshChannel,
 };
 
@@ -40,30 +43,28 @@ use pb::{HelloRequest, greeter_client::GreeterClient};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
-const USAGE: &str = "usage: greeter-client --connect ADDR --ca FILE --cert FILE --key FILE --expect SPIFFE_ID \
-                     [--name NAME] [--requests N]";
+const USAGE: &str = "usage: greeter-client --connect ADDR (--ca FILE --cert FILE --key FILE | --workload-api SOCKET) \
+                     --expect SPIFFE_ID [--name NAME] [--requests N]";
 
 struct Args {
     connect: SocketAddr,
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
+    identity: identity::IdentityArgs,
     expect: SpiffeId,
     name: String,
     requests: u32,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let (mut connect, mut ca, mut cert, mut key, mut expect) = (None, None, None, None, None);
+    let (mut connect, mut identity, mut expect) = (None, identity::IdentityFlags::default(), None);
     let (mut name, mut requests) = ("world".to_owned(), 1);
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = |flag: &str| it.next().ok_or_else(|| format!("{flag} needs a value"));
+        if identity.take(&arg, &mut value)? {
+            continue;
+        }
         match arg.as_str() {
             "--connect" => connect = Some(parse_addr(&value("--connect")?)?),
-            "--ca" => ca = Some(PathBuf::from(value("--ca")?)),
-            "--cert" => cert = Some(PathBuf::from(value("--cert")?)),
-            "--key" => key = Some(PathBuf::from(value("--key")?)),
             "--expect" => {
                 let id = value("--expect")?;
                 expect = Some(SpiffeId::new(&id).map_err(|e| format!("--expect: {e}"))?);
@@ -82,9 +83,7 @@ fn parse_args() -> Result<Args, String> {
     }
     Ok(Args {
         connect: connect.ok_or("--connect ADDR is required (the address greeter-server printed)")?,
-        ca: ca.ok_or("--ca FILE is required (the trust bundle: ca.pem)")?,
-        cert: cert.ok_or("--cert FILE is required (the client's certificate)")?,
-        key: key.ok_or("--key FILE is required (the client's private key)")?,
+        identity: identity.finish("client")?,
         expect: expect.ok_or("--expect SPIFFE_ID is required (the identity the server must prove)")?,
         name,
         requests,
@@ -124,10 +123,7 @@ async fn main() {
 }
 
 async fn run(args: Args) -> Result<(), Error> {
-    // The bundle's trust domain is the client's own, as its certificate names it.
-    let credentials = Credentials::from_pem_files(&args.cert, &args.key)?;
-    let trust_domain = credentials.spiffe_id().trust_domain();
-    let identity = IdentitySource::from_files(IdentityFiles::new(&args.cert, &args.key, &args.ca, trust_domain))?;
+    let identity = args.identity.load().await?;
 
     let service: ServiceName = "greeter".parse()?;
     let discovery = StaticDiscovery::new();

@@ -3,7 +3,13 @@
 //!
 //! ```text
 //! cargo run --example greeter-server -- --listen ADDR --ca FILE --cert FILE --key FILE [--version NAME] [--allow SPIFFE_ID]...
+//! cargo run --example greeter-server -- --listen ADDR --workload-api SOCKET [--version NAME] [--allow SPIFFE_ID]...
 //! ```
+//!
+//! With `--workload-api SOCKET` (`unix:/run/spire/agent.sock`; `SPIFFE_ENDPOINT_SOCKET` when no
+//! identity flag is given) the SVID and trust bundles come from the SPIFFE Workload API (a SPIRE
+//! agent) instead of files, each renewal used by the next handshake; no SVID within 10 s is an
+//! error (exit 1), never a plaintext server.
 //!
 //! The server presents `--cert`/`--key` and requires a client certificate chained to `--ca` that
 //! carries a SPIFFE ID of the server's own trust domain. `SayHello` answers
@@ -18,14 +24,17 @@
 //! `:0`). Each call is logged on stderr. Ctrl-C or SIGTERM drains the server (`GOAWAY`, calls in
 //! flight finish) and prints the handshake and authorization counts.
 //!
-//! Exits 2 on bad usage, 1 if the identity files cannot be used or the address cannot be bound.
+//! Exits 2 on bad usage, 1 if the identity cannot be had or the address cannot be bound.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use std::{io::Write, path::PathBuf, time::Duration};
+#[path = "support/identity.rs"]
+mod identity;
+
+use std::{io::Write, time::Duration};
 
 use mesh::{
     core::{
-        Credentials, IdentityFiles, IdentitySource, SpiffeId,
+        SpiffeId,
         policy::{AuthorizationPolicy, AuthorizationRule, PrincipalMatch},
     },
     tonic::{GrpcServer, PeerIdentityExt},
@@ -46,28 +55,27 @@ use pb::{
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
-const USAGE: &str =
-    "usage: greeter-server --listen ADDR --ca FILE --cert FILE --key FILE [--version NAME] [--allow SPIFFE_ID]...";
+const USAGE: &str = "usage: greeter-server --listen ADDR (--ca FILE --cert FILE --key FILE | --workload-api SOCKET) \
+                     [--version NAME] [--allow SPIFFE_ID]...";
 
 struct Args {
     listen: String,
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
+    identity: identity::IdentityArgs,
     version: String,
     allow: Vec<SpiffeId>,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let (mut listen, mut ca, mut cert, mut key, mut version, mut allow) = (None, None, None, None, None, Vec::new());
+    let (mut listen, mut identity, mut version, mut allow) =
+        (None, identity::IdentityFlags::default(), None, Vec::new());
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = |flag: &str| it.next().ok_or_else(|| format!("{flag} needs a value"));
+        if identity.take(&arg, &mut value)? {
+            continue;
+        }
         match arg.as_str() {
             "--listen" => listen = Some(value("--listen")?),
-            "--ca" => ca = Some(PathBuf::from(value("--ca")?)),
-            "--cert" => cert = Some(PathBuf::from(value("--cert")?)),
-            "--key" => key = Some(PathBuf::from(value("--key")?)),
             "--version" => version = Some(value("--version")?),
             "--allow" => {
                 let id = value("--allow")?;
@@ -82,9 +90,7 @@ fn parse_args() -> Result<Args, String> {
     }
     Ok(Args {
         listen: listen.ok_or("--listen ADDR is required (127.0.0.1:50051, or 127.0.0.1:0 for any free port)")?,
-        ca: ca.ok_or("--ca FILE is required (the trust bundle: ca.pem)")?,
-        cert: cert.ok_or("--cert FILE is required (the server's certificate)")?,
-        key: key.ok_or("--key FILE is required (the server's private key)")?,
+        identity: identity.finish("server")?,
         version: version.unwrap_or_else(|| "v1".to_owned()),
         allow,
     })
@@ -146,8 +152,8 @@ async fn run(args: Args) -> Result<(), Error> {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
 
-    let me = Credentials::from_pem_files(&args.cert, &args.key)?.spiffe_id().clone();
-    let identity = IdentitySource::from_files(IdentityFiles::new(&args.cert, &args.key, &args.ca, me.trust_domain()))?;
+    let identity = args.identity.load().await?;
+    let me = identity.current().credentials().spiffe_id().clone();
 
     let server = Server::builder().identity(identity).drain_timeout(Duration::from_secs(5)).build()?;
     // Spans and request metrics for every call, denied ones included.

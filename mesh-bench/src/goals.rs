@@ -3,12 +3,15 @@
 
 use serde_json::{Value, json};
 
-/// The `ratios` keys: mesh's instructions per request over bare-mtls's, per side and protocol.
-pub(crate) const RATIO_KEYS: [&str; 4] = [
+/// The `ratios` keys: mesh's instructions per request over bare-mtls's, per side and protocol,
+/// and grpc-mesh's over grpc-tonic's per side.
+pub(crate) const RATIO_KEYS: [&str; 6] = [
     "instructions_mesh_over_bare_mtls_client_h2",
     "instructions_mesh_over_bare_mtls_server_h2",
     "instructions_mesh_over_bare_mtls_client_h1",
     "instructions_mesh_over_bare_mtls_server_h1",
+    "instructions_grpc_mesh_over_tonic_client",
+    "instructions_grpc_mesh_over_tonic_server",
 ];
 
 /// The goal for every ratio of [`RATIO_KEYS`]: at most this.

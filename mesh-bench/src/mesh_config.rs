@@ -28,7 +28,7 @@ use mesh_tower::{
     client::{ClientConfig, MeshClient, Protocol},
     server::{Server, ServerHandle},
     telemetry::{
-        TelemetryLayer,
+        TelemetryLayer, WorkloadLabels, istio,
         otlp::{OtlpConfig, OtlpTelemetry},
     },
 };
@@ -82,6 +82,9 @@ pub(crate) fn install_telemetry() -> Result<Telemetry, BoxError> {
     // sample when scraped).
     let prometheus = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(mesh_tower::metrics::REQUEST_DURATION.to_owned()), LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(istio::REQUEST_DURATION.to_owned()), istio::DURATION_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(istio::REQUEST_BYTES.to_owned()), istio::BYTES_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(istio::RESPONSE_BYTES.to_owned()), istio::BYTES_BUCKETS)?
         .install_recorder()?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,mesh::trace=off"));
@@ -182,7 +185,12 @@ pub(crate) fn client(certs: &Path, ports: &[u16], h2: bool, pooled: bool) -> Res
     if !pooled {
         config.pool_max_idle_per_endpoint = 0;
     }
+    let mut telemetry = TelemetryLayer::client(service()?);
+    if let Some(workload) = istio_workload() {
+        telemetry = telemetry.istio_metrics(workload);
+    }
     Ok(MeshClient::builder(discovery, service()?)
+        .telemetry(telemetry)
         .config(config)
         .identity(certs::identity(certs, "client")?)
         .build::<Full<Bytes>>()?)
@@ -194,11 +202,22 @@ pub(crate) fn client(certs: &Path, ports: &[u16], h2: bool, pooled: bool) -> Res
 pub(crate) fn server(certs: &Path) -> Result<Server, BoxError> {
     let policy =
         AuthorizationPolicy::enforce(vec![AuthorizationRule::allow(vec![PrincipalMatch::Exact(CLIENT_ID.parse()?)])]);
+    let mut telemetry = TelemetryLayer::server(service()?);
+    if let Some(workload) = istio_workload() {
+        telemetry = telemetry.istio_metrics(workload);
+    }
     Ok(Server::builder()
         .identity(certs::identity(certs, "server")?)
-        .telemetry(TelemetryLayer::server(service()?))
+        .telemetry(telemetry)
         .authorization(AuthorizationLayer::new(policy))
         .build()?)
+}
+
+/// With `MESH_BENCH_ISTIO_METRICS=1`, the `mesh` configuration also records Istio's standard
+/// metrics (and exchanges peer metadata), its workload labels from the environment: what they
+/// cost per request.
+fn istio_workload() -> Option<WorkloadLabels> {
+    (std::env::var("MESH_BENCH_ISTIO_METRICS").as_deref() == Ok("1")).then(WorkloadLabels::from_env)
 }
 
 /// Starts [`server`] with the hello handler on [`ENDPOINTS`] listeners.

@@ -23,7 +23,11 @@ use crate::{
 /// and follows the cascade to routes, clusters and endpoints; each consistent set becomes a
 /// [`ServiceSnapshot`](mesh_core::ServiceSnapshot).
 ///
-/// Cheap to clone; the ADS stream stops when the last clone is dropped.
+/// Cheap to clone. The ADS stream runs while a clone, an [`InboundListener`](crate::InboundListener)
+/// or a watch taken from them is in use (a client's [`SnapshotWatch`], which `MeshChannel` and
+/// `MeshClient` hold; a server's security and authorization watches): a server or client built
+/// where this handle goes out of scope keeps its configuration live. Once all of them are
+/// dropped, the stream ends (within a second).
 #[derive(Clone)]
 pub struct XdsDiscovery {
     pub(crate) shared: Arc<Shared>,
@@ -73,7 +77,7 @@ impl XdsDiscoveryBuilder {
         let shared = Arc::new(Shared::new());
         let (wake, woken) = mpsc::unbounded_channel();
         let bootstrap = Arc::new(self.bootstrap);
-        runtime.spawn(driver::run(shared.clone(), bootstrap.clone(), self.options, woken));
+        runtime.spawn(driver::run(shared.clone(), bootstrap.clone(), self.options, driver::Wake::new(woken)));
         Ok(XdsDiscovery { shared, wake, bootstrap })
     }
 }

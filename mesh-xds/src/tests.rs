@@ -368,9 +368,12 @@ fn retry_timeout_and_hash_policies() {
     assert_eq!(route.hash_header.as_ref().map(|h| h.as_str()), Some("x-user"));
 
     let Some(Action::Route(action)) = &mut rc.virtual_hosts[0].routes[0].action else { unreachable!() };
-    action.retry_policy.as_mut().unwrap().retry_on = "unavailable,deadline-exceeded".into();
-    let err = crate::resource::route::parse(&rc).unwrap_err();
-    assert_eq!(err.field, "virtual_hosts[0].routes[0].route.retry_policy.retry_on");
+    // gRFC A44's five gRPC conditions, as gRPC accepts them (istiod sends what a VirtualService's
+    // `retryOn` says).
+    action.retry_policy.as_mut().unwrap().retry_on = "unavailable,deadline-exceeded,internal".into();
+    let parsed = crate::resource::route::parse(&rc).unwrap();
+    let retry_on = &parsed.virtual_hosts[0].routes[0].retry.as_ref().unwrap().retry_on;
+    assert_eq!(retry_on, &[RetryOn::GrpcUnavailable, RetryOn::GrpcDeadlineExceeded, RetryOn::GrpcInternal]);
 }
 
 #[test]

@@ -71,6 +71,15 @@ pub enum InvalidIdentity {
         #[source]
         source: Box<InvalidIdentity>,
     },
+    /// The SPIFFE Workload API (a SPIRE agent, say) could not be reached, or gave this workload
+    /// no usable SVID; names the socket.
+    #[error("SPIFFE Workload API at {socket}: {reason}")]
+    WorkloadApi {
+        /// The endpoint, as configured (`unix:/run/spire/agent.sock`).
+        socket: String,
+        /// What went wrong, with its causes.
+        reason: String,
+    },
     /// A file could not be read.
     #[error("cannot read {}: {message}", path.display())]
     Io {
@@ -261,10 +270,23 @@ impl TrustBundle {
     }
 
     /// Adds (or replaces) the roots of a trust domain.
-    pub fn with_roots_pem(mut self, trust_domain: TrustDomain, roots_pem: &[u8]) -> Result<Self, InvalidIdentity> {
+    pub fn with_roots_pem(self, trust_domain: TrustDomain, roots_pem: &[u8]) -> Result<Self, InvalidIdentity> {
+        self.with_roots_der(trust_domain, certificates(roots_pem)?)
+    }
+
+    /// Adds (or replaces) the roots of a trust domain, from DER certificates (as the SPIFFE
+    /// Workload API sends them).
+    pub fn with_roots_der(
+        mut self,
+        trust_domain: TrustDomain,
+        roots: impl IntoIterator<Item = CertificateDer<'static>>,
+    ) -> Result<Self, InvalidIdentity> {
         let mut store = RootCertStore::empty();
-        for cert in certificates(roots_pem)? {
+        for cert in roots {
             store.add(cert).map_err(|e| InvalidIdentity::Root(e.to_string()))?;
+        }
+        if store.is_empty() {
+            return Err(InvalidIdentity::NoCertificate);
         }
         self.roots.insert(trust_domain, Arc::new(store));
         Ok(self)

@@ -169,6 +169,8 @@ impl DevCa {
         for name in &spec.dns {
             params.subject_alt_names.push(SanType::DnsName(name.clone().try_into()?));
         }
+        // An X.509-SVID leaf says it is no CA (the SPIFFE X.509-SVID spec; the `spiffe` crate insists).
+        params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         params.not_before = to_time(spec.not_before);

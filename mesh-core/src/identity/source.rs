@@ -52,6 +52,9 @@ struct Status {
 struct Shared {
     current: ArcSwap<Identity>,
     status: watch::Sender<Status>,
+    /// Has one receiver per [`IdentitySource`] clone: closed when the last one is dropped, which
+    /// ends whatever renews the identity ([`IdentityUpdater::closed`]).
+    in_use: watch::Sender<()>,
 }
 
 /// A workload's current [`Identity`], and every renewal of it.
@@ -61,7 +64,8 @@ struct Shared {
 /// on. Cheap to clone.
 ///
 /// - [`IdentitySource::fixed`]: one identity for the life of the process;
-/// - [`IdentitySource::updatable`]: renewed by your code (a SPIFFE Workload API client, say);
+/// - [`IdentitySource::updatable`]: renewed by your code, or by a client of the SPIFFE Workload
+///   API (`mesh-spiffe`, the facade's `spiffe` feature);
 /// - [`IdentitySource::from_files`]: PEM files renewed on disk by a SPIRE agent, cert-manager's CSI
 ///   driver or any other tool, watched. A renewal that does not check out (unparsable, a key that
 ///   does not match, an expired certificate, a half-written pair) is refused: the current
@@ -69,6 +73,7 @@ struct Shared {
 #[derive(Clone)]
 pub struct IdentitySource {
     shared: Arc<Shared>,
+    _in_use: watch::Receiver<()>,
     _watcher: Option<Arc<notify::RecommendedWatcher>>,
 }
 
@@ -119,8 +124,9 @@ impl IdentitySource {
     /// An identity that `IdentityUpdater` renews.
     pub fn updatable(identity: Identity) -> (Self, IdentityUpdater) {
         let (status, _) = watch::channel(Status::default());
-        let shared = Arc::new(Shared { current: ArcSwap::from_pointee(identity), status });
-        (Self { shared: shared.clone(), _watcher: None }, IdentityUpdater { shared })
+        let (in_use, in_use_rx) = watch::channel(());
+        let shared = Arc::new(Shared { current: ArcSwap::from_pointee(identity), status, in_use });
+        (Self { shared: shared.clone(), _in_use: in_use_rx, _watcher: None }, IdentityUpdater { shared })
     }
 
     /// An identity read from PEM files and re-read whenever they change. The first read must
@@ -139,7 +145,9 @@ impl IdentitySource {
                     let _serial = reloading.lock().unwrap_or_else(PoisonError::into_inner);
                     let updater = IdentityUpdater { shared };
                     match loader.load() {
-                        Ok(identity) => updater.update_if_changed(identity),
+                        Ok(identity) => {
+                            updater.update_if_changed(identity);
+                        }
                         Err(error) => {
                             tracing::warn!(%error, "renewed identity refused; keeping the current one");
                             updater.report_error(error);
@@ -226,6 +234,11 @@ fn parent(path: &Path) -> &Path {
 }
 
 impl IdentityUpdater {
+    /// The identity in use now.
+    pub fn current(&self) -> Arc<Identity> {
+        self.shared.current.load_full()
+    }
+
     /// Makes `identity` current; the next handshake uses it.
     pub fn update(&self, identity: Identity) {
         self.shared.current.store(Arc::new(identity));
@@ -235,7 +248,10 @@ impl IdentityUpdater {
         });
     }
 
-    fn update_if_changed(&self, identity: Identity) {
+    /// Makes `identity` current unless it holds the same certificate and bundle as the current
+    /// one, and returns whether it did. Either way a reported error is cleared: the source that
+    /// failed delivered again (a Workload API stream re-established, a file pair completed).
+    pub fn update_if_changed(&self, identity: Identity) -> bool {
         let current = self.shared.current.load();
         let same_cert = current.credentials().serial() == identity.credentials().serial();
         let (old, new) = (current.bundle(), identity.bundle());
@@ -246,7 +262,21 @@ impl IdentityUpdater {
             });
         if !(same_cert && same_bundle) {
             self.update(identity);
+            return true;
         }
+        self.shared.status.send_if_modified(|s| s.error.take().is_some());
+        false
+    }
+
+    /// Whether every clone of the source this updater renews has been dropped.
+    pub fn is_closed(&self) -> bool {
+        self.shared.in_use.is_closed()
+    }
+
+    /// Resolves once every clone of the source this updater renews has been dropped: a task that
+    /// renews the identity stops then.
+    pub async fn closed(&self) {
+        self.shared.in_use.closed().await;
     }
 
     /// Reports a refused renewal; the current identity stays.

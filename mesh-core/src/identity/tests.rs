@@ -1,3 +1,4 @@
+use rustls_pki_types::pem::PemObject as _;
 use std::time::{Duration, SystemTime};
 
 use super::{dev::*, *};
@@ -120,4 +121,43 @@ async fn file_source_renews_and_refuses_bad_renewals() {
     .await
     .unwrap();
     assert_eq!(source.current().credentials().serial(), serial);
+}
+
+#[tokio::test]
+async fn an_unchanged_delivery_clears_the_error_without_a_renewal() {
+    let ca = ca();
+    let identity = ca.identity("/a").unwrap();
+    let (source, updater) = IdentitySource::updatable(identity.clone());
+    updater.report_error(InvalidIdentity::WorkloadApi { socket: "unix:/agent.sock".into(), reason: "gone".into() });
+    assert!(source.last_error().unwrap().to_string().starts_with("SPIFFE Workload API at unix:/agent.sock: gone"));
+    let mut changes = source.changes();
+    assert!(!updater.update_if_changed(identity.clone()), "the same certificate and bundle");
+    assert!(source.last_error().is_none(), "the source delivered again");
+    assert!(changes.next().await.is_none(), "watchers see the error cleared");
+    assert_eq!(source.current().credentials().serial(), identity.credentials().serial());
+
+    let renewed = ca.identity("/a").unwrap();
+    assert!(updater.update_if_changed(renewed.clone()));
+    assert_eq!(updater.current().credentials().serial(), renewed.credentials().serial());
+}
+
+#[tokio::test]
+async fn the_updater_learns_when_the_last_source_is_dropped() {
+    let (source, updater) = IdentitySource::updatable(ca().identity("/a").unwrap());
+    let clone = source.clone();
+    drop(source);
+    assert!(!updater.is_closed(), "a clone still lives");
+    drop(clone);
+    assert!(updater.is_closed());
+    tokio::time::timeout(Duration::from_secs(5), updater.closed()).await.unwrap();
+}
+
+#[test]
+fn bundles_from_der_need_a_root() {
+    let ca = ca();
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap();
+    let bundle = TrustBundle::new().with_roots_der(ca.trust_domain().clone(), [der]).unwrap();
+    assert_eq!(bundle.roots("example.org").unwrap().len(), 1);
+    let empty = TrustBundle::new().with_roots_der(ca.trust_domain().clone(), []).unwrap_err();
+    assert!(matches!(empty, InvalidIdentity::NoCertificate), "{empty}");
 }

@@ -63,15 +63,32 @@ pub(super) fn build(state: &AdsState, listener_name: &str, opts: &BuildOptions) 
     let vh = virtual_host(rc, listener_name).ok_or_else(|| unsupported("no virtual host matches the target".into()))?;
     let mut clusters: Vec<(&str, &Cluster)> = Vec::new();
     let mut assignments = Vec::new();
+    // Clusters refused (NACKed with no good version) or reported as not existing, and why. As
+    // gRPC does, they fail only the calls routed to them: their subsets have no endpoints.
+    let mut failed: Vec<(&str, CascadeError)> = Vec::new();
     for name in clusters_of(vh) {
-        let Some(Resource::Cluster(c)) = good(state, ResourceType::Cluster, name)? else { return Ok(None) };
-        let Some(Resource::ClusterLoadAssignment(la)) =
-            good(state, ResourceType::ClusterLoadAssignment, &c.eds_service_name)?
-        else {
-            return Ok(None);
+        let c = match good(state, ResourceType::Cluster, name) {
+            Ok(Some(Resource::Cluster(c))) => c,
+            Ok(_) => return Ok(None),
+            Err(e) => {
+                failed.push((name, e));
+                continue;
+            }
         };
-        clusters.push((name, c));
-        assignments.push(la);
+        match good(state, ResourceType::ClusterLoadAssignment, &c.eds_service_name) {
+            Ok(Some(Resource::ClusterLoadAssignment(la))) => {
+                clusters.push((name, c));
+                assignments.push(la);
+            }
+            Ok(_) => return Ok(None),
+            Err(e) => failed.push((name, e)),
+        }
+    }
+    if clusters.is_empty()
+        && let Some((_, e)) = failed.first()
+    {
+        // Nothing to serve at all: the target fails with the reason.
+        return Err(e.clone());
     }
     let mut spec = ServiceSpec::default();
     let mut subsets = BTreeMap::new();
@@ -107,6 +124,16 @@ pub(super) fn build(state: &AdsState, listener_name: &str, opts: &BuildOptions) 
             }
             ep.labels.insert(subset.as_str(), "1").map_err(|e| unsupported(e.to_string()))?;
         }
+    }
+    for (name, _) in &failed {
+        let subset = subset_for_cluster(name);
+        if let Some(other) = subsets.insert(subset.clone(), (*name).to_owned()) {
+            return Err(unsupported(format!("clusters {other:?} and {name:?} map to the same subset {subset}")));
+        }
+        by_cluster.insert(*name, subset.clone());
+        let mut labels = Labels::new();
+        labels.insert(subset.as_str(), "1").map_err(|e| unsupported(e.to_string()))?;
+        spec.subsets.push(Subset::new(subset, labels));
     }
     spec.endpoints = endpoints;
     spec.routes = routes(l, vh, &by_cluster).map_err(unsupported)?;
@@ -183,7 +210,9 @@ fn load_balancer(clusters: &[(&str, &Cluster)], vh: &VirtualHost) -> Result<Load
             let headers: BTreeSet<_> = vh.routes.iter().filter_map(|r| r.hash_header.clone()).collect();
             match headers.len() {
                 1 => LoadBalancer::ring_hash(headers.into_iter().next().unwrap_or_else(|| unreachable!())),
-                0 => return Err("RING_HASH clusters but no route has a header hash_policy".into()),
+                // Nothing to hash (gRFC A42: gRPC then hashes a random value per call, so calls
+                // spread over the ring): spread them evenly.
+                0 => LoadBalancer::round_robin(),
                 _ => return Err(format!("routes hash different headers {headers:?}; mesh hashes one per service")),
             }
         }

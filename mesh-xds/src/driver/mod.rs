@@ -58,13 +58,41 @@ struct Driver {
     state: AdsState,
 }
 
-/// Runs until every handle is dropped (`wake` closes).
-pub(crate) async fn run(
-    shared: Arc<Shared>,
-    bootstrap: Arc<Bootstrap>,
-    options: Options,
-    mut wake: mpsc::UnboundedReceiver<()>,
-) {
+/// How often a stream whose handles are all dropped checks whether its watches still are.
+const ABANDONED_CHECK: Duration = Duration::from_secs(1);
+
+/// The handles' end of the task: their wake-ups, and whether any handle is left.
+pub(crate) struct Wake {
+    rx: mpsc::UnboundedReceiver<()>,
+    handles_gone: bool,
+}
+
+impl Wake {
+    pub(crate) fn new(rx: mpsc::UnboundedReceiver<()>) -> Self {
+        Self { rx, handles_gone: false }
+    }
+
+    /// The next wake-up: `true` when a handle asked for one, `false` when nothing is left to
+    /// serve (every handle and every watch taken from them dropped). Once the handles are gone,
+    /// the watches are checked every [`ABANDONED_CHECK`].
+    async fn next(&mut self, shared: &Shared) -> bool {
+        if !self.handles_gone {
+            if self.rx.recv().await.is_some() {
+                return true;
+            }
+            self.handles_gone = true;
+        }
+        loop {
+            if !shared.watched() {
+                return false;
+            }
+            tokio::time::sleep(ABANDONED_CHECK).await;
+        }
+    }
+}
+
+/// Runs while a handle or a watch taken from one is in use.
+pub(crate) async fn run(shared: Arc<Shared>, bootstrap: Arc<Bootstrap>, options: Options, mut wake: Wake) {
     let seed = options.seed.unwrap_or_else(|| {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         (nanos as u64) ^ u64::from(std::process::id())
@@ -74,7 +102,7 @@ pub(crate) async fn run(
         .ignoring_deletions(bootstrap.server.ignore_resource_deletion);
     let mut driver = Driver { shared, bootstrap, options, state };
     // Wait for the first watch before connecting.
-    if wake.recv().await.is_none() {
+    if !wake.next(&driver.shared).await {
         return;
     }
     loop {
@@ -85,7 +113,7 @@ pub(crate) async fn run(
         driver.state.on_stream_end();
         match result {
             Ok(()) => {
-                // Every handle dropped: the stream went with the last one.
+                // Every handle and every watch dropped: nothing is left to serve.
                 driver.shared.status.send_modify(|s| s.connected = false);
                 return;
             }
@@ -102,20 +130,15 @@ pub(crate) async fn run(
         loop {
             tokio::select! {
                 () = &mut sleep => break,
-                woken = wake.recv() => if woken.is_none() { return },
+                woken = wake.next(&driver.shared) => if !woken { return },
             }
         }
     }
 }
 
 impl Driver {
-    /// One stream, until it fails (`Err`) or every handle is dropped (`Ok`).
-    async fn stream(
-        &mut self,
-        channel: Channel,
-        wake: &mut mpsc::UnboundedReceiver<()>,
-        backoff: &mut Backoff,
-    ) -> Result<(), XdsError> {
+    /// One stream, until it fails (`Err`) or nothing is left to serve (`Ok`).
+    async fn stream(&mut self, channel: Channel, wake: &mut Wake, backoff: &mut Backoff) -> Result<(), XdsError> {
         let (tx, rx) = mpsc::unbounded_channel::<DiscoveryRequest>();
         let send = |requests: Vec<DiscoveryRequest>| {
             for request in requests {
@@ -147,8 +170,8 @@ impl Driver {
                     backoff.reset();
                     send(self.on_response(response));
                 }
-                woken = wake.recv() => {
-                    if woken.is_none() {
+                woken = wake.next(&self.shared) => {
+                    if !woken {
                         return Ok(());
                     }
                     send(self.step(Instant::now()));

@@ -25,6 +25,11 @@ pub(crate) struct InboundTarget {
 }
 
 impl InboundTarget {
+    /// Whether a server still reads one of its watches.
+    pub(crate) fn is_watched(&self) -> bool {
+        self.security.receiver_count() + self.authorization.receiver_count() + self.status.receiver_count() > 0
+    }
+
     pub(crate) fn new(address: SocketAddr) -> Self {
         Self {
             address,

@@ -7,7 +7,7 @@ mod inbound;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::Mutex,
+    sync::{Mutex, PoisonError},
 };
 
 use mesh_core::ServiceName;
@@ -29,5 +29,13 @@ impl Shared {
     pub(crate) fn new() -> Self {
         let (status, _) = watch::channel(XdsStatus::default());
         Self { targets: Mutex::default(), status, aliases: Mutex::default(), inbound: Mutex::default() }
+    }
+
+    /// Whether a watch taken from the discovery is still in use: a client's snapshot watch, or
+    /// a server's security, authorization or status watch. The driver serves them even after
+    /// every `XdsDiscovery` handle is gone.
+    pub(crate) fn watched(&self) -> bool {
+        self.targets.lock().unwrap_or_else(PoisonError::into_inner).values().any(|t| t.publisher.is_watched())
+            || self.inbound.lock().unwrap_or_else(PoisonError::into_inner).values().any(|t| t.is_watched())
     }
 }
