@@ -371,7 +371,8 @@ async fn a_refused_cluster_fails_only_its_calls_in_mesh_as_in_grpcio() {
         cluster::v3::cluster::LbPolicy,
         route::v3::{HeaderMatcher, Route, header_matcher::HeaderMatchSpecifier},
     };
-    let Some(python) = peer("MESH_XDS_PYTHON", "target/xds-grpc-venv/bin/python", "a python with grpcio") else {
+    let Some(python) = xds_support::peer("MESH_XDS_PYTHON", "target/xds-grpc-venv/bin/python", "a python with grpcio")
+    else {
         return;
     };
     let (v1, v2) = (greeter("v1").await, greeter("v2").await);
