@@ -11,38 +11,11 @@ mod support;
 
 use std::time::Duration;
 
-use http_body_util::Empty;
-use mesh::{
-    core::{Endpoint, IdentitySource, ServiceName, ServiceSnapshot, StaticDiscovery, policy::RetryOn},
-    tower::client::{ClientConfig, MeshClient},
-};
+use mesh::tower::client::ClientConfig;
 use netfault_support::{Lab, Relay, Traffic, backend};
-use support::{backend_id, identity};
-
-type Client = MeshClient<Empty<bytes::Bytes>>;
+use support::{identity, retrying_client as client};
 
 const LOSS: f64 = 0.05;
-
-fn client(addrs: &[std::net::SocketAddr], identity: IdentitySource, config: ClientConfig) -> Client {
-    let name: ServiceName = "reviews".parse().unwrap();
-    let discovery = StaticDiscovery::new();
-    discovery.set(
-        ServiceSnapshot::builder(name.clone())
-            .identity(backend_id())
-            .endpoints(addrs.iter().map(|a| Endpoint::new(*a)))
-            .build()
-            .unwrap(),
-    );
-    // The default retry policy, and resets too: a connection cut by loss is not processed.
-    discovery
-        .update(&name, |spec| {
-            let mut retry = mesh::core::policy::RetryPolicy::default();
-            retry.retry_on.push(RetryOn::Reset);
-            spec.policies.retry = Some(retry);
-        })
-        .unwrap();
-    MeshClient::builder(discovery, name).identity(identity).config(config).build().unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p2c_steers_away_from_a_lossy_slow_subset_and_no_request_fails() {

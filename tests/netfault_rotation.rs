@@ -13,43 +13,20 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty};
 use mesh::{
-    core::{Endpoint, IdentitySource, ServiceName, ServiceSnapshot, StaticDiscovery, policy::RetryOn},
+    core::IdentitySource,
     tower::{
         PeerIdentity,
         client::{ClientConfig, MeshClient},
     },
 };
 use netfault_support::{Lab, Traffic, backend};
-use support::{backend_id, ca};
+use support::{ca, retrying_client as client};
 use tower::ServiceExt;
-
-type Client = MeshClient<Empty<bytes::Bytes>>;
 
 const LOSS: f64 = 0.05;
 
-fn client(addrs: &[std::net::SocketAddr], identity: IdentitySource, config: ClientConfig) -> Client {
-    let name: ServiceName = "reviews".parse().unwrap();
-    let discovery = StaticDiscovery::new();
-    discovery.set(
-        ServiceSnapshot::builder(name.clone())
-            .identity(backend_id())
-            .endpoints(addrs.iter().map(|a| Endpoint::new(*a)))
-            .build()
-            .unwrap(),
-    );
-    // The default retry policy, and resets too: a connection cut by loss is not processed.
-    discovery
-        .update(&name, |spec| {
-            let mut retry = mesh::core::policy::RetryPolicy::default();
-            retry.retry_on.push(RetryOn::Reset);
-            spec.policies.retry = Some(retry);
-        })
-        .unwrap();
-    MeshClient::builder(discovery, name).identity(identity).config(config).build().unwrap()
-}
-
 /// A request through `client`: the serial of the certificate the server presented.
-async fn server_serial(client: &Client) -> Option<String> {
+async fn server_serial(client: &MeshClient<Empty<bytes::Bytes>>) -> Option<String> {
     let response = client.clone().oneshot(http::Request::get("/").body(Empty::new()).unwrap()).await.ok()?;
     let serial = response.extensions().get::<PeerIdentity>()?.serial().to_owned();
     response.into_body().collect().await.ok()?;

@@ -7,7 +7,6 @@
 //! (tests/netfault_support says more).
 #![allow(clippy::unwrap_used)] // helpers outside #[test] fns
 
-#[path = "grpc_support/mod.rs"]
 mod grpc_support;
 mod netfault_support;
 mod xds_support;

@@ -45,7 +45,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tonic::Code;
 use xds_support::{
     ControlPlane, LDS, Resources,
-    envoy::{Envoy, envoy_binary, free_port},
+    envoy::{self, Envoy, envoy_binary, free_port},
     http::{Mtls, get_once},
     inbound::{any_request, inbound_listener, inbound_name, policy, principals, rbac, server_bootstrap},
 };
@@ -439,35 +439,6 @@ fn set_split(res: &mut Resources, (w1, w2): (u32, u32)) {
     res.set(&target(), &routes);
 }
 
-/// Envoy's bootstrap: everything else (listeners, routes, clusters, endpoints) over ADS.
-fn envoy_ads_bootstrap(dir: &Path, cp: SocketAddr) -> PathBuf {
-    let yaml = format!(
-        r#"node: {{id: sidecar~127.0.0.1~envoy.default~default.svc.cluster.local, cluster: envoy.default}}
-dynamic_resources:
-  ads_config: {{api_type: GRPC, transport_api_version: V3, grpc_services: [{{envoy_grpc: {{cluster_name: xds}}}}]}}
-  lds_config: {{ads: {{}}, resource_api_version: V3}}
-  cds_config: {{ads: {{}}, resource_api_version: V3}}
-static_resources:
-  clusters:
-  - name: xds
-    type: STATIC
-    connect_timeout: 5s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: xds
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {ip}, port_value: {port}}}}}}}}}]}}]
-"#,
-        ip = cp.ip(),
-        port = cp.port()
-    );
-    let path = dir.join("envoy-ads.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    path
-}
-
 /// Calls through `client`; counts replies by the version that answered.
 async fn split_round<T>(mut client: GreeterClient<T>) -> (usize, usize)
 where
@@ -551,7 +522,17 @@ async fn envoy_and_mesh_fed_by_one_control_plane_split_between_each_other_by_its
         res.wildcard_listeners.insert("envoy-inbound".into(), any(&inn));
     });
     mesh_server.wait_applied(1).await;
-    let envoy = Envoy::start(&envoy, &envoy_ads_bootstrap(dir.path(), cp.addr), outbound).await;
+    let envoy = Envoy::start(
+        &envoy,
+        &envoy::ads_bootstrap(
+            dir.path(),
+            "envoy-ads.yaml",
+            ("sidecar~127.0.0.1~envoy.default~default.svc.cluster.local", "envoy.default"),
+            cp.addr,
+        ),
+        outbound,
+    )
+    .await;
     envoy.wait_listening(outbound).await;
     envoy.wait_listening(inbound).await;
     wait_acks(&cp, xds_support::RDS, &version, 1).await;

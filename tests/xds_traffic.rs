@@ -4,7 +4,6 @@
 //! the bootstrap's `file_watcher` certificate provider, as Istio's grpc-agent template sets it up.
 #![allow(clippy::unwrap_used)] // helpers outside #[test] fns
 
-#[path = "grpc_support/mod.rs"]
 mod grpc_support;
 mod xds_support;
 

@@ -23,8 +23,8 @@ use mesh_core::{
     Endpoint, HeaderMatch, PathMatch, Route, RouteMatch, RouteName, ServiceName, ServiceSnapshot, StaticDiscovery,
     Subset, Weight,
     policy::{
-        AuthorizationPolicy, AuthorizationRule, CircuitBreaker, OutlierDetection, PrincipalMatch, RetryOn, RetryPolicy,
-        ServicePolicies,
+        AuthorizationPolicy, AuthorizationRule, Call, CircuitBreaker, NoHeaders, OutlierDetection, PrincipalMatch,
+        RetryOn, RetryPolicy, ServicePolicies,
     },
 };
 use mesh_tower::{
@@ -206,7 +206,9 @@ fn authz(c: &mut Criterion) {
         AuthorizationPolicy::enforce(vec![AuthorizationRule::allow(vec![PrincipalMatch::Exact(client.clone())])]);
     // The allow path's decision (a PeerIdentity cannot be made outside a TLS connection, so the
     // layer's own allow path is measured end to end by `mesh-bench run` only).
-    c.bench_function("authz/evaluate_allow", |b| b.iter(|| black_box(policy.evaluate(Some(&client), "GET", "/hello"))));
+    c.bench_function("authz/evaluate_allow", |b| {
+        b.iter(|| black_box(policy.evaluate_call(&Call::new(Some(&client), "GET", "/hello", &NoHeaders))))
+    });
     // The layer on a request without a peer: the deny path (403, counter, log event).
     drive(c, "authz/layer_deny_no_peer", AuthorizationLayer::new(policy).layer(noop()));
 }

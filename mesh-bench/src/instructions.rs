@@ -8,21 +8,11 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::{BoxError, cli::MergeArgs, report};
-
-/// The `ratios` keys: mesh's instructions per request over bare-mtls's, per side and protocol,
-/// and grpc-mesh's over grpc-tonic's per side.
-pub(crate) const RATIO_KEYS: [&str; 6] = [
-    "instructions_mesh_over_bare_mtls_client_h2",
-    "instructions_mesh_over_bare_mtls_server_h2",
-    "instructions_mesh_over_bare_mtls_client_h1",
-    "instructions_mesh_over_bare_mtls_server_h1",
-    "instructions_grpc_mesh_over_tonic_client",
-    "instructions_grpc_mesh_over_tonic_server",
-];
-
-/// The goal for every ratio of [`RATIO_KEYS`]: at most this.
-pub(crate) const GOAL: f64 = 1.25;
+use crate::{
+    BoxError,
+    cli::MergeArgs,
+    goals::{RATIO_KEYS, goals},
+};
 
 /// The `(mesh configuration, its baseline, workload key, side)` a ratio key names.
 fn figures_of(key: &str) -> Option<(&'static str, &'static str, &str, &str)> {
@@ -96,7 +86,7 @@ pub(crate) fn merge(args: MergeArgs) -> Result<(), BoxError> {
         }),
         (None, reason) => json!({ "status": format!("skipped: {}", reason.as_deref().unwrap_or("no figures")) }),
     };
-    summary["goals"] = report::goals(&summary["ratios"]);
+    summary["goals"] = goals(&summary["ratios"]);
     std::fs::write(&args.summary, serde_json::to_string_pretty(&summary)?)?;
     let out = crate::println_out;
     out(&format!("\ninstructions per request: {}", summary["instructions"]["status"].as_str().unwrap_or("?")));
@@ -143,7 +133,7 @@ mod tests {
         assert_eq!(ratios["handshakes_mesh_over_rustls"], json!(1.0), "other keys stay");
         set_ratios(&mut ratios, None);
         assert!(RATIO_KEYS.iter().all(|key| ratios[key].is_null()));
-        let goals = report::goals(&ratios);
+        let goals = goals(&ratios);
         assert!(RATIO_KEYS.iter().all(|key| goals[key]["met"].is_null() && goals[key]["target"] == "<= 1.25"));
     }
 }

@@ -19,6 +19,7 @@
 mod certs;
 mod cli;
 mod configs;
+mod goals;
 mod grpc;
 mod idle;
 mod instructions;

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::{SpiffeId, identity::TrustDomain};
+use crate::identity::{SpiffeId, TrustDomain};
 
 /// Parses `text` as a SPIFFE ID and as a trust domain; an accepted ID must print back as itself
 /// and parse again to the same ID.

@@ -50,7 +50,9 @@ mod duration;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod identity;
+mod matching;
 mod model;
+mod name;
 pub mod policy;
 
 pub use crate::discovery::{Discovery, DiscoveryError, FileDiscovery, SnapshotWatch, StaticDiscovery};
@@ -58,9 +60,9 @@ pub use crate::identity::{
     Credentials, Identity, IdentityFiles, IdentitySource, InvalidIdentity, InvalidSpiffeId, InvalidTrustDomain,
     SpiffeId, TrustBundle, TrustDomain,
 };
+pub use crate::matching::{HeaderMatch, HeaderRegex, HeaderValueMatch, InvalidPathMatch, InvalidRegex, PathMatch};
 pub use crate::model::{
-    DnsName, DnsTarget, Endpoint, HeaderMatch, HeaderName, HeaderRegex, HeaderValueMatch, InvalidLabel, InvalidMethod,
-    InvalidName, InvalidPathMatch, InvalidRegex, InvalidSnapshot, InvalidWeight, Labels, Method, Mirror, PathMatch,
-    Route, RouteMatch, RouteName, ServiceName, ServiceSnapshot, ServiceSnapshotBuilder, ServiceSpec, Subset,
-    SubsetName, Weight, WeightedTarget,
+    DnsTarget, Endpoint, InvalidLabel, InvalidSnapshot, InvalidWeight, Labels, Mirror, Route, RouteMatch,
+    ServiceSnapshot, ServiceSnapshotBuilder, ServiceSpec, Subset, Weight, WeightedTarget,
 };
+pub use crate::name::{DnsName, HeaderName, InvalidMethod, InvalidName, Method, RouteName, ServiceName, SubsetName};

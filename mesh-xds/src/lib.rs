@@ -49,6 +49,9 @@ mod inbound_listener;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub mod testing;
 
 pub use crate::bootstrap::{
     Bootstrap, BootstrapError, CertificateProvider, ChannelCredentials, Locality, Node, ServerTarget, XdsServer,

@@ -1,9 +1,5 @@
-//! The ADS state machine and the translation, driven by the same Istio-shaped resources the
-//! integration tests' control plane serves.
-
-#[allow(clippy::duplicate_mod)]
-#[path = "../../tests/xds_support/resources.rs"]
-mod fixtures;
+//! The ADS state machine and the cascade step, driven by the same Istio-shaped resources
+//! (`crate::testing`) the integration tests' control plane serves.
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
@@ -20,12 +16,12 @@ use mesh_core::{
 };
 use tokio::time::Instant;
 
-use self::fixtures as f;
 use crate::{
     ads::{AdsState, Handled},
     bootstrap::CertificateProvider,
     cascade::{self, BuildOptions, CascadeError, ClientCascade, ClientUpdate},
     resource::{DecodeContext, ResourceType},
+    testing::resources as f,
 };
 
 const HOST: &str = "reviews.default.svc.cluster.local";

@@ -6,8 +6,15 @@ use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use mesh::{
-    core::{IdentitySource, SpiffeId, identity::dev::DevCa},
-    tower::server::{Server, ServerHandle},
+    core::{
+        Endpoint, IdentitySource, ServiceName, ServiceSnapshot, SpiffeId, StaticDiscovery,
+        identity::dev::DevCa,
+        policy::{RetryOn, RetryPolicy},
+    },
+    tower::{
+        client::{ClientConfig, MeshClient},
+        server::{Server, ServerHandle},
+    },
 };
 use tokio::sync::{Notify, Semaphore, watch};
 
@@ -25,6 +32,32 @@ pub fn identity(path: &str) -> IdentitySource {
 /// The identity every test backend presents.
 pub fn backend_id() -> SpiffeId {
     "spiffe://example.org/backend".parse().unwrap()
+}
+
+/// A client of `reviews`, whose endpoints `addrs` present [`backend_id`], with the default retry
+/// policy and resets too (a connection cut by loss or a partition is not processed).
+pub fn retrying_client(
+    addrs: &[SocketAddr],
+    identity: IdentitySource,
+    config: ClientConfig,
+) -> MeshClient<http_body_util::Empty<bytes::Bytes>> {
+    let name: ServiceName = "reviews".parse().unwrap();
+    let discovery = StaticDiscovery::new();
+    discovery.set(
+        ServiceSnapshot::builder(name.clone())
+            .identity(backend_id())
+            .endpoints(addrs.iter().map(|a| Endpoint::new(*a)))
+            .build()
+            .unwrap(),
+    );
+    discovery
+        .update(&name, |spec| {
+            let mut retry = RetryPolicy::default();
+            retry.retry_on.push(RetryOn::Reset);
+            spec.policies.retry = Some(retry);
+        })
+        .unwrap();
+    MeshClient::builder(discovery, name).identity(identity).config(config).build().unwrap()
 }
 
 /// A backend that answers every request with its name, and counts them.

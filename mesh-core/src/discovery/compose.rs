@@ -9,7 +9,10 @@ use std::{
 use tokio::{runtime::Handle, sync::Notify, task::AbortHandle};
 
 use super::{Discovery, DiscoveryError, EndpointDiscovery, EndpointsWatch, SnapshotPublisher, SnapshotWatch};
-use crate::{DnsTarget, Endpoint, Labels, ServiceName, ServiceSnapshot, ServiceSpec, SubsetName};
+use crate::{
+    model::{DnsTarget, Endpoint, Labels, ServiceSnapshot, ServiceSpec},
+    name::{ServiceName, SubsetName},
+};
 
 /// Discovery that takes a service's routes, splits, identity and policies from one source (code,
 /// a file, xDS) and the endpoints of its DNS subsets from another (DNS), and publishes them merged

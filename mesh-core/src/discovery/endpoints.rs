@@ -5,7 +5,7 @@ use std::{fmt, sync::Arc};
 use tokio::sync::watch;
 
 use super::DiscoveryError;
-use crate::{DnsTarget, Endpoint};
+use crate::model::{DnsTarget, Endpoint};
 
 /// A source of endpoint sets, one per [`DnsTarget`]: DNS, or anything that turns a name into
 /// addresses. A [`ComposedDiscovery`](super::ComposedDiscovery) asks it for the subsets that name

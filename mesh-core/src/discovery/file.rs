@@ -11,7 +11,10 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use serde::Deserialize;
 
 use super::{Discovery, DiscoveryError, SnapshotPublisher, SnapshotWatch};
-use crate::{ServiceName, ServiceSnapshot, ServiceSpec, model::CheckedSpec};
+use crate::{
+    model::{CheckedSpec, ServiceSnapshot, ServiceSpec},
+    name::ServiceName,
+};
 
 /// Discovery from a YAML or JSON file, reloaded whenever it changes on disk.
 ///

@@ -6,7 +6,10 @@ use std::{
 };
 
 use super::{Discovery, DiscoveryError, SharedSnapshot, SnapshotPublisher, SnapshotWatch};
-use crate::{ServiceName, ServiceSnapshot, ServiceSpec};
+use crate::{
+    model::{ServiceSnapshot, ServiceSpec},
+    name::ServiceName,
+};
 
 /// Discovery configured in code, and changed live through the same handle.
 ///
@@ -104,7 +107,7 @@ impl std::fmt::Debug for StaticDiscovery {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Endpoint;
+    use crate::model::Endpoint;
 
     #[tokio::test]
     async fn unknown_service_waits_then_appears() {

@@ -1,7 +1,7 @@
 //! What discovery reports through the [`metrics`](https://docs.rs/metrics) facade: the names are
 //! stable and listed with the rest in mesh-tower's `metrics` module.
 
-use crate::{ServiceSnapshot, model::ServiceName};
+use crate::{model::ServiceSnapshot, name::ServiceName};
 
 /// `mesh_discovery_updates_total{service}`: snapshots published.
 pub const UPDATES: &str = "mesh_discovery_updates_total";

@@ -65,7 +65,10 @@ pub(crate) use self::file::parse as file_parse;
 pub use self::file::{FileDiscovery, FileDiscoveryError};
 pub use self::memory::StaticDiscovery;
 pub use self::watch::{SnapshotPublisher, SnapshotWatch, WatchClosed, WrongService};
-use crate::{DnsTarget, ServiceName, ServiceSnapshot, SubsetName};
+use crate::{
+    model::{DnsTarget, ServiceSnapshot},
+    name::{ServiceName, SubsetName},
+};
 
 /// A source of service snapshots: a file, code, or a control plane.
 ///
@@ -103,7 +106,7 @@ pub enum DiscoveryError {
     File(#[from] FileDiscoveryError),
     /// A snapshot from the source broke a rule; the last good snapshot stays.
     #[error(transparent)]
-    Invalid(#[from] crate::InvalidSnapshot),
+    Invalid(#[from] crate::model::InvalidSnapshot),
     /// The routes and policies of a [`ComposedDiscovery`] could not be had from their source; the
     /// last good ones stay.
     #[error("the policy source failed: {0}")]

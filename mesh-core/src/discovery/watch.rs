@@ -6,7 +6,7 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::watch;
 
 use super::{DiscoveryError, SharedSnapshot};
-use crate::{ServiceName, ServiceSnapshot};
+use crate::{model::ServiceSnapshot, name::ServiceName};
 
 /// What readers are told: the version they last saw, and the backend's last error.
 #[derive(Clone, Default)]

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use super::{InvalidLabel, Labels, Weight};
-use crate::SpiffeId;
+use crate::identity::SpiffeId;
 
 /// One instance of a service: where to reach it, how it is labelled, its share of traffic within
 /// its subset, and who it must prove to be.

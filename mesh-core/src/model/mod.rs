@@ -2,18 +2,13 @@
 
 mod endpoint;
 mod labels;
-mod name;
 mod route;
 mod snapshot;
 mod weight;
 
 pub use self::endpoint::Endpoint;
 pub use self::labels::{InvalidLabel, Labels};
-pub use self::name::{DnsName, HeaderName, InvalidMethod, InvalidName, Method, RouteName, ServiceName, SubsetName};
-pub use self::route::{
-    DnsTarget, HeaderMatch, HeaderRegex, HeaderValueMatch, InvalidPathMatch, InvalidRegex, Mirror, PathMatch, Route,
-    RouteMatch, Subset, WeightedTarget,
-};
+pub use self::route::{DnsTarget, Mirror, Route, RouteMatch, Subset, WeightedTarget};
 pub(crate) use self::snapshot::CheckedSpec;
 pub use self::snapshot::{InvalidSnapshot, ServiceSnapshot, ServiceSnapshotBuilder, ServiceSpec};
 pub use self::weight::{InvalidWeight, Weight};

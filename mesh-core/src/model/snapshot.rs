@@ -4,8 +4,12 @@ use std::{collections::HashSet, fmt, time::Duration};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::{Endpoint, Route, ServiceName, Subset, SubsetName};
-use crate::{SpiffeId, policy::ServicePolicies};
+use super::{Endpoint, Route, Subset};
+use crate::{
+    identity::SpiffeId,
+    name::{ServiceName, SubsetName},
+    policy::ServicePolicies,
+};
 
 /// A service's configuration as plain data: what a file holds, and what
 /// [`StaticDiscovery::update`](crate::StaticDiscovery::update) lets code edit. A
@@ -303,7 +307,7 @@ impl<'de> Deserialize<'de> for CheckedSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Weight, model::RouteName};
+    use crate::{model::Weight, name::RouteName};
 
     fn name() -> ServiceName {
         "reviews".parse().unwrap()

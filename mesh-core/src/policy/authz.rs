@@ -3,7 +3,11 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 
 use super::InvalidPolicy;
-use crate::{HeaderMatch, HeaderName, HeaderRegex, InvalidRegex, Method, PathMatch, SpiffeId, TrustDomain};
+use crate::{
+    identity::{SpiffeId, TrustDomain},
+    matching::{HeaderMatch, HeaderRegex, InvalidRegex, PathMatch},
+    name::{HeaderName, Method},
+};
 
 /// Who may call a service. Once a policy is configured, a call that no `allow` rule matches is
 /// denied, and a `deny` rule wins over any `allow`.
@@ -28,26 +32,22 @@ impl AuthorizationPolicy {
         Self { mode: AuthorizationMode::DryRun, rules }
     }
 
-    /// Decides a call: a matching `deny` rule denies; otherwise a matching `allow` rule allows;
-    /// otherwise the call is denied (default deny). A caller without an identity (`None`: a
-    /// plaintext connection) matches no rule, so it is always denied. The mode is not applied here:
-    /// the caller of `evaluate` decides what a denial does.
+    /// Decides a call, the one way a policy is evaluated: a matching `deny` rule denies;
+    /// otherwise a matching `allow` rule allows; otherwise the call is denied (default deny). A
+    /// rule looks at everything the [`Call`] carries: the caller, method, path, headers and the
+    /// port the server accepted the connection on. A caller without an identity (`None`: a
+    /// plaintext connection) matches no rule, so it is always denied. The mode is not applied
+    /// here: the caller decides what a denial does.
     ///
     /// ```
-    /// use mesh_core::policy::{AuthorizationPolicy, AuthorizationRule, PrincipalMatch};
+    /// use mesh_core::policy::{AuthorizationPolicy, AuthorizationRule, Call, NoHeaders, PrincipalMatch};
     /// let web: mesh_core::SpiffeId = "spiffe://example.org/web".parse()?;
+    /// let batch: mesh_core::SpiffeId = "spiffe://example.org/batch".parse()?;
     /// let policy = AuthorizationPolicy::enforce(vec![AuthorizationRule::allow(vec![PrincipalMatch::Exact(web.clone())])]);
-    /// assert!(policy.evaluate(Some(&web), "GET", "/").is_allowed());
-    /// assert!(!policy.evaluate(Some(&"spiffe://example.org/batch".parse()?), "GET", "/").is_allowed());
+    /// assert!(policy.evaluate_call(&Call::new(Some(&web), "GET", "/", &NoHeaders)).is_allowed());
+    /// assert!(!policy.evaluate_call(&Call::new(Some(&batch), "GET", "/", &NoHeaders)).is_allowed());
     /// # Ok::<_, mesh_core::InvalidSpiffeId>(())
     /// ```
-    pub fn evaluate(&self, peer: Option<&SpiffeId>, method: &str, path: &str) -> AuthorizationDecision {
-        self.evaluate_call(&Call { peer, method, path, port: None, headers: &NoHeaders })
-    }
-
-    /// Decides a call, as [`evaluate`](Self::evaluate) does, with everything a rule may look at:
-    /// also the request's headers and the port the server accepted the connection on. (Through
-    /// `evaluate`, a rule with header or port conditions never matches.)
     pub fn evaluate_call(&self, call: &Call<'_>) -> AuthorizationDecision {
         let Some(peer) = call.peer else {
             return AuthorizationDecision::Deny { rule: None };
@@ -215,11 +215,6 @@ impl AuthorizationDecision {
 }
 
 impl AuthorizationRule {
-    /// Whether the rule covers this call.
-    pub fn matches(&self, peer: &SpiffeId, method: &str, path: &str) -> bool {
-        self.matches_call(peer, &Call { peer: Some(peer), method, path, port: None, headers: &NoHeaders })
-    }
-
     /// Whether the rule covers this call by `peer`.
     fn matches_call(&self, peer: &SpiffeId, call: &Call<'_>) -> bool {
         let header = |h: &HeaderMatch| h.matches_value(call.headers.value(&h.name).as_deref());
@@ -414,13 +409,28 @@ mod tests {
         let mut allow_gets = AuthorizationRule::allow(vec![td]);
         allow_gets.methods = vec![Method::get()];
         let policy = AuthorizationPolicy::enforce(vec![deny_batch_admin, allow_gets]);
-        assert_eq!(policy.evaluate(Some(&web), "GET", "/admin"), AuthorizationDecision::Allow { rule: 1 });
-        assert_eq!(policy.evaluate(Some(&batch), "GET", "/admin/x"), AuthorizationDecision::Deny { rule: Some(0) });
-        assert_eq!(policy.evaluate(Some(&batch), "GET", "/data"), AuthorizationDecision::Allow { rule: 1 });
-        assert_eq!(policy.evaluate(Some(&web), "POST", "/data"), AuthorizationDecision::Deny { rule: None });
-        assert_eq!(policy.evaluate(None, "GET", "/data"), AuthorizationDecision::Deny { rule: None });
+        assert_eq!(
+            policy.evaluate_call(&Call::new(Some(&web), "GET", "/admin", &NoHeaders)),
+            AuthorizationDecision::Allow { rule: 1 }
+        );
+        assert_eq!(
+            policy.evaluate_call(&Call::new(Some(&batch), "GET", "/admin/x", &NoHeaders)),
+            AuthorizationDecision::Deny { rule: Some(0) }
+        );
+        assert_eq!(
+            policy.evaluate_call(&Call::new(Some(&batch), "GET", "/data", &NoHeaders)),
+            AuthorizationDecision::Allow { rule: 1 }
+        );
+        assert_eq!(
+            policy.evaluate_call(&Call::new(Some(&web), "POST", "/data", &NoHeaders)),
+            AuthorizationDecision::Deny { rule: None }
+        );
+        assert_eq!(
+            policy.evaluate_call(&Call::new(None, "GET", "/data", &NoHeaders)),
+            AuthorizationDecision::Deny { rule: None }
+        );
         let other: SpiffeId = "spiffe://other.org/web".parse().unwrap();
-        assert!(!policy.evaluate(Some(&other), "GET", "/").is_allowed());
+        assert!(!policy.evaluate_call(&Call::new(Some(&other), "GET", "/", &NoHeaders)).is_allowed());
     }
 
     struct Headers(Vec<(&'static str, &'static str)>);
@@ -455,7 +465,7 @@ mod tests {
         assert!(!policy.evaluate_call(&call(&web, "/data", none)).is_allowed());
         assert!(!policy.evaluate_call(&Call::new(Some(&web), "GET", "/data", team).with_port(9090)).is_allowed());
         // Without headers and port (the old entry point) header and port conditions never hold.
-        assert!(!policy.evaluate(Some(&web), "GET", "/data").is_allowed());
+        assert!(!policy.evaluate_call(&Call::new(Some(&web), "GET", "/data", &NoHeaders)).is_allowed());
         let other: SpiffeId = "spiffe://example.org/ns/prod2/sa/web".parse().unwrap();
         assert!(!policy.evaluate_call(&call(&other, "/data", team)).is_allowed());
         let json = serde_json::to_string(&policy).unwrap();

@@ -1,7 +1,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::InvalidPolicy;
-use crate::HeaderName;
+use crate::name::HeaderName;
 
 /// How the endpoints of a subset share its traffic.
 ///

@@ -1,7 +1,11 @@
 use std::time::Duration;
 
 use super::*;
-use crate::{DnsName, StaticDiscovery, Subset, discovery::EndpointsPublisher};
+use crate::{
+    discovery::{EndpointsPublisher, StaticDiscovery},
+    model::Subset,
+    name::DnsName,
+};
 
 /// An endpoint source driven by the test: one publisher per target, made on first watch.
 #[derive(Clone, Default)]

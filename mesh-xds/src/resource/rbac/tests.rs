@@ -1,9 +1,7 @@
-use std::collections::HashMap;
-
 use envoy_types::pb::envoy::{
     config::{
         core::v3::CidrRange,
-        rbac::v3::{Permission, Policy, Principal, Rbac as RbacRules, permission, principal, rbac::Action},
+        rbac::v3::{Permission, Principal, Rbac as RbacRules, permission, principal, rbac::Action},
         route::v3::{HeaderMatcher, header_matcher::HeaderMatchSpecifier},
     },
     extensions::filters::http::rbac::v3::Rbac as HttpRbac,
@@ -15,6 +13,7 @@ use mesh_core::{
 };
 
 use super::*;
+use crate::testing::inbound::{policy, rbac as filter};
 
 fn string(pattern: MatchPattern) -> StringMatcher {
     StringMatcher { match_pattern: Some(pattern), ignore_case: false }
@@ -65,23 +64,6 @@ fn header(name: &str, exact: &str) -> Permission {
             ..Default::default()
         })),
     }
-}
-
-fn filter(action: Action, policies: Vec<(&str, Policy)>, shadow: bool) -> HttpRbac {
-    let rules = RbacRules {
-        action: action as i32,
-        policies: policies.into_iter().map(|(n, p)| (n.to_owned(), p)).collect::<HashMap<_, _>>(),
-        ..Default::default()
-    };
-    if shadow {
-        HttpRbac { shadow_rules: Some(rules), ..Default::default() }
-    } else {
-        HttpRbac { rules: Some(rules), ..Default::default() }
-    }
-}
-
-fn policy(permissions: Vec<Permission>, principals: Vec<Principal>) -> Policy {
-    Policy { permissions, principals, ..Default::default() }
 }
 
 fn allowed(rbac: &RbacFilter, peer: &str, method: &str, path: &str, port: u16) -> bool {

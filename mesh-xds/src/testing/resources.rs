@@ -4,7 +4,6 @@
 //! `outbound|PORT|SUBSET|HOST` clusters and Istio's default retry policy, EDS clusters whose TLS
 //! context names certificate provider instances in both the current and the deprecated fields,
 //! and one locality per cluster.
-#![allow(dead_code, unreachable_pub, missing_docs, deprecated, clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 
@@ -121,7 +120,8 @@ pub fn envoy_listener(name: &str, addr: SocketAddr, route_config_name: &str) -> 
     }
 }
 
-fn socket_address(addr: SocketAddr) -> Address {
+/// A socket address.
+pub fn socket_address(addr: SocketAddr) -> Address {
     Address {
         address: Some(address::Address::SocketAddress(SocketAddress {
             address: addr.ip().to_string(),
@@ -233,6 +233,13 @@ fn http2() -> envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProto
 }
 
 fn upstream_tls(spiffe_id: &str) -> UpstreamTlsContext {
+    UpstreamTlsContext { common_tls_context: Some(istio_tls(Some(spiffe_id))), ..Default::default() }
+}
+
+/// istiod's `CommonTlsContext`: the certificate and the roots (`ROOTCA`) from provider instance
+/// `default`, named in both the current and the deprecated fields; the peer must present
+/// `spiffe_id` when given.
+pub fn istio_tls(spiffe_id: Option<&str>) -> CommonTlsContext {
     let instance = |certificate_name: &str| CertificateProviderInstance {
         instance_name: "default".into(),
         certificate_name: certificate_name.into(),
@@ -241,26 +248,24 @@ fn upstream_tls(spiffe_id: &str) -> UpstreamTlsContext {
         instance_name: "default".into(),
         certificate_name: certificate_name.into(),
     };
-    UpstreamTlsContext {
-        common_tls_context: Some(CommonTlsContext {
-            tls_certificate_provider_instance: Some(plugin("default")),
-            tls_certificate_certificate_provider_instance: Some(instance("default")),
-            validation_context_type: Some(ValidationContextType::CombinedValidationContext(
-                CombinedCertificateValidationContext {
-                    default_validation_context: Some(CertificateValidationContext {
-                        ca_certificate_provider_instance: Some(plugin("ROOTCA")),
-                        match_subject_alt_names: vec![StringMatcher {
-                            match_pattern: Some(MatchPattern::Exact(spiffe_id.into())),
-                            ..Default::default()
-                        }],
-                        ..Default::default()
-                    }),
-                    validation_context_certificate_provider_instance: Some(instance("ROOTCA")),
+    let match_subject_alt_names = spiffe_id
+        .map(|id| StringMatcher { match_pattern: Some(MatchPattern::Exact(id.into())), ..Default::default() })
+        .into_iter()
+        .collect();
+    CommonTlsContext {
+        tls_certificate_provider_instance: Some(plugin("default")),
+        tls_certificate_certificate_provider_instance: Some(instance("default")),
+        validation_context_type: Some(ValidationContextType::CombinedValidationContext(
+            CombinedCertificateValidationContext {
+                default_validation_context: Some(CertificateValidationContext {
+                    ca_certificate_provider_instance: Some(plugin("ROOTCA")),
+                    match_subject_alt_names,
                     ..Default::default()
-                },
-            )),
-            ..Default::default()
-        }),
+                }),
+                validation_context_certificate_provider_instance: Some(instance("ROOTCA")),
+                ..Default::default()
+            },
+        )),
         ..Default::default()
     }
 }

@@ -3,7 +3,6 @@
 //! certificate provider instance `default` when STRICT, an HTTP connection manager with an inline
 //! route configuration of one non-forwarding route, and the RBAC filters (DENY, then ALLOW)
 //! before the router; plus the Istio shapes of AuthorizationPolicy rules.
-#![allow(dead_code, unreachable_pub, missing_docs, deprecated, clippy::unwrap_used)]
 
 use std::{
     net::SocketAddr,
@@ -13,9 +12,7 @@ use std::{
 use envoy_types::pb::{
     envoy::{
         config::{
-            core::v3::{
-                Address, SocketAddress, TransportSocket, address, socket_address::PortSpecifier, transport_socket,
-            },
+            core::v3::{TransportSocket, transport_socket},
             listener::v3::{Filter, FilterChain, Listener, filter},
             rbac::v3::{Permission, Policy, Principal, Rbac as RbacRules, permission, principal, rbac::Action},
             route::v3::{
@@ -32,10 +29,7 @@ use envoy_types::pb::{
             },
             transport_sockets::tls::v3::{
                 CertificateProviderPluginInstance, CertificateValidationContext, CommonTlsContext,
-                DownstreamTlsContext,
-                common_tls_context::{
-                    CertificateProviderInstance, CombinedCertificateValidationContext, ValidationContextType,
-                },
+                DownstreamTlsContext, common_tls_context::ValidationContextType,
             },
         },
         r#type::matcher::v3::{PathMatcher, StringMatcher, path_matcher, string_matcher::MatchPattern},
@@ -43,7 +37,7 @@ use envoy_types::pb::{
     google::protobuf::BoolValue,
 };
 
-use super::resources::any;
+use super::resources::{any, istio_tls, socket_address};
 
 /// Istio's `server_listener_resource_name_template`.
 pub const TEMPLATE: &str = "xds.istio.io/grpc/lds/inbound/%s";
@@ -73,6 +67,36 @@ pub fn server_bootstrap(dir: &Path, cp: SocketAddr, certs: &Path) -> PathBuf {
 /// istiod's inbound listener for a server on `addr`: STRICT mTLS when `mtls`, with `rbac`
 /// filters (DENY first, as istiod orders them) before the router.
 pub fn inbound_listener(addr: SocketAddr, mtls: bool, rbac: Vec<HttpRbac>) -> Listener {
+    let manager = connection_manager(RouteSpecifier::RouteConfig(serve_all()), rbac);
+    let tls = mtls.then(|| downstream_tls(true));
+    let name = if mtls { "inbound-mtls" } else { "inbound-plaintext" };
+    listener_on(&inbound_name(addr), addr, vec![filter_chain(name, &manager, tls.as_ref())])
+}
+
+/// istiod's inline route configuration of a server: one non-forwarding route for every path.
+pub fn serve_all() -> RouteConfiguration {
+    RouteConfiguration {
+        name: "inbound".into(),
+        virtual_hosts: vec![VirtualHost {
+            name: "inbound".into(),
+            domains: vec!["*".into()],
+            routes: vec![Route {
+                r#match: Some(RouteMatch {
+                    path_specifier: Some(PathSpecifier::Prefix("/".into())),
+                    ..Default::default()
+                }),
+                action: Some(RouteAction::NonForwardingAction(NonForwardingAction {})),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// A server's HTTP connection manager: `routes`, then the `rbac` filters in order, then the
+/// router.
+pub fn connection_manager(routes: RouteSpecifier, rbac: Vec<HttpRbac>) -> HttpConnectionManager {
     let mut http_filters: Vec<HttpFilter> = rbac
         .into_iter()
         .enumerate()
@@ -87,79 +111,58 @@ pub fn inbound_listener(addr: SocketAddr, mtls: bool, rbac: Vec<HttpRbac>) -> Li
         config_type: Some(http_filter::ConfigType::TypedConfig(any(&Router::default()))),
         ..Default::default()
     });
-    let manager = HttpConnectionManager {
+    HttpConnectionManager {
         stat_prefix: "inbound".into(),
-        route_specifier: Some(RouteSpecifier::RouteConfig(RouteConfiguration {
-            name: "inbound".into(),
-            virtual_hosts: vec![VirtualHost {
-                name: "inbound".into(),
-                domains: vec!["*".into()],
-                routes: vec![Route {
-                    r#match: Some(RouteMatch {
-                        path_specifier: Some(PathSpecifier::Prefix("/".into())),
-                        ..Default::default()
-                    }),
-                    action: Some(RouteAction::NonForwardingAction(NonForwardingAction {})),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        })),
+        route_specifier: Some(routes),
         http_filters,
         ..Default::default()
-    };
-    Listener {
-        name: inbound_name(addr),
-        address: Some(Address {
-            address: Some(address::Address::SocketAddress(SocketAddress {
-                address: addr.ip().to_string(),
-                port_specifier: Some(PortSpecifier::PortValue(u32::from(addr.port()))),
+    }
+}
+
+/// A filter chain `name` of one HTTP connection manager, over TLS when `tls` is given.
+pub fn filter_chain(name: &str, manager: &HttpConnectionManager, tls: Option<&DownstreamTlsContext>) -> FilterChain {
+    FilterChain {
+        name: name.into(),
+        filters: vec![Filter {
+            name: "inbound-hcm".into(),
+            config_type: Some(filter::ConfigType::TypedConfig(any(manager))),
+        }],
+        transport_socket: tls.map(|tls| TransportSocket {
+            name: "envoy.transport_sockets.tls".into(),
+            config_type: Some(transport_socket::ConfigType::TypedConfig(any(tls))),
+        }),
+        ..Default::default()
+    }
+}
+
+/// A socket listener `name` on `addr` with `chains`.
+pub fn listener_on(name: &str, addr: SocketAddr, chains: Vec<FilterChain>) -> Listener {
+    Listener { name: name.into(), address: Some(socket_address(addr)), filter_chains: chains, ..Default::default() }
+}
+
+/// A `DownstreamTlsContext` in the current fields only: the certificate from provider instance
+/// `certificate`, the roots from `roots`.
+pub fn tls_from(certificate: &str, roots: &str, require_client_certificate: bool) -> DownstreamTlsContext {
+    let plugin =
+        |name: &str| CertificateProviderPluginInstance { instance_name: name.into(), certificate_name: String::new() };
+    DownstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificate_provider_instance: Some(plugin(certificate)),
+            validation_context_type: Some(ValidationContextType::ValidationContext(CertificateValidationContext {
+                ca_certificate_provider_instance: Some(plugin(roots)),
                 ..Default::default()
             })),
-        }),
-        filter_chains: vec![FilterChain {
-            name: if mtls { "inbound-mtls" } else { "inbound-plaintext" }.into(),
-            filters: vec![Filter {
-                name: "inbound-hcm".into(),
-                config_type: Some(filter::ConfigType::TypedConfig(any(&manager))),
-            }],
-            transport_socket: mtls.then(|| TransportSocket {
-                name: "envoy.transport_sockets.tls".into(),
-                config_type: Some(transport_socket::ConfigType::TypedConfig(any(&downstream_tls(true)))),
-            }),
             ..Default::default()
-        }],
+        }),
+        require_client_certificate: Some(BoolValue { value: require_client_certificate }),
         ..Default::default()
     }
 }
 
 /// istiod's `DownstreamTlsContext`: certificate and roots from instance `default`.
 pub fn downstream_tls(require_client_certificate: bool) -> DownstreamTlsContext {
-    let instance = |certificate_name: &str| CertificateProviderInstance {
-        instance_name: "default".into(),
-        certificate_name: certificate_name.into(),
-    };
-    let plugin = |certificate_name: &str| CertificateProviderPluginInstance {
-        instance_name: "default".into(),
-        certificate_name: certificate_name.into(),
-    };
     DownstreamTlsContext {
-        common_tls_context: Some(CommonTlsContext {
-            tls_certificate_provider_instance: Some(plugin("default")),
-            tls_certificate_certificate_provider_instance: Some(instance("default")),
-            validation_context_type: Some(ValidationContextType::CombinedValidationContext(
-                CombinedCertificateValidationContext {
-                    default_validation_context: Some(CertificateValidationContext {
-                        ca_certificate_provider_instance: Some(plugin("ROOTCA")),
-                        ..Default::default()
-                    }),
-                    validation_context_certificate_provider_instance: Some(instance("ROOTCA")),
-                    ..Default::default()
-                },
-            )),
-            ..Default::default()
-        }),
+        common_tls_context: Some(istio_tls(None)),
         require_client_certificate: Some(BoolValue { value: require_client_certificate }),
         ..Default::default()
     }
@@ -207,6 +210,11 @@ pub fn principals_except(ids: &[&str], except: &[&str]) -> Principal {
     let Some(principal::Identifier::AndIds(not)) = principals(except).identifier else { unreachable!() };
     and.ids.push(Principal { identifier: Some(principal::Identifier::NotId(Box::new(not.ids[0].clone()))) });
     Principal { identifier: Some(principal::Identifier::AndIds(and)) }
+}
+
+/// Any caller.
+pub fn any_principal() -> Principal {
+    Principal { identifier: Some(principal::Identifier::Any(true)) }
 }
 
 /// Any request.
@@ -290,22 +298,15 @@ pub fn envoy_inbound_listener(name: &str, addr: SocketAddr, cluster: &str) -> Li
         }],
         ..Default::default()
     };
-    Listener {
-        name: name.into(),
-        address: Some(Address {
-            address: Some(address::Address::SocketAddress(SocketAddress {
-                address: addr.ip().to_string(),
-                port_specifier: Some(PortSpecifier::PortValue(u32::from(addr.port()))),
-                ..Default::default()
-            })),
-        }),
-        filter_chains: vec![FilterChain {
+    listener_on(
+        name,
+        addr,
+        vec![FilterChain {
             filters: vec![Filter {
                 name: "envoy.filters.network.http_connection_manager".into(),
                 config_type: Some(filter::ConfigType::TypedConfig(any(&manager))),
             }],
             ..Default::default()
         }],
-        ..Default::default()
-    }
+    )
 }
