@@ -15,8 +15,19 @@ print(f"Mode `{run['mode']}`: {run['rounds']} interleaved rounds, {run['warmup_s
       f"`{machine['loadavg_before']}`, after `{machine['loadavg_after']}`.")
 print()
 print("| config | workload | req/s median (min-max) | per busiest-core CPU s | p50 µs | p90 µs | p99 µs "
-      "| CPU s / 10k req: total (client + server + proxies) | server+proxies peak RSS MiB |")
-print("|---|---|---|---|---|---|---|---|---|")
+      "| CPU s / 10k req: total (client + server + proxies) | server+proxies peak RSS MiB "
+      "| per request, client / server [/ proxies]: CPU µs | syscalls | context switches |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def sides(figure, decimals):
+    if not figure:
+        return "-"
+    num = lambda v: "-" if v is None else f"{v:.{decimals}f}"
+    text = f"{num(figure.get('client'))} / {num(figure.get('server'))}"
+    return text + (f" / {num(figure['proxies'])}" if "proxies" in figure else "")
+
+
 idle = []
 for config, workloads in s["results"].items():
     for workload, r in workloads.items():
@@ -30,7 +41,12 @@ for config, workloads in s["results"].items():
         print(f"| {config} | {workload} | {r['rps']:.0f} ({r['rps_min']:.0f}-{r['rps_max']:.0f}) | {busiest} "
               f"| {r['p50_us']:.0f} | {r['p90_us']:.0f} | {r['p99_us']:.0f} "
               f"| {cpu['total']:.3f} ({cpu['client']:.3f} + {cpu['server']:.3f} + {cpu['proxies']:.3f}) "
-              f"| {(rss['server'] + rss['proxies']) / 1024:.1f} |")
+              f"| {(rss['server'] + rss['proxies']) / 1024:.1f} "
+              f"| {sides(r.get('per_request', {}).get('cpu_us'), 1)} "
+              f"| {sides(r.get('per_request', {}).get('syscalls'), 2)} "
+              f"| {sides(r.get('per_request', {}).get('context_switches'), 3)} |")
+print()
+print(f"Syscalls and context switches: {s.get('counters', {}).get('status', 'not in this summary')}.")
 if idle:
     print()
     print("| config | workload | connections opened | client KiB per connection | server KiB per connection |")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Per-request instructions (callgrind) and heap allocations (DHAT) of the client and of the server
-# process, for bare-mtls and mesh, HTTP/1.1 and HTTP/2 -- the method of docs/benchmarks.md
+# process, for bare-mtls and mesh (HTTP/1.1 and HTTP/2) and grpc-tonic and grpc-mesh (unary gRPC)
+# -- the method of docs/benchmarks.md
 # ("Where mesh's time goes"): every figure is
 #
 #     (count in a LONG run - count in a SHORT run) / (requests in LONG - requests in SHORT)
@@ -22,14 +23,19 @@
 #   SHORT, LONG   the client's --duration in the two runs of a pair, seconds [2, 12]; under load
 #                 2 and 6 (the docs' choice) spread mesh's figures by +-5%, 2 and 12 by ~1-2%
 #   REPEAT        pairs per figure; the figure is their median [3]
-#   CONFIGS       [bare-mtls mesh]
-#   WORKLOADS     KEY=WORKLOAD pairs [h1=h1:8 h2=h2:4x4]; h2:4x4 gives both configurations 4
-#                 connections x 4 streams (the mesh client opens one connection per endpoint and
-#                 the mesh server has 4 endpoints, so h2:2x8 would be 2 connections for bare-mtls
-#                 but 4 for mesh)
+#   CONFIGS       [bare-mtls mesh grpc-tonic grpc-mesh]
+#   WORKLOADS     KEY=WORKLOAD pairs [h1=h1:32 h2=h2:8x16 grpc=grpc:8x16]: the throughput
+#                 workloads. A grpc: workload runs on the grpc-* configurations only, the others
+#                 on the rest. (mesh's client opens one connection per endpoint, 4 endpoints x
+#                 2 clients, so h2:8x16 is 8 connections for every configuration; h2:2x8 would
+#                 not be)
 #   SIDES         [client server]     TOOLS  [callgrind dhat]
 #   NICE          niceness of every process started [15]
 #   KEEP=1        keep the temporary directory (valgrind outputs, logs) and print its path
+#   FUNCTIONS=1   (callgrind) also the per-function table of each figure, from its last pair
+#                 (bench/functions.py: instructions per request by group -- mesh's modules, hyper,
+#                 h2, rustls, tokio, the allocator -- and the top functions), written beside OUT
+#                 as OUT's name with .functions/CONFIG-KEY-SIDE.{txt,json} instead of .json
 #
 # Needs valgrind (installed from Debian when missing, as root or through sudo) and jq.
 set -euo pipefail
@@ -42,12 +48,14 @@ abspath() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$2/$1" ;; e
 if [ $# -ge 1 ]; then bin=$(abspath "$1" "$orig_pwd"); else bin=$root/target/release/mesh-bench; fi
 if [ $# -ge 2 ]; then out=$(abspath "$2" "$orig_pwd"); else out=$root/target/bench/per-request.json; fi
 runs_file="${out%.json}.runs.tsv"
+functions_dir="${out%.json}.functions"
 
 SHORT=${SHORT:-2}
 LONG=${LONG:-12}
 REPEAT=${REPEAT:-3}
-CONFIGS=${CONFIGS:-bare-mtls mesh}
-WORKLOADS=${WORKLOADS:-h1=h1:8 h2=h2:4x4}
+CONFIGS=${CONFIGS:-bare-mtls mesh grpc-tonic grpc-mesh}
+WORKLOADS=${WORKLOADS:-h1=h1:32 h2=h2:8x16 grpc=grpc:8x16}
+FUNCTIONS=${FUNCTIONS:-0}
 SIDES=${SIDES:-client server}
 TOOLS=${TOOLS:-callgrind dhat}
 NICE=${NICE:-15}
@@ -169,10 +177,13 @@ median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] :
 results="$work/results.tsv"
 : >"$results"
 : >"$work/runs.tsv"
+[ "$FUNCTIONS" = 0 ] || { rm -rf "$functions_dir" && mkdir -p "$functions_dir"; }
 for config in $CONFIGS; do
   for pair in $WORKLOADS; do
     key=${pair%%=*}
     workload=${pair#*=}
+    # gRPC workloads on the gRPC configurations, HTTP workloads on the others.
+    case "$config:$workload" in grpc-*:grpc:* | grpc-*:grpc-rate:*) ;; grpc-*:* | *:grpc:* | *:grpc-rate:*) continue ;; esac
     for side in $SIDES; do
       for tool in $TOOLS; do
         pers=()
@@ -187,7 +198,12 @@ for config in $CONFIGS; do
           per=$(awk -v c1="$c1" -v c2="$c2" -v r1="$r1" -v r2="$r2" 'BEGIN { printf "%.3f", (c2 - c1) / (r2 - r1) }')
           log "$config $workload $side $tool #$rep: requests $r1 -> $r2, count $c1 -> $c2: $per per request"
           pers+=("$per")
-          # The big outputs are not needed once counted.
+          if [ "$FUNCTIONS" != 0 ] && [ "$tool" = callgrind ] && [ "$rep" = "$REPEAT" ]; then
+            name="$functions_dir/$config-$key-$side"
+            python3 "$root/bench/functions.py" "$tag-short.out" "$tag-long.out" "$r1" "$r2" --json "$name.json" >"$name.txt" ||
+              log "warning: bench/functions.py failed on $config $key $side"
+          fi
+          # The big outputs are not needed once counted (and tabled).
           [ "${KEEP:-0}" = 1 ] || rm -f "$tag"-*.out
         done
         med=$(printf '%s\n' "${pers[@]}" | median)
@@ -220,11 +236,16 @@ awk -F'\t' '
   END { for (i = 1; i <= n; i++) { split(order[i], f, "\t")
     printf "%-10s %-3s %-7s %26s %20s\n", f[1], f[2], f[3], (order[i] in ir ? ir[order[i]] : "-"), (order[i] in al ? al[order[i]] : "-") } }
 ' "$results"
-if jq -e 'has("mesh") and has("bare-mtls")' "$out" >/dev/null; then
-  echo "mesh / bare-mtls (medians):"
-  jq -r '.["bare-mtls"] as $b | .mesh | to_entries[] | .key as $w | .value | to_entries[] | .key as $s |
-    def ratio($x; $y): if ($x != null) and (($y // 0) > 0) then ($x / $y * 100 | round / 100 | tostring) + "x" else "-" end;
-    [$w, $s, ratio(.value.instructions; $b[$w][$s].instructions), ratio(.value.allocations; $b[$w][$s].allocations)] | @tsv' "$out" |
-    while IFS=$'\t' read -r w s i a; do printf '%-10s %-3s %-7s %26s %20s\n' "" "$w" "$s" "$i" "$a"; done
-fi
+for pair in "mesh bare-mtls" "grpc-mesh grpc-tonic"; do
+  set -- $pair
+  if jq -e --arg m "$1" --arg b "$2" 'has($m) and has($b)' "$out" >/dev/null; then
+    echo "$1 / $2 (medians):"
+    jq -r --arg m "$1" --arg b "$2" '.[$b] as $base | .[$m] | to_entries[] | .key as $w | .value | to_entries[] | .key as $s |
+      def ratio($x; $y): if ($x != null) and (($y // 0) > 0) then ($x / $y * 100 | round / 100 | tostring) + "x" else "-" end;
+      [$w, $s, ratio(.value.instructions; $base[$w][$s].instructions), ratio(.value.allocations; $base[$w][$s].allocations)] | @tsv' "$out" |
+      while IFS=$'\t' read -r w s i a; do printf '%-10s %-4s %-7s %26s %20s\n' "" "$w" "$s" "$i" "$a"; done
+  fi
+done
+[ "$FUNCTIONS" = 0 ] || echo "per-function tables in $functions_dir"
+
 echo "wrote $out and $runs_file"

@@ -12,8 +12,11 @@
 # Installs Debian's nginx and haproxy (and valgrind and jq for the instructions) when missing (as
 # root, or through sudo), builds mesh-bench in release, raises the open-file limit to the hard
 # limit (the idle workload holds 1,000 connections), runs `mesh-bench run`, which writes
-# target/bench/summary.json and prints the table, then bench/per-request.sh with TOOLS=callgrind
-# and `mesh-bench merge-instructions`. See docs/benchmarks.md.
+# target/bench/summary.json and prints the table (with CPU µs, syscalls and context switches per
+# request of every process, the last two from `perf stat` where the kernel counts them), then
+# bench/per-request.sh with TOOLS=callgrind FUNCTIONS=1 (instructions per request, and the
+# per-function tables in target/bench/per-request.functions/) and `mesh-bench merge-instructions`.
+# See docs/benchmarks.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -99,8 +102,8 @@ if [ "$quick" = 1 ]; then
 else
   export REPEAT=${REPEAT:-3} SHORT=${SHORT:-2} LONG=${LONG:-12}
 fi
-method="callgrind, client and server processes separately, each against a native peer: (instructions at ${LONG} s - at ${SHORT} s) / (requests at ${LONG} s - at ${SHORT} s), median of ${REPEAT} pairs; h1 = h1:8, h2 = h2:4x4 (bench/per-request.sh)"
-if TOOLS=callgrind bench/per-request.sh "$bin" "$out/per-request.json"; then
+method="callgrind, client and server processes separately, each against a native peer: (instructions at ${LONG} s - at ${SHORT} s) / (requests at ${LONG} s - at ${SHORT} s), median of ${REPEAT} pairs; h1 = h1:32, h2 = h2:8x16, grpc = grpc:8x16, the throughput workloads (bench/per-request.sh)"
+if TOOLS=callgrind FUNCTIONS=${FUNCTIONS:-1} bench/per-request.sh "$bin" "$out/per-request.json"; then
   "$bin" merge-instructions --summary "$out/summary.json" --per-request "$out/per-request.json" --method "$method"
 else
   echo "bench/run.sh: bench/per-request.sh failed: instructions not measured" >&2

@@ -5,11 +5,23 @@
 //!
 //! ```text
 //! cargo run --example prometheus -- [--listen 127.0.0.1:9464] [--requests 1000]
+//!     [--istio-metrics] [--fail RATE] [--canary PERCENT] [--live]
 //! curl -s http://127.0.0.1:9464/metrics | grep ^mesh_
 //! ```
 //!
 //! After the traffic it prints `metrics on http://ADDR/metrics` (ADDR with the port actually
 //! bound, so `--listen 127.0.0.1:0` works) and serves until Ctrl-C.
+//!
+//! - `--istio-metrics`: Istio's standard metrics beside mesh's (`istio_requests_total`...), for
+//!   the workloads `frontend`, `reviews-v1` and `reviews-v2` in namespace `default` (canonical
+//!   service `reviews`, revisions `v1` and `v2`), each side labelling the other from the
+//!   exchanged peer metadata.
+//! - `--fail RATE`: the share of v2's calls that fail with 503 (default 0.2), spread evenly
+//!   and the same on every run.
+//! - `--canary PERCENT`: v2's share of the split (default 20).
+//! - `--live`: serve `/metrics` first (printing `metrics on ...` before the traffic) and send
+//!   the traffic in rounds of 100 requests, each after `/metrics` was scraped again, so a
+//!   scraper such as Prometheus sees it grow; prints `traffic done` after it.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::{
@@ -28,7 +40,11 @@ use mesh::{
         policy::{AuthorizationPolicy, AuthorizationRule, PrincipalMatch, RetryOn, RetryPolicy},
     },
     tower::{
-        authz::AuthorizationLayer, client::MeshClient, metrics as names, server::Server, telemetry::TelemetryLayer,
+        authz::AuthorizationLayer,
+        client::MeshClient,
+        metrics as names,
+        server::Server,
+        telemetry::{TelemetryLayer, WorkloadLabels, istio},
     },
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -36,19 +52,47 @@ use tower::ServiceExt;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
-const USAGE: &str = "usage: prometheus [--listen ADDR] [--requests N]";
+const USAGE: &str =
+    "usage: prometheus [--listen ADDR] [--requests N] [--istio-metrics] [--fail RATE] [--canary PERCENT] [--live]";
+
+/// Requests per round with `--live`.
+const ROUND: usize = 100;
+
+struct Args {
+    listen: String,
+    requests: usize,
+    istio: bool,
+    fail: f64,
+    canary: u32,
+    live: bool,
+}
 
 /// Request durations in seconds: 0.5 ms to 10 s.
 const BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
-fn parse_args() -> Result<(String, usize), String> {
-    let (mut listen, mut requests) = ("127.0.0.1:9464".to_owned(), 1000);
+fn parse_args() -> Result<Args, String> {
+    let mut args =
+        Args { listen: "127.0.0.1:9464".to_owned(), requests: 1000, istio: false, fail: 0.2, canary: 20, live: false };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = |flag: &str| it.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"));
         match arg.as_str() {
-            "--listen" => listen = value("--listen")?,
-            "--requests" => requests = value("--requests")?.parse().map_err(|_| "--requests: not a number")?,
+            "--listen" => args.listen = value("--listen")?,
+            "--requests" => args.requests = value("--requests")?.parse().map_err(|_| "--requests: not a number")?,
+            "--istio-metrics" => args.istio = true,
+            "--live" => args.live = true,
+            "--fail" => {
+                args.fail = value("--fail")?.parse().map_err(|_| "--fail: not a number")?;
+                if !(0.0..=1.0).contains(&args.fail) {
+                    return Err("--fail: a share between 0 and 1".into());
+                }
+            }
+            "--canary" => {
+                args.canary = value("--canary")?.parse().map_err(|_| "--canary: not a number")?;
+                if args.canary > 100 {
+                    return Err("--canary: a percentage between 0 and 100".into());
+                }
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -56,32 +100,52 @@ fn parse_args() -> Result<(String, usize), String> {
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
-    Ok((listen, requests))
+    Ok(args)
 }
 
 #[tokio::main]
 async fn main() {
-    let (listen, requests) = match parse_args() {
+    let args = match parse_args() {
         Ok(args) => args,
         Err(message) => {
             eprintln!("prometheus: {message}");
             std::process::exit(2);
         }
     };
-    if let Err(error) = run(&listen, requests).await {
+    if let Err(error) = run(&args).await {
         eprintln!("prometheus: {error}");
         std::process::exit(1);
     }
 }
 
-/// A `reviews` backend of `version` that fails `fail_percent` of requests with 503 (in turn).
-async fn backend(ca: &DevCa, version: &str, fail_percent: u64) -> Result<mesh::tower::server::ServerHandle, Error> {
+/// Whether call `n` (from 0) of a backend failing `rate` of its calls fails: the failures are
+/// spread evenly (`floor((n + 1) * rate) > floor(n * rate)`), so any run of calls fails `rate`
+/// of them to within one call, the same on every run.
+fn fails(n: u64, rate: f64) -> bool {
+    ((n + 1) as f64 * rate).floor() > (n as f64 * rate).floor()
+}
+
+/// The Istio labels of a workload of the example.
+fn workload(name: &str, canonical: &str, revision: &str) -> WorkloadLabels {
+    WorkloadLabels::new(name, "default")
+        .canonical(canonical, revision)
+        .cluster("Kubernetes")
+        .with_mesh_id("cluster.local")
+}
+
+/// A `reviews` backend of `version` that fails `fail` of requests with 503 (spread evenly).
+async fn backend(
+    ca: &DevCa,
+    version: &str,
+    fail: f64,
+    istio: bool,
+) -> Result<mesh::tower::server::ServerHandle, Error> {
     let counter = Arc::new(AtomicU64::new(0));
     let app = tower::service_fn(move |_req: http::Request<hyper::body::Incoming>| {
         let n = counter.fetch_add(1, Ordering::Relaxed);
         async move {
             let mut response = http::Response::new(String::from("review"));
-            if n % 100 < fail_percent {
+            if fails(n, fail) {
                 *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
             }
             Ok::<_, Infallible>(response)
@@ -90,31 +154,42 @@ async fn backend(ca: &DevCa, version: &str, fail_percent: u64) -> Result<mesh::t
     let frontend = PrincipalMatch::Exact("spiffe://example.org/frontend".parse()?);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let identity = IdentitySource::fixed(ca.identity("/reviews")?);
+    let mut telemetry = TelemetryLayer::server("reviews".parse()?).version(version.parse()?);
+    if istio {
+        telemetry = telemetry.istio_metrics(workload(&format!("reviews-{version}"), "reviews", version));
+    }
     // Telemetry, authorization, then the caller's deadline: the server's request stack.
-    let server = Server::builder()
-        .identity(identity)
-        .telemetry(TelemetryLayer::server("reviews".parse()?).version(version.parse()?))
-        .authorization(AuthorizationLayer::new(AuthorizationPolicy::enforce(vec![AuthorizationRule::allow(vec![
-            frontend,
-        ])])));
+    let server = Server::builder().identity(identity).telemetry(telemetry).authorization(AuthorizationLayer::new(
+        AuthorizationPolicy::enforce(vec![AuthorizationRule::allow(vec![frontend])]),
+    ));
     Ok(server.build()?.spawn(listener, app)?)
 }
 
 fn recorder() -> Result<PrometheusHandle, Error> {
     Ok(PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(names::REQUEST_DURATION.to_owned()), BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(istio::REQUEST_DURATION.to_owned()), istio::DURATION_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(istio::REQUEST_BYTES.to_owned()), istio::BYTES_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(istio::RESPONSE_BYTES.to_owned()), istio::BYTES_BUCKETS)?
         .install_recorder()?)
 }
 
-async fn run(listen: &str, requests: usize) -> Result<(), Error> {
+async fn run(args: &Args) -> Result<(), Error> {
     let prometheus = recorder()?;
     let ca = DevCa::new("example.org".parse()?)?;
-    let (v1, v2) = (backend(&ca, "v1", 0).await?, backend(&ca, "v2", 20).await?);
+    let (v1, v2) = (backend(&ca, "v1", 0.0, args.istio).await?, backend(&ca, "v2", args.fail, args.istio).await?);
 
     let reviews: ServiceName = "reviews".parse()?;
     let discovery = StaticDiscovery::new();
     let mut retry = RetryPolicy::default();
     retry.retry_on = vec![RetryOn::GatewayError];
+    let mut route = Route::new(RouteName::new("reviews-default")?).with_retry(retry);
+    if args.canary < 100 {
+        route = route.with_target("v1".parse()?, Weight::new(100 - args.canary)?);
+    }
+    if args.canary > 0 {
+        route = route.with_target("v2".parse()?, Weight::new(args.canary)?);
+    }
     discovery.set(
         ServiceSnapshot::builder(reviews.clone())
             .identity("spiffe://example.org/reviews".parse()?)
@@ -122,43 +197,69 @@ async fn run(listen: &str, requests: usize) -> Result<(), Error> {
             .endpoint(Endpoint::new(v2.local_addr()).with_label("version", "v2")?)
             .subset(Subset::version("v1")?)
             .subset(Subset::version("v2")?)
-            .route(
-                Route::new(RouteName::new("reviews-default")?)
-                    .with_target("v1".parse()?, Weight::new(80)?)
-                    .with_target("v2".parse()?, Weight::new(20)?)
-                    .with_retry(retry),
-            )
+            .route(route)
             .build()?,
     );
     let frontend = IdentitySource::fixed(ca.identity("/frontend")?);
-    let client = MeshClient::builder(discovery.clone(), reviews.clone()).identity(frontend).build()?;
-    for _ in 0..requests {
-        let response = client.clone().oneshot(http::Request::get("/reviews/1").body(Full::default())?).await?;
-        response.into_body().collect().await?;
+    let mut telemetry = TelemetryLayer::client(reviews.clone());
+    if args.istio {
+        telemetry = telemetry.istio_metrics(workload("frontend", "frontend", "v1"));
+    }
+    let client =
+        MeshClient::builder(discovery.clone(), reviews.clone()).identity(frontend).telemetry(telemetry).build()?;
+
+    let scrapes = Arc::new(tokio::sync::watch::channel(0_u64).0);
+    let server = serve_metrics(&args.listen, prometheus, scrapes.clone()).await?;
+    if args.live {
+        println!("metrics on http://{}/metrics", server.local_addr());
+    }
+    let mut seen = scrapes.subscribe();
+    for round in (0..args.requests).collect::<Vec<_>>().chunks(ROUND) {
+        if args.live {
+            // Each round after a new scrape: a scraper sees every round's counts grow.
+            tokio::time::timeout(std::time::Duration::from_secs(120), seen.changed())
+                .await
+                .map_err(|_| "--live: /metrics was not scraped for 120 s")??;
+        }
+        for _ in round {
+            let response = client.clone().oneshot(http::Request::get("/reviews/1").body(Full::default())?).await?;
+            response.into_body().collect().await?;
+        }
     }
     // A caller the policy does not name: denied, and counted.
     let intruder = IdentitySource::fixed(ca.identity("/intruder")?);
     let intruder = MeshClient::builder(discovery, reviews).identity(intruder).build()?;
     let denied = intruder.oneshot(http::Request::get("/reviews/1").body(Full::default())?).await?;
     eprintln!("intruder: {}", denied.status());
+    if args.live {
+        println!("traffic done");
+    } else {
+        println!("metrics on http://{}/metrics", server.local_addr());
+    }
+    tokio::signal::ctrl_c().await?;
+    server.shutdown().await?;
+    Ok(())
+}
 
+/// Serves `/metrics`, counting the scrapes in `scrapes`.
+async fn serve_metrics(
+    listen: &str,
+    prometheus: PrometheusHandle,
+    scrapes: Arc<tokio::sync::watch::Sender<u64>>,
+) -> Result<mesh::tower::server::ServerHandle, Error> {
     let metrics = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        let prometheus = prometheus.clone();
+        let (prometheus, scrapes) = (prometheus.clone(), scrapes.clone());
         async move {
             if req.uri().path() == "/metrics" {
                 prometheus.run_upkeep();
-                http::Response::builder()
-                    .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")
-                    .body(prometheus.render())
+                let text = prometheus.render();
+                scrapes.send_modify(|n| *n += 1);
+                http::Response::builder().header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4").body(text)
             } else {
                 http::Response::builder().status(http::StatusCode::NOT_FOUND).body(String::new())
             }
         }
     });
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("binding {listen}: {e}"))?;
-    let server = Server::builder().plaintext().build()?.spawn(listener, metrics)?;
-    println!("metrics on http://{}/metrics", server.local_addr());
-    tokio::signal::ctrl_c().await?;
-    server.shutdown().await?;
-    Ok(())
+    Ok(Server::builder().plaintext().build()?.spawn(listener, metrics)?)
 }

@@ -176,3 +176,36 @@ async fn shutdown_drains_a_streaming_call_in_flight() {
     assert_eq!(rest, vec![2, 3, 4, 5]);
     shutdown.await.unwrap().unwrap();
 }
+
+/// Concurrent calls that share one failing handshake (HTTP/2: the calls to an endpoint wait for
+/// one connection) each get the connection's own error, the SPIFFE ID mismatch, not the pool's
+/// "request was canceled" its waiters used to get.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_sharing_a_failing_handshake_each_get_its_cause() {
+    let backend = serve(identity("/backend"), Options::default()).await;
+    let discovery = StaticDiscovery::new();
+    discovery.set(
+        ServiceSnapshot::builder(greeter())
+            .identity("spiffe://example.org/impostor-check".parse().unwrap())
+            .endpoint(backend.endpoint("v1"))
+            .build()
+            .unwrap(),
+    );
+    let client = GreeterClient::new(channel(&discovery, "/frontend"));
+    for round in 0..3 {
+        let calls = (0..16).map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move { client.say_hello(hello("x")).await.unwrap_err() })
+        });
+        for status in futures_util::future::join_all(calls).await {
+            let status = status.unwrap();
+            assert_eq!(status.code(), Code::Unavailable, "round {round}: {status:?}");
+            assert!(
+                status.message().contains("but spiffe://example.org/impostor-check was expected"),
+                "round {round}: a waiter lost the handshake's cause: {status:?}"
+            );
+        }
+    }
+    assert_eq!(backend.seen.calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+    backend.handle.shutdown().await.unwrap();
+}

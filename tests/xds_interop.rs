@@ -407,3 +407,93 @@ async fn grpcio_reads_the_same_tls_contexts_and_refuses_the_same_endpoint() {
         assert!(cp.heard().borrow().nacks.is_empty(), "grpcio NACKed: {:?}", cp.heard().borrow().nacks);
     }
 }
+
+/// A cluster refused before the first snapshot (v2's `lb_policy: MAGLEV`) fails only the calls
+/// routed to it, at once, and the valid cluster is served: what grpcio does with the same
+/// resources, and what mesh now does (it used to fail the whole target after `resolve_timeout`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_cluster_fails_only_its_calls_in_mesh_as_in_grpcio() {
+    use envoy_types::pb::envoy::config::{
+        cluster::v3::cluster::LbPolicy,
+        route::v3::{HeaderMatcher, Route, header_matcher::HeaderMatchSpecifier},
+    };
+    let Some(python) = peer("MESH_XDS_PYTHON", "target/xds-grpc-venv/bin/python", "a python with grpcio") else {
+        return;
+    };
+    let (v1, v2) = (greeter("v1").await, greeter("v2").await);
+    let mut res = resources(v1.local_addr(), v2.local_addr(), (1, 0));
+    // Calls with `x-canary: 1` go to v2, the others to v1.
+    let mut rc = r::route_config(&listener(), HOST, PORT, &[(&cluster("v1"), 1)]);
+    let mut canary: Route =
+        r::route_config(&listener(), HOST, PORT, &[(&cluster("v2"), 1)]).virtual_hosts[0].routes[0].clone();
+    canary.r#match.as_mut().unwrap().headers.push(HeaderMatcher {
+        name: "x-canary".into(),
+        header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(
+            envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher {
+                match_pattern: Some(envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern::Exact(
+                    "1".into(),
+                )),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    });
+    canary.name = "canary".into();
+    rc.virtual_hosts[0].routes.insert(0, canary);
+    res.set(&listener(), &rc);
+    let mut refused = r::cluster(&cluster("v2"), None);
+    refused.lb_policy = LbPolicy::Maglev as i32;
+    res.set(&cluster("v2"), &refused);
+
+    // grpcio: plain calls on v1, canary calls fail at once (fail-fast, so not waiting for a
+    // deadline), and the CDS resource is NACKed.
+    let cp = ControlPlane::start(res.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bootstrap = xds_support::bootstrap(dir.path(), cp.addr, None);
+    let plain = PyClient::spawn_with(&python, &format!("xds:///{}", listener()), None, Some(&bootstrap), 20, &[])
+        .round(true)
+        .await;
+    assert_eq!((plain.v1, plain.errors), (20, 0), "grpcio plain: {plain:?}");
+    let nack = cp.wait_nack(|d| d.to_ascii_lowercase().contains("maglev") || d.contains("lb_policy")).await;
+    eprintln!("grpcio NACK: {nack}");
+    let interop = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    let out = tokio::process::Command::new(&python)
+        .arg(interop.join("istiod_greeter_client.py"))
+        .arg(format!("xds:///{}", listener()))
+        .env("GRPC_XDS_BOOTSTRAP", &bootstrap)
+        .env("PYTHONPATH", &interop)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let canary_round = {
+        let mut child = out;
+        let line =
+            r#"{"op": "round", "calls": 10, "metadata": [["x-canary", "1"]], "timeout": 20, "wait_for_ready": false}"#;
+        child.stdin.as_mut().unwrap().write_all(format!("{line}\n").as_bytes()).await.unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let got = tokio::time::timeout(Duration::from_secs(120), lines.next_line()).await.unwrap().unwrap().unwrap();
+        serde_json::from_str::<serde_json::Value>(&got).unwrap()
+    };
+    eprintln!("grpcio canary calls: {canary_round}");
+    assert_eq!(canary_round["errors"]["UNAVAILABLE"].as_u64(), Some(10), "grpcio: {canary_round}");
+
+    // mesh, fed the same: the same outcome, and the canary calls fail with the NACK's reason
+    // rather than after resolve_timeout.
+    let mesh = MeshPeer::start(res).await;
+    let mut client = mesh.client.clone();
+    for _ in 0..20 {
+        let reply = client.say_hello(HelloRequest { name: "xds".into() }).await.unwrap();
+        assert!(reply.get_ref().message.contains(" from v1,"), "{reply:?}");
+    }
+    let mesh_nack = mesh.cp.wait_nack(|d| d.contains("MAGLEV")).await;
+    assert!(mesh_nack.contains(&format!("CDS resource \"{}\"", cluster("v2"))), "{mesh_nack}");
+    for _ in 0..10 {
+        let mut request = tonic::Request::new(HelloRequest { name: "canary".into() });
+        request.metadata_mut().insert("x-canary", "1".parse().unwrap());
+        let status = client.say_hello(request).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert!(!status.message().contains("discovery has no snapshot"), "waited for a snapshot: {status:?}");
+    }
+}

@@ -358,3 +358,61 @@ async fn rbac_pushed_live_denies_and_allows_again_dry_runs_and_untranslatable_po
         server.stats.would_deny()
     );
 }
+
+/// The watches a server holds keep its ADS stream open: a server built where the discovery handle
+/// and the `InboundListener` go out of scope (an `if` branch, a helper function) still gets its
+/// listener, pushed after they were dropped; and so does a client's snapshot watch. Once the last
+/// watch is dropped too, the stream ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_in_use_keep_the_stream_after_the_discovery_handle_is_dropped() {
+    use xds_support::resources as r;
+    let ca = DevCa::new("cluster.local".parse().unwrap()).unwrap();
+    let dir = TempDir::new().unwrap();
+    write_certs(&ca, &dir.path().join("server"), "/ns/default/sa/greeter");
+    let cp = ControlPlane::start(Resources::default()).await;
+    let bootstrap = server_bootstrap(dir.path(), cp.addr, &dir.path().join("server"));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (security, authorization) = {
+        let xds = XdsDiscovery::builder(Bootstrap::from_file(&bootstrap).unwrap()).build().unwrap();
+        let inbound = xds.inbound(addr).unwrap();
+        (inbound.security(), inbound.authorization())
+    };
+    let server = Server::builder()
+        .security_from(security)
+        .authorization(AuthorizationLayer::from_watch(authorization))
+        .build()
+        .unwrap();
+    let greeter = GreeterServer::new(Hello);
+    let handle = server.spawn(listener, tower::service_fn(move |request| serve(request, greeter.clone()))).unwrap();
+    let v = cp.update(|r| r.set(&inbound::inbound_name(addr), &inbound_listener(addr, false, vec![])));
+    within(cp.wait_ack(LDS, &v)).await;
+    assert_eq!(get_once(addr, None, false).await.unwrap(), (StatusCode::OK, "anonymous".into()));
+
+    // A client's watch, its discovery handle dropped before the resources exist.
+    let target = "reviews.default.svc.cluster.local:9080";
+    let mut watch = {
+        std::fs::create_dir_all(dir.path().join("client")).unwrap();
+        let client_bootstrap = xds_support::bootstrap(&dir.path().join("client"), cp.addr, None);
+        let xds =
+            XdsDiscovery::builder(Bootstrap::from_file(&client_bootstrap).unwrap()).allow_plaintext().build().unwrap();
+        mesh::core::Discovery::watch(&xds, &xds.target(target).unwrap())
+    };
+    let cluster = r::cluster_name("reviews.default.svc.cluster.local", 9080, "v1");
+    cp.update(|res| {
+        res.set(target, &r::client_listener(target));
+        res.set(target, &r::route_config(target, "reviews.default.svc.cluster.local", 9080, &[(&cluster, 1)]));
+        res.set(&cluster, &r::cluster(&cluster, None));
+        res.set(&cluster, &r::load_assignment(&cluster, &[addr]));
+    });
+    let snapshot = within(watch.ready()).await.unwrap();
+    assert_eq!(snapshot.endpoints().len(), 1, "{snapshot:?}");
+
+    // Every watch dropped: nothing is left to feed, and both streams end.
+    assert_eq!(cp.heard().borrow().closed, 0, "a stream ended while its watches were in use");
+    drop(watch);
+    handle.shutdown().await.unwrap();
+    drop(server);
+    within(cp.heard().wait_for(|h| h.closed >= 2)).await.unwrap();
+    assert_eq!(cp.heard().borrow().streams, 2, "one stream per discovery");
+}

@@ -7,9 +7,10 @@ use crate::{configs::Config, loadgen::Workload};
 /// What `--help` prints.
 pub(crate) const USAGE: &str = "\
 usage:
-  mesh-bench run [--quick] [--rounds N] [--out DIR] [--no-pin]
+  mesh-bench run [--quick] [--rounds N] [--out DIR] [--no-pin] [--no-counters]
                  [--configs bare,bare-mtls,mesh,sidecar-nginx,sidecar-haproxy,sidecar-envoy,grpc-tonic,grpc-mesh]
-      the whole benchmark; writes DIR/summary.json (default target/bench) and prints a table
+      the whole benchmark; writes DIR/summary.json (default target/bench) and prints a table;
+      --no-counters: no perf stat (syscalls, context switches) attached to the processes
   mesh-bench server --config NAME --certs DIR
       (a child of `run`) serves the hello handler; prints `LISTENING port[,port..]`
   mesh-bench client --config NAME --certs DIR --ports P[,P..] --workload W [--warmup SECS] [--duration SECS]
@@ -86,6 +87,8 @@ pub(crate) struct RunArgs {
     pub(crate) configs: Vec<Config>,
     pub(crate) out: PathBuf,
     pub(crate) pin: bool,
+    /// Count syscalls and context switches with `perf stat` where the kernel can.
+    pub(crate) counters: bool,
 }
 
 fn parse_value<T: FromStr>(flag: &'static str, value: String, expected: &'static str) -> Result<T, CliError> {
@@ -104,6 +107,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, C
     let (mut config, mut certs, mut out, mut ports, mut workload) = (None, None, None, None, None);
     let (mut warmup, mut duration) = (Duration::from_secs(1), Duration::from_secs(5));
     let (mut quick, mut rounds, mut configs, mut pin) = (false, 3usize, Config::ALL.to_vec(), true);
+    let mut counters = true;
     let (mut summary, mut per_request, mut method, mut skipped) = (None, None, None, None);
     while let Some(arg) = it.next() {
         let mut value = |flag: &'static str| it.next().ok_or(CliError::MissingValue(flag));
@@ -127,6 +131,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, C
             "--duration" => duration = seconds("--duration", value("--duration")?)?,
             "--quick" => quick = true,
             "--no-pin" => pin = false,
+            "--no-counters" => counters = false,
             "--rounds" => {
                 rounds = parse_value("--rounds", value("--rounds")?, "a number of rounds (1 or more)")?;
                 if rounds == 0 {
@@ -169,6 +174,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, C
             configs,
             out: out.unwrap_or_else(|| PathBuf::from("target/bench")),
             pin,
+            counters,
         })),
         "merge-instructions" => {
             if per_request.is_some() == skipped.is_some() {

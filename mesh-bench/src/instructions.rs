@@ -10,20 +10,27 @@ use serde_json::{Value, json};
 
 use crate::{BoxError, cli::MergeArgs, report};
 
-/// The `ratios` keys: mesh's instructions per request over bare-mtls's, per side and protocol.
-pub(crate) const RATIO_KEYS: [&str; 4] = [
+/// The `ratios` keys: mesh's instructions per request over bare-mtls's, per side and protocol,
+/// and grpc-mesh's over grpc-tonic's per side.
+pub(crate) const RATIO_KEYS: [&str; 6] = [
     "instructions_mesh_over_bare_mtls_client_h2",
     "instructions_mesh_over_bare_mtls_server_h2",
     "instructions_mesh_over_bare_mtls_client_h1",
     "instructions_mesh_over_bare_mtls_server_h1",
+    "instructions_grpc_mesh_over_tonic_client",
+    "instructions_grpc_mesh_over_tonic_server",
 ];
 
 /// The goal for every ratio of [`RATIO_KEYS`]: at most this.
 pub(crate) const GOAL: f64 = 1.25;
 
-/// The `(side, protocol)` a ratio key names.
-fn side_and_protocol(key: &str) -> Option<(&str, &str)> {
-    key.strip_prefix("instructions_mesh_over_bare_mtls_")?.split_once('_')
+/// The `(mesh configuration, its baseline, workload key, side)` a ratio key names.
+fn figures_of(key: &str) -> Option<(&'static str, &'static str, &str, &str)> {
+    if let Some(side) = key.strip_prefix("instructions_grpc_mesh_over_tonic_") {
+        return Some(("grpc-mesh", "grpc-tonic", "grpc", side));
+    }
+    let (side, protocol) = key.strip_prefix("instructions_mesh_over_bare_mtls_")?.split_once('_')?;
+    Some(("mesh", "bare-mtls", protocol, side))
 }
 
 /// Sets the [`RATIO_KEYS`] in `ratios` from `per_request` (`per-request.json`); null where a
@@ -31,9 +38,9 @@ fn side_and_protocol(key: &str) -> Option<(&str, &str)> {
 pub(crate) fn set_ratios(ratios: &mut Value, per_request: Option<&Value>) {
     for key in RATIO_KEYS {
         let ratio = per_request.and_then(|figures| {
-            let (side, protocol) = side_and_protocol(key)?;
+            let (mesh, baseline, protocol, side) = figures_of(key)?;
             let count = |config: &str| figures[config][protocol][side]["instructions"].as_f64().filter(|n| *n > 0.0);
-            Some(count("mesh")? / count("bare-mtls")?)
+            Some(count(mesh)? / count(baseline)?)
         });
         ratios[key] = json!(ratio);
     }
@@ -125,6 +132,14 @@ mod tests {
         assert_eq!(ratios["instructions_mesh_over_bare_mtls_server_h1"], json!(1.5));
         assert_eq!(ratios["instructions_mesh_over_bare_mtls_client_h2"], json!(1.2));
         assert!(ratios["instructions_mesh_over_bare_mtls_server_h2"].is_null(), "bare-mtls has no h2 server figure");
+        assert!(ratios["instructions_grpc_mesh_over_tonic_client"].is_null(), "no gRPC figures");
+        let grpc = json!({
+            "grpc-tonic": { "grpc": { "client": { "instructions": 40 }, "server": { "instructions": 20 } } },
+            "grpc-mesh": { "grpc": { "client": { "instructions": 50 }, "server": { "instructions": 30 } } },
+        });
+        set_ratios(&mut ratios, Some(&grpc));
+        assert_eq!(ratios["instructions_grpc_mesh_over_tonic_client"], json!(1.25));
+        assert_eq!(ratios["instructions_grpc_mesh_over_tonic_server"], json!(1.5));
         assert_eq!(ratios["handshakes_mesh_over_rustls"], json!(1.0), "other keys stay");
         set_ratios(&mut ratios, None);
         assert!(RATIO_KEYS.iter().all(|key| ratios[key].is_null()));

@@ -25,6 +25,7 @@ mod instructions;
 mod loadgen;
 mod mesh_config;
 mod otlp_sink;
+mod perfstat;
 mod procstat;
 mod report;
 mod run;

@@ -4,7 +4,16 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::{configs::Config, loadgen::Measurement, procstat::Usage};
+use crate::{configs::Config, loadgen::Measurement, perfstat::Counters, procstat::Usage};
+
+/// Syscalls and context switches of each process group on the path over one window.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PathCounters {
+    pub(crate) client: Counters,
+    pub(crate) server: Counters,
+    /// Both proxies of a sidecar pair.
+    pub(crate) proxies: Option<Counters>,
+}
 
 /// One client process's run of one workload against one configuration.
 #[derive(Debug, Clone)]
@@ -19,6 +28,8 @@ pub(crate) struct Record {
     pub(crate) server_idle_rss_delta_kib: Option<i64>,
     /// Both proxies of a sidecar pair, the same way.
     pub(crate) proxies: Option<Usage>,
+    /// Syscalls and context switches over the window (`None`: not counted).
+    pub(crate) counters: Option<PathCounters>,
 }
 
 /// How the run was made.
@@ -32,6 +43,8 @@ pub(crate) struct Meta {
     pub(crate) wall_s: f64,
     pub(crate) loadavg_before: Option<String>,
     pub(crate) loadavg_after: Option<String>,
+    /// Whether syscalls and context switches were counted, and how (or why not).
+    pub(crate) counters: String,
 }
 
 /// `/proc/loadavg`, to show how quiet the machine was.
@@ -57,6 +70,42 @@ fn median(mut values: Vec<f64>) -> Option<f64> {
 
 fn per_10k(cpu_s: f64, requests: u64) -> f64 {
     if requests == 0 { f64::NAN } else { cpu_s / requests as f64 * 10_000.0 }
+}
+
+/// `count / requests`; NaN (null in JSON) without requests.
+fn per_request(count: f64, requests: u64) -> f64 {
+    if requests == 0 { f64::NAN } else { count / requests as f64 }
+}
+
+/// One process group's counters of a window, if it had any.
+type Side = fn(&PathCounters) -> Option<Counters>;
+
+/// Per request, for each process group: CPU µs, syscalls, context switches (the last two null
+/// where not counted).
+fn per_request_medians(runs: &[&Record]) -> Value {
+    let m = |f: &dyn Fn(&Record) -> f64| median(runs.iter().map(|r| f(r)).collect());
+    let n = |r: &Record| r.client.requests;
+    let counted = |r: &Record, side: Side, field: fn(&Counters) -> f64| {
+        r.counters.as_ref().and_then(side).map_or(f64::NAN, |c| per_request(field(&c), n(r)))
+    };
+    let sides: [(&str, Side); 3] =
+        [("client", |c| Some(c.client)), ("server", |c| Some(c.server)), ("proxies", |c| c.proxies)];
+    let mut cpu = json!({
+        "client": m(&|r| per_request(r.client.cpu_s * 1e6, n(r))),
+        "server": m(&|r| per_request(r.server.cpu_s * 1e6, n(r))),
+    });
+    if runs.iter().any(|r| r.proxies.is_some()) {
+        cpu["proxies"] = json!(m(&|r| per_request(r.proxies.map_or(f64::NAN, |p| p.cpu_s) * 1e6, n(r))));
+    }
+    let (mut syscalls, mut switches) = (json!({}), json!({}));
+    for (name, side) in sides {
+        if name == "proxies" && !runs.iter().any(|r| r.proxies.is_some()) {
+            continue;
+        }
+        syscalls[name] = json!(m(&|r| counted(r, side, |c| c.syscalls)));
+        switches[name] = json!(m(&|r| counted(r, side, |c| c.context_switches)));
+    }
+    json!({ "cpu_us": cpu, "syscalls": syscalls, "context_switches": switches })
 }
 
 /// KiB per idle connection: an RSS delta over the connections the client opened.
@@ -118,6 +167,7 @@ fn medians(runs: &[&Record]) -> Value {
             "server": m(&|r| r.server.peak_rss_kib as f64),
             "proxies": m(&|r| r.proxies.map_or(0.0, |p| p.peak_rss_kib as f64)),
         },
+        "per_request": per_request_medians(runs),
     })
 }
 
@@ -150,6 +200,10 @@ pub(crate) fn summarize(records: &[Record], meta: Meta) -> Value {
                         "idle_rss_delta_kib": r.server_idle_rss_delta_kib,
                     },
                     "proxies": r.proxies.map(|p| json!({ "cpu_s": p.cpu_s, "peak_rss_kib": p.peak_rss_kib })),
+                    "counters": r.counters.map(|c| {
+                        let side = |c: Counters| json!({ "syscalls": c.syscalls, "context_switches": c.context_switches });
+                        json!({ "client": side(c.client), "server": side(c.server), "proxies": c.proxies.map(side) })
+                    }),
                 })
             })
             .collect();
@@ -232,6 +286,7 @@ pub(crate) fn summarize(records: &[Record], meta: Meta) -> Value {
             "pinned_client_core0_servers_core1": meta.pinned,
             "wall_s": meta.wall_s,
         },
+        "counters": { "status": meta.counters },
         "ratios": ratios,
         "ratios_cpu_normalized": cpu_normalized,
         "goals": goals,
@@ -278,12 +333,42 @@ fn cell(value: &Value, decimals: usize) -> String {
     value.as_f64().map_or_else(|| "-".to_owned(), |v| format!("{v:.decimals$}"))
 }
 
+/// `client/server[/proxies]` of one per-request figure.
+fn sides(figure: &Value, decimals: usize) -> String {
+    let mut text = format!("{}/{}", cell(&figure["client"], decimals), cell(&figure["server"], decimals));
+    if figure.get("proxies").is_some() {
+        text = format!("{text}/{}", cell(&figure["proxies"], decimals));
+    }
+    text
+}
+
+/// The per-request columns of a row: CPU µs, syscalls, context switches.
+fn per_request_cells(per_request: &Value) -> String {
+    format!(
+        "{} | {} | {}",
+        sides(&per_request["cpu_us"], 1),
+        sides(&per_request["syscalls"], 2),
+        sides(&per_request["context_switches"], 3)
+    )
+}
+
 /// The table on stdout: one row per configuration and workload, then the ratios and goals.
 pub(crate) fn print_table(summary: &Value) {
     let out = crate::println_out;
     out(&format!(
-        "{:<16} {:<18} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>7}",
-        "config", "workload", "req/s", "p50µs", "p90µs", "p99µs", "p99.9µs", "cpu/10k", "srv+prx", "rss KiB", "errors"
+        "{:<16} {:<18} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>7}   {}",
+        "config",
+        "workload",
+        "req/s",
+        "p50µs",
+        "p90µs",
+        "p99µs",
+        "p99.9µs",
+        "cpu/10k",
+        "srv+prx",
+        "rss KiB",
+        "errors",
+        "per request, client/server[/proxies]: CPU µs | syscalls | context switches"
     ));
     for config in Config::ALL {
         let Some(workloads) = summary["results"][config.name()].as_object() else { continue };
@@ -296,7 +381,7 @@ pub(crate) fn print_table(summary: &Value) {
             let server_cpu = m["cpu_s_per_10k"]["server"].as_f64().unwrap_or(0.0);
             let proxy_cpu = m["cpu_s_per_10k"]["proxies"].as_f64().unwrap_or(0.0);
             out(&format!(
-                "{:<16} {:<18} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9.0} {:>7}",
+                "{:<16} {:<18} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9.0} {:>7}   {}",
                 config.name(),
                 workload,
                 cell(&m["rps"], 0),
@@ -308,6 +393,7 @@ pub(crate) fn print_table(summary: &Value) {
                 format!("{:.3}", server_cpu + proxy_cpu),
                 server_rss + proxy_rss,
                 m["errors"],
+                per_request_cells(&m["per_request"]),
             ));
         }
     }
@@ -329,6 +415,7 @@ pub(crate) fn print_table(summary: &Value) {
             ));
         }
     }
+    out(&format!("\nsyscalls and context switches: {}", summary["counters"]["status"].as_str().unwrap_or("?")));
     out("\nratios (medians):");
     if let Some(ratios) = summary["ratios"].as_object() {
         for (key, value) in ratios {

@@ -13,8 +13,9 @@ use crate::{
     cli::RunArgs,
     configs::Config,
     loadgen::{Measurement, Workload},
+    perfstat,
     procstat::{self, Usage},
-    report::{self, Record},
+    report::{self, PathCounters, Record},
     sidecars,
 };
 
@@ -148,6 +149,8 @@ struct Context {
     client_pin: Vec<String>,
     server_pin: Vec<String>,
     plan: Plan,
+    /// Whether `perf stat` counts syscalls and context switches here ([`perfstat::probe`]).
+    counters: bool,
 }
 
 /// Where a client process sends, and the processes sampled while it runs.
@@ -157,14 +160,52 @@ struct Target {
     proxy_pids: Vec<u32>,
 }
 
+/// What one client process's window measured.
+struct ClientRun {
+    server: Usage,
+    proxies: Usage,
+    client: Measurement,
+    /// Idle workload: the server's RSS delta.
+    idle_rss_delta: Option<i64>,
+    /// Syscalls and context switches of each side, when the kernel counts them.
+    counters: Option<PathCounters>,
+}
+
+/// Counters attached to the client, the server and the proxies over one window.
+struct AttachedCounters {
+    client: perfstat::Attached,
+    server: perfstat::Attached,
+    proxies: Option<perfstat::Attached>,
+}
+
+impl AttachedCounters {
+    fn start(cx: &Context, what: &str, client: u32, target: &Target) -> Option<Self> {
+        if !cx.counters {
+            return None;
+        }
+        let file = |side: &str| cx.out.join("logs").join(format!("{what}-{side}.perf").replace(' ', "-"));
+        let proxies = (!target.proxy_pids.is_empty())
+            .then(|| perfstat::Attached::start(&target.proxy_pids, &file("proxies")).ok())
+            .flatten();
+        Some(Self {
+            client: perfstat::Attached::start(&[client], &file("client")).ok()?,
+            server: perfstat::Attached::start(&target.server_pids, &file("server")).ok()?,
+            proxies,
+        })
+    }
+
+    fn stop(self) -> Option<PathCounters> {
+        let proxies = match self.proxies {
+            Some(proxies) => Some(proxies.stop()?),
+            None => None,
+        };
+        Some(PathCounters { client: self.client.stop()?, server: self.server.stop()?, proxies })
+    }
+}
+
 /// One client process running `workload`: the server's and proxies' usage over its window, its
 /// measurement, and (idle workload) the server's RSS delta.
-fn run_client(
-    cx: &Context,
-    config: Config,
-    workload: Workload,
-    target: &Target,
-) -> Result<(Usage, Usage, Measurement, Option<i64>), BoxError> {
+fn run_client(cx: &Context, config: Config, workload: Workload, target: &Target) -> Result<ClientRun, BoxError> {
     let log = cx.out.join("logs").join(format!("{config}-client.log"));
     let ports_arg: Vec<String> = target.ports.iter().map(u16::to_string).collect();
     let (server_pids, proxy_pids) = (&target.server_pids, &target.proxy_pids);
@@ -183,14 +224,17 @@ fn run_client(
     let mut stdin = child.stdin.take().filter(|_| matches!(workload, Workload::Idle { .. }));
     let mut reader = BufReader::new(stdout);
     let what = format!("{config} client {workload}");
-    let outcome = (|| -> Result<(Usage, Usage, Measurement, Option<i64>), BoxError> {
+    let client_pid = child.id();
+    let outcome = (|| -> Result<ClientRun, BoxError> {
         read_line(&mut reader, &what, "START", &log)?;
+        let attached = AttachedCounters::start(cx, &format!("{config}-{workload}"), client_pid, target);
         let (server_before, proxies_before) = (procstat::sample(server_pids), procstat::sample(proxy_pids));
         if let Some(stdin) = stdin.as_mut() {
             stdin.write_all(b"sampled\n")?;
             stdin.flush()?;
         }
         read_line(&mut reader, &what, "END", &log)?;
+        let counters = attached.and_then(AttachedCounters::stop);
         if stdin.is_some() {
             // Handshakes the server has not finished yet would be missed.
             procstat::wait_quiet(server_pids, crate::idle::QUIET_WINDOW, crate::idle::QUIET_LIMIT);
@@ -205,7 +249,13 @@ fn run_client(
             peak_rss_kib: after.peak_rss_kib,
             rss_kib: after.rss_kib,
         };
-        Ok((delta(server_before, server_after), delta(proxies_before, proxies_after), measurement, idle_rss_delta))
+        Ok(ClientRun {
+            server: delta(server_before, server_after),
+            proxies: delta(proxies_before, proxies_after),
+            client: measurement,
+            idle_rss_delta,
+            counters,
+        })
     })();
     drop(stdin);
     let _ = child.wait();
@@ -245,7 +295,8 @@ fn run_config(cx: &Context, config: Config, round: usize) -> Result<Vec<Record>,
             }
             None => Target { ports: ports.clone(), server_pids: server_pids.to_vec(), proxy_pids: proxy_pids.clone() },
         };
-        let (server_usage, proxies, client, server_idle_rss_delta_kib) = run_client(cx, config, workload, &target)?;
+        let ClientRun { server: server_usage, proxies, client, idle_rss_delta, counters } =
+            run_client(cx, config, workload, &target)?;
         if client.errors > 0 {
             eprintln!(
                 "mesh-bench: {config} {workload}: {} errors (first: {})",
@@ -259,8 +310,9 @@ fn run_config(cx: &Context, config: Config, round: usize) -> Result<Vec<Record>,
             round,
             client,
             server: server_usage,
-            server_idle_rss_delta_kib,
+            server_idle_rss_delta_kib: idle_rss_delta,
             proxies: pair.as_ref().map(|_| proxies),
+            counters,
         });
     }
     Ok(records)
@@ -282,7 +334,12 @@ pub(crate) fn main(args: RunArgs) -> Result<(), BoxError> {
         }
         configs.push(*config);
     }
+    let counters = if args.counters { perfstat::probe() } else { Err("turned off (--no-counters)".to_owned()) };
+    if let Err(why) = &counters {
+        eprintln!("mesh-bench: syscalls and context switches not counted: {why}");
+    }
     let cx = Context {
+        counters: counters.is_ok(),
         exe,
         certs,
         out: out.clone(),
@@ -308,6 +365,12 @@ pub(crate) fn main(args: RunArgs) -> Result<(), BoxError> {
         wall_s: started.elapsed().as_secs_f64(),
         loadavg_before: load_before,
         loadavg_after: report::loadavg(),
+        counters: match &counters {
+            Ok(()) => "measured: perf stat -e raw_syscalls:sys_enter,context-switches attached to each process over \
+                       the measured window (all its threads at the start of the window)"
+                .to_owned(),
+            Err(why) => format!("not measured: {why}"),
+        },
     };
     let summary = report::summarize(&records, meta);
     let path = out.join("summary.json");

@@ -23,7 +23,7 @@ use tonic::{Code, Status};
 /// | [`UnknownSubset`]: pinned to a subset the destination does not define | `FAILED_PRECONDITION` |
 /// | [`NoEndpoints`], [`Unresolved`], [`ConnectError`] (refused, TLS, wrong peer identity) | `UNAVAILABLE` |
 /// | [`RouteTimeout`], [`PerTryTimeout`] | `DEADLINE_EXCEEDED` |
-/// | [`Overloaded`]: the circuit breaker shed the call | `RESOURCE_EXHAUSTED` |
+/// | [`Overloaded`]: the circuit breaker shed the call | `UNAVAILABLE` (as gRPC's circuit breaking, gRFC A32, and Envoy's 503 overflow) |
 /// | [`InjectedFault`]: by its HTTP status, as gRPC maps HTTP statuses | `UNAVAILABLE`, `PERMISSION_DENIED`, … |
 /// | an HTTP/2 stream reset | by its reason, as gRPC's HTTP/2 mapping says (`REFUSED_STREAM`: `UNAVAILABLE`, `CANCEL`: `CANCELLED`, …) |
 /// | any other transport failure | `UNAVAILABLE` |
@@ -64,14 +64,13 @@ fn code_of(error: &(dyn StdError + 'static)) -> Code {
         if e.is::<UnknownSubset>() {
             return Code::FailedPrecondition;
         }
-        if e.is::<NoEndpoints>() || e.is::<Unresolved>() || e.is::<ConnectError>() {
+        // A shed call is UNAVAILABLE, as gRPC's circuit breaking fails it (gRFC A32) and as
+        // Envoy's overflow 503 reads: callers and their retry policies treat it alike.
+        if e.is::<NoEndpoints>() || e.is::<Unresolved>() || e.is::<ConnectError>() || e.is::<Overloaded>() {
             return Code::Unavailable;
         }
         if e.is::<RouteTimeout>() || e.is::<PerTryTimeout>() || e.is::<tokio::time::error::Elapsed>() {
             return Code::DeadlineExceeded;
-        }
-        if e.is::<Overloaded>() {
-            return Code::ResourceExhausted;
         }
         if let Some(fault) = e.downcast_ref::<InjectedFault>() {
             return code_of_http(fault.status());

@@ -13,7 +13,7 @@
 //! | 1xx-3xx, gRPC `OK` | `Success` | never | success | ok | `2xx`… |
 //! | 4xx | `Error` | its status (`429`…) | success: the caller's fault | error | `4xx` |
 //! | 5xx | `Error` | `server_error`; 502-504 also `gateway_error`; its status | **failure** | error | `5xx` |
-//! | gRPC `UNKNOWN`, `DEADLINE_EXCEEDED`, `UNIMPLEMENTED`, `INTERNAL`, `UNAVAILABLE`, `DATA_LOSS` (headers or trailers) | `Error` | `UNAVAILABLE`: `grpc_unavailable` | **failure** | error | the HTTP status's (`2xx`) |
+//! | gRPC `UNKNOWN`, `DEADLINE_EXCEEDED`, `UNIMPLEMENTED`, `INTERNAL`, `UNAVAILABLE`, `DATA_LOSS` (headers or trailers) | `Error` | `UNAVAILABLE`: `grpc_unavailable`; `DEADLINE_EXCEEDED`: `grpc_deadline_exceeded`; `INTERNAL`: `grpc_internal` | **failure** | error | the HTTP status's (`2xx`) |
 //! | other gRPC codes (`CANCELLED`, `RESOURCE_EXHAUSTED`, `INVALID_ARGUMENT`, …) | `Error` | `grpc_cancelled`, `grpc_resource_exhausted` | success: the caller's fault or a limit | error | the HTTP status's |
 //! | a gRPC response whose body ends without `grpc-status` | `Error` (`INTERNAL`) | never (already streaming) | **failure** | error | the HTTP status's |
 //! | connection could not be opened (refused, TLS, wrong SPIFFE ID) | `Transport(Connect)` | `connect_failure` | **failure** | error | `error` |
@@ -102,6 +102,8 @@ impl Class {
             (Self::Error { grpc, .. }, RetryOn::GrpcUnavailable) => grpc == Some(grpc::code::UNAVAILABLE),
             (Self::Error { grpc, .. }, RetryOn::GrpcResourceExhausted) => grpc == Some(grpc::code::RESOURCE_EXHAUSTED),
             (Self::Error { grpc, .. }, RetryOn::GrpcCancelled) => grpc == Some(grpc::code::CANCELLED),
+            (Self::Error { grpc, .. }, RetryOn::GrpcDeadlineExceeded) => grpc == Some(grpc::code::DEADLINE_EXCEEDED),
+            (Self::Error { grpc, .. }, RetryOn::GrpcInternal) => grpc == Some(grpc::code::INTERNAL),
             (Self::Transport(TransportFailure::Connect), RetryOn::ConnectFailure) => true,
             (Self::Transport(TransportFailure::Reset), RetryOn::Reset) => true,
             (Self::Transport(TransportFailure::Timeout), RetryOn::PerTryTimeout) => true,

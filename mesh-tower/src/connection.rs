@@ -1,6 +1,6 @@
 //! What mesh tells handlers and callers about the connection a message travelled on.
 
-use std::{fmt, io, net::SocketAddr};
+use std::{fmt, io, net::SocketAddr, sync::Arc};
 
 use mesh_core::{RouteName, SubsetName, identity::tls::PeerRejected};
 
@@ -40,11 +40,12 @@ pub struct Upstream {
 }
 
 /// Why a connection to an endpoint could not be opened. Found in the source chain of a
-/// transport error.
-#[derive(Debug)]
+/// transport error. Cheap to clone: every request that waited for the same failed connection
+/// gets the same error.
+#[derive(Clone, Debug)]
 pub struct ConnectError {
     pub(crate) endpoint: String,
-    pub(crate) kind: ConnectErrorKind,
+    pub(crate) kind: Arc<ConnectErrorKind>,
 }
 
 #[derive(Debug)]
@@ -57,6 +58,10 @@ pub(crate) enum ConnectErrorKind {
 }
 
 impl ConnectError {
+    pub(crate) fn new(endpoint: String, kind: ConnectErrorKind) -> Self {
+        Self { endpoint, kind: Arc::new(kind) }
+    }
+
     /// The endpoint dialled.
     pub fn endpoint(&self) -> &str {
         &self.endpoint
@@ -64,13 +69,13 @@ impl ConnectError {
 
     /// Whether the TLS handshake failed or timed out (including a peer refused by identity).
     pub fn is_tls(&self) -> bool {
-        matches!(self.kind, ConnectErrorKind::Tls(_) | ConnectErrorKind::HandshakeTimeout(_))
+        matches!(*self.kind, ConnectErrorKind::Tls(_) | ConnectErrorKind::HandshakeTimeout(_))
     }
 
     /// Why the peer was refused, when its certificate was the problem beyond X.509 validation
     /// (wrong SPIFFE ID, none, several, untrusted trust domain).
     pub fn peer_rejected(&self) -> Option<&PeerRejected> {
-        match &self.kind {
+        match &*self.kind {
             ConnectErrorKind::Tls(e) => PeerRejected::find(e),
             _ => None,
         }
@@ -78,13 +83,13 @@ impl ConnectError {
 
     /// Whether discovery gave no identity to check the endpoint against, so it was not dialled.
     pub fn is_missing_identity(&self) -> bool {
-        matches!(self.kind, ConnectErrorKind::NoExpectedIdentity(_))
+        matches!(*self.kind, ConnectErrorKind::NoExpectedIdentity(_))
     }
 }
 
 impl fmt::Display for ConnectError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.kind {
+        match &*self.kind {
             ConnectErrorKind::Tcp(e) => write!(f, "cannot connect to {}: {e}", self.endpoint),
             ConnectErrorKind::Tls(e) => match PeerRejected::find(e) {
                 // rustls would print its own Debug form of our error; say it plainly.
@@ -109,7 +114,7 @@ impl fmt::Display for ConnectError {
 
 impl std::error::Error for ConnectError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match &self.kind {
+        match &*self.kind {
             ConnectErrorKind::Tcp(e) => Some(e.as_ref()),
             ConnectErrorKind::Tls(e) => Some(e),
             _ => None,

@@ -2,19 +2,20 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, PoisonError},
     time::Duration,
 };
 
-use mesh_core::{Discovery, IdentitySource, ServiceName, SnapshotWatch, SubsetName, discovery::SnapshotPublisher};
+use mesh_core::{Discovery, IdentitySource, ServiceName, SnapshotWatch, SubsetName};
 use tokio::sync::{mpsc, watch};
 
-pub use crate::shared::{XdsError, XdsStatus};
 use crate::{
-    Bootstrap,
-    ads::stream::{self, Options},
+    bootstrap::Bootstrap,
+    driver::{self, Options},
+    error::XdsError,
     resource::security,
-    shared::{Shared, Target},
+    status::XdsStatus,
+    targets::{ClientTarget, Shared},
 };
 
 /// Service discovery from an xDS control plane (istiod, or any xDS server), the way gRPC's
@@ -22,7 +23,11 @@ use crate::{
 /// and follows the cascade to routes, clusters and endpoints; each consistent set becomes a
 /// [`ServiceSnapshot`](mesh_core::ServiceSnapshot).
 ///
-/// Cheap to clone; the ADS stream stops when the last clone is dropped.
+/// Cheap to clone. The ADS stream runs while a clone, an [`InboundListener`](crate::InboundListener)
+/// or a watch taken from them is in use (a client's [`SnapshotWatch`], which `MeshChannel` and
+/// `MeshClient` hold; a server's security and authorization watches): a server or client built
+/// where this handle goes out of scope keeps its configuration live. Once all of them are
+/// dropped, the stream ends (within a second).
 #[derive(Clone)]
 pub struct XdsDiscovery {
     pub(crate) shared: Arc<Shared>,
@@ -66,19 +71,13 @@ impl XdsDiscoveryBuilder {
         self
     }
 
-    /// Starts the ADS stream task. Must be called inside a tokio runtime.
+    /// Starts the ADS stream task (the driver). Must be called inside a tokio runtime.
     pub fn build(self) -> Result<XdsDiscovery, XdsError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| XdsError::NoRuntime)?;
-        let (status, _) = watch::channel(XdsStatus::default());
-        let shared = Arc::new(Shared {
-            targets: Mutex::default(),
-            status,
-            aliases: Mutex::default(),
-            inbound: Mutex::default(),
-        });
+        let shared = Arc::new(Shared::new());
         let (wake, woken) = mpsc::unbounded_channel();
         let bootstrap = Arc::new(self.bootstrap);
-        runtime.spawn(stream::run(shared.clone(), bootstrap.clone(), self.options, woken));
+        runtime.spawn(driver::run(shared.clone(), bootstrap.clone(), self.options, driver::Wake::new(woken)));
         Ok(XdsDiscovery { shared, wake, bootstrap })
     }
 }
@@ -165,13 +164,7 @@ impl Discovery for XdsDiscovery {
             .cloned()
             .unwrap_or_else(|| service.to_string());
         let mut targets = self.shared.targets.lock().unwrap_or_else(PoisonError::into_inner);
-        let target = targets.entry(service.clone()).or_insert_with(|| Target {
-            listener,
-            publisher: SnapshotPublisher::new(service.clone()),
-            last: None,
-            last_error: None,
-            known: BTreeMap::new(),
-        });
+        let target = targets.entry(service.clone()).or_insert_with(|| ClientTarget::new(service.clone(), listener));
         let watch = target.publisher.subscribe();
         drop(targets);
         // The task may be gone (runtime shut down); the watch then keeps what it has.

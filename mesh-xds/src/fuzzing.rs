@@ -9,13 +9,13 @@ use envoy_types::pb::{
     envoy::{config::core::v3::Node, service::discovery::v3::DiscoveryResponse},
     google::protobuf::Any,
 };
-use mesh_core::{ServiceName, ServiceSnapshot};
+use mesh_core::ServiceName;
 use tokio::time::Instant;
 
 use crate::{
-    ads::state::AdsState,
+    ads::AdsState,
     bootstrap::CertificateProvider,
-    cascade::{self, BuildOptions},
+    cascade::{self, BuildOptions, ClientCascade, ClientUpdate},
     resource::{self, DecodeContext, ResourceType},
 };
 
@@ -59,22 +59,21 @@ pub fn decode_resource(kind_index: u8, bytes: &[u8]) -> bool {
     }
 }
 
-/// Runs the ADS state machine as a client of [`LISTENER`] would: subscribes, takes one response
-/// per type (in the order of [`ORDER`], each holding the resource `resources[i]`), follows the
-/// cascade, and builds the service's snapshot. Returns whether a snapshot was built.
+/// Runs the ADS state machine and the cascade as the driver does for a client of [`LISTENER`]:
+/// starts a stream, takes one response per type (in the order of [`ORDER`], each holding the
+/// resource `resources[i]`), and after each runs the cascade step that settles the subscriptions
+/// and makes the service's snapshot. Returns whether the last news of the target was a snapshot.
 pub fn translate(resources: [&[u8]; 4]) -> bool {
     let providers = providers();
     let ctx = DecodeContext { certificate_providers: &providers };
     let now = Instant::now();
-    let mut state = AdsState::new(Node { id: "fuzz".into(), ..Default::default() }, Duration::from_secs(15));
-    let _ = state.on_stream_start(now);
-    let resubscribe = |state: &mut AdsState| {
-        for (kind, names) in cascade::wanted(state, [LISTENER]) {
-            let _ = state.subscribe(kind, names, true, now);
-        }
-    };
+    let service = ServiceName::new("reviews").expect("a valid name");
+    let mut cache = AdsState::new(Node { id: "fuzz".into(), ..Default::default() }, Duration::from_secs(15));
+    let mut target = ClientCascade::new(LISTENER.to_owned());
+    let mut built = false;
+    let _ = cache.on_stream_start(now);
+    step(&mut cache, &service, &mut target, now, &mut built);
     for (index, bytes) in resources.iter().enumerate() {
-        resubscribe(&mut state);
         let kind = kind(index);
         let response = DiscoveryResponse {
             version_info: "1".into(),
@@ -83,23 +82,27 @@ pub fn translate(resources: [&[u8]; 4]) -> bool {
             nonce: index.to_string(),
             ..Default::default()
         };
-        let handled = state.on_response(response, &ctx, now).expect("a known type");
+        let handled = cache.on_response(response, &ctx, now);
         let _ = handled.nack;
+        step(&mut cache, &service, &mut target, now, &mut built);
     }
-    resubscribe(&mut state);
-    match cascade::build(&state, LISTENER, &BuildOptions::default()) {
-        Ok(Some(built)) => {
-            let service = ServiceName::new("reviews").expect("a valid name");
-            if let Err(error) = ServiceSnapshot::new(service, built.spec) {
+    built
+}
+
+/// One cascade step; `built` follows the target's news.
+fn step(cache: &mut AdsState, service: &ServiceName, target: &mut ClientCascade, now: Instant, built: &mut bool) {
+    let step = cascade::step(cache, [(service, target)], std::iter::empty(), &BuildOptions::default(), now);
+    for (_, update) in step.clients {
+        *built = match update {
+            ClientUpdate::Snapshot { .. } => true,
+            ClientUpdate::Invalid(error) => {
                 let _ = error.to_string();
-                return false;
+                false
             }
-            true
-        }
-        Ok(None) => false,
-        Err(error) => {
-            let _ = error.to_string();
-            false
-        }
+            ClientUpdate::Failed(error) => {
+                let _ = error.to_string();
+                false
+            }
+        };
     }
 }

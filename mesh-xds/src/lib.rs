@@ -28,24 +28,37 @@
 //!
 //! See `docs/xds.md` for what is supported, gRFC by gRFC.
 
-mod ads;
+// From the bottom up: the bootstrap; decoding, one file per resource type; the ADS protocol state
+// and resource cache; the cascade, one pure step over the cache; the error and status types; the
+// watched targets; the driver (all the I/O); and the handles users hold.
 mod bootstrap;
+mod resource;
+
+mod ads;
 mod cascade;
+
+mod error;
+mod status;
+mod targets;
+
+mod driver;
+
 mod discovery;
+mod inbound_listener;
+
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-mod resource;
-mod server;
-mod shared;
 
 pub use crate::bootstrap::{
     Bootstrap, BootstrapError, CertificateProvider, ChannelCredentials, Locality, Node, ServerTarget, XdsServer,
 };
 pub use crate::cascade::{CascadeError, subset_for_cluster};
-pub use crate::discovery::{XdsDiscovery, XdsDiscoveryBuilder, XdsError, XdsStatus};
+pub use crate::discovery::{XdsDiscovery, XdsDiscoveryBuilder};
+pub use crate::error::XdsError;
+pub use crate::inbound_listener::InboundListener;
 pub use crate::resource::{ResourceError, ResourceType};
-pub use crate::server::{InboundListener, InboundStatus};
+pub use crate::status::{InboundStatus, XdsStatus};
 
 #[cfg(test)]
 mod tests;

@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 use envoy_types::pb::{
     envoy::{
         config::{core::v3::Node, route::v3::route_action::HashPolicy},
-        service::discovery::v3::DiscoveryResponse,
+        service::discovery::v3::{DiscoveryRequest, DiscoveryResponse},
     },
     google::protobuf::Any,
 };
@@ -22,9 +22,9 @@ use tokio::time::Instant;
 
 use self::fixtures as f;
 use crate::{
-    ads::state::AdsState,
+    ads::{AdsState, Handled},
     bootstrap::CertificateProvider,
-    cascade::{self, BuildOptions, CascadeError},
+    cascade::{self, BuildOptions, CascadeError, ClientCascade, ClientUpdate},
     resource::{DecodeContext, ResourceType},
 };
 
@@ -59,30 +59,66 @@ fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([10, 0, 0, 1], port))
 }
 
-/// A state with LDS subscribed, fed the usual cascade: v1 90, v2 10.
+/// A client of [`LISTENER`] as the driver runs it: the ADS state on a stream, and one cascade
+/// step after every response, fed the usual cascade: v1 90, v2 10.
 struct Harness {
     state: AdsState,
+    target: ClientCascade,
+    options: BuildOptions,
+    /// The target's latest news: a snapshot, or why it has none.
+    latest: Option<Result<ServiceSnapshot, CascadeError>>,
     providers: BTreeMap<String, CertificateProvider>,
     now: Instant,
 }
 
 impl Harness {
     fn new() -> Self {
-        let mut state = AdsState::new(Node { id: "n".into(), ..Default::default() }, Duration::from_secs(15));
-        let now = Instant::now();
-        assert!(state.on_stream_start(now).is_empty());
-        Self { state, providers: providers(), now }
+        Self::on(AdsState::new(Node { id: "n".into(), ..Default::default() }, Duration::from_secs(15)))
     }
 
-    fn resubscribe(&mut self) -> Vec<envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest> {
-        let wanted = cascade::wanted(&self.state, [LISTENER]);
-        wanted.into_iter().filter_map(|(kind, names)| self.state.subscribe(kind, names, true, self.now)).collect()
+    fn on(mut state: AdsState) -> Self {
+        let now = Instant::now();
+        assert!(state.on_stream_start(now).is_empty());
+        Self {
+            state,
+            target: ClientCascade::new(LISTENER.to_owned()),
+            options: BuildOptions::default(),
+            latest: None,
+            providers: providers(),
+            now,
+        }
+    }
+
+    /// One cascade step, as the driver runs it after a response, a watch or a timer; returns the
+    /// subscription requests it makes.
+    fn step(&mut self) -> Vec<DiscoveryRequest> {
+        let service = ServiceName::new("reviews").unwrap();
+        let step =
+            cascade::step(&mut self.state, [(&service, &mut self.target)], std::iter::empty(), &self.options, self.now);
+        for (_, update) in step.clients {
+            self.latest = Some(match update {
+                ClientUpdate::Snapshot { snapshot, .. } => Ok(*snapshot),
+                ClientUpdate::Failed(e) => Err(e),
+                ClientUpdate::Invalid(e) => panic!("the cascade made an invalid snapshot: {e}"),
+            });
+        }
+        step.requests
+    }
+
+    fn resubscribe(&mut self) -> Vec<DiscoveryRequest> {
+        self.step()
+    }
+
+    fn handle(&mut self, r: DiscoveryResponse) -> Handled {
+        let ctx = DecodeContext { certificate_providers: &self.providers };
+        let handled = self.state.on_response(r, &ctx, self.now);
+        assert!(handled.applied);
+        handled
     }
 
     fn feed(&mut self, r: DiscoveryResponse) -> Option<String> {
-        let ctx = DecodeContext { certificate_providers: &self.providers };
-        let handled = self.state.on_response(r, &ctx, self.now).unwrap();
-        self.resubscribe();
+        let handled = self.handle(r);
+        self.step();
         handled.nack
     }
 
@@ -104,9 +140,10 @@ impl Harness {
         assert_eq!(self.feed(response(ResourceType::ClusterLoadAssignment, "1", "d", las)), None);
     }
 
-    fn snapshot(&self) -> Result<Option<ServiceSnapshot>, CascadeError> {
-        let built = cascade::build(&self.state, LISTENER, &BuildOptions::default())?;
-        Ok(built.map(|b| ServiceSnapshot::new(ServiceName::new("reviews").unwrap(), b.spec).unwrap()))
+    /// What the target's watchers hold after a step: its snapshot, or the error they were told.
+    fn snapshot(&mut self) -> Result<Option<ServiceSnapshot>, CascadeError> {
+        self.step();
+        self.latest.clone().transpose()
     }
 }
 
@@ -165,12 +202,7 @@ fn a_partly_bad_response_uses_the_good_resources_and_nacks_the_bad_by_name() {
         }],
         ..Default::default()
     });
-    let ctx_providers = providers();
-    let ctx = DecodeContext { certificate_providers: &ctx_providers };
-    let handled = h
-        .state
-        .on_response(response(ResourceType::Cluster, "2", "e", vec![f::any(&good), f::any(&bad)]), &ctx, h.now)
-        .unwrap();
+    let handled = h.handle(response(ResourceType::Cluster, "2", "e", vec![f::any(&good), f::any(&bad)]));
     let detail = handled.nack.unwrap();
     assert_eq!(
         detail,
@@ -215,8 +247,7 @@ fn lds_and_cds_responses_are_complete_but_rds_and_eds_are_not() {
     let err = h.snapshot().unwrap_err();
     assert_eq!(err, CascadeError::DoesNotExist { kind: ResourceType::Listener, name: LISTENER.into() });
     // ...unless the server has the feature ignore_resource_deletion (gRFC A53).
-    let mut h = Harness::new();
-    h.state = AdsState::new(Node::default(), Duration::from_secs(15)).ignoring_deletions(true);
+    let mut h = Harness::on(AdsState::new(Node::default(), Duration::from_secs(15)).ignoring_deletions(true));
     h.full();
     assert_eq!(h.feed(response(ResourceType::Listener, "2", "f", vec![])), None);
     assert!(h.snapshot().unwrap().is_some());
@@ -341,9 +372,12 @@ fn retry_timeout_and_hash_policies() {
     assert_eq!(route.hash_header.as_ref().map(|h| h.as_str()), Some("x-user"));
 
     let Some(Action::Route(action)) = &mut rc.virtual_hosts[0].routes[0].action else { unreachable!() };
-    action.retry_policy.as_mut().unwrap().retry_on = "unavailable,deadline-exceeded".into();
-    let err = crate::resource::route::parse(&rc).unwrap_err();
-    assert_eq!(err.field, "virtual_hosts[0].routes[0].route.retry_policy.retry_on");
+    // gRFC A44's five gRPC conditions, as gRPC accepts them (istiod sends what a VirtualService's
+    // `retryOn` says).
+    action.retry_policy.as_mut().unwrap().retry_on = "unavailable,deadline-exceeded,internal".into();
+    let parsed = crate::resource::route::parse(&rc).unwrap();
+    let retry_on = &parsed.virtual_hosts[0].routes[0].retry.as_ref().unwrap().retry_on;
+    assert_eq!(retry_on, &[RetryOn::GrpcUnavailable, RetryOn::GrpcDeadlineExceeded, RetryOn::GrpcInternal]);
 }
 
 #[test]
@@ -462,8 +496,9 @@ fn plaintext_clusters_need_the_users_consent() {
     ));
     let err = h.snapshot().unwrap_err();
     assert!(err.to_string().contains("no UpstreamTlsContext and plaintext is not allowed"), "{err}");
-    let built = cascade::build(&h.state, LISTENER, &BuildOptions { allow_plaintext: true }).unwrap().unwrap();
-    assert!(built.spec.endpoints[0].identity.is_none());
+    h.options.allow_plaintext = true;
+    let snap = h.snapshot().unwrap().unwrap();
+    assert!(snap.endpoints()[0].identity.is_none());
 }
 
 #[test]

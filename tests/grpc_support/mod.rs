@@ -57,6 +57,11 @@ pub enum Behaviour {
     Hang(mpsc::UnboundedSender<&'static str>),
     /// Every call fails with INTERNAL.
     Internal,
+    /// 30% of calls (the 2nd, 5th and 8th of every ten reaching this server, never two in a
+    /// row) fail with UNAVAILABLE.
+    FailThirtyPercent,
+    /// Answers after a delay.
+    Delay(std::time::Duration),
 }
 
 /// What a test server saw.
@@ -103,6 +108,12 @@ impl Greeter for TestGreeter {
                 return Err(status);
             }
             Behaviour::Internal => return Err(Status::internal("this canary is broken")),
+            Behaviour::FailThirtyPercent => {
+                if matches!(self.seen.calls.load(Ordering::SeqCst) % 10, 2 | 5 | 8) {
+                    return Err(Status::unavailable("this canary fails 30% of calls"));
+                }
+            }
+            Behaviour::Delay(delay) => tokio::time::sleep(*delay).await,
             Behaviour::Hang(tx) => {
                 let _guard = Dropped(tx.clone());
                 std::future::pending::<()>().await;
@@ -171,6 +182,19 @@ pub struct Options {
 
 /// Starts a server presenting `identity` (usually the test backend's).
 pub async fn serve(identity: IdentitySource, options: Options) -> GrpcBackend {
+    serve_on("127.0.0.1:0".parse().unwrap(), identity, options).await
+}
+
+/// [`serve`] on `addr` (a loopback address of the workload's own, for istiod's tests).
+pub async fn serve_on(addr: std::net::SocketAddr, identity: IdentitySource, options: Options) -> GrpcBackend {
+    let server = Server::builder().identity(identity).build().unwrap();
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    serve_with(server, listener, options)
+}
+
+/// The test services on `listener`, with `server`'s connection settings (an xDS-configured
+/// server's, for instance).
+pub fn serve_with(server: Server, listener: tokio::net::TcpListener, options: Options) -> GrpcBackend {
     let seen = Arc::new(Seen::default());
     let version = if options.version.is_empty() { "v1" } else { options.version };
     let greeter = GreeterServer::new(TestGreeter { version, behaviour: options.behaviour, seen: seen.clone() });
@@ -179,14 +203,18 @@ pub async fn serve(identity: IdentitySource, options: Options) -> GrpcBackend {
     let both = tower::service_fn(move |request: Request<Incoming>| {
         let (mut greeter, mut counter) = (greeter.clone(), counter.clone());
         async move {
-            if request.uri().path().starts_with("/helloworld.Greeter/") {
+            if request.uri().path() == "/helloworld.Greeter/SayHelloAgain" {
+                // A second method on the same messages, for path-routing checks.
+                let (mut parts, body) = request.into_parts();
+                parts.uri = http::Uri::from_static("/helloworld.Greeter/SayHello");
+                greeter.call(Request::from_parts(parts, body)).await
+            } else if request.uri().path().starts_with("/helloworld.Greeter/") {
                 greeter.call(request).await
             } else {
                 counter.call(request).await
             }
         }
     });
-    let server = Server::builder().identity(identity).build().unwrap();
     let mut grpc = GrpcServer::new(server);
     if let Some(layer) = options.authorization {
         grpc = grpc.authorization(layer);
@@ -194,7 +222,6 @@ pub async fn serve(identity: IdentitySource, options: Options) -> GrpcBackend {
     if let Some(layer) = options.telemetry {
         grpc = grpc.telemetry(layer);
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let handle = grpc.spawn(listener, both).unwrap();
     GrpcBackend { handle, seen }
 }

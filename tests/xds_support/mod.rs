@@ -68,6 +68,8 @@ pub struct Heard {
     pub nacks: Vec<(String, String)>,
     /// Streams opened.
     pub streams: u64,
+    /// Streams the client ended.
+    pub closed: u64,
 }
 
 struct State {
@@ -246,7 +248,10 @@ async fn serve_stream(
     loop {
         tokio::select! {
             message = inbound.message() => {
-                let Ok(Some(request)) = message else { return };
+                let Ok(Some(request)) = message else {
+                    state.heard.send_modify(|h| h.closed += 1);
+                    return;
+                };
                 state.heard.send_modify(|h| {
                     h.requests += 1;
                     if !request.response_nonce.is_empty() {

@@ -80,6 +80,12 @@ impl SnapshotPublisher {
     pub fn current(&self) -> Option<SharedSnapshot> {
         self.current.load_full()
     }
+
+    /// Whether a reader (a [`SnapshotWatch`] or a clone of one) is still held: a backend keeps
+    /// feeding a watched service even when nothing else of it is left.
+    pub fn is_watched(&self) -> bool {
+        self.status.receiver_count() > 0
+    }
 }
 
 impl fmt::Debug for SnapshotPublisher {
@@ -179,6 +185,19 @@ mod tests {
 
     fn snapshot(name: &ServiceName) -> ServiceSnapshot {
         ServiceSnapshot::builder(name.clone()).build().unwrap()
+    }
+
+    #[test]
+    fn a_publisher_knows_whether_it_is_watched() {
+        let name: ServiceName = "a".parse().unwrap();
+        let publisher = SnapshotPublisher::new(name);
+        assert!(!publisher.is_watched());
+        let watch = publisher.subscribe();
+        let clone = watch.clone();
+        drop(watch);
+        assert!(publisher.is_watched(), "a clone still reads");
+        drop(clone);
+        assert!(!publisher.is_watched());
     }
 
     #[tokio::test]

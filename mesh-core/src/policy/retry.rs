@@ -101,9 +101,14 @@ pub enum RetryOn {
     GrpcResourceExhausted,
     /// gRPC `CANCELLED`.
     GrpcCancelled,
+    /// gRPC `DEADLINE_EXCEEDED` answered by the server (the caller's own deadline is never
+    /// retried past).
+    GrpcDeadlineExceeded,
+    /// gRPC `INTERNAL`.
+    GrpcInternal,
 }
 
-const RETRY_ON_NAMES: [(&str, RetryOn); 8] = [
+const RETRY_ON_NAMES: [(&str, RetryOn); 10] = [
     ("server_error", RetryOn::ServerError),
     ("gateway_error", RetryOn::GatewayError),
     ("connect_failure", RetryOn::ConnectFailure),
@@ -112,6 +117,8 @@ const RETRY_ON_NAMES: [(&str, RetryOn); 8] = [
     ("grpc_unavailable", RetryOn::GrpcUnavailable),
     ("grpc_resource_exhausted", RetryOn::GrpcResourceExhausted),
     ("grpc_cancelled", RetryOn::GrpcCancelled),
+    ("grpc_deadline_exceeded", RetryOn::GrpcDeadlineExceeded),
+    ("grpc_internal", RetryOn::GrpcInternal),
 ];
 
 impl Serialize for RetryOn {

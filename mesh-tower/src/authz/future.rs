@@ -29,7 +29,8 @@ impl<F, B> ResponseFuture<F, B> {
         Self { kind: Kind::Allowed { future } }
     }
 
-    pub(super) fn denied(response: Response<B>) -> Self {
+    pub(super) fn denied(mut response: Response<B>) -> Self {
+        response.extensions_mut().insert(super::Denied);
         Self { kind: Kind::Denied { response: Some(response) } }
     }
 }

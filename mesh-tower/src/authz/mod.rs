@@ -35,3 +35,8 @@ mod service;
 pub use self::future::ResponseFuture;
 pub use self::layer::{AuthorizationLayer, AuthorizationStats};
 pub use self::service::Authorization;
+
+/// Marks a response the authorization policy refused (a response extension), so telemetry
+/// tells a denial from the handler's own 403 (Istio's `response_flags="RBAC"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Denied;

@@ -247,6 +247,7 @@ impl MeshClientBuilder {
             attempt_signals: Some(telemetry.attempt_signals()),
             config: config.clone(),
             host: HeaderValue::from_str(self.service.as_str()).ok(),
+            failures: connector.failures(),
         };
         Ok(Endpoints::new(shared, http.build(connector)))
     }

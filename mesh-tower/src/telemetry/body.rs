@@ -3,6 +3,7 @@ use std::{
     task::{Context, Poll, ready},
 };
 
+use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
@@ -47,6 +48,11 @@ impl<B: Body> Body for TelemetryBody<B> {
         if let Some(exchange) = this.exchange {
             let ended = match &frame {
                 Some(Ok(frame)) => {
+                    if exchange.reads_data()
+                        && let Some(data) = frame.data_ref()
+                    {
+                        feed(exchange, data);
+                    }
                     if let Some(trailers) = frame.trailers_ref() {
                         exchange.on_trailers(trailers);
                     }
@@ -77,5 +83,19 @@ impl<B: Body> Body for TelemetryBody<B> {
 impl<B> std::fmt::Debug for TelemetryBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TelemetryBody").finish_non_exhaustive()
+    }
+}
+
+/// Every chunk of a data frame (one, for the `Bytes` of hyper and tonic).
+fn feed(exchange: &mut Exchange, data: &impl Buf) {
+    let mut slices = [std::io::IoSlice::new(&[]); 16];
+    let filled = data.chunks_vectored(&mut slices);
+    let seen: usize = slices[..filled].iter().map(|s| s.len()).sum();
+    for slice in &slices[..filled] {
+        exchange.on_data(slice);
+    }
+    if seen < data.remaining() {
+        // More chunks than asked for: count the rest as bytes, skipping message parsing.
+        exchange.on_data_uncounted(data.remaining() - seen);
     }
 }

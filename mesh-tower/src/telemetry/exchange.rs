@@ -9,7 +9,11 @@ use opentelemetry::trace::{TraceContextExt, TraceId};
 use tracing::{Span, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::{ACCESS_LOG_TARGET, Direction, SPAN_TARGET, Shared, metrics::RequestLabels};
+use super::{
+    ACCESS_LOG_TARGET, Direction, SPAN_TARGET, Shared,
+    istio::{self, labels::Ending},
+    metrics::RequestLabels,
+};
 use crate::{
     ConnectionInfo, PeerIdentity, Upstream,
     classify::{self, Class, ClassifyHead, TransportFailure},
@@ -27,7 +31,7 @@ pub(crate) enum End {
     /// The response was dropped before its end (the caller stopped reading).
     Dropped,
     /// No response: the service failed.
-    Failed(&'static str),
+    Failed(ErrorKind),
 }
 
 pub(crate) struct Exchange {
@@ -50,6 +54,8 @@ pub(crate) struct Exchange {
     trace_id: Option<TraceId>,
     /// Whether the span's fields are worth recording (see [`Exchange::record`]).
     recording: bool,
+    /// What Istio's metrics need beyond the above, when they are on.
+    istio: Option<istio::Observed>,
     done: bool,
 }
 
@@ -82,8 +88,15 @@ impl Exchange {
             peer: None,
             trace_id: None,
             recording: traced,
+            istio: shared.istio.as_ref().map(|_| istio::Observed::default()),
             done: false,
         };
+        if let Some(observed) = &mut exchange.istio {
+            observed.request_bytes = request_size(request.headers()).unwrap_or(0);
+            if shared.direction == Direction::Inbound {
+                observed.read_peer(request.headers());
+            }
+        }
         if shared.direction == Direction::Inbound {
             exchange.peer = request.extensions().get::<PeerIdentity>().map(|p| p.id().clone());
             if let Some(peer) = &exchange.peer {
@@ -192,7 +205,16 @@ impl Exchange {
 
     /// Reads what the response head says: status, trailers-only gRPC status, and (client side)
     /// where it went and who answered.
-    pub(crate) fn on_response<B>(&mut self, response: &Response<B>) {
+    pub(crate) fn on_response<B>(&mut self, response: &mut Response<B>) {
+        if let (Some(istio), Some(observed)) = (&self.shared.istio, &mut self.istio) {
+            match self.shared.direction {
+                Direction::Inbound => {
+                    istio.send(response.headers_mut());
+                    observed.denied = response.extensions().get::<crate::authz::Denied>().is_some();
+                }
+                Direction::Outbound => observed.read_peer(response.headers()),
+            }
+        }
         let status = response.status();
         self.status = Some(status);
         self.record("http.response.status_code", status.as_u16());
@@ -250,6 +272,32 @@ impl Exchange {
         }
     }
 
+    /// Client side: the request's declared body size, once the caller's body is known.
+    pub(crate) fn note_request_size(&mut self, size: Option<u64>) {
+        if let (Some(observed), Some(size)) = (&mut self.istio, size) {
+            observed.request_bytes = size;
+        }
+    }
+
+    /// A data frame of the response body (only read with Istio's metrics on).
+    pub(crate) fn on_data(&mut self, data: &[u8]) {
+        if let Some(observed) = &mut self.istio {
+            observed.on_data(data, self.grpc);
+        }
+    }
+
+    /// Response bytes past the chunks [`Exchange::on_data`] saw.
+    pub(crate) fn on_data_uncounted(&mut self, bytes: usize) {
+        if let Some(observed) = &mut self.istio {
+            observed.response_bytes += bytes as u64;
+        }
+    }
+
+    /// Whether [`Exchange::on_data`] wants the response's bytes.
+    pub(crate) fn reads_data(&self) -> bool {
+        self.istio.is_some()
+    }
+
     /// The trailers at the end of the response body.
     pub(crate) fn on_trailers(&mut self, trailers: &HeaderMap) {
         self.on_grpc_status(trailers);
@@ -266,7 +314,7 @@ impl Exchange {
             self.note_upstream(client.route(), client.subset(), client.endpoint(), client.attempts());
         }
         self.class = Some(classify::error_of(error));
-        let kind = ErrorKind::of(error).as_str();
+        let kind = ErrorKind::of(error);
         self.record("otel.status_description", format_args!("{error}"));
         self.finish(End::Failed(kind));
     }
@@ -281,7 +329,7 @@ impl Exchange {
         // Mesh's own refusals (no route, shed, ...) never reached a server but failed the request.
         let server_failure = matches!(end, End::Failed(_)) || class.is_server_failure();
         let error_type = match end {
-            End::Failed(kind) => Some(kind),
+            End::Failed(kind) => Some(kind.as_str()),
             End::BodyError => Some("body"),
             End::Complete | End::Dropped => None,
         };
@@ -306,6 +354,9 @@ impl Exchange {
         }
         if self.shared.metrics {
             self.record_metrics(elapsed);
+        }
+        if let (Some(istio), Some(observed)) = (&self.shared.istio, &self.istio) {
+            istio.record(observed, &self.istio_outcome(end, elapsed));
         }
         self.shared.golden.record(self.subset.as_ref(), elapsed, !server_failure);
         if self.shared.access_log {
@@ -347,12 +398,29 @@ impl Exchange {
         self.shared.request_metrics.record(labels, elapsed);
     }
 
+    fn istio_outcome(&self, end: End, elapsed: std::time::Duration) -> istio::Outcome<'_> {
+        istio::Outcome {
+            peer: self.peer.as_ref(),
+            subset: self.subset.as_ref(),
+            status: self.status,
+            grpc: self.grpc,
+            grpc_code: self.grpc_code,
+            ending: match end {
+                End::Complete => Ending::Complete,
+                End::BodyError => Ending::BodyError,
+                End::Dropped => Ending::Dropped,
+                End::Failed(kind) => Ending::Failed(kind),
+            },
+            elapsed,
+        }
+    }
+
     fn access_log(&self, end: End, elapsed: std::time::Duration) {
         let outcome = match end {
             End::Complete => "complete",
             End::BodyError => "body_error",
             End::Dropped => "dropped",
-            End::Failed(kind) => kind,
+            End::Failed(kind) => kind.as_str(),
         };
         tracing::info!(
             target: ACCESS_LOG_TARGET,
@@ -389,4 +457,9 @@ fn status_class(status: StatusCode) -> &'static str {
         400..=499 => "4xx",
         _ => "5xx",
     }
+}
+
+/// A request's `content-length`, when it declares one.
+fn request_size(headers: &HeaderMap) -> Option<u64> {
+    headers.get(http::header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }

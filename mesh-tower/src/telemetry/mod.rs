@@ -44,6 +44,7 @@
 
 mod body;
 mod exchange;
+pub mod istio;
 mod metrics;
 #[cfg(feature = "otlp")]
 pub mod otlp;
@@ -57,6 +58,7 @@ use mesh_core::{ServiceName, SubsetName};
 use tower::Layer;
 
 pub use self::body::TelemetryBody;
+pub use self::istio::workload::WorkloadLabels;
 pub use self::service::{Telemetry, TelemetryError, TelemetryFuture};
 pub use crate::golden::{GoldenSignals, SubsetSignals};
 
@@ -131,9 +133,21 @@ pub(crate) struct Shared {
     pub(crate) golden: GoldenSignals,
     pub(crate) attempts: GoldenSignals,
     pub(crate) request_metrics: metrics::SharedRequestMetrics,
+    /// Istio's standard metrics, when on.
+    pub(crate) istio: Option<Arc<istio::IstioMetrics>>,
+    /// This workload, as Istio's metrics and the metadata exchange name it.
+    pub(crate) workload: Option<WorkloadLabels>,
+    /// Whether the peer-metadata headers are sent (read either way).
+    pub(crate) send_peer_metadata: bool,
 }
 
 impl Shared {
+    fn rebuild_istio(&mut self) {
+        self.istio = self.workload.clone().map(|workload| {
+            Arc::new(istio::IstioMetrics::new(self.direction, &self.service, workload, self.send_peer_metadata))
+        });
+    }
+
     /// The head-sampling ratio of new traces.
     pub(crate) fn sample_ratio(&self) -> f64 {
         self.sample_ratio.unwrap_or_else(sampling::pipeline_ratio)
@@ -165,6 +179,9 @@ impl TelemetryLayer {
                 golden: GoldenSignals::new(Duration::from_secs(60)),
                 attempts: GoldenSignals::new(Duration::from_secs(60)),
                 request_metrics: Arc::new(metrics::RequestMetrics::new(direction, service.clone())),
+                istio: None,
+                workload: None,
+                send_peer_metadata: true,
             }),
         }
     }
@@ -200,6 +217,29 @@ impl TelemetryLayer {
     /// Request counts and durations through the `metrics` facade (default on).
     pub fn metrics(self, on: bool) -> Self {
         self.edit(|s| s.metrics = on)
+    }
+
+    /// Istio's standard metrics beside mesh's own (default off): `istio_requests_total`,
+    /// `istio_request_duration_milliseconds`, `istio_request_bytes`, `istio_response_bytes` and
+    /// `istio_response_messages_total`, reporter `source` client side and `destination` server
+    /// side, with `workload` as this side's labels and the peer's from its SPIFFE ID and the
+    /// `x-envoy-peer-metadata` it sends. Turns on the metadata exchange (see
+    /// [`send_peer_metadata`](Self::send_peer_metadata)). The names are in [`istio`].
+    pub fn istio_metrics(self, workload: WorkloadLabels) -> Self {
+        self.edit(|s| {
+            s.workload = Some(workload);
+            s.rebuild_istio();
+        })
+    }
+
+    /// With [`istio_metrics`](Self::istio_metrics): whether this side sends its own
+    /// `x-envoy-peer-metadata` and `x-envoy-peer-metadata-id` (default on: client side on
+    /// requests, server side on responses). The peer's are read either way.
+    pub fn send_peer_metadata(self, on: bool) -> Self {
+        self.edit(|s| {
+            s.send_peer_metadata = on;
+            s.rebuild_istio();
+        })
     }
 
     /// One access-log event per request on [`ACCESS_LOG_TARGET`] (default off).

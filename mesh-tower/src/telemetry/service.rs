@@ -74,6 +74,7 @@ impl TelemetryError for std::io::Error {
 impl<S, B, RB> Service<Request<B>> for Telemetry<S>
 where
     S: Service<Request<B>, Response = Response<RB>>,
+    B: http_body::Body,
     RB: http_body::Body,
     S::Error: TelemetryError,
 {
@@ -89,8 +90,12 @@ where
         let (exchange, attach) = match self.shared.direction {
             Direction::Inbound => inbound(&self.shared, &request),
             Direction::Outbound => {
-                let (exchange, cx) = outbound(&self.shared, &request);
+                let (mut exchange, cx) = outbound(&self.shared, &request);
                 propagation::inject(&cx, request.headers_mut());
+                if let Some(istio) = &self.shared.istio {
+                    istio.send(request.headers_mut());
+                    exchange.note_request_size(request.body().size_hint().exact());
+                }
                 (exchange, None)
             }
         };
@@ -200,8 +205,8 @@ where
             return Poll::Pending;
         };
         Poll::Ready(match result {
-            Ok(response) => {
-                exchange.on_response(&response);
+            Ok(mut response) => {
+                exchange.on_response(&mut response);
                 Ok(response.map(|body| TelemetryBody::new(body, exchange)))
             }
             // (An empty body may never be polled: `TelemetryBody::new` ends the exchange then.)

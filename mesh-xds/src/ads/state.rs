@@ -1,6 +1,6 @@
 //! The state of the world, per resource type: what is subscribed, what was accepted (version),
-//! what the last response was (nonce), and the cache of decoded resources. No I/O: the stream
-//! task feeds it responses and the clock, and sends the requests it returns.
+//! what the last response was (nonce), and the cache of decoded resources. No I/O: the driver
+//! feeds it responses and the clock, and sends the requests it returns.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -44,12 +44,15 @@ pub(crate) struct TypeState {
     pending: HashMap<String, Instant>,
 }
 
-/// What handling a response gives: the ACK or NACK to send, and whether the cache changed.
+/// What handling a response gives: the ACK or NACK to send, and whether the cache took it.
 #[derive(Debug)]
 pub(crate) struct Handled {
     pub(crate) reply: DiscoveryRequest,
     /// The NACK's error detail, if the response was refused (wholly or in part).
     pub(crate) nack: Option<String>,
+    /// Whether the response was of a type this client asks for and so reached the cache (a
+    /// response of an unknown type is NACKed and changes nothing).
+    pub(crate) applied: bool,
 }
 
 /// The whole ADS state.
@@ -60,6 +63,10 @@ pub(crate) struct AdsState {
     resource_timeout: Duration,
     /// The node goes with the first request of each stream only.
     node_sent: bool,
+    /// Whether a stream is current (between [`on_stream_start`](Self::on_stream_start) and
+    /// [`on_stream_end`](Self::on_stream_end)): only then do subscription changes make requests;
+    /// otherwise the next stream's first requests carry them.
+    on_stream: bool,
     /// gRFC A53: LDS and CDS resources left out of a response are kept.
     ignore_resource_deletion: bool,
 }
@@ -67,7 +74,7 @@ pub(crate) struct AdsState {
 impl AdsState {
     pub(crate) fn new(node: Node, resource_timeout: Duration) -> Self {
         let types = ResourceType::ALL.into_iter().map(|t| (t, TypeState::default())).collect();
-        Self { node, types, resource_timeout, node_sent: false, ignore_resource_deletion: false }
+        Self { node, types, resource_timeout, node_sent: false, on_stream: false, ignore_resource_deletion: false }
     }
 
     /// Keeps LDS and CDS resources that a response leaves out (the server feature
@@ -94,6 +101,7 @@ impl AdsState {
     /// the requests to send first.
     pub(crate) fn on_stream_start(&mut self, now: Instant) -> Vec<DiscoveryRequest> {
         self.node_sent = false;
+        self.on_stream = true;
         let kinds: Vec<_> = self.types.keys().copied().collect();
         let mut requests = Vec::new();
         for kind in kinds {
@@ -109,19 +117,21 @@ impl AdsState {
 
     /// The stream broke: does-not-exist timers stop until the next stream asks again.
     pub(crate) fn on_stream_end(&mut self) {
+        self.on_stream = false;
         for t in self.types.values_mut() {
             t.pending.clear();
         }
     }
 
-    /// Changes the subscriptions of `kind`; returns the request to send if they changed.
+    /// Changes the subscriptions of `kind`; returns the request to send if they changed while a
+    /// stream is current.
     pub(crate) fn subscribe(
         &mut self,
         kind: ResourceType,
         names: BTreeSet<String>,
-        connected: bool,
         now: Instant,
     ) -> Option<DiscoveryRequest> {
+        let on_stream = self.on_stream;
         let t = self.get_mut(kind);
         if t.wanted == names {
             return None;
@@ -130,7 +140,7 @@ impl AdsState {
         t.pending.retain(|name, _| names.contains(name));
         t.wanted = names;
         // An empty list would be a wildcard subscription for LDS and CDS.
-        if !connected || (t.wanted.is_empty() && kind.response_is_complete()) {
+        if !on_stream || (t.wanted.is_empty() && kind.response_is_complete()) {
             return None;
         }
         Some(self.request(kind, now))
@@ -160,15 +170,24 @@ impl AdsState {
     ///
     /// Valid resources are used even when others in the same response are refused (gRFC A46); a
     /// refused resource keeps its last good version. For LDS and CDS, a subscribed resource that
-    /// a response leaves out was deleted.
+    /// a response leaves out was deleted. A response of a type this client never asks for is
+    /// NACKed and changes nothing.
     pub(crate) fn on_response(
         &mut self,
         response: DiscoveryResponse,
         ctx: &DecodeContext<'_>,
         now: Instant,
-    ) -> Result<Handled, UnknownType> {
-        let kind =
-            ResourceType::from_type_url(&response.type_url).ok_or_else(|| UnknownType(response.type_url.clone()))?;
+    ) -> Handled {
+        let Some(kind) = ResourceType::from_type_url(&response.type_url) else {
+            let detail = format!("the control plane sent a response of unknown type {}", response.type_url);
+            let reply = DiscoveryRequest {
+                type_url: response.type_url,
+                response_nonce: response.nonce,
+                error_detail: Some(invalid_argument(&detail)),
+                ..Default::default()
+            };
+            return Handled { reply, nack: Some(detail), applied: false };
+        };
         let mut errors = Vec::new();
         let mut seen = BTreeSet::new();
         let mut decoded = Vec::new();
@@ -216,9 +235,8 @@ impl AdsState {
             Some(errors.join("; "))
         };
         let mut reply = self.request(kind, now);
-        reply.error_detail =
-            nack.as_ref().map(|message| Status { code: 3, message: message.clone(), details: Vec::new() });
-        Ok(Handled { reply, nack })
+        reply.error_detail = nack.as_deref().map(invalid_argument);
+        Handled { reply, nack, applied: true }
     }
 
     /// When the next does-not-exist timer fires.
@@ -244,7 +262,7 @@ impl AdsState {
     }
 }
 
-/// A response of a type this client never asked for.
-#[derive(Debug, thiserror::Error)]
-#[error("the control plane sent a response of unknown type {0}")]
-pub(crate) struct UnknownType(pub(crate) String);
+/// A NACK's `error_detail`: gRPC's `INVALID_ARGUMENT` with the reason.
+fn invalid_argument(message: &str) -> Status {
+    Status { code: 3, message: message.to_owned(), details: Vec::new() }
+}

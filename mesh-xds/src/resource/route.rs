@@ -153,21 +153,20 @@ fn parse_action(action: &RouteAction) -> FieldResult<XdsRoute> {
     };
     let retry = action.retry_policy.as_ref().map(|r| retry(r).map_err(|e| e.within("retry_policy"))).transpose()?;
     let mut hash_header = None;
+    // gRFC A42: hash policies other than a header (source IP, cookie, query parameter; istiod
+    // sends `connection_properties` for `useSourceIp`) are skipped, as gRPC skips them.
     for (i, policy) in action.hash_policy.iter().enumerate() {
         let field = format!("hash_policy[{i}]");
-        match &policy.policy_specifier {
-            Some(PolicySpecifier::Header(h)) => {
-                if h.regex_rewrite.is_some() {
-                    return Err(FieldError::new(
-                        format!("{field}.header.regex_rewrite"),
-                        "rewriting the hashed header is not supported",
-                    ));
-                }
-                let name = HeaderName::new(&h.header_name)
-                    .map_err(|e| FieldError::new(format!("{field}.header.header_name"), e.to_string()))?;
-                hash_header.get_or_insert(name);
+        if let Some(PolicySpecifier::Header(h)) = &policy.policy_specifier {
+            if h.regex_rewrite.is_some() {
+                return Err(FieldError::new(
+                    format!("{field}.header.regex_rewrite"),
+                    "rewriting the hashed header is not supported",
+                ));
             }
-            _ => return Err(FieldError::new(field, "only header hash policies are supported")),
+            let name = HeaderName::new(&h.header_name)
+                .map_err(|e| FieldError::new(format!("{field}.header.header_name"), e.to_string()))?;
+            hash_header.get_or_insert(name);
         }
     }
     Ok(XdsRoute {
@@ -290,7 +289,7 @@ fn string_match(name: &HeaderName, m: &StringMatcher) -> FieldResult<HeaderMatch
 
 /// A route's retry policy (gRFC A44), plus the conditions mesh retries on that gRPC does not:
 /// `connect-failure`, `refused-stream`/`reset`, `5xx`, `gateway-error` and `retriable-status-codes`
-/// (Istio's default policy names them). gRPC statuses mesh cannot retry on are refused.
+/// (Istio's default policy names them).
 fn retry(raw: &RawRetry) -> FieldResult<RetryPolicy> {
     let mut policy = RetryPolicy::default();
     policy.retry_on.clear();
@@ -305,9 +304,8 @@ fn retry(raw: &RawRetry) -> FieldResult<RetryPolicy> {
             "5xx" => vec![RetryOn::ServerError],
             "gateway-error" => vec![RetryOn::GatewayError],
             "retriable-status-codes" => raw.retriable_status_codes.iter().map(|c| RetryOn::Status(*c as u16)).collect(),
-            "deadline-exceeded" | "internal" => {
-                return Err(FieldError::new("retry_on", format!("retrying on gRPC {condition:?} is not supported")));
-            }
+            "deadline-exceeded" => vec![RetryOn::GrpcDeadlineExceeded],
+            "internal" => vec![RetryOn::GrpcInternal],
             // gRFC A44: other conditions are ignored.
             _ => Vec::new(),
         };

@@ -61,11 +61,39 @@ impl IdentityBook {
     }
 }
 
+/// The latest failed connect to each endpoint. With HTTP/2 the requests to an endpoint wait for
+/// one connection; when it fails, hyper-util's pool tells the waiters only "request was
+/// canceled". Each waiter finds here the connection's own error (a refused identity, a refused
+/// connection) instead.
+#[derive(Debug, Default)]
+pub(crate) struct ConnectFailures {
+    latest: Mutex<HashMap<SocketAddr, (std::time::Instant, ConnectError)>>,
+}
+
+impl ConnectFailures {
+    const RETAIN: std::time::Duration = std::time::Duration::from_secs(60);
+
+    fn record(&self, address: SocketAddr, error: &ConnectError) {
+        let now = std::time::Instant::now();
+        let mut latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
+        latest.retain(|_, (at, _)| now.saturating_duration_since(*at) < Self::RETAIN);
+        latest.insert(address, (now, error.clone()));
+    }
+
+    /// The error of the connect to `address` that failed after `since` (while a request that
+    /// started then was waiting for it).
+    pub(crate) fn since(&self, address: SocketAddr, since: std::time::Instant) -> Option<ConnectError> {
+        let latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
+        latest.get(&address).filter(|(at, _)| *at >= since).map(|(_, error)| error.clone())
+    }
+}
+
 /// What the client dials with.
 #[derive(Clone)]
 pub(crate) struct MeshConnector {
     http: HttpConnector,
     tls: Option<Arc<TlsDialer>>,
+    failures: Arc<ConnectFailures>,
 }
 
 pub(crate) struct TlsDialer {
@@ -81,7 +109,12 @@ pub(crate) struct TlsDialer {
 
 impl MeshConnector {
     pub(crate) fn plaintext(http: HttpConnector) -> Self {
-        Self { http, tls: None }
+        Self { http, tls: None, failures: Arc::default() }
+    }
+
+    /// The failed connects of this connector (shared by its clones).
+    pub(crate) fn failures(&self) -> Arc<ConnectFailures> {
+        self.failures.clone()
     }
 
     pub(crate) fn mtls(
@@ -99,7 +132,7 @@ impl MeshConnector {
         let mut options = TlsOptions::default();
         options.alpn = alpn;
         let dialer = TlsDialer { source, service, book, options, handshake_timeout, configs: Mutex::default() };
-        Self { http, tls: Some(Arc::new(dialer)) }
+        Self { http, tls: Some(Arc::new(dialer)), failures: Arc::default() }
     }
 }
 
@@ -134,19 +167,17 @@ impl Service<Uri> for MeshConnector {
     type Future = Pin<Box<dyn Future<Output = Result<MeshStream, ConnectError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.http
-            .poll_ready(cx)
-            .map_err(|e| ConnectError { endpoint: String::new(), kind: ConnectErrorKind::Tcp(e.into()) })
+        self.http.poll_ready(cx).map_err(|e| ConnectError::new(String::new(), ConnectErrorKind::Tcp(e.into())))
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let endpoint = uri.authority().map(|a| a.to_string()).unwrap_or_default();
-        let fail = move |kind| ConnectError { endpoint: endpoint.clone(), kind };
+        let fail = move |kind| ConnectError::new(endpoint.clone(), kind);
         // The balancer puts the endpoint's socket address in the URI.
         let address: Option<SocketAddr> = uri.authority().and_then(|a| a.as_str().parse().ok());
-        let tls = self.tls.clone();
+        let (tls, failures) = (self.tls.clone(), self.failures.clone());
         let connecting = self.http.call(uri);
-        Box::pin(async move {
+        let dial = async move {
             let Some(tls) = tls else {
                 let tcp = connecting.await.map_err(|e| fail(ConnectErrorKind::Tcp(e.into())))?;
                 return Ok(MeshStream::Plain { io: tcp });
@@ -168,6 +199,13 @@ impl Service<Uri> for MeshConnector {
                 Some(PeerIdentity { id: spiffe_id_of(leaf).ok()?, serial: serial_of(leaf).unwrap_or_default().into() })
             });
             Ok(MeshStream::Tls { io: TokioIo::new(stream), peer })
+        };
+        Box::pin(async move {
+            let result = dial.await;
+            if let (Err(error), Some(address)) = (&result, address) {
+                failures.record(address, error);
+            }
+            result
         })
     }
 }

@@ -13,11 +13,12 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy;
 use pin_project_lite::pin_project;
 
-use super::EndpointBody;
+use super::{EndpointBody, connect::ConnectFailures};
 use crate::{
     BoxError, Upstream,
     classify::{self, Class, ClassifyHead, TransportFailure},
     client::{balance::InFlight, deadline::Deadline, outlier::Health, resolution::Resolution},
+    connection::ConnectError,
     golden::GoldenSignals,
 };
 
@@ -102,14 +103,20 @@ pin_project! {
             #[pin] future: legacy::ResponseFuture,
             upstream: Option<Upstream>,
             record: Option<AttemptRecord>,
+            failures: Arc<ConnectFailures>,
         },
         Failed { error: Option<BoxError> },
     }
 }
 
 impl ResponseFuture {
-    pub(crate) fn sending(future: legacy::ResponseFuture, upstream: Upstream, record: AttemptRecord) -> Self {
-        Self { state: State::Sending { future, upstream: Some(upstream), record: Some(record) } }
+    pub(crate) fn sending(
+        future: legacy::ResponseFuture,
+        upstream: Upstream,
+        record: AttemptRecord,
+        failures: Arc<ConnectFailures>,
+    ) -> Self {
+        Self { state: State::Sending { future, upstream: Some(upstream), record: Some(record), failures } }
     }
 
     pub(crate) fn failed(error: BoxError) -> Self {
@@ -122,7 +129,7 @@ impl Future for ResponseFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            StateProj::Sending { future, upstream, record } => {
+            StateProj::Sending { future, upstream, record, failures } => {
                 let result = ready!(future.poll(cx));
                 let Some(mut record) = record.take() else {
                     return Poll::Ready(Err("endpoint ResponseFuture polled after completion".into()));
@@ -130,7 +137,7 @@ impl Future for ResponseFuture {
                 let mut response = match result {
                     Ok(response) => response,
                     Err(error) => {
-                        let error = BoxError::from(error);
+                        let error = explain(error, failures, record.address, record.started);
                         record.finish(classify::error(&error));
                         return Poll::Ready(Err(error));
                     }
@@ -154,6 +161,30 @@ impl Future for ResponseFuture {
                 .unwrap_or_else(|| "endpoint ResponseFuture polled after completion".into()))),
         }
     }
+}
+
+/// A request that waited for a connection another request was opening, when that connect
+/// failed, gets only the pool's "request was canceled" from hyper-util: give it the connect's own
+/// error instead, as the request that dialled got.
+fn explain(error: legacy::Error, failures: &ConnectFailures, address: SocketAddr, started: Instant) -> BoxError {
+    if error.is_connect()
+        && !carries_connect_error(&error)
+        && let Some(cause) = failures.since(address, started)
+    {
+        return cause.into();
+    }
+    error.into()
+}
+
+fn carries_connect_error(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.is::<ConnectError>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 impl fmt::Debug for ResponseFuture {

@@ -62,6 +62,8 @@ pub(crate) struct Shared {
     pub(crate) config: ClientConfig,
     /// The `Host` of HTTP/1.1 requests that name none: the service name, made once.
     pub(crate) host: Option<HeaderValue>,
+    /// The connector's failed connects, to tell a request that waited for one its cause.
+    pub(crate) failures: Arc<connect::ConnectFailures>,
 }
 
 /// The request header that numbers a retried attempt (2 for the first retry); absent on first
@@ -147,7 +149,9 @@ where
             deadline,
         );
         match rewrite(request, &target, &self.shared) {
-            Ok(request) => ResponseFuture::sending(self.http.request(request), upstream, record),
+            Ok(request) => {
+                ResponseFuture::sending(self.http.request(request), upstream, record, self.shared.failures.clone())
+            }
             Err(error) => ResponseFuture::failed(error),
         }
     }

@@ -192,10 +192,10 @@ where
         let inner = std::mem::replace(&mut self.inner, clone);
         RouterFuture::waiting(async move {
             let mut watch = shared.watch.clone();
-            let waited = tokio::time::timeout(shared.resolve_timeout, watch.ready()).await;
+            let waited = tokio::time::timeout(shared.resolve_timeout, first_snapshot(&mut watch)).await;
             let service = shared.watch.service();
             let plan = match (waited, shared.plan()) {
-                (Ok(Ok(_)), Some(plan)) => plan,
+                (Ok(true), Some(plan)) => plan,
                 _ => {
                     let unresolved = Unresolved { service: service.clone(), cause: watch.last_error() };
                     return Err(ClientError::new(unresolved.into(), service, None).into());
@@ -208,6 +208,24 @@ where
                 .await
                 .map_err(|e| BoxError::from(ClientError::new(e.into(), service, Some(went(&resolution)))))
         })
+    }
+}
+
+/// Waits for the first snapshot: `true` once there is one; `false` as soon as discovery reports
+/// why there is none (a refused resource, an unreachable control plane), so the call fails at
+/// once with that reason instead of waiting out the resolve timeout, as gRPC fails a call on a
+/// channel in transient failure; `false` too if the backend stops.
+async fn first_snapshot(watch: &mut SnapshotWatch) -> bool {
+    loop {
+        if watch.current().is_some() {
+            return true;
+        }
+        if watch.last_error().is_some() {
+            return false;
+        }
+        if watch.changed().await.is_err() {
+            return watch.current().is_some();
+        }
     }
 }
 

@@ -1,8 +1,6 @@
-//! The client cascade, LDS -> RDS -> CDS -> EDS, for one target: which names to subscribe to,
-//! and the `ServiceSpec` the cached resources add up to.
-//!
-//! Each cluster a route sends to becomes one subset, named after the cluster
-//! ([`subset_for_cluster`]); an endpoint belongs to the subsets of every cluster that lists it.
+//! The [`ServiceSpec`] a target's cached resources add up to: each cluster a route sends to
+//! becomes one subset, named after the cluster ([`subset_for_cluster`]); an endpoint belongs to
+//! the subsets of every cluster that lists it; the clusters' policies become the service's.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -11,41 +9,19 @@ use mesh_core::{
     policy::{CircuitBreaker, LoadBalancer, OutlierDetection},
 };
 
+use super::{
+    error::CascadeError,
+    follow::{clusters_of, good, listener, route_config, virtual_host},
+};
 use crate::{
-    ads::state::AdsState,
+    ads::AdsState,
     resource::{
-        Resource, ResourceError, ResourceType,
+        Resource, ResourceType,
         cluster::{Cluster, LbKind},
-        listener::{Listener, RouteSource},
-        route::{RouteConfig, VirtualHost},
+        listener::Listener,
+        route::VirtualHost,
     },
 };
-
-/// Why a target has no (new) snapshot.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum CascadeError {
-    /// A resource of the cascade does not exist (the control plane said so, or did not send it in
-    /// time: gRFC A57's does-not-exist timer).
-    #[error("{kind} resource {name:?} does not exist")]
-    DoesNotExist {
-        /// Its type.
-        kind: ResourceType,
-        /// Its name.
-        name: String,
-    },
-    /// A resource of the cascade was refused (NACKed) and there is no earlier good version of it.
-    #[error(transparent)]
-    Refused(#[from] ResourceError),
-    /// The resources are each valid but together ask for something mesh cannot do.
-    #[error("target {target}: {reason}")]
-    Unsupported {
-        /// The listener.
-        target: String,
-        /// Why.
-        reason: String,
-    },
-}
 
 /// What the cascade adds up to for a target.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,131 +55,40 @@ pub fn subset_for_cluster(cluster: &str) -> SubsetName {
     SubsetName::new(&name).unwrap_or_else(|e| unreachable!("sanitized subset name: {e}"))
 }
 
-fn good<'a>(state: &'a AdsState, kind: ResourceType, name: &str) -> Result<Option<&'a Resource>, CascadeError> {
-    match state.entry(kind, name) {
-        None => Ok(None),
-        Some(e) if e.missing => Err(CascadeError::DoesNotExist { kind, name: name.to_owned() }),
-        Some(e) => match (&e.good, &e.error) {
-            (Some(r), _) => Ok(Some(r)),
-            (None, Some(err)) => Err(CascadeError::Refused(err.clone())),
-            (None, None) => Ok(None),
-        },
-    }
-}
-
-fn listener<'a>(state: &'a AdsState, name: &str) -> Result<Option<&'a Listener>, CascadeError> {
-    Ok(match good(state, ResourceType::Listener, name)? {
-        Some(Resource::Listener(l)) => Some(l),
-        Some(Resource::InboundListener(_)) => {
-            return Err(CascadeError::Refused(ResourceError::new(
-                ResourceType::Listener,
-                name,
-                "api_listener",
-                "missing: this is a server listener, and a client listener is an API listener",
-            )));
-        }
-        _ => None,
-    })
-}
-
-fn route_config<'a>(state: &'a AdsState, l: &'a Listener) -> Result<Option<&'a RouteConfig>, CascadeError> {
-    Ok(match &l.routes {
-        RouteSource::Inline(rc) => Some(rc),
-        RouteSource::Rds(name) => match good(state, ResourceType::RouteConfiguration, name)? {
-            Some(Resource::RouteConfiguration(rc)) => Some(rc),
-            _ => None,
-        },
-    })
-}
-
-/// The virtual host for `host`, by gRPC's rules: exact, then `*.suffix`, then `prefix.*`, then `*`
-/// (longest first within each kind).
-pub(crate) fn virtual_host<'a>(rc: &'a RouteConfig, host: &str) -> Option<&'a VirtualHost> {
-    let host = host.to_ascii_lowercase();
-    let mut best: Option<(u8, usize, &VirtualHost)> = None;
-    for vh in &rc.virtual_hosts {
-        for domain in &vh.domains {
-            let d = domain.to_ascii_lowercase();
-            let rank = if d == host {
-                Some((0, d.len()))
-            } else if d == "*" {
-                Some((3, 0))
-            } else if let Some(suffix) = d.strip_prefix('*') {
-                host.ends_with(suffix).then_some((1, d.len()))
-            } else if let Some(prefix) = d.strip_suffix('*') {
-                host.starts_with(prefix).then_some((2, d.len()))
-            } else {
-                None
-            };
-            if let Some((kind, len)) = rank
-                && best.is_none_or(|(k, l, _)| kind < k || (kind == k && len > l))
-            {
-                best = Some((kind, len, vh));
-            }
-        }
-    }
-    best.map(|(_, _, vh)| vh)
-}
-
-/// The clusters the matched virtual host's routes send to (weight 0 excluded).
-fn clusters_of(vh: &VirtualHost) -> Vec<&str> {
-    let mut seen = BTreeSet::new();
-    let mut out = Vec::new();
-    for route in &vh.routes {
-        for (cluster, weight) in &route.clusters {
-            if *weight > 0 && seen.insert(cluster.as_str()) {
-                out.push(cluster.as_str());
-            }
-        }
-    }
-    out
-}
-
-/// The names each type must subscribe to for `listeners`, given what is cached so far.
-pub(crate) fn wanted<'a>(
-    state: &AdsState,
-    listeners: impl IntoIterator<Item = &'a str>,
-) -> BTreeMap<ResourceType, BTreeSet<String>> {
-    let mut out: BTreeMap<ResourceType, BTreeSet<String>> =
-        ResourceType::ALL.into_iter().map(|t| (t, BTreeSet::new())).collect();
-    let mut add = |kind: ResourceType, name: &str| {
-        out.entry(kind).or_default().insert(name.to_owned());
-    };
-    for name in listeners {
-        add(ResourceType::Listener, name);
-        let Ok(Some(l)) = listener(state, name) else { continue };
-        if let RouteSource::Rds(rds) = &l.routes {
-            add(ResourceType::RouteConfiguration, rds);
-        }
-        let Ok(Some(rc)) = route_config(state, l) else { continue };
-        let Some(vh) = virtual_host(rc, name) else { continue };
-        for cluster in clusters_of(vh) {
-            add(ResourceType::Cluster, cluster);
-            if let Ok(Some(Resource::Cluster(c))) = good(state, ResourceType::Cluster, cluster) {
-                add(ResourceType::ClusterLoadAssignment, &c.eds_service_name);
-            }
-        }
-    }
-    out
-}
-
 /// The spec for the target `listener`: `Ok(None)` while resources are still on their way.
-pub(crate) fn build(state: &AdsState, listener_name: &str, opts: &BuildOptions) -> Result<Option<Built>, CascadeError> {
+pub(super) fn build(state: &AdsState, listener_name: &str, opts: &BuildOptions) -> Result<Option<Built>, CascadeError> {
     let unsupported = |reason: String| CascadeError::Unsupported { target: listener_name.to_owned(), reason };
     let Some(l) = listener(state, listener_name)? else { return Ok(None) };
     let Some(rc) = route_config(state, l)? else { return Ok(None) };
     let vh = virtual_host(rc, listener_name).ok_or_else(|| unsupported("no virtual host matches the target".into()))?;
     let mut clusters: Vec<(&str, &Cluster)> = Vec::new();
     let mut assignments = Vec::new();
+    // Clusters refused (NACKed with no good version) or reported as not existing, and why. As
+    // gRPC does, they fail only the calls routed to them: their subsets have no endpoints.
+    let mut failed: Vec<(&str, CascadeError)> = Vec::new();
     for name in clusters_of(vh) {
-        let Some(Resource::Cluster(c)) = good(state, ResourceType::Cluster, name)? else { return Ok(None) };
-        let Some(Resource::ClusterLoadAssignment(la)) =
-            good(state, ResourceType::ClusterLoadAssignment, &c.eds_service_name)?
-        else {
-            return Ok(None);
+        let c = match good(state, ResourceType::Cluster, name) {
+            Ok(Some(Resource::Cluster(c))) => c,
+            Ok(_) => return Ok(None),
+            Err(e) => {
+                failed.push((name, e));
+                continue;
+            }
         };
-        clusters.push((name, c));
-        assignments.push(la);
+        match good(state, ResourceType::ClusterLoadAssignment, &c.eds_service_name) {
+            Ok(Some(Resource::ClusterLoadAssignment(la))) => {
+                clusters.push((name, c));
+                assignments.push(la);
+            }
+            Ok(_) => return Ok(None),
+            Err(e) => failed.push((name, e)),
+        }
+    }
+    if clusters.is_empty()
+        && let Some((_, e)) = failed.first()
+    {
+        // Nothing to serve at all: the target fails with the reason.
+        return Err(e.clone());
     }
     let mut spec = ServiceSpec::default();
     let mut subsets = BTreeMap::new();
@@ -239,6 +124,16 @@ pub(crate) fn build(state: &AdsState, listener_name: &str, opts: &BuildOptions) 
             }
             ep.labels.insert(subset.as_str(), "1").map_err(|e| unsupported(e.to_string()))?;
         }
+    }
+    for (name, _) in &failed {
+        let subset = subset_for_cluster(name);
+        if let Some(other) = subsets.insert(subset.clone(), (*name).to_owned()) {
+            return Err(unsupported(format!("clusters {other:?} and {name:?} map to the same subset {subset}")));
+        }
+        by_cluster.insert(*name, subset.clone());
+        let mut labels = Labels::new();
+        labels.insert(subset.as_str(), "1").map_err(|e| unsupported(e.to_string()))?;
+        spec.subsets.push(Subset::new(subset, labels));
     }
     spec.endpoints = endpoints;
     spec.routes = routes(l, vh, &by_cluster).map_err(unsupported)?;
@@ -315,7 +210,9 @@ fn load_balancer(clusters: &[(&str, &Cluster)], vh: &VirtualHost) -> Result<Load
             let headers: BTreeSet<_> = vh.routes.iter().filter_map(|r| r.hash_header.clone()).collect();
             match headers.len() {
                 1 => LoadBalancer::ring_hash(headers.into_iter().next().unwrap_or_else(|| unreachable!())),
-                0 => return Err("RING_HASH clusters but no route has a header hash_policy".into()),
+                // Nothing to hash (gRFC A42: gRPC then hashes a random value per call, so calls
+                // spread over the ring): spread them evenly.
+                0 => LoadBalancer::round_robin(),
                 _ => return Err(format!("routes hash different headers {headers:?}; mesh hashes one per service")),
             }
         }

@@ -1,18 +1,9 @@
-//! What the [`XdsDiscovery`](crate::XdsDiscovery) handle and its ADS stream task share: the
-//! watched targets, the stream's status, and the error type both report.
+//! [`XdsError`]: what can go wrong with xDS discovery, as the handle returns it and as the
+//! watchers of a target are told.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    sync::Mutex,
-};
+use mesh_core::{DiscoveryError, InvalidIdentity, InvalidName};
 
-use mesh_core::{InvalidIdentity, InvalidName, ServiceName, SubsetName, discovery::SnapshotPublisher};
-use tokio::sync::watch;
-
-use crate::{
-    BootstrapError,
-    cascade::{Built, CascadeError},
-};
+use crate::{bootstrap::BootstrapError, cascade::CascadeError};
 
 /// What can go wrong with xDS discovery.
 #[derive(Debug, thiserror::Error)]
@@ -66,42 +57,9 @@ pub enum XdsError {
     },
 }
 
-/// What the ADS stream has done so far, for operations and tests: watch it to wait for an ACK,
-/// a NACK or a reconnection without sleeping.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct XdsStatus {
-    /// Whether a stream is open.
-    pub connected: bool,
-    /// Streams opened so far.
-    pub streams: u64,
-    /// Responses received.
-    pub responses: u64,
-    /// Responses ACKed.
-    pub acks: u64,
-    /// Responses NACKed (wholly or in part).
-    pub nacks: u64,
-    /// The error detail of the last NACK.
-    pub last_nack: Option<String>,
-    /// Snapshots published, all targets together.
-    pub published: u64,
-}
-
-/// One watched target.
-pub(crate) struct Target {
-    pub(crate) listener: String,
-    pub(crate) publisher: SnapshotPublisher,
-    pub(crate) last: Option<Built>,
-    pub(crate) last_error: Option<CascadeError>,
-    /// Every subset the target has had, and its cluster (the naming is fixed, so this only grows).
-    pub(crate) known: BTreeMap<SubsetName, String>,
-}
-
-/// State shared by the handle and the stream task.
-pub(crate) struct Shared {
-    pub(crate) targets: Mutex<BTreeMap<ServiceName, Target>>,
-    pub(crate) status: watch::Sender<XdsStatus>,
-    pub(crate) aliases: Mutex<HashMap<ServiceName, String>>,
-    /// Servers' inbound Listeners, by name.
-    pub(crate) inbound: Mutex<BTreeMap<String, crate::server::InboundTarget>>,
+impl XdsError {
+    /// The error as a target's watchers receive it.
+    pub(crate) fn into_discovery(self) -> DiscoveryError {
+        DiscoveryError::Backend { backend: "xds", source: Box::new(self) }
+    }
 }

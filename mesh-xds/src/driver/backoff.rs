@@ -7,7 +7,7 @@ use rand::{Rng, SeedableRng, rngs::SmallRng};
 
 /// Exponential backoff with jitter.
 #[derive(Debug)]
-pub(crate) struct Backoff {
+pub(super) struct Backoff {
     initial: Duration,
     max: Duration,
     next: Duration,
