@@ -9,9 +9,6 @@ use std::path::PathBuf;
 
 use mesh::core::{Credentials, IdentityFiles, IdentitySource};
 
-/// The identity flags, for the usage line.
-pub(crate) const FLAGS: &str = "(--ca FILE --cert FILE --key FILE | --workload-api SOCKET)";
-
 /// The identity flags as given.
 #[derive(Default)]
 pub(crate) struct IdentityFlags {
@@ -78,6 +75,7 @@ impl IdentityArgs {
     }
 
     /// Where the trust bundle comes from, for the startup lines.
+    #[allow(dead_code)] // used by echo-server only
     pub(crate) fn bundle(&self) -> String {
         match self {
             Self::Files { ca, .. } => format!("bundle {}", ca.display()),

@@ -1,7 +1,7 @@
 //! The mesh side of the SPIRE tests: workloads whose identities come from the agent, the servers
 //! they run (HTTP and gRPC) and the callers that load them.
 
-use std::{convert::Infallible, error::Error as _, net::SocketAddr, time::Duration};
+use std::{convert::Infallible, net::SocketAddr, time::Duration};
 
 use http_body_util::{BodyExt, Empty};
 use mesh::{

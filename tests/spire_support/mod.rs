@@ -69,9 +69,10 @@ impl Agent {
         format!("unix:{}", self.dir.join("api.sock").display())
     }
 
-    /// Its SPIFFE ID, the parent of the entries it serves.
+    /// The node alias its join tokens map it to: the parent of the entries it serves, the same
+    /// across re-attestations.
     pub fn id(&self) -> String {
-        format!("spiffe://{TRUST_DOMAIN}/spire/agent/join_token/{}", self.token)
+        format!("spiffe://{TRUST_DOMAIN}/agent/{}", self.dir.file_name().unwrap().to_string_lossy())
     }
 }
 
@@ -162,8 +163,6 @@ plugins {{
 
     /// Starts an agent attested with a fresh join token; returns its index.
     pub async fn add_agent(&mut self) -> usize {
-        let token = self.server_cli(&["token", "generate", "-ttl", "600"]).await.unwrap();
-        let token = token.trim().strip_prefix("Token: ").unwrap_or_else(|| panic!("token generate printed {token:?}"));
         let n = self.agents.len();
         let dir = self.root().join(format!("agent-{n}"));
         std::fs::create_dir_all(dir.join("data")).unwrap();
@@ -200,22 +199,30 @@ plugins {{
             port = self.port
         );
         std::fs::write(dir.join("agent.conf"), config).unwrap();
-        self.agents.push(Agent { dir, child: None, token: token.to_owned() });
-        self.start_agent(n, true).await;
+        self.agents.push(Agent { dir, child: None, token: String::new() });
+        self.start_agent(n).await;
         n
+    }
+
+    /// A join token that maps the agent using it to agent `n`'s alias.
+    async fn token(&self, n: usize) -> String {
+        let alias = self.agents[n].id();
+        let out = self.server_cli(&["token", "generate", "-ttl", "600", "-spiffeID", &alias]).await.unwrap();
+        let token = out.lines().find_map(|l| l.strip_prefix("Token: "));
+        token.unwrap_or_else(|| panic!("token generate printed {out:?}")).trim().to_owned()
     }
 
     pub fn agent(&self, n: usize) -> &Agent {
         &self.agents[n]
     }
 
-    async fn start_agent(&mut self, n: usize, with_token: bool) {
+    /// Starts agent `n` with a fresh join token (tokens are single-use: a restarted agent
+    /// attests again, and maps to the same alias).
+    async fn start_agent(&mut self, n: usize) {
+        self.agents[n].token = self.token(n).await;
         let agent = &self.agents[n];
         let config = agent.dir.join("agent.conf").display().to_string();
-        let mut args = vec!["run", "-config", &config];
-        if with_token {
-            args.extend(["-joinToken", &agent.token]);
-        }
+        let args = ["run", "-config", &config, "-joinToken", &agent.token];
         let child = spawn(&self.agent_bin, &args, &agent.dir.join("agent.log"));
         self.agents[n].child = Some(child);
         let socket = self.agents[n].dir.join("api.sock").display().to_string();
@@ -238,9 +245,9 @@ plugins {{
         }
     }
 
-    /// Starts agent `n` again, from the SVID it keeps in its data directory.
+    /// Starts agent `n` again.
     pub async fn restart_agent(&mut self, n: usize) {
-        self.start_agent(n, false).await;
+        self.start_agent(n).await;
     }
 
     /// A registration entry: `spiffe_id` for workloads of this uid under agent `n`, with SVIDs
@@ -432,9 +439,9 @@ impl Load {
         );
     }
 
-    pub async fn stop(self) -> LoadReport {
+    pub async fn stop(mut self) -> LoadReport {
         self.stop.store(true, Ordering::SeqCst);
-        for task in self.tasks {
+        for task in std::mem::take(&mut self.tasks) {
             let _ = tokio::time::timeout(WAIT, task).await;
         }
         let errors = std::mem::take(&mut *self.errors.lock().unwrap());
