@@ -192,7 +192,7 @@ impl RequestHeaders for NoHeaders {
     }
 }
 
-/// The outcome of [`AuthorizationPolicy::evaluate`].
+/// The outcome of [`AuthorizationPolicy::evaluate_call`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuthorizationDecision {
     /// Allowed by the rule at this index.
