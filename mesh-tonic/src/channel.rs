@@ -13,7 +13,7 @@ use mesh_tower::{
 };
 use tonic::Status;
 
-use crate::status_from_error;
+use crate::status::status_from_error;
 
 /// A gRPC channel to one service, resolved through discovery, with the whole mesh client stack.
 ///
