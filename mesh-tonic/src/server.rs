@@ -7,7 +7,10 @@ use mesh_tower::{
     authz::AuthorizationLayer,
     context::ContextLayer,
     server::{Server, ServerHandle},
-    telemetry::TelemetryLayer,
+    telemetry::{
+        TelemetryLayer,
+        grpc_otel::{CountReceived, CountedBody},
+    },
 };
 use tokio::net::TcpListener;
 use tower::Service;
@@ -30,7 +33,8 @@ use tower::Service;
 ///    handler is dropped and the caller gets `DEADLINE_EXCEEDED`; the mesh calls the handler makes
 ///    carry the time left on (see [`mesh_tower::context`]);
 /// 3. the service: a generated `…Server`, a `tonic::service::Routes`, or any tower service of
-///    HTTP requests.
+///    HTTP requests. Its request body is hyper's, wrapped so the telemetry's gRPC metrics count
+///    the messages it receives ([`CountedBody`]; a pass-through when they are off).
 ///
 /// ```no_run
 /// use mesh_core::{IdentitySource, policy::{AuthorizationPolicy, AuthorizationRule, PrincipalMatch}};
@@ -87,14 +91,14 @@ impl GrpcServer {
     /// Needs a tokio runtime. Fails only if the listener has no local address.
     pub fn spawn<S, B>(&self, listener: TcpListener, service: S) -> io::Result<ServerHandle>
     where
-        S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+        S: Service<Request<CountedBody<Incoming>>, Response = Response<B>> + Clone + Send + 'static,
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
         B: http_body::Body + Default + Send + 'static,
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        self.server.spawn(listener, service)
+        self.server.spawn(listener, CountReceived::new(service))
     }
 }
 

@@ -35,6 +35,8 @@ pub mod code {
     pub const PERMISSION_DENIED: u16 = 7;
     /// `RESOURCE_EXHAUSTED`.
     pub const RESOURCE_EXHAUSTED: u16 = 8;
+    /// `FAILED_PRECONDITION`.
+    pub const FAILED_PRECONDITION: u16 = 9;
     /// `UNIMPLEMENTED`.
     pub const UNIMPLEMENTED: u16 = 12;
     /// `INTERNAL`.
@@ -43,6 +45,8 @@ pub mod code {
     pub const UNAVAILABLE: u16 = 14;
     /// `DATA_LOSS`.
     pub const DATA_LOSS: u16 = 15;
+    /// `UNAUTHENTICATED`.
+    pub const UNAUTHENTICATED: u16 = 16;
 }
 
 /// Whether a message is gRPC: `content-type: application/grpc`, `application/grpc+proto`, ...

@@ -29,7 +29,14 @@ use super::{
     router::RouterLayer,
     shed::LoadShedLayer,
 };
-use crate::{BoxError, MissingIdentity, identity::Security, telemetry::TelemetryLayer};
+use crate::{
+    BoxError, MissingIdentity,
+    identity::Security,
+    telemetry::{
+        TelemetryLayer,
+        grpc_otel::{AttemptBody, AttemptLayer, CountedBody},
+    },
+};
 
 /// Calls one service by name, through the whole client stack. See the [module docs](super).
 ///
@@ -56,8 +63,9 @@ struct Handles {
 }
 
 /// The response body of a [`MeshClient`]: hyper's body, observed to its end by the attempt's
-/// accounting and by telemetry (the gRPC status in the trailers counts everywhere a status does).
-pub type ResponseBody = crate::telemetry::TelemetryBody<EndpointBody<Incoming>>;
+/// accounting, its gRPC metrics and by telemetry (the gRPC status in the trailers counts
+/// everywhere a status does).
+pub type ResponseBody = crate::telemetry::TelemetryBody<AttemptBody<EndpointBody<Incoming>>>;
 
 /// Configures a [`MeshClient`]. See [`MeshClient::builder`].
 #[derive(Clone)]
@@ -152,6 +160,7 @@ impl MeshClientBuilder {
     /// 3. the [deadline](crate::client::deadline): the route's timeout, the request's own, the handler's;
     /// 4. [fault injection](super::fault);
     /// 5. [retries](super::retry) with the budget and the hop guard, inside the chosen subset;
+    ///    each attempt measured for gRPC's metrics ([`AttemptLayer`], when the telemetry has them);
     /// 6. [load shedding](super::shed) (the circuit breaker);
     /// 7. the [endpoint](super::endpoint): the balancer's pick, outlier detection, mirroring,
     ///    and the pooled connection with mTLS that checks the endpoint's SPIFFE ID.
@@ -178,6 +187,7 @@ impl MeshClientBuilder {
             RouterLayer::with_identities(self.discovery.watch(&self.service), &self.config, identities.clone());
         let endpoints = self.endpoints::<B>(identities, &telemetry)?;
         let (faults, retries, shed) = (FaultLayer::new(), RetryLayer::new(), LoadShedLayer::new());
+        let attempts = AttemptLayer::new(&telemetry);
         let handles = Handles {
             service: self.service.clone(),
             outliers: router.outlier_stats(),
@@ -194,6 +204,7 @@ impl MeshClientBuilder {
             .layer(DeadlineLayer::new())
             .layer(faults)
             .layer(retries)
+            .layer(attempts)
             .layer(shed)
             .service(endpoints);
         Ok(MeshClient { stack: BoxCloneSyncService::new(stack), handles: Arc::new(handles) })
@@ -204,7 +215,7 @@ impl MeshClientBuilder {
         &self,
         identities: Arc<IdentityBook>,
         telemetry: &TelemetryLayer,
-    ) -> Result<Endpoints<super::retry::RetryBody<B>>, MissingIdentity>
+    ) -> Result<Endpoints<CountedBody<super::retry::RetryBody<B>>>, MissingIdentity>
     where
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,

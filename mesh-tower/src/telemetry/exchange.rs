@@ -11,6 +11,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::{
     ACCESS_LOG_TARGET, Direction, SPAN_TARGET, Shared,
+    grpc_frames::GrpcFrames,
+    grpc_otel::{self, CallStart, ServerCall},
     istio::{self, labels::Ending},
     metrics::RequestLabels,
 };
@@ -56,7 +58,18 @@ pub(crate) struct Exchange {
     recording: bool,
     /// What Istio's metrics need beyond the above, when they are on.
     istio: Option<istio::Observed>,
+    /// A gRPC call's state for gRPC's OpenTelemetry metrics, when they are on.
+    grpc_call: Option<GrpcCall>,
+    /// The code a gRPC caller sees for the error that failed the exchange.
+    error_code: Option<u16>,
     done: bool,
+}
+
+/// A gRPC call under A66's metrics: client side the call (its attempts are measured below), server
+/// side the call with the response's messages counted here.
+enum GrpcCall {
+    Client(CallStart),
+    Server(ServerCall, GrpcFrames),
 }
 
 /// `/package.Service/Method` split into service and method.
@@ -89,8 +102,19 @@ impl Exchange {
             trace_id: None,
             recording: traced,
             istio: shared.istio.as_ref().map(|_| istio::Observed::default()),
+            grpc_call: None,
+            error_code: None,
             done: false,
         };
+        if let Some(recorder) = shared.grpc.as_ref().filter(|_| grpc) {
+            exchange.grpc_call = Some(match shared.direction {
+                Direction::Outbound => GrpcCall::Client(recorder.start_call(path)),
+                Direction::Inbound => {
+                    let peer = request.headers().get(istio::peer_metadata::PEER_METADATA).cloned();
+                    GrpcCall::Server(recorder.start_server(path, peer), GrpcFrames::default())
+                }
+            });
+        }
         if let Some(observed) = &mut exchange.istio {
             observed.request_bytes = request_size(request.headers()).unwrap_or(0);
             if shared.direction == Direction::Inbound {
@@ -203,9 +227,21 @@ impl Exchange {
         Some(cx)
     }
 
+    /// Server side, with gRPC's metrics: the request extension by which the call's received
+    /// messages are counted.
+    pub(crate) fn received_counter(&self) -> Option<grpc_otel::ReceivedCounter> {
+        match &self.grpc_call {
+            Some(GrpcCall::Server(call, _)) => Some(call.counter()),
+            _ => None,
+        }
+    }
+
     /// Reads what the response head says: status, trailers-only gRPC status, and (client side)
     /// where it went and who answered.
     pub(crate) fn on_response<B>(&mut self, response: &mut Response<B>) {
+        if let (Some(recorder), Direction::Inbound) = (&self.shared.grpc, self.shared.direction) {
+            recorder.send(response.headers_mut());
+        }
         if let (Some(istio), Some(observed)) = (&self.shared.istio, &mut self.istio) {
             match self.shared.direction {
                 Direction::Inbound => {
@@ -284,6 +320,9 @@ impl Exchange {
         if let Some(observed) = &mut self.istio {
             observed.on_data(data, self.grpc);
         }
+        if let Some(GrpcCall::Server(_, frames)) = &mut self.grpc_call {
+            frames.feed(data);
+        }
     }
 
     /// Response bytes past the chunks [`Exchange::on_data`] saw.
@@ -295,7 +334,7 @@ impl Exchange {
 
     /// Whether [`Exchange::on_data`] wants the response's bytes.
     pub(crate) fn reads_data(&self) -> bool {
-        self.istio.is_some()
+        self.istio.is_some() || matches!(self.grpc_call, Some(GrpcCall::Server(..)))
     }
 
     /// The trailers at the end of the response body.
@@ -314,6 +353,9 @@ impl Exchange {
             self.note_upstream(client.route(), client.subset(), client.endpoint(), client.attempts());
         }
         self.class = Some(classify::error_of(error));
+        if self.grpc_call.is_some() {
+            self.error_code = Some(grpc_otel::code_of_error(error));
+        }
         let kind = ErrorKind::of(error);
         self.record("otel.status_description", format_args!("{error}"));
         self.finish(End::Failed(kind));
@@ -358,6 +400,9 @@ impl Exchange {
         if let (Some(istio), Some(observed)) = (&self.shared.istio, &self.istio) {
             istio.record(observed, &self.istio_outcome(end, elapsed));
         }
+        if let (Some(recorder), Some(call)) = (&self.shared.grpc, &self.grpc_call) {
+            self.record_grpc(recorder, call, end, elapsed);
+        }
         self.shared.golden.record(self.subset.as_ref(), elapsed, !server_failure);
         if self.shared.access_log {
             self.access_log(end, elapsed);
@@ -396,6 +441,34 @@ impl Exchange {
             peer: self.peer.clone(),
         };
         self.shared.request_metrics.record(labels, elapsed);
+    }
+
+    /// gRPC's OpenTelemetry metrics of the call: the status the caller sees, however it ended.
+    fn record_grpc(&self, recorder: &grpc_otel::GrpcRecorder, call: &GrpcCall, end: End, elapsed: std::time::Duration) {
+        let code = match (self.grpc_code, end) {
+            (Some(code), _) => code,
+            (None, End::Failed(_)) => self.error_code.unwrap_or(grpc::code::UNAVAILABLE),
+            (None, End::Dropped) => grpc::code::CANCELLED,
+            (None, End::BodyError) => match self.shared.direction {
+                Direction::Outbound => grpc::code::UNAVAILABLE,
+                Direction::Inbound => grpc::code::UNKNOWN,
+            },
+            (None, End::Complete) => grpc_otel::code_of_response(self.status),
+        };
+        match call {
+            GrpcCall::Client(call) => recorder.finish_call(call, code, elapsed),
+            GrpcCall::Server(call, frames) => recorder.finish(
+                &call.method,
+                &grpc_otel::Ending {
+                    code,
+                    elapsed,
+                    sent: frames.message_bytes(),
+                    rcvd: call.received(),
+                    peer: call.peer.as_ref(),
+                    backend: None,
+                },
+            ),
+        }
     }
 
     fn istio_outcome(&self, end: End, elapsed: std::time::Duration) -> istio::Outcome<'_> {

@@ -44,6 +44,8 @@
 
 mod body;
 mod exchange;
+mod grpc_frames;
+pub mod grpc_otel;
 pub mod istio;
 mod metrics;
 #[cfg(feature = "otlp")]
@@ -139,6 +141,8 @@ pub(crate) struct Shared {
     pub(crate) workload: Option<WorkloadLabels>,
     /// Whether the peer-metadata headers are sent (read either way).
     pub(crate) send_peer_metadata: bool,
+    /// gRPC's OpenTelemetry metrics (A66), when on.
+    pub(crate) grpc: Option<Arc<grpc_otel::GrpcRecorder>>,
 }
 
 impl Shared {
@@ -182,6 +186,7 @@ impl TelemetryLayer {
                 istio: None,
                 workload: None,
                 send_peer_metadata: true,
+                grpc: None,
             }),
         }
     }
@@ -240,6 +245,22 @@ impl TelemetryLayer {
             s.send_peer_metadata = on;
             s.rebuild_istio();
         })
+    }
+
+    /// gRPC's OpenTelemetry metrics (gRFC A66, with CSM's labels when `metrics` has
+    /// [`csm`](grpc_otel::GrpcMetrics::csm)) for the gRPC calls this layer sees, recorded into the
+    /// meter provider `metrics` was made from (default off). Client side the call's duration is
+    /// measured here and each attempt's by the client stack's [`grpc_otel::AttemptLayer`] (so
+    /// hand this layer to [`MeshClientBuilder::telemetry`](crate::client::MeshClientBuilder::telemetry));
+    /// server side the received message sizes are counted by [`grpc_otel::CountReceived`] around
+    /// the application (`mesh_tonic::GrpcServer` puts it there). See [`grpc_otel`].
+    pub fn grpc_metrics(self, metrics: grpc_otel::GrpcMetrics) -> Self {
+        self.edit(|s| s.grpc = Some(Arc::new(grpc_otel::GrpcRecorder::new(s.direction, &s.service, &metrics))))
+    }
+
+    /// The gRPC metrics' recorder, for the client stack's attempt layer.
+    pub(crate) fn grpc_recorder(&self) -> Option<Arc<grpc_otel::GrpcRecorder>> {
+        self.shared.grpc.clone()
     }
 
     /// One access-log event per request on [`ACCESS_LOG_TARGET`] (default off).

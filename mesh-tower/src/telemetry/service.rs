@@ -88,13 +88,22 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let (exchange, attach) = match self.shared.direction {
-            Direction::Inbound => inbound(&self.shared, &request),
+            Direction::Inbound => {
+                let (exchange, cx) = inbound(&self.shared, &request);
+                if let Some(counter) = exchange.received_counter() {
+                    request.extensions_mut().insert(counter);
+                }
+                (exchange, cx)
+            }
             Direction::Outbound => {
                 let (mut exchange, cx) = outbound(&self.shared, &request);
                 propagation::inject(&cx, request.headers_mut());
                 if let Some(istio) = &self.shared.istio {
                     istio.send(request.headers_mut());
                     exchange.note_request_size(request.body().size_hint().exact());
+                }
+                if let Some(grpc) = &self.shared.grpc {
+                    grpc.send(request.headers_mut());
                 }
                 (exchange, None)
             }

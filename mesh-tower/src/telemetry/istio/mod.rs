@@ -8,7 +8,6 @@
 //! subset, and the metric handles of each label set registered once: a request costs two map
 //! lookups, not label strings.
 
-mod grpc_frames;
 pub(crate) mod labels;
 pub mod peer_metadata;
 pub mod workload;
@@ -21,10 +20,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use mesh_core::{ServiceName, SpiffeId, SubsetName};
 use metrics::{Counter, Histogram, Label};
 
-pub(crate) use self::grpc_frames::GrpcFrames;
 use self::labels::{Ending, PeerLabels};
 use self::workload::{UNKNOWN, WorkloadLabels};
-use super::Direction;
+use super::{Direction, grpc_frames::GrpcFrames};
 
 /// `istio_requests_total`.
 pub const REQUESTS: &str = "istio_requests_total";

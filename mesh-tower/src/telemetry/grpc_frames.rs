@@ -1,7 +1,11 @@
 //! Counts the gRPC messages in a body as its bytes go by: each message is a 5-byte prefix
 //! (compressed flag, big-endian length) and that many bytes, split across frames anyhow.
+//! Istio's `istio_*_messages_total` count the messages; gRPC's
+//! `*_total_compressed_message_size` add up the lengths of the messages received whole (the
+//! bytes on the wire after compression, without the prefix).
 
-/// A running count of the messages whose prefix has been seen.
+/// A running count of the messages whose prefix has been seen, and of the bytes of those
+/// received whole.
 #[derive(Debug, Default)]
 pub(crate) struct GrpcFrames {
     /// Prefix bytes read of the next message (0..5).
@@ -9,7 +13,10 @@ pub(crate) struct GrpcFrames {
     prefix: [u8; 4],
     /// Bytes of the current message still to skip.
     remaining: u64,
+    /// The length of the current message.
+    current: u64,
     messages: u64,
+    message_bytes: u64,
 }
 
 impl GrpcFrames {
@@ -19,6 +26,9 @@ impl GrpcFrames {
                 let skip = usize::try_from(self.remaining).unwrap_or(usize::MAX).min(data.len());
                 data = &data[skip..];
                 self.remaining -= skip as u64;
+                if self.remaining == 0 {
+                    self.message_bytes += self.current;
+                }
                 continue;
             }
             // The flag byte, then four length bytes.
@@ -30,6 +40,7 @@ impl GrpcFrames {
             if self.prefix_read == 5 {
                 self.prefix_read = 0;
                 self.remaining = u64::from(u32::from_be_bytes(self.prefix));
+                self.current = self.remaining;
                 self.messages += 1;
             }
         }
@@ -37,6 +48,12 @@ impl GrpcFrames {
 
     pub(crate) fn messages(&self) -> u64 {
         self.messages
+    }
+
+    /// The payload bytes of the messages received whole (an empty message counts at its
+    /// prefix; one cut off part way does not count).
+    pub(crate) fn message_bytes(&self) -> u64 {
+        self.message_bytes
     }
 }
 
@@ -60,6 +77,7 @@ mod tests {
                 frames.feed(chunk);
             }
             assert_eq!(frames.messages(), 4, "split every {split} bytes");
+            assert_eq!(frames.message_bytes(), 304, "split every {split} bytes");
         }
     }
 
@@ -68,5 +86,14 @@ mod tests {
         let mut frames = GrpcFrames::default();
         frames.feed(&[0, 0, 0]);
         assert_eq!(frames.messages(), 0);
+    }
+
+    #[test]
+    fn a_message_cut_off_adds_no_bytes() {
+        let mut frames = GrpcFrames::default();
+        frames.feed(&message(10)[..8]);
+        assert_eq!((frames.messages(), frames.message_bytes()), (1, 0));
+        frames.feed(&[7; 7]);
+        assert_eq!((frames.messages(), frames.message_bytes()), (1, 10));
     }
 }

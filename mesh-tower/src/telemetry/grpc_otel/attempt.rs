@@ -1,0 +1,269 @@
+//! Client side: each attempt the retry layer makes, from its start to the end of its response
+//! stream (`grpc.client.attempt.*`). The client stack puts [`AttemptLayer`] just below the
+//! retry layer, so a retried call is several attempts and one call. Without gRPC metrics, or
+//! for a request that is not gRPC, it passes everything through untouched.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll, ready},
+};
+
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use mesh_core::SubsetName;
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use super::{
+    body::{CountedBody, feed},
+    code_of_error,
+    record::{AttemptStart, Ending, GrpcRecorder},
+    status::code_of_response,
+};
+use crate::{
+    Upstream, grpc,
+    telemetry::{TelemetryError, TelemetryLayer, grpc_frames::GrpcFrames, istio::peer_metadata::PEER_METADATA},
+};
+
+/// Measures every attempt of the client stack for
+/// [`TelemetryLayer::grpc_metrics`](crate::telemetry::TelemetryLayer::grpc_metrics). The client
+/// stack puts it below the retry layer; it records nothing when the telemetry layer it was made
+/// from has no gRPC metrics.
+#[derive(Clone, Debug, Default)]
+pub struct AttemptLayer {
+    recorder: Option<Arc<GrpcRecorder>>,
+}
+
+impl AttemptLayer {
+    /// The attempts of the calls `telemetry` (a client side layer) sees.
+    pub fn new(telemetry: &TelemetryLayer) -> Self {
+        Self { recorder: telemetry.grpc_recorder() }
+    }
+}
+
+impl<S> Layer<S> for AttemptLayer {
+    type Service = AttemptService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AttemptService { inner, recorder: self.recorder.clone() }
+    }
+}
+
+/// The service of [`AttemptLayer`].
+#[derive(Clone, Debug)]
+pub struct AttemptService<S> {
+    inner: S,
+    recorder: Option<Arc<GrpcRecorder>>,
+}
+
+impl<S, B, RB> Service<Request<B>> for AttemptService<S>
+where
+    S: Service<Request<CountedBody<B>>, Response = Response<RB>>,
+    S::Error: TelemetryError,
+    RB: Body,
+{
+    type Response = Response<AttemptBody<RB>>;
+    type Error = S::Error;
+    type Future = AttemptFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let attempt = match &self.recorder {
+            Some(recorder) if grpc::is_grpc(request.headers()) => Some(Attempt {
+                start: recorder.start_attempt(request.uri().path()),
+                recorder: recorder.clone(),
+                sent: Arc::new(AtomicU64::new(0)),
+                received: GrpcFrames::default(),
+                status: None,
+                code: None,
+                peer: None,
+                backend: None,
+                done: false,
+            }),
+            _ => None,
+        };
+        let count = attempt.as_ref().map(|a| a.sent.clone());
+        let future = self.inner.call(request.map(|inner| CountedBody::new(inner, count)));
+        AttemptFuture { inner: future, attempt }
+    }
+}
+
+/// One attempt's measurements, recorded once, however it ends (dropped unfinished: `CANCELLED`).
+struct Attempt {
+    recorder: Arc<GrpcRecorder>,
+    start: AttemptStart,
+    sent: Arc<AtomicU64>,
+    received: GrpcFrames,
+    status: Option<StatusCode>,
+    code: Option<u16>,
+    peer: Option<HeaderValue>,
+    backend: Option<SubsetName>,
+    done: bool,
+}
+
+impl Attempt {
+    fn on_head<B>(&mut self, response: &Response<B>) {
+        self.status = Some(response.status());
+        self.on_metadata(response.headers());
+        self.backend = response.extensions().get::<Upstream>().and_then(|u| u.subset.clone());
+    }
+
+    /// Response headers or trailers: the status (trailers-only or at the end) and the server's
+    /// exchanged metadata (in its headers, or in the trailers of a trailers-only answer).
+    fn on_metadata(&mut self, headers: &HeaderMap) {
+        if let Some(code) = grpc::status(headers) {
+            self.code = Some(code);
+        }
+        if self.peer.is_none() && self.recorder.reads_peer() {
+            self.peer = headers.get(PEER_METADATA).cloned();
+        }
+    }
+
+    fn finish(&mut self, code: u16) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let ending = Ending {
+            code,
+            elapsed: self.start.started.elapsed(),
+            sent: self.sent.load(Ordering::Relaxed),
+            rcvd: self.received.message_bytes(),
+            peer: self.peer.as_ref(),
+            backend: self.backend.as_ref(),
+        };
+        self.recorder.finish(&self.start.method, &ending);
+    }
+
+    /// The stream ended: with the status it carried, else as gRPC reads a status-less end.
+    fn complete(&mut self) {
+        let code = self.code.unwrap_or_else(|| code_of_response(self.status));
+        self.finish(code);
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        self.finish(grpc::code::CANCELLED);
+    }
+}
+
+pin_project! {
+    /// The response future of [`AttemptService`].
+    pub struct AttemptFuture<F> {
+        #[pin]
+        inner: F,
+        attempt: Option<Attempt>,
+    }
+}
+
+impl<F, RB, E> Future for AttemptFuture<F>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+    RB: Body,
+    E: TelemetryError,
+{
+    type Output = Result<Response<AttemptBody<RB>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let mut attempt = this.attempt.take();
+        Poll::Ready(match result {
+            Ok(response) => {
+                if let Some(attempt) = &mut attempt {
+                    attempt.on_head(&response);
+                    if attempt.code.is_some() || response.body().is_end_stream() {
+                        attempt.complete();
+                    }
+                }
+                let attempt = attempt.filter(|a| !a.done);
+                Ok(response.map(|inner| AttemptBody { inner, attempt }))
+            }
+            Err(error) => {
+                if let Some(attempt) = &mut attempt {
+                    attempt.finish(code_of_error(error.as_error()));
+                }
+                Err(error)
+            }
+        })
+    }
+}
+
+impl<F> std::fmt::Debug for AttemptFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttemptFuture").finish_non_exhaustive()
+    }
+}
+
+pin_project! {
+    /// A response body of the client stack, observed to its end for the attempt's metrics;
+    /// otherwise the inner body, frame for frame.
+    pub struct AttemptBody<B> {
+        #[pin]
+        inner: B,
+        attempt: Option<Attempt>,
+    }
+}
+
+impl<B> AttemptBody<B> {
+    /// The inner body.
+    pub fn into_inner(self) -> B {
+        self.inner
+    }
+}
+
+impl<B: Body> Body for AttemptBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        if let Some(attempt) = this.attempt {
+            let ended = match &frame {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        feed(&mut attempt.received, data);
+                    }
+                    if let Some(trailers) = frame.trailers_ref() {
+                        attempt.on_metadata(trailers);
+                    }
+                    this.inner.is_end_stream()
+                }
+                Some(Err(_)) => {
+                    // The stream broke part way: as gRPC reports a lost stream.
+                    attempt.finish(grpc::code::UNAVAILABLE);
+                    true
+                }
+                None => true,
+            };
+            if ended {
+                attempt.complete();
+                *this.attempt = None;
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> std::fmt::Debug for AttemptBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttemptBody").finish_non_exhaustive()
+    }
+}

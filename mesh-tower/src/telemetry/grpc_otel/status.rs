@@ -1,0 +1,79 @@
+//! The `grpc.status` of a call or attempt that has no `grpc-status` of its own: mesh failed it,
+//! the caller gave up, or the server answered something that is not gRPC.
+
+use http::StatusCode;
+
+use crate::{
+    client::{ErrorKind, fault::InjectedFault},
+    grpc::code,
+};
+
+/// The code a gRPC caller sees for an error of the client stack (the table of
+/// `mesh_tonic::status_from_error`): no route `UNIMPLEMENTED`, unknown subset
+/// `FAILED_PRECONDITION`, a timeout `DEADLINE_EXCEEDED`, an injected fault by its HTTP status,
+/// a stream cancelled `CANCELLED`, everything else on the way to a server `UNAVAILABLE`.
+pub(crate) fn code_of_error(error: &(dyn std::error::Error + 'static)) -> u16 {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if let Some(fault) = e.downcast_ref::<InjectedFault>() {
+            return code_of_http(fault.status());
+        }
+        if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_canceled) {
+            return code::CANCELLED;
+        }
+        source = e.source();
+    }
+    match ErrorKind::of(error) {
+        ErrorKind::NoRoute => code::UNIMPLEMENTED,
+        ErrorKind::UnknownSubset => code::FAILED_PRECONDITION,
+        ErrorKind::Timeout => code::DEADLINE_EXCEEDED,
+        ErrorKind::InjectedFault => code::UNKNOWN,
+        ErrorKind::NoEndpoints
+        | ErrorKind::Unresolved
+        | ErrorKind::IdentityMismatch
+        | ErrorKind::Connect
+        | ErrorKind::Overloaded
+        | ErrorKind::Transport => code::UNAVAILABLE,
+    }
+}
+
+/// gRPC's mapping of an HTTP status from something that is not a gRPC server (a response
+/// without `grpc-status`).
+pub(crate) fn code_of_http(status: StatusCode) -> u16 {
+    match status.as_u16() {
+        400 => code::INTERNAL,
+        401 => code::UNAUTHENTICATED,
+        403 => code::PERMISSION_DENIED,
+        404 => code::UNIMPLEMENTED,
+        429 | 502..=504 => code::UNAVAILABLE,
+        _ => code::UNKNOWN,
+    }
+}
+
+/// The code of a call that ended without one: a 200 whose stream ended without trailers is
+/// `UNKNOWN` (as gRPC's clients report it), another HTTP status maps as gRPC maps it.
+pub(crate) fn code_of_response(status: Option<StatusCode>) -> u16 {
+    match status {
+        Some(StatusCode::OK) | None => code::UNKNOWN,
+        Some(status) => code_of_http(status),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::client::{NoEndpoints, deadline::RouteTimeout};
+
+    #[test]
+    fn mesh_failures_get_the_code_the_caller_sees() {
+        let no_endpoints: crate::BoxError =
+            Box::new(NoEndpoints { service: "a".parse().unwrap(), subset: None, version: 1 });
+        assert_eq!(code_of_error(&*no_endpoints), code::UNAVAILABLE);
+        let timeout: crate::BoxError = Box::new(RouteTimeout(std::time::Duration::from_millis(5)));
+        assert_eq!(code_of_error(&*timeout), code::DEADLINE_EXCEEDED);
+        assert_eq!(code_of_response(Some(StatusCode::NOT_FOUND)), code::UNIMPLEMENTED);
+        assert_eq!(code_of_response(Some(StatusCode::SERVICE_UNAVAILABLE)), code::UNAVAILABLE);
+        assert_eq!(code_of_response(Some(StatusCode::OK)), code::UNKNOWN);
+    }
+}
