@@ -26,7 +26,6 @@ use std::{
 
 use futures_util::{StreamExt, stream};
 use http::Request;
-use hyper::body::Incoming;
 use mesh::{
     core::{
         Endpoint, PathMatch, Route, RouteMatch, ServiceName, ServiceSnapshot, StaticDiscovery, policy::RetryPolicy,
@@ -66,7 +65,7 @@ async fn serve(telemetry: Option<TelemetryLayer>) -> Backend {
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = {
         let calls = calls.clone();
-        tower::service_fn(move |request: Request<Incoming>| {
+        tower::service_fn(move |request: Request<mesh::tonic::RequestBody>| {
             calls.fetch_add(1, Ordering::SeqCst);
             let mut service = service.clone();
             async move { service.call(request).await }

@@ -34,7 +34,7 @@ mod server;
 mod status;
 
 pub use crate::channel::{MeshChannel, MeshChannelBuilder, ResponseFuture};
-pub use crate::server::{GrpcServer, PeerIdentityExt};
+pub use crate::server::{GrpcServer, PeerIdentityExt, RequestBody};
 pub use crate::status::status_from_error;
 
 #[cfg(test)]

@@ -15,6 +15,11 @@ use mesh_tower::{
 use tokio::net::TcpListener;
 use tower::Service;
 
+/// The request body a [`GrpcServer`]'s service receives: hyper's, with its messages counted for
+/// the telemetry's gRPC metrics (a pass-through when they are off). Generated tonic servers and
+/// `Routes` take any body; a hand-written service names this type.
+pub type RequestBody = CountedBody<Incoming>;
+
 /// Serves tonic services with the mesh server stack: the same stack [`Server`] runs for HTTP
 /// services, here configured per call.
 ///
@@ -34,7 +39,7 @@ use tower::Service;
 ///    carry the time left on (see [`mesh_tower::context`]);
 /// 3. the service: a generated `…Server`, a `tonic::service::Routes`, or any tower service of
 ///    HTTP requests. Its request body is hyper's, wrapped so the telemetry's gRPC metrics count
-///    the messages it receives ([`CountedBody`]; a pass-through when they are off).
+///    the messages it receives ([`RequestBody`]).
 ///
 /// ```no_run
 /// use mesh_core::{IdentitySource, policy::{AuthorizationPolicy, AuthorizationRule, PrincipalMatch}};
@@ -91,7 +96,7 @@ impl GrpcServer {
     /// Needs a tokio runtime. Fails only if the listener has no local address.
     pub fn spawn<S, B>(&self, listener: TcpListener, service: S) -> io::Result<ServerHandle>
     where
-        S: Service<Request<CountedBody<Incoming>>, Response = Response<B>> + Clone + Send + 'static,
+        S: Service<Request<RequestBody>, Response = Response<B>> + Clone + Send + 'static,
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
         B: http_body::Body + Default + Send + 'static,

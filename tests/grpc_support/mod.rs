@@ -12,7 +12,6 @@ use std::{
 
 use futures_util::Stream;
 use http::Request;
-use hyper::body::Incoming;
 use mesh::{
     core::{Endpoint, IdentitySource, ServiceName},
     tonic::{GrpcServer, PeerIdentityExt},
@@ -200,7 +199,7 @@ pub fn serve_with(server: Server, listener: tokio::net::TcpListener, options: Op
     let greeter = GreeterServer::new(TestGreeter { version, behaviour: options.behaviour, seen: seen.clone() });
     let counter = CounterServer::new(TestCounter { version, gate: options.gate });
     // Two services on one port; a tonic `Routes` does the same (with tonic's `router` feature).
-    let both = tower::service_fn(move |request: Request<Incoming>| {
+    let both = tower::service_fn(move |request: Request<mesh::tonic::RequestBody>| {
         let (mut greeter, mut counter) = (greeter.clone(), counter.clone());
         async move {
             if request.uri().path() == "/helloworld.Greeter/SayHelloAgain" {
