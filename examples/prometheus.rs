@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo run --example prometheus -- [--listen 127.0.0.1:9464] [--requests 1000]
-//!     [--istio-metrics] [--fail RATE] [--canary PERCENT] [--live]
+//!     [--istio-metrics] [--grpc-metrics] [--fail RATE] [--canary PERCENT] [--live]
 //! curl -s http://127.0.0.1:9464/metrics | grep ^mesh_
 //! ```
 //!
@@ -16,6 +16,11 @@
 //!   the workloads `frontend`, `reviews-v1` and `reviews-v2` in namespace `default` (canonical
 //!   service `reviews`, revisions `v1` and `v2`), each side labelling the other from the
 //!   exchanged peer metadata.
+//! - `--grpc-metrics`: gRPC's OpenTelemetry metrics (gRFC A66, with Cloud Service Mesh's labels)
+//!   too: the `frontend` also calls a `greeter` (`helloworld.Greeter/SayHello`, over mTLS) once per
+//!   HTTP request, both sides record into an OpenTelemetry SDK meter provider, and `/metrics`
+//!   serves its points after mesh's, named as OpenTelemetry's Prometheus exporters name them
+//!   (`grpc_client_attempt_duration_seconds`, `grpc_server_call_started_total`, ...).
 //! - `--fail RATE`: the share of v2's calls that fail with 503 (default 0.2), spread evenly
 //!   and the same on every run.
 //! - `--canary PERCENT`: v2's share of the split (default 20).
@@ -23,6 +28,14 @@
 //!   the traffic in rounds of 100 requests, each after `/metrics` was scraped again, so a
 //!   scraper such as Prometheus sees it grow; prints `traffic done` after it.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
+
+/// The code generated from `examples/proto/helloworld/helloworld.proto` (by `build.rs`).
+#[allow(missing_docs, unreachable_pub)]
+mod pb {
+    include!("proto/gen/helloworld.rs");
+}
+#[path = "support/otel_metrics.rs"]
+mod otel_metrics;
 
 use std::{
     convert::Infallible,
@@ -44,16 +57,17 @@ use mesh::{
         client::MeshClient,
         metrics as names,
         server::Server,
-        telemetry::{TelemetryLayer, WorkloadLabels, istio},
+        telemetry::{TelemetryLayer, WorkloadLabels, grpc_otel::GrpcMetrics, istio},
     },
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use otel_metrics::MemoryExporter;
 use tower::ServiceExt;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
-const USAGE: &str =
-    "usage: prometheus [--listen ADDR] [--requests N] [--istio-metrics] [--fail RATE] [--canary PERCENT] [--live]";
+const USAGE: &str = "usage: prometheus [--listen ADDR] [--requests N] [--istio-metrics] [--grpc-metrics] [--fail RATE] \
+                     [--canary PERCENT] [--live]";
 
 /// Requests per round with `--live`.
 const ROUND: usize = 100;
@@ -62,6 +76,7 @@ struct Args {
     listen: String,
     requests: usize,
     istio: bool,
+    grpc: bool,
     fail: f64,
     canary: u32,
     live: bool,
@@ -71,8 +86,15 @@ struct Args {
 const BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 fn parse_args() -> Result<Args, String> {
-    let mut args =
-        Args { listen: "127.0.0.1:9464".to_owned(), requests: 1000, istio: false, fail: 0.2, canary: 20, live: false };
+    let mut args = Args {
+        listen: "127.0.0.1:9464".to_owned(),
+        requests: 1000,
+        istio: false,
+        grpc: false,
+        fail: 0.2,
+        canary: 20,
+        live: false,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = |flag: &str| it.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"));
@@ -80,6 +102,7 @@ fn parse_args() -> Result<Args, String> {
             "--listen" => args.listen = value("--listen")?,
             "--requests" => args.requests = value("--requests")?.parse().map_err(|_| "--requests: not a number")?,
             "--istio-metrics" => args.istio = true,
+            "--grpc-metrics" => args.grpc = true,
             "--live" => args.live = true,
             "--fail" => {
                 args.fail = value("--fail")?.parse().map_err(|_| "--fail: not a number")?;
@@ -165,6 +188,52 @@ async fn backend(
     Ok(server.build()?.spawn(listener, app)?)
 }
 
+/// gRPC traffic for `--grpc-metrics`: a `greeter` served by `GrpcServer` and the `frontend`'s
+/// channel to it, both recording A66's metrics into `metrics`.
+struct Greeter {
+    channel: mesh::tonic::MeshChannel,
+    _server: mesh::tower::server::ServerHandle,
+}
+
+#[derive(Clone)]
+struct Hello;
+
+#[tonic::async_trait]
+impl pb::greeter_server::Greeter for Hello {
+    async fn say_hello(
+        &self,
+        request: tonic::Request<pb::HelloRequest>,
+    ) -> Result<tonic::Response<pb::HelloReply>, tonic::Status> {
+        Ok(tonic::Response::new(pb::HelloReply { message: format!("hello {}", request.get_ref().name) }))
+    }
+}
+
+async fn greeter(ca: &DevCa, metrics: &GrpcMetrics) -> Result<Greeter, Error> {
+    let greeter: ServiceName = "greeter".parse()?;
+    let telemetry = TelemetryLayer::server(greeter.clone()).grpc_metrics(
+        metrics.clone().register_service("helloworld.Greeter").csm(workload("greeter-v1", "greeter", "v1")),
+    );
+    let server = Server::builder().identity(IdentitySource::fixed(ca.identity("/greeter")?)).build()?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let handle = mesh::tonic::GrpcServer::new(server)
+        .telemetry(telemetry)
+        .spawn(listener, pb::greeter_server::GreeterServer::new(Hello))?;
+    let discovery = StaticDiscovery::new();
+    discovery.set(
+        ServiceSnapshot::builder(greeter.clone())
+            .identity("spiffe://example.org/greeter".parse()?)
+            .endpoint(Endpoint::new(handle.local_addr()))
+            .build()?,
+    );
+    let telemetry = TelemetryLayer::client(greeter.clone())
+        .grpc_metrics(metrics.clone().csm(workload("frontend", "frontend", "v1")));
+    let channel = mesh::tonic::MeshChannel::builder(discovery, greeter)
+        .identity(IdentitySource::fixed(ca.identity("/frontend")?))
+        .telemetry(telemetry)
+        .build()?;
+    Ok(Greeter { channel, _server: handle })
+}
+
 fn recorder() -> Result<PrometheusHandle, Error> {
     Ok(PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(names::REQUEST_DURATION.to_owned()), BUCKETS)?
@@ -208,8 +277,16 @@ async fn run(args: &Args) -> Result<(), Error> {
     let client =
         MeshClient::builder(discovery.clone(), reviews.clone()).identity(frontend).telemetry(telemetry).build()?;
 
+    let otel = args.grpc.then(MemoryExporter::default);
+    let provider = otel.as_ref().map(MemoryExporter::provider);
+    let grpc = match &provider {
+        Some(provider) => Some(greeter(&ca, &GrpcMetrics::new(provider)).await?),
+        None => None,
+    };
+
     let scrapes = Arc::new(tokio::sync::watch::channel(0_u64).0);
-    let server = serve_metrics(&args.listen, prometheus, scrapes.clone()).await?;
+    let otel = otel.zip(provider);
+    let server = serve_metrics(&args.listen, prometheus, otel, scrapes.clone()).await?;
     if args.live {
         println!("metrics on http://{}/metrics", server.local_addr());
     }
@@ -224,6 +301,10 @@ async fn run(args: &Args) -> Result<(), Error> {
         for _ in round {
             let response = client.clone().oneshot(http::Request::get("/reviews/1").body(Full::default())?).await?;
             response.into_body().collect().await?;
+            if let Some(grpc) = &grpc {
+                let mut greeter = pb::greeter_client::GreeterClient::new(grpc.channel.clone());
+                greeter.say_hello(pb::HelloRequest { name: "frontend".into() }).await?;
+            }
         }
     }
     // A caller the policy does not name: denied, and counted.
@@ -241,18 +322,25 @@ async fn run(args: &Args) -> Result<(), Error> {
     Ok(())
 }
 
-/// Serves `/metrics`, counting the scrapes in `scrapes`.
+/// Serves `/metrics` (mesh's metrics, then the OpenTelemetry ones when there are), counting the
+/// scrapes in `scrapes`.
 async fn serve_metrics(
     listen: &str,
     prometheus: PrometheusHandle,
+    otel: Option<(MemoryExporter, opentelemetry_sdk::metrics::SdkMeterProvider)>,
     scrapes: Arc<tokio::sync::watch::Sender<u64>>,
 ) -> Result<mesh::tower::server::ServerHandle, Error> {
     let metrics = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        let (prometheus, scrapes) = (prometheus.clone(), scrapes.clone());
+        let (prometheus, otel, scrapes) = (prometheus.clone(), otel.clone(), scrapes.clone());
         async move {
             if req.uri().path() == "/metrics" {
                 prometheus.run_upkeep();
-                let text = prometheus.render();
+                let mut text = prometheus.render();
+                if let Some((exporter, provider)) = &otel {
+                    // A failed flush keeps the last export's points: serve those.
+                    let _ = provider.force_flush();
+                    text += &otel_metrics::prometheus_text(&exporter.points());
+                }
                 scrapes.send_modify(|n| *n += 1);
                 http::Response::builder().header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4").body(text)
             } else {

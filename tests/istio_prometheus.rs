@@ -128,7 +128,7 @@ fn samples(text: &str, name: &str, labels: &[(&str, &str)]) -> Vec<(String, f64)
 async fn flagger_and_kiali_read_istio_metrics_through_prometheus() {
     let Some(prometheus_bin) = prometheus_binary() else { return };
     let mut child = tokio::process::Command::new(example("prometheus"))
-        .args(["--listen", "127.0.0.1:0", "--requests", "3000", "--istio-metrics", "--canary", "10"])
+        .args(["--listen", "127.0.0.1:0", "--requests", "3000", "--istio-metrics", "--grpc-metrics", "--canary", "10"])
         .args(["--fail", "0.2", "--live"])
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -235,6 +235,26 @@ async fn flagger_and_kiali_read_istio_metrics_through_prometheus() {
         assert_eq!(labels["request_protocol"], "http");
     }
     eprintln!("Kiali graph edges: {edges:?}");
+
+    // gRPC's OpenTelemetry metrics, in the text format OpenTelemetry's Prometheus exporters
+    // write, parsed and queried by Prometheus: one greeter call per HTTP request.
+    for (query_text, want) in [
+        (r#"sum(grpc_server_call_started_total{grpc_method="helloworld.Greeter/SayHello"})"#, 3000.0),
+        (
+            r#"sum(grpc_client_attempt_duration_seconds_count{grpc_status="OK",csm_workload_canonical_service="frontend"})"#,
+            3000.0,
+        ),
+        // `HelloRequest { name: "frontend" }` is 10 bytes.
+        (
+            r#"sum(grpc_server_call_rcvd_total_compressed_message_size_bytes_sum{csm_remote_workload_canonical_service="frontend"})"#,
+            30000.0,
+        ),
+        (r#"sum(grpc_client_call_duration_seconds_bucket{le="+Inf"})"#, 3000.0),
+    ] {
+        let value = scalar(&client, &prometheus, query_text).await;
+        eprintln!("{query_text} = {value}");
+        assert_eq!(value, want, "{query_text}");
+    }
 
     prometheus_child.kill().await.unwrap();
     child.kill().await.unwrap();
