@@ -191,7 +191,7 @@ impl Greeter for Hello {
 
 /// A `reviews` endpoint: answers with its version, over HTTP/1.1 or HTTP/2.
 async fn reviews_backend(identity: IdentitySource, version: &'static str) -> Result<ServerHandle, Error> {
-    let service = tower::service_fn(move |_req: http::Request<mesh::tonic::RequestBody>| async move {
+    let service = tower::service_fn(move |_req: http::Request<hyper::body::Incoming>| async move {
         Ok::<_, Infallible>(http::Response::new(version.to_owned()))
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

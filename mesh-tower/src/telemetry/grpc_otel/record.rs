@@ -204,10 +204,7 @@ impl GrpcRecorder {
 
     /// The end of an attempt (client side) or a call (server side): its duration and sizes.
     pub(crate) fn finish(&self, method: &Method, ending: &Ending<'_>) {
-        let peer = match &self.local {
-            Some(_) => Some(self.peer(ending.peer)),
-            None => None,
-        };
+        let peer = self.reads_peer().then(|| self.peer(ending.peer));
         if let Some(rejected) = peer.as_ref().and_then(|p| p.rejected.as_ref()) {
             rejected.increment(1);
         }
