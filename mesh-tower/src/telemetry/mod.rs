@@ -31,6 +31,10 @@
 //! the table of every name is in [`crate::metrics`]. Each layer registers the handles of a label
 //! set once and keeps them, so install the recorder before the first request.
 //!
+//! Beside them, opt in: Istio's standard metrics ([`istio`], through the same facade) and gRPC's
+//! OpenTelemetry metrics ([`grpc_otel`], gRFC A66 with Cloud Service Mesh's labels, through the
+//! OpenTelemetry metrics API into the application's `MeterProvider`).
+//!
 //! # Access log
 //!
 //! With [`TelemetryLayer::access_log`], one `tracing` event per request at `INFO` on the target
