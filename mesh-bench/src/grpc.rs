@@ -84,11 +84,16 @@ pub(crate) fn tonic_client(certs: &Path, port: u16) -> Result<GreeterClient<toni
 /// setup with a route for the Greeter (see [`mesh_config::snapshot`]). It opens one HTTP/2
 /// connection per endpoint.
 pub(crate) fn mesh_client(certs: &Path, ports: &[u16]) -> Result<GreeterClient<mesh_tonic::MeshChannel>, BoxError> {
+    let mut telemetry = mesh_tower::telemetry::TelemetryLayer::client(mesh_config::service()?);
+    if let Some(metrics) = mesh_config::grpc_metrics() {
+        telemetry = telemetry.grpc_metrics(metrics);
+    }
     let channel = mesh_tonic::MeshChannel::builder(
         mesh_config::discovery(ports, mesh_config::Traffic::Grpc)?,
         mesh_config::service()?,
     )
     .identity(crate::certs::identity(certs, "client")?)
+    .telemetry(telemetry)
     .build()?;
     Ok(GreeterClient::new(channel))
 }

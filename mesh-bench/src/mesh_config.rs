@@ -28,7 +28,9 @@ use mesh_tower::{
     client::{ClientConfig, MeshClient, Protocol},
     server::{Server, ServerHandle},
     telemetry::{
-        TelemetryLayer, WorkloadLabels, istio,
+        TelemetryLayer, WorkloadLabels,
+        grpc_otel::GrpcMetrics,
+        istio,
         otlp::{OtlpConfig, OtlpTelemetry},
     },
 };
@@ -206,6 +208,9 @@ pub(crate) fn server(certs: &Path) -> Result<Server, BoxError> {
     if let Some(workload) = istio_workload() {
         telemetry = telemetry.istio_metrics(workload);
     }
+    if let Some(metrics) = grpc_metrics() {
+        telemetry = telemetry.grpc_metrics(metrics.register_service("helloworld.Greeter"));
+    }
     Ok(Server::builder()
         .identity(certs::identity(certs, "server")?)
         .telemetry(telemetry)
@@ -218,6 +223,45 @@ pub(crate) fn server(certs: &Path) -> Result<Server, BoxError> {
 /// cost per request.
 fn istio_workload() -> Option<WorkloadLabels> {
     (std::env::var("MESH_BENCH_ISTIO_METRICS").as_deref() == Ok("1")).then(WorkloadLabels::from_env)
+}
+
+/// With `MESH_BENCH_GRPC_METRICS=1`, the gRPC configurations' mesh sides also record gRPC's
+/// OpenTelemetry metrics (gRFC A66) into an OpenTelemetry SDK meter provider (aggregating as a
+/// real one does; its exporter drops what it is given, once a minute): what they cost per call.
+pub(crate) fn grpc_metrics() -> Option<GrpcMetrics> {
+    use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+    static PROVIDER: std::sync::OnceLock<Option<SdkMeterProvider>> = std::sync::OnceLock::new();
+    let provider = PROVIDER.get_or_init(|| {
+        (std::env::var("MESH_BENCH_GRPC_METRICS").as_deref() == Ok("1")).then(|| {
+            let reader = PeriodicReader::builder(Discard).with_interval(Duration::from_secs(60)).build();
+            SdkMeterProvider::builder().with_reader(reader).build()
+        })
+    });
+    provider.as_ref().map(GrpcMetrics::new)
+}
+
+/// An exporter that drops every export.
+struct Discard;
+
+impl opentelemetry_sdk::metrics::exporter::PushMetricExporter for Discard {
+    async fn export(
+        &self,
+        _metrics: &opentelemetry_sdk::metrics::data::ResourceMetrics,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        Ok(())
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        Ok(())
+    }
+
+    fn temporality(&self) -> opentelemetry_sdk::metrics::Temporality {
+        opentelemetry_sdk::metrics::Temporality::Cumulative
+    }
 }
 
 /// Starts [`server`] with the hello handler on [`ENDPOINTS`] listeners.
