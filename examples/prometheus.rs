@@ -150,10 +150,12 @@ fn fails(n: u64, rate: f64) -> bool {
 
 /// The Istio labels of a workload of the example.
 fn workload(name: &str, canonical: &str, revision: &str) -> WorkloadLabels {
+    let principal = format!("spiffe://example.org/{canonical}").parse().unwrap_or_else(|_| unreachable!("a valid id"));
     WorkloadLabels::new(name, "default")
         .canonical(canonical, revision)
         .cluster("Kubernetes")
         .with_mesh_id("cluster.local")
+        .with_principal(&principal)
 }
 
 /// A `reviews` backend of `version` that fails `fail` of requests with 503 (spread evenly).

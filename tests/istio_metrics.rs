@@ -59,7 +59,10 @@ async fn two_mesh_workloads_label_each_other() {
         Ok::<_, Infallible>(http::Response::new(if sent { "metadata" } else { "none" }.to_owned()))
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server_workload = WorkloadLabels::new("reviews-v2", "bookinfo").canonical("reviews", "v2").cluster("east");
+    let server_workload = WorkloadLabels::new("reviews-v2", "bookinfo")
+        .canonical("reviews", "v2")
+        .cluster("east")
+        .with_principal(&"spiffe://cluster.local/ns/bookinfo/sa/reviews".parse().unwrap());
     let server = Server::builder()
         .identity(IdentitySource::fixed(ca.identity("/ns/bookinfo/sa/reviews").unwrap()))
         .telemetry(TelemetryLayer::server("reviews".parse().unwrap()).istio_metrics(server_workload))
@@ -95,7 +98,10 @@ async fn two_mesh_workloads_label_each_other() {
         String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
     };
 
-    let productpage = WorkloadLabels::new("productpage-v1", "web").canonical("productpage", "v1").cluster("west");
+    let productpage = WorkloadLabels::new("productpage-v1", "web")
+        .canonical("productpage", "v1")
+        .cluster("west")
+        .with_principal(&"spiffe://cluster.local/ns/web/sa/productpage".parse().unwrap());
     let sending = client(productpage.clone(), true);
     for _ in 0..3 {
         assert_eq!(call(&sending, None).await, "metadata");
@@ -123,6 +129,7 @@ async fn two_mesh_workloads_label_each_other() {
         ("source_cluster", "west"),
         ("destination_workload", "reviews-v2"),
         ("destination_workload_namespace", "bookinfo"),
+        ("destination_principal", "spiffe://cluster.local/ns/bookinfo/sa/reviews"),
         ("destination_version", "v2"),
         ("destination_service", "reviews"),
         ("connection_security_policy", "mutual_tls"),
@@ -152,6 +159,7 @@ async fn two_mesh_workloads_label_each_other() {
         assert_eq!(labels["destination_service_name"], "reviews");
         assert_eq!(labels["destination_service_namespace"], "bookinfo");
         assert_eq!(labels["source_workload"], "productpage-v1");
+        assert_eq!(labels["source_principal"], "spiffe://cluster.local/ns/web/sa/productpage", "this side's own");
         assert_eq!(labels["connection_security_policy"], "unknown");
     }
 

@@ -254,7 +254,7 @@ impl IstioMetrics {
     /// Every label Istio's standard metrics carry, in Istio's names.
     fn labels(&self, key: &HandleKey, peer: &PeerLabels) -> Vec<Label> {
         let own = &self.workload;
-        let own_principal = UNKNOWN.to_owned();
+        let own_principal = own.principal.clone();
         let (reporter, source, destination) = match self.direction {
             Direction::Outbound => ("source", Side::Own(own, own_principal), Side::Peer(peer)),
             Direction::Inbound => ("destination", Side::Peer(peer), Side::Own(own, own_principal)),
@@ -313,7 +313,7 @@ impl IstioMetrics {
 
 /// One side of the call: this workload, or the peer.
 enum Side<'a> {
-    /// This workload; its principal is not known to the telemetry layer.
+    /// This workload, with its principal (`unknown` unless its labels name it).
     Own(&'a WorkloadLabels, String),
     Peer(&'a PeerLabels),
 }

@@ -39,6 +39,7 @@ pub struct WorkloadLabels {
     pub(crate) location: String,
     pub(crate) project_id: String,
     pub(crate) pod: String,
+    pub(crate) principal: String,
 }
 
 impl Default for WorkloadLabels {
@@ -57,6 +58,7 @@ impl Default for WorkloadLabels {
             location: unknown(),
             project_id: unknown(),
             pod: unknown(),
+            principal: unknown(),
         }
     }
 }
@@ -91,6 +93,7 @@ impl WorkloadLabels {
     /// | mesh id | `ISTIO_META_MESH_ID`, `CSM_MESH_ID` |
     /// | CSM type, location, project | `CSM_WORKLOAD_TYPE`, `CSM_LOCATION`, `CSM_PROJECT_ID` (`GOOGLE_CLOUD_PROJECT`) |
     /// | pod | `POD_NAME`, `HOSTNAME` |
+    /// | principal | `spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT` from `SERVICE_ACCOUNT` (Istio's injector sets it), `TRUST_DOMAIN` (default `cluster.local`) and the namespace |
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
         let lookup: &dyn Fn(&str) -> Option<String> = &lookup;
         let or_unknown = |keys: &[&str]| first(lookup, keys).unwrap_or_else(|| UNKNOWN.to_owned());
@@ -102,9 +105,18 @@ impl WorkloadLabels {
         ]);
         let canonical_revision =
             or_unknown(&["CANONICAL_REVISION", "ISTIO_META_CANONICAL_REVISION", "SERVICE_VERSION"]);
+        let namespace = or_unknown(&["POD_NAMESPACE", "ISTIO_META_NAMESPACE", "CSM_NAMESPACE_NAME"]);
+        let principal = match first(lookup, &["SERVICE_ACCOUNT"]) {
+            Some(account) if namespace != UNKNOWN => {
+                let domain = first(lookup, &["TRUST_DOMAIN"]).unwrap_or_else(|| "cluster.local".to_owned());
+                format!("spiffe://{domain}/ns/{namespace}/sa/{account}")
+            }
+            _ => UNKNOWN.to_owned(),
+        };
         Self {
             name: or_unknown(&["ISTIO_META_WORKLOAD_NAME", "CSM_WORKLOAD_NAME"]),
-            namespace: or_unknown(&["POD_NAMESPACE", "ISTIO_META_NAMESPACE", "CSM_NAMESPACE_NAME"]),
+            namespace,
+            principal,
             app: first(lookup, &["ISTIO_META_APP"]).unwrap_or_else(|| canonical_service.clone()),
             version: first(lookup, &["ISTIO_META_VERSION"]).unwrap_or_else(|| canonical_revision.clone()),
             canonical_service,
@@ -201,6 +213,18 @@ impl WorkloadLabels {
     pub fn cluster_id(&self) -> &str {
         &self.cluster
     }
+
+    /// This workload's SPIFFE ID, as Istio's `source_principal` (client side) and
+    /// `destination_principal` (server side) name it: the identity the workload presents.
+    pub fn with_principal(mut self, id: &mesh_core::SpiffeId) -> Self {
+        self.principal = id.as_str().to_owned();
+        self
+    }
+
+    /// This workload's SPIFFE ID, or `unknown`.
+    pub fn principal(&self) -> &str {
+        &self.principal
+    }
 }
 
 #[cfg(test)]
@@ -231,6 +255,12 @@ mod tests {
         assert_eq!(labels.mesh_id(), "cluster.local");
         assert_eq!(labels.pod, "reviews-v2-5d8f");
         assert_eq!(labels.csm_type, UNKNOWN);
+        assert_eq!(labels.principal(), UNKNOWN, "no service account, no principal");
+        let with_account = env(&[("POD_NAMESPACE", "default"), ("SERVICE_ACCOUNT", "bookinfo-reviews")]);
+        assert_eq!(with_account.principal(), "spiffe://cluster.local/ns/default/sa/bookinfo-reviews");
+        let other_domain =
+            env(&[("POD_NAMESPACE", "prod"), ("SERVICE_ACCOUNT", "web"), ("TRUST_DOMAIN", "example.org")]);
+        assert_eq!(other_domain.principal(), "spiffe://example.org/ns/prod/sa/web");
     }
 
     #[test]
