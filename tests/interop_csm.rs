@@ -177,6 +177,7 @@ async fn grpcio_csm_and_mesh_measure_the_same_calls_alike_both_ways() {
     let server_workload =
         WorkloadLabels::new("greeter-v1", "default").canonical("greeter", "v1").with_mesh_id("mesh-1");
     let server_telemetry = TelemetryLayer::server(greeter())
+        .istio_metrics(server_workload.clone())
         .grpc_metrics(metrics.clone().register_service("helloworld.Greeter").csm(server_workload));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let backend = serve_with(
@@ -336,9 +337,42 @@ async fn grpcio_csm_and_mesh_measure_the_same_calls_alike_both_ways() {
         Some("frontend")
     );
 
-    // mesh's Istio metrics name grpcio's workload, from its response's metadata.
+    // mesh's Istio metrics name grpcio's workload, from its response's metadata (the client) and
+    // its request's (the server), and count the gRPC messages both ways.
     let snapshot = snapshotter.snapshot().into_vec();
-    let requests: Vec<_> = snapshot.iter().filter(|(key, ..)| key.key().name() == istio::REQUESTS).collect();
+    let reporter = |key: &metrics_util::CompositeKey, reporter: &str| {
+        key.key().labels().any(|l| l.key() == "reporter" && l.value() == reporter)
+    };
+    let series = |name: &str, side: &str| -> Vec<&DebugValue> {
+        snapshot.iter().filter(|(key, ..)| key.key().name() == name && reporter(key, side)).map(|s| &s.3).collect()
+    };
+    for side in ["source", "destination"] {
+        assert_eq!(
+            series(istio::REQUEST_MESSAGES, side),
+            [&DebugValue::Counter(CALLS)],
+            "{side}: one message per call"
+        );
+        assert_eq!(series(istio::RESPONSE_MESSAGES, side), [&DebugValue::Counter(CALLS)], "{side}");
+    }
+    // Request bytes are the body's: the messages and their 5-byte prefixes (unary gRPC declares no
+    // length), the same as what each client's A66 metrics count, prefixes aside.
+    let body_bytes = |side: &str| match &series(istio::REQUEST_BYTES, side)[..] {
+        [DebugValue::Histogram(values)] => values.iter().map(|v| v.into_inner()).sum::<f64>(),
+        other => panic!("one {side} request-bytes histogram: {other:?}"),
+    };
+    assert_eq!(body_bytes("source"), sum(&ours, grpc_otel::CLIENT_ATTEMPT_SENT_SIZE) + 5.0 * CALLS as f64);
+    assert_eq!(body_bytes("destination"), sum(&theirs, grpc_otel::CLIENT_ATTEMPT_SENT_SIZE) + 5.0 * CALLS as f64);
+    let destination: Vec<_> = snapshot
+        .iter()
+        .filter(|(key, ..)| key.key().name() == istio::REQUESTS && reporter(key, "destination"))
+        .collect();
+    assert_eq!(destination.len(), 1, "{destination:?}");
+    let server_label =
+        |name: &str| destination[0].0.key().labels().find(|l| l.key() == name).map(|l| l.value().to_owned());
+    assert_eq!(server_label("source_canonical_service").as_deref(), Some("pyserver"), "from grpcio's request");
+    assert_eq!(server_label("destination_workload").as_deref(), Some("greeter-v1"));
+    let requests: Vec<_> =
+        snapshot.iter().filter(|(key, ..)| key.key().name() == istio::REQUESTS && reporter(key, "source")).collect();
     assert_eq!(requests.len(), 1, "one label set: {requests:?}");
     let (key, _, _, value) = requests[0];
     assert_eq!(*value, DebugValue::Counter(CALLS));

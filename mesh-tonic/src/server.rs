@@ -9,7 +9,7 @@ use mesh_tower::{
     server::{Server, ServerHandle},
     telemetry::{
         TelemetryLayer,
-        grpc_otel::{CountReceived, CountedBody},
+        grpc_otel::{CountRequestBody, CountedBody},
     },
 };
 use tokio::net::TcpListener;
@@ -103,7 +103,7 @@ impl GrpcServer {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        self.server.spawn(listener, CountReceived::new(service))
+        self.server.spawn(listener, CountRequestBody::new(service))
     }
 }
 

@@ -34,7 +34,7 @@ use crate::{
     identity::Security,
     telemetry::{
         TelemetryLayer,
-        grpc_otel::{AttemptBody, AttemptLayer, CountedBody},
+        grpc_otel::{AttemptBody, AttemptLayer, CountRequestBodyLayer, CountedBody},
     },
 };
 
@@ -185,7 +185,7 @@ impl MeshClientBuilder {
         let identities = Arc::new(IdentityBook::default());
         let router =
             RouterLayer::with_identities(self.discovery.watch(&self.service), &self.config, identities.clone());
-        let endpoints = self.endpoints::<B>(identities, &telemetry)?;
+        let endpoints = self.endpoints::<CountedBody<B>>(identities, &telemetry)?;
         let (faults, retries, shed) = (FaultLayer::new(), RetryLayer::new(), LoadShedLayer::new());
         let attempts = AttemptLayer::new(&telemetry);
         let handles = Handles {
@@ -200,6 +200,7 @@ impl MeshClientBuilder {
         };
         let stack = tower::ServiceBuilder::new()
             .layer(telemetry)
+            .layer(CountRequestBodyLayer)
             .layer(router)
             .layer(DeadlineLayer::new())
             .layer(faults)

@@ -60,6 +60,8 @@ pub(crate) struct Exchange {
     istio: Option<istio::Observed>,
     /// A gRPC call's state for gRPC's OpenTelemetry metrics, when they are on.
     grpc_call: Option<GrpcCall>,
+    /// The request body's bytes and messages, counted below this layer, when a metric wants them.
+    request_counts: Option<Arc<grpc_otel::BodyCounts>>,
     /// The code a gRPC caller sees for the error that failed the exchange.
     error_code: Option<u16>,
     done: bool,
@@ -103,9 +105,15 @@ impl Exchange {
             recording: traced,
             istio: shared.istio.as_ref().map(|_| istio::Observed::default()),
             grpc_call: None,
+            request_counts: None,
             error_code: None,
             done: false,
         };
+        // Istio's request bytes and messages either side; gRPC's received sizes server side.
+        let server_grpc = shared.direction == Direction::Inbound && shared.grpc.is_some() && grpc;
+        if shared.istio.is_some() || server_grpc {
+            exchange.request_counts = Some(Arc::default());
+        }
         if let Some(recorder) = shared.grpc.as_ref().filter(|_| grpc) {
             exchange.grpc_call = Some(match shared.direction {
                 Direction::Outbound => GrpcCall::Client(recorder.start_call(path)),
@@ -227,13 +235,10 @@ impl Exchange {
         Some(cx)
     }
 
-    /// Server side, with gRPC's metrics: the request extension by which the call's received
-    /// messages are counted.
-    pub(crate) fn received_counter(&self) -> Option<grpc_otel::ReceivedCounter> {
-        match &self.grpc_call {
-            Some(GrpcCall::Server(call, _)) => Some(call.counter()),
-            _ => None,
-        }
+    /// The request extension by which the request body is counted below this layer, when a
+    /// metric wants its bytes or messages.
+    pub(crate) fn request_counter(&self) -> Option<grpc_otel::RequestCounts> {
+        self.request_counts.clone().map(grpc_otel::RequestCounts)
     }
 
     /// Reads what the response head says: status, trailers-only gRPC status, and (client side)
@@ -397,6 +402,11 @@ impl Exchange {
         if self.shared.metrics {
             self.record_metrics(elapsed);
         }
+        if let (Some(observed), Some(counts)) = (&mut self.istio, &self.request_counts) {
+            // A body read in part counts what was read; a declared length, what was declared.
+            observed.request_bytes = observed.request_bytes.max(counts.bytes());
+            observed.request_messages = counts.messages();
+        }
         if let (Some(istio), Some(observed)) = (&self.shared.istio, &self.istio) {
             istio.record(observed, &self.istio_outcome(end, elapsed));
         }
@@ -463,7 +473,7 @@ impl Exchange {
                     code,
                     elapsed,
                     sent: frames.message_bytes(),
-                    rcvd: call.received(),
+                    rcvd: self.request_counts.as_ref().map_or(0, |c| c.message_bytes()),
                     peer: call.peer.as_ref(),
                     backend: None,
                 },

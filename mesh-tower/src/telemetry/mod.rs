@@ -229,8 +229,8 @@ impl TelemetryLayer {
     }
 
     /// Istio's standard metrics beside mesh's own (default off): `istio_requests_total`,
-    /// `istio_request_duration_milliseconds`, `istio_request_bytes`, `istio_response_bytes` and
-    /// `istio_response_messages_total`, reporter `source` client side and `destination` server
+    /// `istio_request_duration_milliseconds`, `istio_request_bytes`, `istio_response_bytes`,
+    /// `istio_request_messages_total` and `istio_response_messages_total`, reporter `source` client side and `destination` server
     /// side, with `workload` as this side's labels and the peer's from its SPIFFE ID and the
     /// `x-envoy-peer-metadata` it sends. Turns on the metadata exchange (see
     /// [`send_peer_metadata`](Self::send_peer_metadata)). The names are in [`istio`].
@@ -256,7 +256,7 @@ impl TelemetryLayer {
     /// meter provider `metrics` was made from (default off). Client side the call's duration is
     /// measured here and each attempt's by the client stack's [`grpc_otel::AttemptLayer`] (so
     /// hand this layer to [`MeshClientBuilder::telemetry`](crate::client::MeshClientBuilder::telemetry));
-    /// server side the received message sizes are counted by [`grpc_otel::CountReceived`] around
+    /// server side the received message sizes are counted by [`grpc_otel::CountRequestBody`] around
     /// the application (`mesh_tonic::GrpcServer` puts it there). See [`grpc_otel`].
     pub fn grpc_metrics(self, metrics: grpc_otel::GrpcMetrics) -> Self {
         self.edit(|s| s.grpc = Some(Arc::new(grpc_otel::GrpcRecorder::new(s.direction, &s.service, &metrics))))

@@ -90,7 +90,7 @@ where
         let (exchange, attach) = match self.shared.direction {
             Direction::Inbound => {
                 let (exchange, cx) = inbound(&self.shared, &request);
-                if let Some(counter) = exchange.received_counter() {
+                if let Some(counter) = exchange.request_counter() {
                     request.extensions_mut().insert(counter);
                 }
                 (exchange, cx)
@@ -104,6 +104,9 @@ where
                 }
                 if let Some(grpc) = &self.shared.grpc {
                     grpc.send(request.headers_mut());
+                }
+                if let Some(counter) = exchange.request_counter() {
+                    request.extensions_mut().insert(counter);
                 }
                 (exchange, None)
             }

@@ -6,10 +6,7 @@
 use std::{
     future::Future,
     pin::Pin,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::Arc,
     task::{Context, Poll, ready},
 };
 
@@ -20,7 +17,7 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use super::{
-    body::{CountedBody, feed},
+    body::{BodyCounts, CountedBody, feed},
     code_of_error,
     record::{AttemptStart, Ending, GrpcRecorder},
     status::code_of_response,
@@ -80,7 +77,7 @@ where
             Some(recorder) if grpc::is_grpc(request.headers()) => Some(Attempt {
                 start: recorder.start_attempt(request.uri().path()),
                 recorder: recorder.clone(),
-                sent: Arc::new(AtomicU64::new(0)),
+                sent: Arc::default(),
                 received: GrpcFrames::default(),
                 status: None,
                 code: None,
@@ -100,7 +97,7 @@ where
 struct Attempt {
     recorder: Arc<GrpcRecorder>,
     start: AttemptStart,
-    sent: Arc<AtomicU64>,
+    sent: Arc<BodyCounts>,
     received: GrpcFrames,
     status: Option<StatusCode>,
     code: Option<u16>,
@@ -134,7 +131,7 @@ impl Attempt {
         let ending = Ending {
             code,
             elapsed: self.start.started.elapsed(),
-            sent: self.sent.load(Ordering::Relaxed),
+            sent: self.sent.message_bytes(),
             rcvd: self.received.message_bytes(),
             peer: self.peer.as_ref(),
             backend: self.backend.as_ref(),

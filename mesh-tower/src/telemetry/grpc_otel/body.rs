@@ -1,5 +1,6 @@
-//! A body whose gRPC messages are counted as it goes by: the request of a client attempt
-//! (`sent_total_compressed_message_size`) and of a server call (`rcvd_...`).
+//! A request body counted as it goes by: its bytes and gRPC messages, for a client attempt's
+//! `sent_total_compressed_message_size`, a server call's `rcvd_...`, and Istio's request bytes and
+//! messages on either side.
 
 use std::{
     pin::Pin,
@@ -16,20 +17,43 @@ use pin_project_lite::pin_project;
 
 use crate::telemetry::grpc_frames::GrpcFrames;
 
+/// What a request body carried so far: its bytes, and the gRPC messages among them.
+#[derive(Debug, Default)]
+pub(crate) struct BodyCounts {
+    pub(crate) bytes: AtomicU64,
+    pub(crate) messages: AtomicU64,
+    /// The messages' payload bytes (compressed, without their prefix).
+    pub(crate) message_bytes: AtomicU64,
+}
+
+impl BodyCounts {
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn messages(&self) -> u64 {
+        self.messages.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn message_bytes(&self) -> u64 {
+        self.message_bytes.load(Ordering::Relaxed)
+    }
+}
+
 pin_project! {
     /// A request body whose gRPC message bytes are counted for the metrics of its attempt or
     /// call; otherwise the inner body, frame for frame.
     pub struct CountedBody<B> {
         #[pin]
         inner: B,
-        count: Option<(Arc<AtomicU64>, GrpcFrames)>,
+        count: Option<(Arc<BodyCounts>, GrpcFrames)>,
     }
 }
 
 impl<B> CountedBody<B> {
-    /// Counts into `bytes`, or (`None`) passes through.
-    pub(crate) fn new(inner: B, bytes: Option<Arc<AtomicU64>>) -> Self {
-        Self { inner, count: bytes.map(|b| (b, GrpcFrames::default())) }
+    /// Counts into `counts`, or (`None`) passes through.
+    pub(crate) fn new(inner: B, counts: Option<Arc<BodyCounts>>) -> Self {
+        Self { inner, count: counts.map(|c| (c, GrpcFrames::default())) }
     }
 
     /// The inner body.
@@ -45,12 +69,14 @@ impl<B: Body> Body for CountedBody<B> {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let frame = ready!(this.inner.poll_frame(cx));
-        if let (Some((bytes, frames)), Some(Ok(frame))) = (this.count.as_mut(), &frame)
+        if let (Some((counts, frames)), Some(Ok(frame))) = (this.count.as_mut(), &frame)
             && let Some(data) = frame.data_ref()
         {
-            let before = frames.message_bytes();
+            let (messages, message_bytes) = (frames.messages(), frames.message_bytes());
             feed(frames, data);
-            bytes.fetch_add(frames.message_bytes() - before, Ordering::Relaxed);
+            counts.bytes.fetch_add(data.remaining() as u64, Ordering::Relaxed);
+            counts.messages.fetch_add(frames.messages() - messages, Ordering::Relaxed);
+            counts.message_bytes.fetch_add(frames.message_bytes() - message_bytes, Ordering::Relaxed);
         }
         Poll::Ready(frame)
     }

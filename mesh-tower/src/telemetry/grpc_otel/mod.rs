@@ -52,8 +52,8 @@ mod attempt;
 mod body;
 mod cache;
 mod csm;
-mod received;
 mod record;
+mod request;
 mod status;
 
 use std::{collections::HashSet, sync::Arc};
@@ -64,9 +64,11 @@ use opentelemetry::{
 };
 
 pub use self::attempt::{AttemptBody, AttemptFuture, AttemptLayer, AttemptService};
+pub(crate) use self::body::BodyCounts;
 pub use self::body::CountedBody;
-pub use self::received::{CountReceived, CountReceivedLayer};
-pub(crate) use self::record::{CallStart, Ending, GrpcRecorder, ReceivedCounter, ServerCall};
+pub(crate) use self::record::{CallStart, Ending, GrpcRecorder, ServerCall};
+pub(crate) use self::request::RequestCounts;
+pub use self::request::{CountRequestBody, CountRequestBodyLayer};
 pub(crate) use self::status::{code_of_error, code_of_response};
 use super::istio::workload::WorkloadLabels;
 

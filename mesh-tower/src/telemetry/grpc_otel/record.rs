@@ -4,7 +4,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicU32, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -187,7 +187,7 @@ impl GrpcRecorder {
     pub(crate) fn start_server(&self, path: &str, peer: Option<HeaderValue>) -> ServerCall {
         let method = self.method(path);
         method.started.add(1);
-        ServerCall { method, peer: if self.reads_peer() { peer } else { None }, received: Arc::default() }
+        ServerCall { method, peer: if self.reads_peer() { peer } else { None } }
     }
 
     /// Client side: the call's `grpc.client.call.duration`.
@@ -291,25 +291,9 @@ pub(crate) struct AttemptStart {
     pub(crate) started: Instant,
 }
 
-/// The request extension by which a server call's received message bytes are counted by
-/// [`CountReceived`](super::CountReceived) below the telemetry layer.
-#[derive(Clone, Debug)]
-pub(crate) struct ReceivedCounter(pub(crate) Arc<AtomicU64>);
-
 /// A server call, from its start to its end.
 pub(crate) struct ServerCall {
     pub(crate) method: Method,
     /// The caller's `x-envoy-peer-metadata`.
     pub(crate) peer: Option<HeaderValue>,
-    pub(crate) received: Arc<AtomicU64>,
-}
-
-impl ServerCall {
-    pub(crate) fn counter(&self) -> ReceivedCounter {
-        ReceivedCounter(self.received.clone())
-    }
-
-    pub(crate) fn received(&self) -> u64 {
-        self.received.load(Ordering::Relaxed)
-    }
 }

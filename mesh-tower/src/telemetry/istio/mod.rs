@@ -1,5 +1,6 @@
 //! Istio's standard metrics (`istio_requests_total`, `istio_request_duration_milliseconds`,
-//! `istio_request_bytes`, `istio_response_bytes`, `istio_response_messages_total`), with the
+//! `istio_request_bytes`, `istio_response_bytes`, `istio_request_messages_total`,
+//! `istio_response_messages_total`), with the
 //! labels Istio's sidecars write, reported `source` by the client and `destination` by the
 //! server, and the peer-metadata exchange that tells each side who the other is.
 //!
@@ -32,6 +33,8 @@ pub const REQUEST_DURATION: &str = "istio_request_duration_milliseconds";
 pub const REQUEST_BYTES: &str = "istio_request_bytes";
 /// `istio_response_bytes`.
 pub const RESPONSE_BYTES: &str = "istio_response_bytes";
+/// `istio_request_messages_total` (gRPC messages in requests).
+pub const REQUEST_MESSAGES: &str = "istio_request_messages_total";
 /// `istio_response_messages_total` (gRPC messages in responses).
 pub const RESPONSE_MESSAGES: &str = "istio_response_messages_total";
 
@@ -58,6 +61,8 @@ pub(crate) struct Observed {
     /// The peer's `x-envoy-peer-metadata` (request inbound, response outbound).
     pub(crate) peer_metadata: Option<HeaderValue>,
     pub(crate) request_bytes: u64,
+    /// The request's gRPC messages (counted below the telemetry layer).
+    pub(crate) request_messages: u64,
     pub(crate) response_bytes: u64,
     pub(crate) response_frames: GrpcFrames,
     pub(crate) denied: bool,
@@ -118,6 +123,7 @@ struct Handles {
     duration: Histogram,
     request_bytes: Histogram,
     response_bytes: Histogram,
+    request_messages: Counter,
     response_messages: Counter,
 }
 
@@ -197,6 +203,7 @@ impl IstioMetrics {
         handles.request_bytes.record(observed.request_bytes as f64);
         handles.response_bytes.record(observed.response_bytes as f64);
         if outcome.grpc {
+            handles.request_messages.increment(observed.request_messages);
             handles.response_messages.increment(observed.response_frames.messages());
         }
     }
@@ -239,6 +246,7 @@ impl IstioMetrics {
             duration: metrics::histogram!(REQUEST_DURATION, labels.clone()),
             request_bytes: metrics::histogram!(REQUEST_BYTES, labels.clone()),
             response_bytes: metrics::histogram!(RESPONSE_BYTES, labels.clone()),
+            request_messages: metrics::counter!(REQUEST_MESSAGES, labels.clone()),
             response_messages: metrics::counter!(RESPONSE_MESSAGES, labels),
         };
         if key.peer != UNCACHED && self.handles.load().len() < MAX_CACHED {
