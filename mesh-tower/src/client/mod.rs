@@ -45,9 +45,11 @@ pub mod shed;
 
 pub use self::builder::{MeshClient, MeshClientBuilder, ResponseBody, ResponseFuture};
 pub use self::config::{ClientConfig, Protocol};
-pub use self::resolution::{NoEndpoints, NoRoute, Resolution, UnknownSubset};
+pub use self::resolution::Resolution;
 pub use self::respond::{
     ERROR_HEADER, ErrorResponse, ErrorResponseFuture, ErrorResponseLayer, ErrorResponses, response_of,
 };
 pub use crate::connection::ConnectError;
-pub use crate::failure::{ClientError, ErrorKind, Unresolved, grpc_code_of, status_of};
+pub use crate::failure::{
+    ClientError, ErrorKind, NoEndpoints, NoRoute, UnknownSubset, Unresolved, grpc_code_of, status_of,
+};

@@ -108,8 +108,8 @@ impl ErrorKind {
         self.row().flag
     }
 
-    /// Sorts any error of the client stack's layers: the kind of the first [`ClientError`]
-    /// (super::ClientError) or of mesh's own errors in its source chain, else
+    /// Sorts any error of the client stack's layers: the kind of the first
+    /// [`ClientError`](super::ClientError) or of mesh's own errors in its source chain, else
     /// [`Connect`](Self::Connect) when hyper says the connection failed, else
     /// [`Transport`](Self::Transport).
     pub fn of(error: &(dyn Error + 'static)) -> Self {
