@@ -5,6 +5,8 @@
 //! - A retry policy never holds a stream back: a body it cannot replay whole (larger than
 //!   `max_replay_bytes`, or still being written) goes through once, as it is written, and is
 //!   never retried; a small unary call is.
+//! - A deadline (the route's timeout, or the caller's `grpc-timeout`) ends a stream that is
+//!   still running: the caller gets `DEADLINE_EXCEEDED` and the server's handler is dropped.
 //! - Telemetry counts a stream once, when it ends, with the status its trailers carry.
 #![allow(clippy::unwrap_used)] // helpers outside #[test] fns
 
@@ -184,6 +186,48 @@ async fn a_retry_policy_streams_what_it_cannot_replay_and_retries_what_it_can() 
     };
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(backend.calls.load(Ordering::SeqCst), 1 + 1, "the ping-pong and the failed stream, once each");
+    drop(tx);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_route_timeout_ends_a_running_server_stream() {
+    metrics_totals();
+    let mut backend = serve(None).await;
+    let channel = channel("interop-route-timeout", &backend, route().with_timeout(Duration::from_millis(500)));
+    let mut client = TestServiceClient::new(channel);
+    // 100 responses, 50 ms apart: 5 s, ten times the route's timeout.
+    let params = vec![ResponseParameters { size: 10, interval_us: 50_000, ..ResponseParameters::default() }; 100];
+    let request = StreamingOutputCallRequest { response_parameters: params, ..StreamingOutputCallRequest::default() };
+    let mut responses = client.streaming_output_call(request).await.unwrap().into_inner();
+    let mut received = 0;
+    let status = loop {
+        match tokio::time::timeout(PATIENCE, responses.message()).await.unwrap() {
+            Ok(Some(_)) => received += 1,
+            Ok(None) => panic!("the stream finished ({received} responses) despite the route's timeout"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(received < 100, "{received}");
+    assert_eq!(next_end(&mut backend).await, ("StreamingOutputCall", StreamEnd::Dropped));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_callers_deadline_ends_an_open_duplex_stream() {
+    metrics_totals();
+    let mut backend = serve(None).await;
+    let mut client = TestServiceClient::new(channel("interop-grpc-timeout", &backend, route()));
+    let (tx, requests) = writer();
+    tx.send(duplex(10, &[(10, 0)])).await.unwrap();
+    let mut request = tonic::Request::new(requests);
+    request.set_timeout(Duration::from_millis(500));
+    let mut responses = client.full_duplex_call(request).await.unwrap().into_inner();
+    let first = tokio::time::timeout(PATIENCE, responses.message()).await.unwrap().unwrap();
+    assert!(first.is_some());
+    // The caller keeps the stream open and sends nothing more: the deadline ends it.
+    let status = tokio::time::timeout(PATIENCE, responses.message()).await.unwrap().unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(next_end(&mut backend).await, ("FullDuplexCall", StreamEnd::Dropped));
     drop(tx);
 }
 
