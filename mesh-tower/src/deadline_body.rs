@@ -111,6 +111,14 @@ impl Expiry {
         self.sleep.as_mut().poll(cx)
     }
 
+    /// Client side: whether the deadline passed, or is so close that the server's (told through
+    /// `grpc-timeout`, rounded down) may have passed first. A server that ends the call at its
+    /// deadline resets the stream (grpc-go's does), which then reads as the deadline, as grpc-go's
+    /// client reads it.
+    fn is_due_at_peer(&self) -> bool {
+        self.side == Side::Client && Instant::now() + crate::headers::rounding_slack(self.limit) >= self.at
+    }
+
     /// The deadline passed: cancels the request body, and says how the response ends.
     fn expire<D>(mut self) -> Result<Frame<D>, BoxError> {
         self.cancel_request();
@@ -206,6 +214,11 @@ where
             return Poll::Ready(None);
         };
         if let Poll::Ready(frame) = inner.poll_frame(cx) {
+            if matches!(frame, Some(Err(_))) && this.expiry.as_ref().is_some_and(Expiry::is_due_at_peer) {
+                let expiry = this.expiry.take().expect("checked above");
+                this.inner.set(None);
+                return Poll::Ready(Some(expiry.expire()));
+            }
             let ended = match &frame {
                 Some(Ok(frame)) => {
                     frame.is_trailers() || this.inner.as_ref().as_pin_ref().is_none_or(|b| b.is_end_stream())
@@ -318,8 +331,6 @@ impl<B> std::fmt::Debug for CancelOnDeadline<B> {
 
 #[cfg(test)]
 mod tests {
-    use std::convert::Infallible;
-
     use bytes::Bytes;
     use http_body_util::BodyExt;
     use tokio::sync::mpsc;
@@ -327,10 +338,10 @@ mod tests {
     use super::*;
 
     /// A body whose frames the test writes.
-    struct Channel(mpsc::Receiver<Frame<Bytes>>);
+    struct Channel(mpsc::Receiver<Result<Frame<Bytes>, BoxError>>);
 
     impl Channel {
-        fn new(buffer: usize) -> (mpsc::Sender<Frame<Bytes>>, Self) {
+        fn new(buffer: usize) -> (mpsc::Sender<Result<Frame<Bytes>, BoxError>>, Self) {
             let (tx, rx) = mpsc::channel(buffer);
             (tx, Self(rx))
         }
@@ -338,13 +349,10 @@ mod tests {
 
     impl Body for Channel {
         type Data = Bytes;
-        type Error = Infallible;
+        type Error = BoxError;
 
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-            self.0.poll_recv(cx).map(|frame| frame.map(Ok))
+        fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            self.0.poll_recv(cx)
         }
     }
 
@@ -360,7 +368,7 @@ mod tests {
         let mut request = CancelOnDeadline::new(request, cancelled);
         let expiry = expiry(Duration::from_millis(500), true, Side::Client, Some(cancel));
         let mut response = DeadlineBody::new(inner, Some(expiry));
-        tx.send(Frame::data(Bytes::from_static(b"first"))).await.unwrap();
+        tx.send(Ok(Frame::data(Bytes::from_static(b"first")))).await.unwrap();
         assert_eq!(response.frame().await.unwrap().unwrap().into_data().unwrap(), "first");
         let started = Instant::now();
         let trailers = response.frame().await.unwrap().unwrap().into_trailers().unwrap();
@@ -368,7 +376,7 @@ mod tests {
         assert_eq!(grpc::status(&trailers), Some(grpc::code::DEADLINE_EXCEEDED));
         assert!(response.frame().await.is_none() && response.is_end_stream());
         // The wrapped body was dropped: its writer sees the reader gone.
-        assert!(tx.send(Frame::data(Bytes::new())).await.is_err());
+        assert!(tx.send(Ok(Frame::data(Bytes::new()))).await.is_err());
         // The request body, still open, fails with HTTP/2's CANCEL.
         let error = request.frame().await.unwrap().unwrap_err();
         let source = std::error::Error::source(&*error).unwrap().downcast_ref::<h2::Error>().unwrap();
@@ -404,7 +412,7 @@ mod tests {
         let mut response = DeadlineBody::new(inner, Some(expiry));
         let mut done = http::HeaderMap::new();
         done.insert(grpc::STATUS, http::HeaderValue::from_static("0"));
-        tx.send(Frame::trailers(done)).await.unwrap();
+        tx.send(Ok(Frame::trailers(done))).await.unwrap();
         let trailers = response.frame().await.unwrap().unwrap().into_trailers().unwrap();
         assert_eq!(grpc::status(&trailers), Some(grpc::code::OK));
         assert!(!response.is_guarded());
@@ -419,5 +427,22 @@ mod tests {
         let expiry = expiry(Duration::ZERO, true, Side::Client, None);
         let body = DeadlineBody::new(http_body_util::Empty::<Bytes>::new(), Some(expiry));
         assert!(!body.is_guarded() && body.is_end_stream());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reset_at_the_servers_rounded_deadline_reads_as_the_deadline() {
+        let reset = || -> BoxError { h2::Error::from(h2::Reason::CANCEL).into() };
+        // Long before the deadline, the server's reset is the server's: it passes through.
+        let (tx, inner) = Channel::new(1);
+        let mut response = DeadlineBody::new(inner, Some(expiry(Duration::from_millis(500), true, Side::Client, None)));
+        tx.send(Err(reset())).await.unwrap();
+        assert!(response.frame().await.unwrap().unwrap_err().downcast_ref::<h2::Error>().is_some());
+        // Within the rounding of the grpc-timeout it sent, it is the deadline.
+        let (tx, inner) = Channel::new(1);
+        let mut response = DeadlineBody::new(inner, Some(expiry(Duration::from_millis(500), true, Side::Client, None)));
+        tokio::time::sleep(Duration::from_micros(499_500)).await;
+        tx.send(Err(reset())).await.unwrap();
+        let trailers = response.frame().await.unwrap().unwrap().into_trailers().unwrap();
+        assert_eq!(grpc::status(&trailers), Some(grpc::code::DEADLINE_EXCEEDED));
     }
 }
