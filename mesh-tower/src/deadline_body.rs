@@ -57,6 +57,13 @@ impl Deadline {
     pub fn has_passed(&self) -> bool {
         Instant::now() >= self.at
     }
+
+    /// Whether it passed at the next hop, which may be up to the rounding of the `grpc-timeout`
+    /// (or `x-mesh-timeout`) it was told early: a `DEADLINE_EXCEEDED` or a reset from it then
+    /// is this deadline's doing.
+    pub(crate) fn has_passed_at_peer(&self) -> bool {
+        Instant::now() + crate::headers::rounding_slack(Duration::MAX) >= self.at
+    }
 }
 
 /// Which side of the call a deadline ends: what the caller is told differs.

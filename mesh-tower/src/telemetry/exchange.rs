@@ -374,14 +374,15 @@ impl Exchange {
     }
 
     /// Whether the call's deadline ended the response body: it failed, was dropped, or ended
-    /// with `DEADLINE_EXCEEDED`, after the deadline. That is a timeout, as a late head is.
+    /// with `DEADLINE_EXCEEDED`, once the deadline passed (here, or at the server it was told
+    /// to). That is a timeout, as a late head is.
     fn cut_off_by_deadline(&self, end: End) -> bool {
         let ended_by_it = match end {
             End::BodyError | End::Dropped => true,
             End::Complete => self.grpc_code == Some(grpc::code::DEADLINE_EXCEEDED),
             End::Failed(_) => false,
         };
-        ended_by_it && self.deadline.is_some_and(|d| d.has_passed())
+        ended_by_it && self.deadline.is_some_and(|d| d.has_passed_at_peer())
     }
 
     /// The request's verdict by the one classifier, however it ended.
