@@ -7,6 +7,8 @@
 //!   itself: the client cuts a response body off with `RouteTimeout` and resets the stream with
 //!   `RST_STREAM(CANCEL)`, its still-open request stream included; the server cuts its handler's
 //!   body off with `RST_STREAM(CANCEL)`, or a gRPC call with `grpc-status: 4` in trailers.
+//! - A call whose deadline passes during the TLS handshake it started leaves the handshake going:
+//!   the next call takes the connection over, over HTTP/1.1 and HTTP/2 alike.
 #![allow(clippy::unwrap_used)] // helpers outside #[test] fns
 
 mod support;
@@ -317,4 +319,66 @@ async fn the_callers_deadline_cuts_a_servers_running_body_off() {
     assert!(trailers.get("grpc-message").unwrap().to_str().unwrap().contains("deadline"), "{trailers:?}");
     let why = tokio::time::timeout(PATIENCE, dropped.recv()).await.expect("the handler's body was dropped").unwrap();
     assert_eq!(why, "the response body was dropped");
+}
+
+/// A TCP proxy to `backend` that accepts at once but holds every connection (the TLS handshake
+/// with it) until `release` opens; it counts the connections it accepted.
+async fn slow_handshake_proxy(
+    backend: std::net::SocketAddr,
+    release: tokio::sync::watch::Receiver<bool>,
+) -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut release = release.clone();
+            tokio::spawn(async move {
+                // The client's ClientHello waits, unread, until the test lets the handshake on.
+                if release.wait_for(|open| *open).await.is_err() {
+                    return;
+                }
+                let mut server = tokio::net::TcpStream::connect(backend).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_outlives_the_call_whose_deadline_passed_and_serves_the_next() {
+    use mesh::tower::client::Protocol;
+    let backend = serve(tower::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+        Ok::<_, Infallible>(http::Response::new(String::from("ok")))
+    }))
+    .await;
+    for protocol in [Protocol::Http1, Protocol::Http2] {
+        let (release_tx, release) = tokio::sync::watch::channel(false);
+        let (proxy, accepted) = slow_handshake_proxy(backend.local_addr(), release).await;
+        let discovery = StaticDiscovery::new();
+        publish(&discovery, "slow", proxy, Some(Duration::from_millis(200)));
+        let client = MeshClient::builder(discovery, "slow".parse().unwrap())
+            .identity(identity("/caller"))
+            .protocol(protocol)
+            .build::<Empty<bytes::Bytes>>()
+            .unwrap();
+        let get = || http::Request::get("/").body(Empty::new()).unwrap();
+
+        // The first call gives up while the TLS handshake it started is held.
+        let error = tokio::time::timeout(PATIENCE, client.clone().oneshot(get())).await.unwrap().unwrap_err();
+        let error = error.downcast_ref::<ClientError>().expect("a ClientError");
+        assert_eq!(error.kind(), ErrorKind::Timeout, "{protocol:?}: {error}");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "{protocol:?}");
+
+        // The handshake goes on; the next call takes its connection over instead of dialling again.
+        release_tx.send(true).unwrap();
+        let response = tokio::time::timeout(PATIENCE, client.clone().oneshot(get())).await.unwrap();
+        let response = response.unwrap_or_else(|e| panic!("{protocol:?}: the second call failed: {e}"));
+        assert_eq!(response.status(), 200);
+        let accepted = accepted.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(accepted, 1, "{protocol:?}: the second call dialled again");
+    }
 }
