@@ -43,12 +43,15 @@
 //!     let deadline = req.extensions().get::<Deadline>().copied();
 //!     let left = deadline.map(|d| d.remaining()).unwrap_or_default();
 //!     assert!(left > Duration::ZERO && left <= Duration::from_millis(250));
-//!     Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::from(format!("{left:?}"))))
+//!     let body = http_body_util::Full::<bytes::Bytes>::from(format!("{left:?}"));
+//!     Ok::<_, std::convert::Infallible>(http::Response::new(body))
 //! }));
 //! let request = http::Request::builder().header("grpc-timeout", "250m").body(http_body_util::Empty::<bytes::Bytes>::new());
 //! let response = svc.oneshot(request.unwrap()).await.unwrap();
-//! // The response is complete in time: no deadline guards its body.
-//! assert!(response.extensions().get::<Deadline>().is_none());
+//! // The deadline covers the body too, until it is complete.
+//! assert!(response.extensions().get::<Deadline>().is_some());
+//! let body = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
+//! assert!(!body.is_empty());
 //! # }
 //! ```
 
