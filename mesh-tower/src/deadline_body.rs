@@ -220,6 +220,13 @@ where
         let Some(inner) = this.inner.as_mut().as_pin_mut() else {
             return Poll::Ready(None);
         };
+        // A body that always has a frame ready never lets the timer below be polled: the clock
+        // is read first.
+        if this.expiry.as_ref().is_some_and(|e| Instant::now() >= e.at) {
+            let expiry = this.expiry.take().expect("checked above");
+            this.inner.set(None);
+            return Poll::Ready(Some(expiry.expire()));
+        }
         if let Poll::Ready(frame) = inner.poll_frame(cx) {
             if matches!(frame, Some(Err(_))) && this.expiry.as_ref().is_some_and(Expiry::is_due_at_peer) {
                 let expiry = this.expiry.take().expect("checked above");
@@ -303,9 +310,7 @@ where
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
-        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
-            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
-        }
+        // Asked first, so a body that always has a frame ready still stops.
         if let Some(cancelled) = this.cancelled {
             match Pin::new(cancelled).poll(cx) {
                 Poll::Ready(Ok(())) => {
@@ -318,7 +323,7 @@ where
                 Poll::Pending => {}
             }
         }
-        Poll::Pending
+        this.inner.poll_frame(cx).map(|frame| frame.map(|f| f.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -451,5 +456,36 @@ mod tests {
         tx.send(Err(reset())).await.unwrap();
         let trailers = response.frame().await.unwrap().unwrap().into_trailers().unwrap();
         assert_eq!(grpc::status(&trailers), Some(grpc::code::DEADLINE_EXCEEDED));
+    }
+
+    /// A body with a frame always ready, and its count.
+    struct Endless(usize);
+
+    impl Body for Endless {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            self.0 += 1;
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"x")))))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_is_always_ready_still_ends_at_the_deadline() {
+        let mut response =
+            DeadlineBody::new(Endless(0), Some(expiry(Duration::from_millis(50), true, Side::Client, None)));
+        for _ in 0..3 {
+            assert!(response.frame().await.unwrap().unwrap().is_data());
+        }
+        tokio::time::advance(Duration::from_millis(50)).await;
+        let trailers = response.frame().await.unwrap().unwrap().into_trailers().unwrap();
+        assert_eq!(grpc::status(&trailers), Some(grpc::code::DEADLINE_EXCEEDED));
+        // The request side: told to cancel, it stops though its body always has more.
+        let (cancel, cancelled) = oneshot::channel();
+        let mut request = CancelOnDeadline::new(Endless(0), cancelled);
+        assert!(request.frame().await.unwrap().is_ok());
+        cancel.send(()).unwrap();
+        assert!(request.frame().await.unwrap().is_err());
     }
 }

@@ -119,6 +119,7 @@ impl<S, B, ResBody> Service<Request<B>> for DeadlineService<S>
 where
     S: Service<Request<CancelOnDeadline<B>>, Response = Response<ResBody>>,
     S::Error: Into<BoxError>,
+    B: http_body::Body,
     ResBody: http_body::Body,
 {
     type Response = Response<DeadlineBody<ResBody>>;
@@ -137,11 +138,16 @@ where
         };
         let at = Instant::now() + limit;
         let grpc = crate::grpc::is_grpc(request.headers());
-        let (cancel, cancelled) = oneshot::channel();
-        let mut request = request.map(|body| CancelOnDeadline::new(body, cancelled));
+        // A request body already complete has nothing left to cancel.
+        let (cancel, mut request) = if request.body().is_end_stream() {
+            (None, request.map(CancelOnDeadline::open))
+        } else {
+            let (cancel, cancelled) = oneshot::channel();
+            (Some(cancel), request.map(|body| CancelOnDeadline::new(body, cancelled)))
+        };
         request.extensions_mut().insert(Deadline::at(at));
         let inner = self.inner.call(request);
-        DeadlineFuture { inner, expiry: Some(Expiry::new(at, limit, grpc, Side::Client, Some(cancel))) }
+        DeadlineFuture { inner, expiry: Some(Expiry::new(at, limit, grpc, Side::Client, cancel)) }
     }
 }
 
