@@ -158,11 +158,22 @@ pub(crate) fn status_response<B: Default>(code: u16, message: &str) -> Response<
     let mut response = Response::new(B::default());
     let headers = response.headers_mut();
     headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    write_status(headers, code, message);
+    response
+}
+
+/// The trailers that end a call with `code` and `message`.
+pub(crate) fn status_trailers(code: u16, message: &str) -> HeaderMap {
+    let mut trailers = HeaderMap::with_capacity(2);
+    write_status(&mut trailers, code, message);
+    trailers
+}
+
+fn write_status(headers: &mut HeaderMap, code: u16, message: &str) {
     headers.insert(STATUS, HeaderValue::from(code));
     if let Ok(value) = HeaderValue::from_str(&percent_encode(message)) {
         headers.insert(MESSAGE, value);
     }
-    response
 }
 
 /// gRPC's encoding of `grpc-message`: printable ASCII except `%` as is, every other byte `%XX`.

@@ -17,7 +17,7 @@ use tower::util::BoxCloneSyncService;
 
 use super::{
     config::{ClientConfig, Protocol},
-    deadline::DeadlineLayer,
+    deadline::{CancelOnDeadline, DeadlineBody, DeadlineLayer},
     endpoint::{
         self, EndpointBody, Endpoints, Http2Connections, Transport,
         connect::{IdentityBook, MeshConnector},
@@ -57,8 +57,9 @@ struct Handles {
 }
 
 /// The response body of a [`MeshClient`]: hyper's body, observed to its end by the attempt's
-/// accounting and by telemetry (the gRPC status in the trailers counts everywhere a status does).
-pub type ResponseBody = crate::telemetry::TelemetryBody<EndpointBody<Incoming>>;
+/// accounting and by telemetry (the gRPC status in the trailers counts everywhere a status does),
+/// and ended by the call's [deadline](super::deadline) if it passes first.
+pub type ResponseBody = crate::telemetry::TelemetryBody<DeadlineBody<EndpointBody<Incoming>>>;
 
 /// Configures a [`MeshClient`]. See [`MeshClient::builder`].
 #[derive(Clone)]
@@ -177,7 +178,7 @@ impl MeshClientBuilder {
         let identities = Arc::new(IdentityBook::default());
         let router =
             RouterLayer::with_identities(self.discovery.watch(&self.service), &self.config, identities.clone());
-        let endpoints = self.endpoints::<B>(identities, &telemetry)?;
+        let endpoints = self.endpoints::<CancelOnDeadline<B>>(identities, &telemetry)?;
         let (faults, retries, shed) = (FaultLayer::new(), RetryLayer::new(), LoadShedLayer::new());
         let handles = Handles {
             service: self.service.clone(),
