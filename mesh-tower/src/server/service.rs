@@ -95,9 +95,9 @@ where
             None => (None, telemetry::Scope::none()),
         };
         // Inside the request's span, as the layers below telemetry run: a denial's log event
-        // belongs to the request.
+        // belongs to the request (authorization makes no calls, so the context is not attached).
         let denied = match &connection.authorization {
-            Some(authorization) => scope.in_scope(|| authorization.check(&request)),
+            Some(authorization) => scope.in_span(|| authorization.check(&request)),
             None => None,
         };
         let state = match denied {
@@ -139,30 +139,30 @@ where
     type Output = Result<Response<TelemetryBody<B>>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        let result = loop {
-            match this.state.as_mut().project() {
+        let this = self.project();
+        let mut state = this.state;
+        // One entry into the request's scope per poll, however far the request gets in it.
+        let result = ready!(this.scope.in_scope(|| loop {
+            match state.as_mut().project() {
                 StateProj::Ready { service, request } => {
-                    let called = this.scope.in_scope(|| match service.poll_ready(cx) {
-                        Poll::Ready(Ok(())) => Poll::Ready(Ok(request.take().map(|request| service.call(request)))),
-                        Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
-                        Poll::Pending => Poll::Pending,
-                    });
-                    match ready!(called) {
-                        Ok(Some(future)) => this.state.set(State::Called { future }),
-                        Ok(None) => return Poll::Pending, // polled after completion
-                        Err(error) => break Err(error.into()),
+                    if let Err(error) = ready!(service.poll_ready(cx)) {
+                        return Poll::Ready(Err(error.into()));
                     }
+                    let Some(request) = request.take() else {
+                        return Poll::Pending; // polled after completion
+                    };
+                    let future = service.call(request);
+                    state.set(State::Called { future });
                 }
-                StateProj::Called { future } => {
-                    break ready!(this.scope.in_scope(|| future.poll(cx))).map_err(Into::into);
+                StateProj::Called { future } => return future.poll(cx).map_err(Into::into),
+                StateProj::Denied { response } => {
+                    return match response.take() {
+                        Some(response) => Poll::Ready(Ok(response)),
+                        None => Poll::Pending, // polled after completion
+                    };
                 }
-                StateProj::Denied { response } => match response.take() {
-                    Some(response) => break Ok(response),
-                    None => return Poll::Pending, // polled after completion
-                },
             }
-        };
+        }));
         Poll::Ready(match this.exchange.take() {
             Some(exchange) => telemetry::settle(exchange, result),
             None => result.map(|response| response.map(TelemetryBody::passthrough)),

@@ -121,6 +121,11 @@ impl Scope {
         Self { span: Span::none(), attach: None }
     }
 
+    /// Runs `f` inside the request's span only (for work that logs but makes no calls).
+    pub(crate) fn in_span<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.span.in_scope(f)
+    }
+
     /// Runs `f` inside the scope.
     pub(crate) fn in_scope<R>(&self, f: impl FnOnce() -> R) -> R {
         let _entered = self.span.enter();
