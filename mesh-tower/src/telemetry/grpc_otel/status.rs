@@ -4,50 +4,21 @@
 use http::StatusCode;
 
 use crate::{
-    client::{ErrorKind, fault::InjectedFault},
-    grpc::code,
+    failure::{ErrorKind, grpc_code_of},
+    grpc::{self, code},
 };
 
-/// The code a gRPC caller sees for an error of the client stack (the table of
-/// `mesh_tonic::status_from_error`): no route `UNIMPLEMENTED`, unknown subset
-/// `FAILED_PRECONDITION`, a timeout `DEADLINE_EXCEEDED`, an injected fault by its HTTP status,
-/// a stream cancelled `CANCELLED`, everything else on the way to a server `UNAVAILABLE`.
+/// The code a gRPC caller sees for an error of the client stack: the one error table's
+/// ([`ErrorKind::grpc_code`]), and `CANCELLED` for a stream hyper cancelled.
 pub(crate) fn code_of_error(error: &(dyn std::error::Error + 'static)) -> u16 {
     let mut source = Some(error);
     while let Some(e) = source {
-        if let Some(fault) = e.downcast_ref::<InjectedFault>() {
-            return code_of_http(fault.status());
-        }
         if e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_canceled) {
             return code::CANCELLED;
         }
         source = e.source();
     }
-    match ErrorKind::of(error) {
-        ErrorKind::NoRoute => code::UNIMPLEMENTED,
-        ErrorKind::UnknownSubset => code::FAILED_PRECONDITION,
-        ErrorKind::Timeout => code::DEADLINE_EXCEEDED,
-        ErrorKind::InjectedFault => code::UNKNOWN,
-        ErrorKind::NoEndpoints
-        | ErrorKind::Unresolved
-        | ErrorKind::IdentityMismatch
-        | ErrorKind::Connect
-        | ErrorKind::Overloaded
-        | ErrorKind::Transport => code::UNAVAILABLE,
-    }
-}
-
-/// gRPC's mapping of an HTTP status from something that is not a gRPC server (a response
-/// without `grpc-status`).
-pub(crate) fn code_of_http(status: StatusCode) -> u16 {
-    match status.as_u16() {
-        400 => code::INTERNAL,
-        401 => code::UNAUTHENTICATED,
-        403 => code::PERMISSION_DENIED,
-        404 => code::UNIMPLEMENTED,
-        429 | 502..=504 => code::UNAVAILABLE,
-        _ => code::UNKNOWN,
-    }
+    grpc_code_of(ErrorKind::of(error), error)
 }
 
 /// The code of a call that ended without one: a 200 whose stream ended without trailers is
@@ -55,7 +26,7 @@ pub(crate) fn code_of_http(status: StatusCode) -> u16 {
 pub(crate) fn code_of_response(status: Option<StatusCode>) -> u16 {
     match status {
         Some(StatusCode::OK) | None => code::UNKNOWN,
-        Some(status) => code_of_http(status),
+        Some(status) => grpc::code_from_http(status),
     }
 }
 
