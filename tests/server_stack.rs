@@ -80,8 +80,8 @@ async fn composed(authorization: AuthorizationLayer) -> Side {
     let service = ServiceBuilder::new()
         // The server wants a body with a default (its own deadline answer); the layers' is boxed.
         .map_response(|response: Response<_>| {
-            response.map(|body: mesh::tower::telemetry::TelemetryBody<String>| {
-                UnsyncBoxBody::new(body.map_err(|never| match never {}))
+            response.map(|body: mesh::tower::telemetry::TelemetryBody<mesh::tower::context::DeadlineBody<String>>| {
+                UnsyncBoxBody::new(body)
             })
         })
         .layer(telemetry)

@@ -18,6 +18,7 @@ use super::{
 use crate::{
     ConnectionInfo, PeerIdentity, Upstream,
     classify::{self, Class, ClassifyHead, TransportFailure},
+    deadline_body::Deadline,
     failure::{ClientError, ErrorKind},
     grpc,
 };
@@ -52,6 +53,8 @@ pub(crate) struct Exchange {
     endpoint: Option<SocketAddr>,
     attempts: u32,
     peer: Option<SpiffeId>,
+    /// Client side: the call's deadline, while it guards the response body.
+    deadline: Option<Deadline>,
     trace_id: Option<TraceId>,
     /// Whether the span's fields are worth recording (see [`Exchange::record`]).
     recording: bool,
@@ -89,6 +92,7 @@ impl Exchange {
             endpoint: None,
             attempts: 1,
             peer: None,
+            deadline: None,
             trace_id: None,
             recording: traced,
             istio: shared.istio.as_ref().map(|_| istio::Observed::default()),
@@ -245,6 +249,7 @@ impl Exchange {
                 self.record("mesh.peer_identity", peer.id().as_str());
                 self.peer = Some(peer.id().clone());
             }
+            self.deadline = response.extensions().get::<Deadline>().copied();
         }
     }
 
@@ -335,6 +340,10 @@ impl Exchange {
             return;
         }
         let elapsed = self.start.elapsed();
+        let (end, cut_off) = match self.cut_off_by_deadline(end) {
+            true => (End::Failed(ErrorKind::Timeout), true),
+            false => (end, false),
+        };
         let class = self.class_at(end);
         // Mesh's own refusals (no route, shed, ...) never reached a server but failed the request.
         let server_failure = matches!(end, End::Failed(_)) || class.is_server_failure();
@@ -359,7 +368,7 @@ impl Exchange {
             }
         }
         // A failure without a response already set an error status with its description.
-        if span_failed && !matches!(end, End::Failed(_)) {
+        if span_failed && (cut_off || !matches!(end, End::Failed(_))) {
             self.record("otel.status_code", "error");
         }
         if self.shared.metrics {
@@ -375,6 +384,18 @@ impl Exchange {
         if self.shared.access_log {
             self.access_log(end, elapsed);
         }
+    }
+
+    /// Whether the call's deadline ended the response body: it failed, was dropped, or ended
+    /// with `DEADLINE_EXCEEDED`, once the deadline passed (here, or at the server it was told
+    /// to). That is a timeout, as a late head is.
+    fn cut_off_by_deadline(&self, end: End) -> bool {
+        let ended_by_it = match end {
+            End::BodyError | End::Dropped => true,
+            End::Complete => self.grpc_code == Some(grpc::code::DEADLINE_EXCEEDED),
+            End::Failed(_) => false,
+        };
+        ended_by_it && self.deadline.is_some_and(|d| d.has_passed_at_peer())
     }
 
     /// The request's verdict by the one classifier, however it ended.
