@@ -45,6 +45,7 @@ pub struct MeshClient<B> {
 /// What the stack's layers count, kept for the client's accessors.
 struct Handles {
     service: ServiceName,
+    config: ClientConfig,
     outliers: Arc<OutlierStats>,
     mirrors: Arc<MirrorStats>,
     retries: Arc<RetryStats>,
@@ -181,6 +182,7 @@ impl MeshClientBuilder {
         let (faults, retries, shed) = (FaultLayer::new(), RetryLayer::new(), LoadShedLayer::new());
         let handles = Handles {
             service: self.service.clone(),
+            config: self.config.clone(),
             outliers: router.outlier_stats(),
             mirrors: endpoints.mirror_stats(),
             retries: retries.stats(),
@@ -262,6 +264,12 @@ impl<B> MeshClient<B> {
     /// The destination.
     pub fn service(&self) -> &ServiceName {
         &self.handles.service
+    }
+
+    /// The configuration the client was built with ([`MeshClientBuilder::config`] and the
+    /// setters that edit it).
+    pub fn config(&self) -> &ClientConfig {
+        &self.handles.config
     }
 
     /// Ejections by outlier detection so far.

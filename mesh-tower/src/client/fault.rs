@@ -21,19 +21,7 @@ use tower::{Layer, Service, ServiceExt};
 use super::resolution::{Resolution, split::in_share};
 use crate::{BoxError, future::PassThrough};
 
-/// A request failed on purpose by the route's fault policy.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("fault injected by the route's policy: aborted with status {status}")]
-pub struct InjectedFault {
-    status: StatusCode,
-}
-
-impl InjectedFault {
-    /// The status the policy asked for.
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
-}
+pub use crate::failure::InjectedFault;
 
 /// Injects the faults the requests' routes ask for. Cheap to clone: the counters that make shares
 /// exact are shared by every clone.

@@ -13,6 +13,7 @@ use super::{
     ACCESS_LOG_TARGET, Direction, SPAN_TARGET, Shared,
     istio::{self, labels::Ending},
     metrics::RequestLabels,
+    service::ConnectionTelemetry,
 };
 use crate::{
     ConnectionInfo, PeerIdentity, Upstream,
@@ -59,6 +60,8 @@ pub(crate) struct Exchange {
     recording: bool,
     /// What Istio's metrics need beyond the above, when they are on.
     istio: Option<istio::Observed>,
+    /// Server side, with the server's own stack: what the connection's requests share.
+    connection: Option<Arc<ConnectionTelemetry>>,
     done: bool,
 }
 
@@ -93,6 +96,7 @@ impl Exchange {
             trace_id: None,
             recording: traced,
             istio: shared.istio.as_ref().map(|_| istio::Observed::default()),
+            connection: None,
             done: false,
         };
         if let Some(observed) = &mut exchange.istio {
@@ -178,6 +182,12 @@ impl Exchange {
         if self.recording {
             self.span.record(field, value);
         }
+    }
+
+    /// Server side: the request arrived on a connection whose telemetry is `connection` (its
+    /// peer and subset are this exchange's).
+    pub(crate) fn on_connection(&mut self, connection: Arc<ConnectionTelemetry>) {
+        self.connection = Some(connection);
     }
 
     /// The trace this exchange belongs to, for the access log (read once the span has a parent).
@@ -367,7 +377,10 @@ impl Exchange {
         if let (Some(istio), Some(observed)) = (&self.shared.istio, &self.istio) {
             istio.record(observed, &self.istio_outcome(end, elapsed));
         }
-        self.shared.golden.record(self.subset.as_ref(), elapsed, !server_failure);
+        match &self.connection {
+            Some(connection) => connection.golden.record(elapsed, !server_failure),
+            None => self.shared.golden.record(self.subset.as_ref(), elapsed, !server_failure),
+        }
         if self.shared.access_log {
             self.access_log(end, elapsed);
         }
@@ -409,14 +422,18 @@ impl Exchange {
             (true, None) => "NONE",
             (false, None) => "",
         };
-        let labels = RequestLabels {
+        let labels = || RequestLabels {
             route: self.route.clone(),
             subset: self.subset.clone(),
             status_class,
             grpc_code,
             peer: self.peer.clone(),
         };
-        self.shared.request_metrics.record(labels, elapsed);
+        let metrics = &self.shared.request_metrics;
+        match &self.connection {
+            Some(connection) => connection.metrics.record(metrics, status_class, grpc_code, labels, elapsed),
+            None => metrics.record(labels(), elapsed),
+        }
     }
 
     fn istio_outcome(&self, end: End, elapsed: std::time::Duration) -> istio::Outcome<'_> {
