@@ -294,7 +294,10 @@ async fn grpc_go_client_without_a_certificate_is_refused_by_the_mesh_server() {
     command.args(["--use_tls", "--use_test_ca", "--ca_file", &certs.path("ca.pem")]);
     command.arg("--server_host_override=localhost");
     let refused = run_client(command).await.unwrap_err();
-    assert!(refused.contains("certificate required"), "{refused}");
+    // The server's alert, or (when grpc-go writes before it reads the alert) the connection the
+    // server closed on it; the handshake counts below show which side refused.
+    let by_the_server = ["certificate required", "broken pipe", "connection reset by peer"];
+    assert!(by_the_server.iter().any(|why| refused.contains(why)), "{refused}");
     let counts = stop_mesh_server(server).await;
     assert!(counts.starts_with("handshakes: 0 succeeded, ") && !counts.ends_with(" 0 failed"), "{counts}");
 }

@@ -185,6 +185,8 @@ pin_project! {
         #[pin]
         inner: Option<B>,
         expiry: Option<Expiry>,
+        // A frame was read past the deadline: the next poll ends the call.
+        overdue: bool,
     }
 }
 
@@ -192,7 +194,7 @@ impl<B: Body> DeadlineBody<B> {
     /// `inner`, ended by `expiry` if it passes first. A complete body needs no deadline.
     pub(crate) fn new(inner: B, expiry: Option<Expiry>) -> Self {
         let expiry = expiry.filter(|_| !inner.is_end_stream());
-        Self { inner: Some(inner), expiry }
+        Self { inner: Some(inner), expiry, overdue: false }
     }
 
     /// Whether the deadline still guards the body (it is not complete).
@@ -203,7 +205,7 @@ impl<B: Body> DeadlineBody<B> {
 
 impl<B: Default> Default for DeadlineBody<B> {
     fn default() -> Self {
-        Self { inner: Some(B::default()), expiry: None }
+        Self { inner: Some(B::default()), expiry: None, overdue: false }
     }
 }
 
@@ -220,36 +222,37 @@ where
         let Some(inner) = this.inner.as_mut().as_pin_mut() else {
             return Poll::Ready(None);
         };
-        // A body that always has a frame ready never lets the timer below be polled: the clock
-        // is read first.
-        if this.expiry.as_ref().is_some_and(|e| Instant::now() >= e.at) {
-            let expiry = this.expiry.take().expect("checked above");
-            this.inner.set(None);
-            return Poll::Ready(Some(expiry.expire()));
-        }
+        // What is ready is delivered, as the response head is when it wins the race with the
+        // timer. But a body that always has a frame ready would never let the timer be polled:
+        // past the deadline (read on each frame), only the frame that ends the body still is.
         if let Poll::Ready(frame) = inner.poll_frame(cx) {
-            if matches!(frame, Some(Err(_))) && this.expiry.as_ref().is_some_and(Expiry::is_due_at_peer) {
-                let expiry = this.expiry.take().expect("checked above");
-                this.inner.set(None);
-                return Poll::Ready(Some(expiry.expire()));
-            }
             let ended = match &frame {
                 Some(Ok(frame)) => {
                     frame.is_trailers() || this.inner.as_ref().as_pin_ref().is_none_or(|b| b.is_end_stream())
                 }
-                Some(Err(_)) | None => true,
+                Some(Err(_)) => !this.expiry.as_ref().is_some_and(Expiry::is_due_at_peer),
+                None => true,
             };
             if ended {
                 // Dropping the expiry also tells the request body the deadline no longer applies.
                 *this.expiry = None;
+                return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
             }
-            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+            let Some(expiry) = this.expiry.as_ref() else {
+                return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+            };
+            // A data frame after the deadline, or a reset at the deadline the server was told.
+            if !*this.overdue && !matches!(frame, Some(Err(_))) {
+                *this.overdue = Instant::now() >= expiry.at;
+                return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+            }
+        } else if !*this.overdue {
+            let Some(expiry) = this.expiry.as_mut() else {
+                return Poll::Pending;
+            };
+            ready!(expiry.poll_passed(cx));
         }
-        let Some(expiry) = this.expiry.as_mut() else {
-            return Poll::Pending;
-        };
-        ready!(expiry.poll_passed(cx));
-        let expiry = this.expiry.take().expect("checked above");
+        let expiry = this.expiry.take().expect("only a guarded body expires");
         this.inner.set(None);
         Poll::Ready(Some(expiry.expire()))
     }
@@ -479,6 +482,8 @@ mod tests {
             assert!(response.frame().await.unwrap().unwrap().is_data());
         }
         tokio::time::advance(Duration::from_millis(50)).await;
+        // The frame read past the deadline is the last one of data.
+        assert!(response.frame().await.unwrap().unwrap().is_data());
         let trailers = response.frame().await.unwrap().unwrap().into_trailers().unwrap();
         assert_eq!(grpc::status(&trailers), Some(grpc::code::DEADLINE_EXCEEDED));
         // The request side: told to cancel, it stops though its body always has more.
@@ -487,5 +492,20 @@ mod tests {
         assert!(request.frame().await.unwrap().is_ok());
         cancel.send(()).unwrap();
         assert!(request.frame().await.unwrap().is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_ready_when_the_deadline_passes_is_delivered() {
+        // The head won the race with the timer; its body is there too: the call succeeds.
+        let (tx, inner) = Channel::new(2);
+        let mut response = DeadlineBody::new(inner, Some(expiry(Duration::from_millis(50), true, Side::Client, None)));
+        let mut done = http::HeaderMap::new();
+        done.insert(grpc::STATUS, http::HeaderValue::from_static("0"));
+        tx.send(Ok(Frame::data(Bytes::from_static(b"reply")))).await.unwrap();
+        tx.send(Ok(Frame::trailers(done))).await.unwrap();
+        tokio::time::advance(Duration::from_millis(60)).await;
+        assert!(response.frame().await.unwrap().unwrap().is_data());
+        let trailers = response.frame().await.unwrap().unwrap().into_trailers().unwrap();
+        assert_eq!(grpc::status(&trailers), Some(grpc::code::OK));
     }
 }
