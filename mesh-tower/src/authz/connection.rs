@@ -2,18 +2,12 @@
 //! for its life, so the policy's rules are narrowed to them once (per policy version), and each
 //! request only checks what depends on it.
 
-use std::{
-    any::Any,
-    sync::{Arc, Mutex, PoisonError},
-};
+use std::sync::{Arc, Mutex};
 
 use http::{Request, Response};
-use mesh_core::{
-    SpiffeId,
-    policy::{AuthorizationDecision, AuthorizationPolicy, Call, CallerRules},
-};
+use mesh_core::SpiffeId;
 
-use super::{AuthorizationLayer, AuthorizationStats, layer::PolicySource, service::check};
+use super::{AuthorizationLayer, AuthorizationStats, layer::PolicySource, narrowed::Narrowed, service::check};
 
 /// An [`AuthorizationLayer`]'s policy applied to the requests of one connection, as the layer
 /// would apply it (the same decisions, logs, counters and denial responses).
@@ -39,50 +33,5 @@ impl ConnectionAuthorization {
     /// `None` lets `request` through; otherwise the response that refuses it.
     pub(crate) fn check<ReqBody, ResBody: Default>(&self, request: &Request<ReqBody>) -> Option<Response<ResBody>> {
         check(&self.source, &self.stats, request, self.peer.as_ref(), Some(self.port), &self.narrowed)
-    }
-}
-
-/// A policy's rules narrowed to one connection's caller, or not narrowed at all.
-#[derive(Debug)]
-pub(super) enum Narrowed {
-    /// The layer, which serves any connection: every call evaluates the whole policy.
-    None,
-    /// The rules of a fixed policy.
-    Fixed(CallerRules),
-    /// The rules of the last policy (or snapshot) seen, kept alive with it so its address cannot
-    /// be reused by another; rebuilt when the source holds a new one.
-    Latest(Mutex<Option<(Arc<dyn Any + Send + Sync>, CallerRules)>>),
-}
-
-impl Narrowed {
-    /// Decides `call` under a fixed `policy`.
-    pub(super) fn evaluate_fixed(&self, policy: &AuthorizationPolicy, call: &Call<'_>) -> AuthorizationDecision {
-        match self {
-            Self::Fixed(rules) => rules.evaluate_call(policy, call),
-            Self::None | Self::Latest(_) => policy.evaluate_call(call),
-        }
-    }
-
-    /// Decides `call` under `policy`, the current value of a changing source, which `version`
-    /// (the policy itself, or the snapshot holding it) stands for.
-    pub(super) fn evaluate_latest(
-        &self,
-        version: &Arc<impl Any + Send + Sync>,
-        policy: &AuthorizationPolicy,
-        call: &Call<'_>,
-    ) -> AuthorizationDecision {
-        let Self::Latest(last) = self else {
-            return policy.evaluate_call(call);
-        };
-        let mut last = last.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((seen, rules)) = &*last
-            && std::ptr::addr_eq(Arc::as_ptr(seen), Arc::as_ptr(version))
-        {
-            return rules.evaluate_call(policy, call);
-        }
-        let rules = policy.for_caller(call.peer, call.port);
-        let decision = rules.evaluate_call(policy, call);
-        *last = Some((version.clone(), rules));
-        decision
     }
 }

@@ -31,6 +31,7 @@
 mod connection;
 mod future;
 mod layer;
+mod narrowed;
 mod service;
 
 pub(crate) use self::connection::ConnectionAuthorization;

@@ -12,7 +12,7 @@ use mesh_core::{
 };
 use tower::Service;
 
-use super::{AuthorizationStats, Denied, ResponseFuture, connection::Narrowed, layer::PolicySource};
+use super::{AuthorizationStats, Denied, ResponseFuture, layer::PolicySource, narrowed::Narrowed};
 use crate::{ConnectionInfo, PeerIdentity};
 
 /// The service [`AuthorizationLayer`](super::AuthorizationLayer) makes.

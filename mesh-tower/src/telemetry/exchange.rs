@@ -14,8 +14,7 @@ use super::{
     grpc_frames::GrpcFrames,
     grpc_otel::{self, CallStart, ServerCall},
     istio::{self, labels::Ending},
-    metrics::RequestLabels,
-    service::ConnectionTelemetry,
+    metrics::{ConnectionTelemetry, RequestLabels},
 };
 use crate::{
     ConnectionInfo, PeerIdentity, Upstream,

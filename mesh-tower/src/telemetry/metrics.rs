@@ -15,7 +15,10 @@ use mesh_core::{RouteName, ServiceName, SpiffeId, SubsetName};
 use metrics::{Counter, Histogram, Label};
 
 use super::Direction;
-use crate::metrics::{REQUEST_DURATION, REQUESTS};
+use crate::{
+    golden::SubsetWindow,
+    metrics::{REQUEST_DURATION, REQUESTS},
+};
 
 /// Label sets beyond this many are recorded without caching their handles: label values are
 /// bounded by design, so reaching it means something upstream is not.
@@ -146,4 +149,13 @@ impl std::fmt::Debug for ConnectionMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnectionMetrics").finish_non_exhaustive()
     }
+}
+
+/// What the requests of one server connection share: their metric handles and golden-signal
+/// window, found once instead of by label set per request (the peer and the subset are the
+/// connection's).
+#[derive(Debug)]
+pub(crate) struct ConnectionTelemetry {
+    pub(crate) metrics: ConnectionMetrics,
+    pub(crate) golden: SubsetWindow,
 }

@@ -12,14 +12,14 @@ use tracing::Span;
 
 use opentelemetry::trace::TraceContextExt;
 
-use super::metrics::ConnectionMetrics;
+use super::metrics::{ConnectionMetrics, ConnectionTelemetry};
 use super::{
     Direction, Shared, TelemetryBody,
     exchange::Exchange,
     propagation,
     sampling::{self, Head},
 };
-use crate::{BoxError, golden::SubsetWindow};
+use crate::BoxError;
 
 /// The service [`TelemetryLayer`](super::TelemetryLayer) makes.
 #[derive(Clone, Debug)]
@@ -269,15 +269,6 @@ impl<F> std::fmt::Debug for TelemetryFuture<F> {
 pub(crate) struct Inbound {
     shared: Arc<Shared>,
     connection: Arc<ConnectionTelemetry>,
-}
-
-/// What the requests of one server connection share: their metric handles and golden-signal
-/// window, found once instead of by label set per request (the peer and the subset are the
-/// connection's).
-#[derive(Debug)]
-pub(crate) struct ConnectionTelemetry {
-    pub(crate) metrics: ConnectionMetrics,
-    pub(crate) golden: SubsetWindow,
 }
 
 impl Inbound {

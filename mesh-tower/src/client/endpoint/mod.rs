@@ -21,6 +21,7 @@ pub(crate) mod connect;
 mod future;
 mod http2;
 pub mod mirror;
+mod stream;
 mod unclaimed;
 
 use std::{

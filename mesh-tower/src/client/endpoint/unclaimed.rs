@@ -21,7 +21,7 @@ use std::{
 
 use tokio::sync::oneshot;
 
-use super::connect::MeshStream;
+use super::stream::MeshStream;
 use crate::connection::{ConnectError, ConnectErrorKind};
 
 type Dialled = Result<MeshStream, ConnectError>;
