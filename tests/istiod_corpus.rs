@@ -144,13 +144,18 @@ spec:
     )
 }
 
+/// The cases, every one unless `MESH_CORPUS_ONLY` names some (comma-separated, while working on
+/// them; the full run, which CI makes, must then have at least 30).
 fn cases() -> Vec<(String, PathBuf)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/istio-corpus");
+    let only = std::env::var("MESH_CORPUS_ONLY").ok();
+    let wanted = |name: &str| only.as_deref().is_none_or(|o| o.split(',').any(|n| n.trim() == name));
     let mut out: Vec<(String, PathBuf)> = std::fs::read_dir(&root)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.is_dir())
         .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), p))
+        .filter(|(name, _)| wanted(name))
         .collect();
     out.sort();
     out
@@ -268,7 +273,11 @@ async fn istio_corpus_through_istiod_into_mesh_and_grpcio() {
     println!("\n{agree} of {} cases: mesh and grpcio agree with each other and the expectation", rows.len());
     println!("{} known differences, each client held to its own expectation: {known:?}", known.len());
     println!("corpus took {:?}", started.elapsed());
-    assert!(rows.len() >= 30, "the corpus has {} cases", rows.len());
+    if std::env::var_os("MESH_CORPUS_ONLY").is_some() {
+        println!("only the cases MESH_CORPUS_ONLY names were run");
+    } else {
+        assert!(rows.len() >= 30, "the corpus has {} cases", rows.len());
+    }
     let failures: Vec<String> =
         rows.iter().filter(|r| !r.problems.is_empty()).map(|r| format!("{}: {:?}", r.name, r.problems)).collect();
     assert!(failures.is_empty(), "cases that disagree:\n{}", failures.join("\n"));

@@ -62,7 +62,7 @@ pub use crate::identity::{
 };
 pub use crate::matching::{HeaderMatch, HeaderRegex, HeaderValueMatch, InvalidPathMatch, InvalidRegex, PathMatch};
 pub use crate::model::{
-    DnsTarget, Endpoint, InvalidLabel, InvalidSnapshot, InvalidWeight, Labels, Mirror, Route, RouteMatch,
+    DnsTarget, Endpoint, InvalidLabel, InvalidSnapshot, InvalidWeight, Labels, Mirror, Route, RouteAction, RouteMatch,
     ServiceSnapshot, ServiceSnapshotBuilder, ServiceSpec, Subset, Weight, WeightedTarget,
 };
 pub use crate::name::{DnsName, HeaderName, InvalidMethod, InvalidName, Method, RouteName, ServiceName, SubsetName};

@@ -6,7 +6,7 @@ use http::StatusCode;
 use mesh_tower::{
     BoxError,
     client::{
-        ClientError, ConnectError, NoEndpoints, NoRoute, UnknownSubset, Unresolved,
+        ClientError, ConnectError, NoEndpoints, NoRoute, UnknownSubset, Unresolved, UnsupportedRoute,
         deadline::{PerTryTimeout, RouteTimeout},
         fault::InjectedFault,
         shed::Overloaded,
@@ -22,9 +22,10 @@ use tonic::{Code, Status};
 /// | [`NoRoute`]: no route of the destination matches the method | `UNIMPLEMENTED` |
 /// | [`UnknownSubset`]: pinned to a subset the destination does not define | `FAILED_PRECONDITION` |
 /// | [`NoEndpoints`], [`Unresolved`], [`ConnectError`] (refused, TLS, wrong peer identity) | `UNAVAILABLE` |
+/// | [`UnsupportedRoute`]: the matched route is a redirect, a direct response, ... | `UNAVAILABLE` (as gRPC, gRFC A28) |
 /// | [`RouteTimeout`], [`PerTryTimeout`] | `DEADLINE_EXCEEDED` |
 /// | [`Overloaded`]: the circuit breaker shed the call | `UNAVAILABLE` (as gRPC's circuit breaking, gRFC A32, and Envoy's 503 overflow) |
-/// | [`InjectedFault`]: by its HTTP status, as gRPC maps HTTP statuses | `UNAVAILABLE`, `PERMISSION_DENIED`, … |
+/// | [`InjectedFault`]: the gRPC status code it names, else by its HTTP status, as gRPC maps HTTP statuses | `RESOURCE_EXHAUSTED`, `UNAVAILABLE`, `PERMISSION_DENIED`, … |
 /// | an HTTP/2 stream reset | by its reason, as gRPC's HTTP/2 mapping says (`REFUSED_STREAM`: `UNAVAILABLE`, `CANCEL`: `CANCELLED`, …) |
 /// | any other transport failure | `UNAVAILABLE` |
 /// | anything else | `UNKNOWN` |
@@ -66,14 +67,22 @@ fn code_of(error: &(dyn StdError + 'static)) -> Code {
         }
         // A shed call is UNAVAILABLE, as gRPC's circuit breaking fails it (gRFC A32) and as
         // Envoy's overflow 503 reads: callers and their retry policies treat it alike.
-        if e.is::<NoEndpoints>() || e.is::<Unresolved>() || e.is::<ConnectError>() || e.is::<Overloaded>() {
+        if e.is::<NoEndpoints>()
+            || e.is::<Unresolved>()
+            || e.is::<ConnectError>()
+            || e.is::<Overloaded>()
+            || e.is::<UnsupportedRoute>()
+        {
             return Code::Unavailable;
         }
         if e.is::<RouteTimeout>() || e.is::<PerTryTimeout>() || e.is::<tokio::time::error::Elapsed>() {
             return Code::DeadlineExceeded;
         }
         if let Some(fault) = e.downcast_ref::<InjectedFault>() {
-            return code_of_http(fault.status());
+            return match fault.grpc_status() {
+                Some(code) => Code::from(i32::from(code)),
+                None => code_of_http(fault.status()),
+            };
         }
         if let Some(h2) = e.downcast_ref::<h2::Error>()
             && let Some(reason) = h2.reason()

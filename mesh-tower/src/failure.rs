@@ -63,6 +63,9 @@ pub(crate) struct Target {
 pub enum ErrorKind {
     /// No route of the destination matches the request.
     NoRoute,
+    /// The matched route does not forward (a redirect, a direct response: what a gRPC client does
+    /// not perform).
+    UnsupportedRoute,
     /// The request is pinned to a subset the destination does not define.
     UnknownSubset,
     /// The chosen subset has no endpoint that can take traffic.
@@ -88,6 +91,7 @@ impl ErrorKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::NoRoute => "no_route",
+            Self::UnsupportedRoute => "unsupported_route",
             Self::UnknownSubset => "unknown_subset",
             Self::NoEndpoints => "no_endpoints",
             Self::Unresolved => "unresolved",

@@ -388,6 +388,7 @@ fn faults_from_the_filter_and_per_route_overrides() {
         },
         r#type::v3::FractionalPercent,
     };
+    use mesh_core::policy::AbortStatus;
     let fault = HttpFault {
         delay: Some(FaultDelay {
             fault_delay_secifier: Some(FaultDelaySecifier::FixedDelay(envoy_types::pb::google::protobuf::Duration {
@@ -405,10 +406,21 @@ fn faults_from_the_filter_and_per_route_overrides() {
     };
     let parsed = crate::resource::filter::fault(&fault, "f").unwrap();
     assert_eq!(parsed.delay.as_ref().map(|d| (d.duration, d.percent.get())), Some((Duration::from_millis(50), 25.0)));
-    assert_eq!(parsed.abort.as_ref().map(|a| (a.status, a.percent.get())), Some((503, 10.0)));
-    let mut bad = fault.clone();
-    bad.abort.as_mut().unwrap().error_type = Some(ErrorType::GrpcStatus(4));
-    assert_eq!(crate::resource::filter::fault(&bad, "f").unwrap_err().field, "f.abort.grpc_status");
+    assert_eq!(parsed.abort.as_ref().map(|a| (a.status, a.percent.get())), Some((AbortStatus::Grpc(14), 10.0)));
+    // gRFC A33: any gRPC status is injected as is (RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, ...);
+    // as in grpc-go, OK and codes past 16 are UNKNOWN, and an abort without a share aborts nothing.
+    for (code, injected) in [(8, 8), (4, 4), (0, 2), (17, 2)] {
+        let mut other = fault.clone();
+        other.abort.as_mut().unwrap().error_type = Some(ErrorType::GrpcStatus(code));
+        let parsed = crate::resource::filter::fault(&other, "f").unwrap();
+        assert_eq!(parsed.abort.unwrap().status, AbortStatus::Grpc(injected), "gRPC status {code}");
+    }
+    let mut unshared = fault.clone();
+    unshared.abort.as_mut().unwrap().percentage = None;
+    assert_eq!(crate::resource::filter::fault(&unshared, "f").unwrap().abort.unwrap().percent.get(), 0.0);
+    // grpc-go ignores an abort with a malformed HTTP status.
+    unshared.abort.as_mut().unwrap().error_type = Some(ErrorType::HttpStatus(99));
+    assert!(crate::resource::filter::fault(&unshared, "f").unwrap().abort.is_none());
 
     let mut rc = f::route_config(LISTENER, HOST, 9080, &[(&cluster("v1"), 1)]);
     rc.virtual_hosts[0].routes[0].typed_per_filter_config.insert("envoy.filters.http.fault".into(), f::any(&fault));
@@ -544,4 +556,73 @@ fn typed_load_balancing_policies_take_the_first_supported() {
     let err = crate::resource::cluster::parse(&c, &ctx).unwrap_err();
     assert_eq!(err.field, "load_balancing_policy.policies");
     assert!(err.reason.contains("PickFirst"), "{}", err.reason);
+}
+
+#[test]
+fn routes_that_do_not_forward_are_kept_and_unknown_cluster_specifiers_skipped() {
+    use envoy_types::pb::envoy::config::{
+        core::v3::TypedExtensionConfig,
+        route::v3::{
+            ClusterSpecifierPlugin, DirectResponseAction, NonForwardingAction, RedirectAction, route::Action,
+            route_action::ClusterSpecifier,
+        },
+    };
+    use mesh_core::RouteAction;
+    let base = f::route_config(LISTENER, HOST, 9080, &[(&cluster("v1"), 1)]);
+    let default_route = base.virtual_hosts[0].routes[0].clone();
+    let mut rc = base.clone();
+    let actions = [
+        Some(Action::Redirect(RedirectAction::default())),
+        Some(Action::DirectResponse(DirectResponseAction { status: 503, ..Default::default() })),
+        Some(Action::NonForwardingAction(NonForwardingAction::default())),
+        None,
+    ];
+    rc.virtual_hosts[0].routes = actions
+        .into_iter()
+        .map(|action| envoy_types::pb::envoy::config::route::v3::Route { action, ..default_route.clone() })
+        .chain([default_route.clone()])
+        .collect();
+    // gRFC A28: the resource is accepted; each such route keeps its place and sends nowhere.
+    let parsed = crate::resource::route::parse(&rc).unwrap();
+    let got: Vec<_> = parsed.virtual_hosts[0].routes.iter().map(|r| (r.action, r.clusters.len())).collect();
+    assert_eq!(
+        got,
+        [
+            (RouteAction::Redirect, 0),
+            (RouteAction::DirectResponse, 0),
+            (RouteAction::NonForwarding, 0),
+            (RouteAction::Unsupported, 0),
+            (RouteAction::Forward, 1)
+        ]
+    );
+
+    // A cluster specifier gRPC does not know (cluster_header, none) skips the route.
+    let mut skipped = base.clone();
+    let mut header_route = default_route.clone();
+    let Some(Action::Route(action)) = &mut header_route.action else { unreachable!() };
+    action.cluster_specifier = Some(ClusterSpecifier::ClusterHeader("x-cluster".into()));
+    let mut unset = header_route.clone();
+    let Some(Action::Route(action)) = &mut unset.action else { unreachable!() };
+    action.cluster_specifier = None;
+    skipped.virtual_hosts[0].routes = vec![header_route, unset, default_route.clone()];
+    let parsed = crate::resource::route::parse(&skipped).unwrap();
+    assert_eq!(parsed.virtual_hosts[0].routes.len(), 1);
+    assert_eq!(parsed.virtual_hosts[0].routes[0].action, RouteAction::Forward);
+
+    // A route of an optional plugin is skipped; a required plugin, or one not declared, refused.
+    let mut plugin_route = default_route.clone();
+    let Some(Action::Route(action)) = &mut plugin_route.action else { unreachable!() };
+    action.cluster_specifier = Some(ClusterSpecifier::ClusterSpecifierPlugin("rls".into()));
+    let mut plugins = base.clone();
+    plugins.virtual_hosts[0].routes = vec![plugin_route, default_route];
+    let err = crate::resource::route::parse(&plugins).unwrap_err();
+    assert_eq!(err.field, "virtual_hosts[0].routes[0].route.cluster_specifier_plugin");
+    plugins.cluster_specifier_plugins = vec![ClusterSpecifierPlugin {
+        extension: Some(TypedExtensionConfig { name: "rls".into(), typed_config: None }),
+        is_optional: false,
+    }];
+    assert_eq!(crate::resource::route::parse(&plugins).unwrap_err().field, "cluster_specifier_plugins[0]");
+    plugins.cluster_specifier_plugins[0].is_optional = true;
+    let parsed = crate::resource::route::parse(&plugins).unwrap();
+    assert_eq!(parsed.virtual_hosts[0].routes.len(), 1);
 }

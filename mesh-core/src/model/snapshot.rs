@@ -119,6 +119,12 @@ impl ServiceSpec {
                     );
                 }
             }
+            if !route.action.is_forward() && !route.targets.is_empty() {
+                return fail(
+                    format!("routes[{i}].targets"),
+                    format!("a route whose action is {} sends nowhere: it takes no targets", route.action),
+                );
+            }
             if !route.targets.is_empty() && route.targets.iter().all(|t| t.weight.is_zero()) {
                 return fail(format!("routes[{i}].targets"), "every weight is 0, so no request could be sent".into());
             }
@@ -350,6 +356,18 @@ mod tests {
             .build()
             .unwrap_err();
         assert_eq!(err.field(), "routes[0].targets");
+
+        let err = ServiceSnapshot::builder(name())
+            .subset(Subset::version("v1").unwrap())
+            .route(
+                Route::new(RouteName::new("r").unwrap())
+                    .with_action(crate::RouteAction::Redirect)
+                    .with_target("v1".parse().unwrap(), Weight::new(1).unwrap()),
+            )
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field(), "routes[0].targets");
+        assert!(err.to_string().contains("action is redirect"), "{err}");
 
         let err = ServiceSnapshot::builder(name())
             .route(Route::new(RouteName::new("r").unwrap()).with_timeout(Duration::ZERO))

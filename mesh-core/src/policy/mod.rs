@@ -19,7 +19,7 @@ pub use self::authz::{
     NoHeaders, PrincipalMatch, RequestHeaders,
 };
 pub use self::balance::{LoadBalancer, LoadBalancerKind};
-pub use self::fault::{Fault, FaultAbort, FaultDelay};
+pub use self::fault::{AbortStatus, Fault, FaultAbort, FaultDelay};
 pub use self::limits::{CircuitBreaker, OutlierDetection, Percentage};
 pub use self::retry::{Backoff, RetryBudget, RetryOn, RetryPolicy};
 

@@ -5,7 +5,7 @@ use mesh_core::{DiscoveryError, ServiceName};
 use super::{
     deadline::{PerTryTimeout, RouteTimeout},
     fault::InjectedFault,
-    resolution::{NoEndpoints, NoRoute, UnknownSubset},
+    resolution::{NoEndpoints, NoRoute, UnknownSubset, UnsupportedRoute},
     shed::Overloaded,
 };
 pub(crate) use crate::failure::Target;
@@ -57,6 +57,8 @@ impl ErrorKind {
             }
             let kind = if e.is::<NoRoute>() {
                 Some(Self::NoRoute)
+            } else if e.is::<UnsupportedRoute>() {
+                Some(Self::UnsupportedRoute)
             } else if e.is::<UnknownSubset>() {
                 Some(Self::UnknownSubset)
             } else if e.is::<NoEndpoints>() {
@@ -113,6 +115,7 @@ fn describe(error: &(dyn std::error::Error + 'static), kind: ErrorKind) -> Strin
     let mut source = Some(error);
     while let Some(e) = source {
         if e.is::<NoRoute>()
+            || e.is::<UnsupportedRoute>()
             || e.is::<UnknownSubset>()
             || e.is::<NoEndpoints>()
             || e.is::<Unresolved>()

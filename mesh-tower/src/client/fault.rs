@@ -4,7 +4,8 @@
 //! [`FaultLayer`] reads the matched route's `fault` from the request's
 //! [`Resolution`]; a request without one passes untouched. Shares are exact
 //! (the low-discrepancy sequence of the weighted split), so "5%" means 5 of every 100. An abort is
-//! the typed error [`InjectedFault`] carrying the status; it sits above retries in the client
+//! the typed error [`InjectedFault`] carrying the status, an HTTP status or a gRPC status code
+//! (gRFC A33's `grpc_status`, which a gRPC caller sees as is); it sits above retries in the client
 //! stack, so injected aborts are not retried (as in Istio).
 
 use std::{
@@ -18,22 +19,49 @@ use std::{
 use http::{Request, StatusCode};
 use tower::{Layer, Service, ServiceExt};
 
+use mesh_core::policy::AbortStatus;
+
 use super::resolution::{Resolution, split::in_share};
 use crate::{BoxError, future::PassThrough};
 
 /// A request failed on purpose by the route's fault policy.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("fault injected by the route's policy: aborted with status {status}")]
+#[derive(Debug, Clone)]
 pub struct InjectedFault {
-    status: StatusCode,
+    status: AbortStatus,
 }
 
 impl InjectedFault {
-    /// The status the policy asked for.
+    /// The HTTP status of the answer: the policy's, or 200 for a gRPC abort (answered, as a gRPC
+    /// server fails a call at once, with a trailers-only response).
     pub fn status(&self) -> StatusCode {
-        self.status
+        match self.status {
+            AbortStatus::Http(s) => StatusCode::from_u16(s).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            _ => StatusCode::OK,
+        }
+    }
+
+    /// The gRPC status code the policy asked for, when it named one (`8` for
+    /// `RESOURCE_EXHAUSTED`); `None` for an HTTP status.
+    pub fn grpc_status(&self) -> Option<u16> {
+        match self.status {
+            AbortStatus::Grpc(code) => Some(code),
+            _ => None,
+        }
     }
 }
+
+impl std::fmt::Display for InjectedFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // gRPC's own words for it (grpc-go's fault filter), then what the policy named.
+        f.write_str("RPC terminated due to fault injection: ")?;
+        match self.status {
+            AbortStatus::Grpc(code) => write!(f, "aborted with gRPC status {code} ({})", crate::grpc::code_name(code)),
+            _ => write!(f, "aborted with status {}", self.status()),
+        }
+    }
+}
+
+impl std::error::Error for InjectedFault {}
 
 /// Injects the faults the requests' routes ask for. Cheap to clone: the counters that make shares
 /// exact are shared by every clone.
@@ -106,7 +134,7 @@ where
             && in_share(shared.aborts.fetch_add(1, Ordering::Relaxed), abort.percent.get())
         {
             shared.injected.fetch_add(1, Ordering::Relaxed);
-            let status = StatusCode::from_u16(abort.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            let status = abort.status;
             return PassThrough::boxed(async move { Err(InjectedFault { status }.into()) });
         }
         let delay = delay
@@ -159,6 +187,31 @@ mod tests {
             }
         }
         assert_eq!(aborted, 50);
+    }
+
+    #[tokio::test]
+    async fn aborts_with_a_grpc_status() {
+        let fault = Fault::abort_grpc(8, Percentage::new(100.0).unwrap());
+        let service = FaultLayer::new().layer(tower::service_fn(|_: Request<()>| async { Ok::<_, Infallible>("ok") }));
+        let error = service.oneshot(request(&fault)).await.unwrap_err();
+        let fault = error.downcast_ref::<InjectedFault>().unwrap();
+        assert_eq!((fault.grpc_status(), fault.status()), (Some(8), StatusCode::OK));
+        assert!(fault.to_string().contains("gRPC status 8 (RESOURCE_EXHAUSTED)"), "{fault}");
+
+        // As an HTTP answer: trailers-only, as a gRPC server fails a call before any message.
+        let service = FaultLayer::new().layer(tower::service_fn(|_: Request<()>| async {
+            Ok::<_, Infallible>(http::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
+        }));
+        let answer = crate::client::ErrorResponseLayer::new()
+            .layer(service)
+            .oneshot(request(&Fault::abort_grpc(8, Percentage::new(100.0).unwrap())))
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert_eq!(crate::grpc::status(answer.headers()), Some(8));
+        assert!(crate::grpc::is_grpc(answer.headers()));
+        let body = http_body_util::BodyExt::collect(answer.into_body()).await.unwrap();
+        assert!(body.trailers().is_none() && body.to_bytes().is_empty());
     }
 
     #[tokio::test(start_paused = true)]

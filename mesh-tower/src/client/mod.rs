@@ -47,7 +47,7 @@ pub mod shed;
 pub use self::builder::{MeshClient, MeshClientBuilder, ResponseBody, ResponseFuture};
 pub use self::config::{ClientConfig, Protocol};
 pub use self::error::{ClientError, ErrorKind, Unresolved};
-pub use self::resolution::{NoEndpoints, NoRoute, Resolution, UnknownSubset};
+pub use self::resolution::{NoEndpoints, NoRoute, Resolution, UnknownSubset, UnsupportedRoute};
 pub use self::respond::{
     ERROR_HEADER, ErrorResponse, ErrorResponseFuture, ErrorResponseLayer, ErrorResponses, response_of, status_of,
 };

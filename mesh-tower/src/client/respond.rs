@@ -5,10 +5,10 @@
 //! |---|---|
 //! | `NoRoute` | 404 Not Found |
 //! | `UnknownSubset` | 400 Bad Request |
-//! | `NoEndpoints`, `Unresolved`, `Overloaded` | 503 Service Unavailable |
+//! | `NoEndpoints`, `Unresolved`, `Overloaded`, `UnsupportedRoute` | 503 Service Unavailable |
 //! | `Connect`, `IdentityMismatch`, `Transport` | 502 Bad Gateway |
 //! | `Timeout` | 504 Gateway Timeout |
-//! | `InjectedFault` | the status the fault policy names |
+//! | `InjectedFault` | the status the fault policy names; for a gRPC status code, a trailers-only gRPC response (200, `grpc-status` in the headers, an empty body) |
 //!
 //! Each such response carries [`ERROR_HEADER`] (`x-mesh-error: timeout`, …, the kind's
 //! [`as_str`](ErrorKind::as_str)), so a caller can tell mesh's answer from the upstream's, as
@@ -98,7 +98,9 @@ pub fn status_of(kind: ErrorKind, error: &(dyn std::error::Error + 'static)) -> 
     match kind {
         ErrorKind::NoRoute => StatusCode::NOT_FOUND,
         ErrorKind::UnknownSubset => StatusCode::BAD_REQUEST,
-        ErrorKind::NoEndpoints | ErrorKind::Unresolved | ErrorKind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::NoEndpoints | ErrorKind::Unresolved | ErrorKind::Overloaded | ErrorKind::UnsupportedRoute => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorKind::InjectedFault => {
             let mut source = Some(error);
@@ -121,12 +123,30 @@ pub fn response_of<B>(error: &BoxError) -> Response<ErrorResponse<B>> {
         Some(client) => client.to_string(),
         None => error.to_string(),
     };
+    if let Some(code) = injected_grpc_status(error.as_ref()) {
+        // As a gRPC server fails a call it never started: the status in the headers, no body.
+        let (mut parts, ()) = crate::grpc::status_response::<()>(code, &message).into_parts();
+        parts.headers.insert(ERROR_HEADER, HeaderValue::from_static(kind.as_str()));
+        return Response::from_parts(parts, Either::Right(Full::new(Bytes::new())));
+    }
     let mut response = Response::new(Either::Right(Full::new(Bytes::from(message))));
     *response.status_mut() = status_of(kind, error.as_ref());
     let headers = response.headers_mut();
     headers.insert(ERROR_HEADER, HeaderValue::from_static(kind.as_str()));
     headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response
+}
+
+/// The gRPC status code an injected abort names, if `error` is one.
+fn injected_grpc_status(error: &(dyn std::error::Error + 'static)) -> Option<u16> {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if let Some(fault) = e.downcast_ref::<InjectedFault>() {
+            return fault.grpc_status();
+        }
+        source = e.source();
+    }
+    None
 }
 
 impl<S, Req, B> Service<Req> for ErrorResponses<S>

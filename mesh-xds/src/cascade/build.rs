@@ -167,7 +167,7 @@ fn routes(l: &Listener, vh: &VirtualHost, by_cluster: &HashMap<&str, SubsetName>
             .filter(|n| !names.contains(n))
             .unwrap_or_else(|| RouteName::new(&format!("route-{i}")).unwrap_or_else(|e| unreachable!("{e}")));
         names.insert(name.clone());
-        let mut route = Route::new(name).with_match(r.matches.clone());
+        let mut route = Route::new(name).with_match(r.matches.clone()).with_action(r.action);
         for (cluster, weight) in r.clusters.iter().filter(|(_, w)| *w > 0) {
             let subset = by_cluster
                 .get(cluster.as_str())

@@ -20,7 +20,7 @@ mod refused;
 pub(crate) mod route;
 pub(crate) mod split;
 
-pub use self::refused::{NoEndpoints, NoRoute, UnknownSubset};
+pub use self::refused::{NoEndpoints, NoRoute, UnknownSubset, UnsupportedRoute};
 use self::{
     plan::{EndpointStates, Plan, PlanContext, RoutePlan, SubsetPlan, Target},
     split::in_share,
@@ -113,6 +113,11 @@ impl Resolution {
         } else {
             0
         };
+        let action = plan.routes[route].action;
+        if !action.is_forward() {
+            let name = plan.snapshot.routes()[route].name.clone();
+            return Err(UnsupportedRoute { service: plan.service.clone(), route: name, action }.into());
+        }
         // A pinned subset (testers, internal traffic) wins over the route's weights; then the
         // caller's cohort, where this destination has a subset of that name; then the split.
         let pinned = choosing.subset_header.and_then(|h| request.headers().get(h));

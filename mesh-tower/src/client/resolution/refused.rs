@@ -1,9 +1,10 @@
-//! The refusals of a request that resolves to nowhere: no route matches it, it is pinned to a
-//! subset that does not exist, or the chosen subset has no endpoint.
+//! The refusals of a request that resolves to nowhere: no route matches it, the route it matches
+//! does not forward, it is pinned to a subset that does not exist, or the chosen subset has no
+//! endpoint.
 
 use std::fmt;
 
-use mesh_core::{ServiceName, SubsetName};
+use mesh_core::{RouteAction, RouteName, ServiceName, SubsetName};
 
 /// The chosen subset (or the whole destination) has no endpoint that can take traffic.
 #[derive(Debug, Clone)]
@@ -88,3 +89,43 @@ impl fmt::Display for UnknownSubset {
 }
 
 impl std::error::Error for UnknownSubset {}
+
+/// A request whose matched route does not forward: a redirect, a direct response or another
+/// action a gRPC client does not perform (gRFC A28). As gRPC does, the route still takes the
+/// requests it matches and fails them, `UNAVAILABLE` on gRPC (gRPC says "matched route does not
+/// have a supported route action type"), 503 as an HTTP response.
+#[derive(Debug, Clone)]
+pub struct UnsupportedRoute {
+    pub(crate) service: ServiceName,
+    pub(crate) route: RouteName,
+    pub(crate) action: RouteAction,
+}
+
+impl UnsupportedRoute {
+    /// The destination.
+    pub fn service(&self) -> &ServiceName {
+        &self.service
+    }
+
+    /// The matched route.
+    pub fn route(&self) -> &RouteName {
+        &self.route
+    }
+
+    /// What the route does instead of forwarding.
+    pub fn action(&self) -> RouteAction {
+        self.action
+    }
+}
+
+impl fmt::Display for UnsupportedRoute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the matched route {} of service {} does not have a supported route action type (its action is {}, which a gRPC client does not perform)",
+            self.route, self.service, self.action
+        )
+    }
+}
+
+impl std::error::Error for UnsupportedRoute {}

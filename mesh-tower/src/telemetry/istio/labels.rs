@@ -129,7 +129,7 @@ pub(crate) fn response_flags(ending: Ending, inbound: bool) -> &'static str {
         Ending::BodyError if inbound => "DC",
         Ending::BodyError => "UC",
         Ending::Failed(kind) => match kind {
-            ErrorKind::NoRoute => "NR",
+            ErrorKind::NoRoute | ErrorKind::UnsupportedRoute => "NR",
             ErrorKind::UnknownSubset => "NC",
             ErrorKind::NoEndpoints => "UH",
             ErrorKind::Unresolved => "DF",
