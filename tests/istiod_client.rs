@@ -261,17 +261,8 @@ async fn workload_entry_added_and_removed_under_load(world: &World, pair: &mut P
 /// ISTIO_MUTUAL: the cluster carries the SAN of the service's account, and an endpoint presenting
 /// another service account is refused by both clients (and never reached).
 async fn istio_mutual_checks_the_san(world: &World, pair: &mut Pair) {
-    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-    use prost::Message;
     let (mesh, _) = pair.wait_settled(&world.recorder).await;
-    let clusters = mesh.acked(CDS);
-    let v1 = Cluster::decode(clusters[&format!("outbound|{PORT}|v1|{HOST}")].value.as_slice()).unwrap();
-    let socket = match v1.transport_socket.and_then(|t| t.config_type) {
-        Some(envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(any)) => {
-            String::from_utf8_lossy(&any.value).into_owned()
-        }
-        None => String::new(),
-    };
+    let socket = sans_of(&mesh.acked(CDS), "v1");
     assert!(socket.contains(&workload::spiffe("default", "reviews")), "istiod's SAN: {socket}");
 
     let impostor = backend(workload_ip(6), "ratings", "impostor", Behaviour::Answer).await;
@@ -280,14 +271,7 @@ async fn istio_mutual_checks_the_san(world: &World, pair: &mut Pair) {
         .istiod
         .apply("reviews-we2", &workload_entry("reviews-v2", "reviews", "v2", impostor.handle.local_addr(), "reviews"));
     let impostor_port = impostor.handle.local_addr().port();
-    pair.wait_acked(&world.recorder, EDS, "the impostor's endpoint", move |r| {
-        use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-        r.get(&format!("outbound|{PORT}|v2|{HOST}")).is_some_and(|a| {
-            format!("{:?}", ClusterLoadAssignment::decode(a.value.as_slice()).unwrap())
-                .contains(&format!("PortValue({impostor_port})"))
-        })
-    })
-    .await;
+    wait_v2_endpoint(world, pair, "the impostor's endpoint", impostor_port).await;
     pair.wait_acked(&world.recorder, RDS, "the all-to-v2 route", |r| weights(r) == only("v2")).await;
     pair.settle("the impostor's endpoint in use", |o| o.versions.is_empty()).await;
     let (m, g) = pair.round(&Calls::new(20).fail_fast().timeout(Duration::from_secs(5))).await;
@@ -302,13 +286,93 @@ async fn istio_mutual_checks_the_san(world: &World, pair: &mut Pair) {
     assert_eq!(impostor.seen.calls.load(std::sync::atomic::Ordering::SeqCst), 0);
     world.istiod.apply("reviews-we2", &workload_entry("reviews-v2", "reviews", "v2", world.addr("v2"), "reviews"));
     world.istiod.apply("reviews-vs", &split(90, 10));
-    let v2_port = world.addr("v2").port();
-    pair.wait_acked(&world.recorder, EDS, "v2's endpoint back", move |r| {
+    wait_v2_endpoint(world, pair, "v2's endpoint back", world.addr("v2").port()).await;
+}
+
+/// Waits until both clients ACKed the v2 cluster's endpoints with one on `port`.
+async fn wait_v2_endpoint(world: &World, pair: &Pair, what: &str, port: u16) {
+    pair.wait_acked(&world.recorder, EDS, what, move |r| {
         use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+        use prost::Message;
         r.get(&format!("outbound|{PORT}|v2|{HOST}")).is_some_and(|a| {
             format!("{:?}", ClusterLoadAssignment::decode(a.value.as_slice()).unwrap())
-                .contains(&format!("PortValue({v2_port})"))
+                .contains(&format!("PortValue({port})"))
         })
+    })
+    .await;
+}
+
+/// A cluster's TLS context as istiod writes it (its SANs among the bytes), for `subset`.
+fn sans_of(
+    clusters: &std::collections::BTreeMap<String, envoy_types::pb::google::protobuf::Any>,
+    subset: &str,
+) -> String {
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use prost::Message;
+    let Some(any) = clusters.get(&format!("outbound|{PORT}|{subset}|{HOST}")) else { return String::new() };
+    match Cluster::decode(any.value.as_slice()).unwrap().transport_socket.and_then(|t| t.config_type) {
+        Some(envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(any)) => {
+            String::from_utf8_lossy(&any.value).into_owned()
+        }
+        None => String::new(),
+    }
+}
+
+/// A service whose workloads run as two service accounts: istiod's clusters then carry one SAN
+/// per account (gRFC A29: the peer must match any). Both clients accept them and reach the
+/// workload of the second account; an endpoint presenting a third account is refused by both.
+async fn several_service_accounts(world: &World, pair: &mut Pair) {
+    let canary_sa = workload::spiffe("default", "reviews-canary");
+    let canary = backend(workload_ip(7), "reviews-canary", "v2", Behaviour::Answer).await;
+    world.istiod.apply("reviews-vs", &route_all("v2"));
+    world.istiod.apply(
+        "reviews-we2",
+        &workload_entry("reviews-v2", "reviews", "v2", canary.handle.local_addr(), "reviews-canary"),
+    );
+    let both = |r: &std::collections::BTreeMap<String, envoy_types::pb::google::protobuf::Any>| {
+        let sans = sans_of(r, "v2");
+        sans.contains(&workload::spiffe("default", "reviews"))
+            && sans.contains(&workload::spiffe("default", "reviews-canary"))
+    };
+    pair.wait_acked(&world.recorder, CDS, "two SANs on the clusters", both).await;
+    pair.wait_acked(&world.recorder, RDS, "the all-to-v2 route", |r| weights(r) == only("v2")).await;
+    pair.settle("the canary's endpoint in use", |o| o.version("v2") == 20).await;
+    let (m, g) = pair.round(&Calls::new(20).fail_fast().timeout(Duration::from_secs(5))).await;
+    eprintln!("two service accounts: mesh {m:?}, grpcio {g:?}");
+    for (who, o) in [("mesh", &m), ("grpcio", &g)] {
+        assert_eq!((o.version("v2"), o.failed()), (20, 0), "{who}: {o:?}");
+    }
+    assert!(canary.seen.calls.load(std::sync::atomic::Ordering::SeqCst) >= 40);
+
+    // The attack: an endpoint of the second account's WorkloadEntry presenting a third account.
+    let impostor = backend(workload_ip(8), "ratings", "impostor", Behaviour::Answer).await;
+    world.istiod.apply(
+        "reviews-we2",
+        &workload_entry("reviews-v2", "reviews", "v2", impostor.handle.local_addr(), "reviews-canary"),
+    );
+    let impostor_port = impostor.handle.local_addr().port();
+    wait_v2_endpoint(world, pair, "the impostor's endpoint", impostor_port).await;
+    pair.wait_acked(&world.recorder, CDS, "two SANs on the clusters", both).await;
+    pair.settle("the impostor's endpoint in use", |o| o.versions.is_empty()).await;
+    let (m, g) = pair.round(&Calls::new(20).fail_fast().timeout(Duration::from_secs(5))).await;
+    eprintln!("to an impostor of two accounts: mesh {m:?}, grpcio {g:?}");
+    for (who, o) in [("mesh", &m), ("grpcio", &g)] {
+        assert_eq!(o.errors.get("UNAVAILABLE"), Some(&20), "{who} called the impostor: {o:?}");
+    }
+    let error = m.first_error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("spiffe://cluster.local/ns/default/sa/ratings")
+            && error.contains("an identity matching one of")
+            && error.contains(&canary_sa),
+        "{m:?}"
+    );
+    assert_eq!(impostor.seen.calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    world.istiod.apply("reviews-we2", &workload_entry("reviews-v2", "reviews", "v2", world.addr("v2"), "reviews"));
+    world.istiod.apply("reviews-vs", &split(90, 10));
+    pair.wait_acked(&world.recorder, CDS, "one SAN again", |r| !sans_of(r, "v2").contains("reviews-canary")).await;
+    pair.wait_acked(&world.recorder, RDS, "the 90/10 route", |r| {
+        weights(r) == vec![("v1".into(), 90), ("v2".into(), 10)]
     })
     .await;
 }
@@ -355,6 +419,7 @@ async fn istiod_client_side() {
     weights_edited_under_load(&world, &mut pair).await;
     workload_entry_added_and_removed_under_load(&world, &mut pair).await;
     istio_mutual_checks_the_san(&world, &mut pair).await;
+    several_service_accounts(&world, &mut pair).await;
     connection_pool_limits_concurrent_calls(&world, &mut pair).await;
     eprintln!("client checks took {:?}", started.elapsed());
     let _ = Duration::ZERO;

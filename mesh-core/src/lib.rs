@@ -57,8 +57,8 @@ pub mod policy;
 
 pub use crate::discovery::{Discovery, DiscoveryError, FileDiscovery, SnapshotWatch, StaticDiscovery};
 pub use crate::identity::{
-    Credentials, Identity, IdentityFiles, IdentitySource, InvalidIdentity, InvalidSpiffeId, InvalidTrustDomain,
-    SpiffeId, TrustBundle, TrustDomain,
+    Credentials, ExpectedIdentity, Identity, IdentityFiles, IdentitySource, InvalidIdentity, InvalidSpiffeId,
+    InvalidTrustDomain, SanMatcher, SpiffeId, TrustBundle, TrustDomain,
 };
 pub use crate::matching::{HeaderMatch, HeaderRegex, HeaderValueMatch, InvalidPathMatch, InvalidRegex, PathMatch};
 pub use crate::model::{

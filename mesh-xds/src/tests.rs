@@ -175,7 +175,11 @@ fn the_cascade_subscribes_step_by_step_and_builds_a_snapshot() {
     );
     assert!(retry.retry_non_idempotent);
     assert_eq!(snap.endpoints().len(), 3);
-    assert!(snap.endpoints().iter().all(|e| snap.expected_identity(e).map(|i| i.as_str()) == Some(SA)));
+    assert!(
+        snap.endpoints()
+            .iter()
+            .all(|e| snap.expected_identity(e).and_then(|i| i.as_exact()).map(|i| i.as_str()) == Some(SA))
+    );
     assert_eq!(snap.policies().load_balancer.kind, LoadBalancerKind::RoundRobin);
     assert_eq!(snap.policies().circuit_breaker.as_ref().map(|c| c.max_concurrent), Some(1024));
     // Every type is ACKed with its version.
@@ -443,7 +447,10 @@ fn clusters_policies_and_security_are_checked() {
     let ctx = DecodeContext { certificate_providers: &ctx_providers };
     let parse = |c: &envoy_types::pb::envoy::config::cluster::v3::Cluster| crate::resource::cluster::parse(c, &ctx);
     let ok = parse(&f::cluster(&cluster("v1"), Some(SA))).unwrap();
-    assert_eq!(ok.tls.as_ref().map(|t| (t.instance.as_str(), t.identity.as_str())), Some(("default", SA)));
+    assert_eq!(
+        ok.tls.as_ref().map(|t| (t.instance.as_str(), t.identity.as_exact().unwrap().as_str())),
+        Some(("default", SA))
+    );
 
     let mut dns = f::cluster(&cluster("v1"), None);
     dns.cluster_discovery_type = Some(ClusterDiscoveryType::Type(DiscoveryType::LogicalDns as i32));
@@ -465,8 +472,71 @@ fn clusters_policies_and_security_are_checked() {
     let no_providers = DecodeContext { certificate_providers: &empty };
     let err = crate::resource::cluster::parse(&f::cluster(&cluster("v1"), Some(SA)), &no_providers).unwrap_err();
     assert!(err.reason.contains("\"default\" is not in the bootstrap"), "{}", err.reason);
-    let err = parse(&f::cluster(&cluster("v1"), Some("not a spiffe id"))).unwrap_err();
-    assert!(err.field.ends_with("match_subject_alt_names[0].exact"), "{}", err.field);
+
+    // gRFC A29: several SAN matchers, any of which accepts the peer (istiod sends one exact SAN
+    // per service account of the cluster's workloads); each StringMatcher kind.
+    use envoy_types::pb::envoy::{
+        config::core::v3::{TransportSocket, transport_socket::ConfigType},
+        extensions::transport_sockets::tls::v3::{UpstreamTlsContext, common_tls_context::ValidationContextType},
+        r#type::matcher::v3::{RegexMatcher, StringMatcher, string_matcher::MatchPattern},
+    };
+    let with_sans = |sans: Vec<StringMatcher>| {
+        let mut common = f::istio_tls(None);
+        let Some(ValidationContextType::CombinedValidationContext(combined)) = &mut common.validation_context_type
+        else {
+            unreachable!()
+        };
+        #[allow(deprecated)]
+        {
+            combined.default_validation_context.as_mut().unwrap().match_subject_alt_names = sans;
+        }
+        let mut c = f::cluster(&cluster("v1"), None);
+        let tls = UpstreamTlsContext { common_tls_context: Some(common), ..Default::default() };
+        c.transport_socket = Some(TransportSocket {
+            name: "envoy.transport_sockets.tls".into(),
+            config_type: Some(ConfigType::TypedConfig(f::any(&tls))),
+        });
+        parse(&c)
+    };
+    let san = |p: MatchPattern, ignore_case: bool| StringMatcher { match_pattern: Some(p), ignore_case };
+    let sans = vec![
+        san(MatchPattern::Exact(SA.into()), false),
+        san(MatchPattern::Exact("spiffe://cluster.local/ns/default/sa/reviews-v2".into()), false),
+        san(MatchPattern::Prefix("SPIFFE://cluster.local/ns/canary/".into()), true),
+        san(MatchPattern::Suffix("/sa/ratings".into()), false),
+        san(MatchPattern::Contains("/ns/qa/".into()), false),
+        san(
+            MatchPattern::SafeRegex(RegexMatcher { regex: "spiffe://other\\.org/.*".into(), ..Default::default() }),
+            false,
+        ),
+    ];
+    let expected = with_sans(sans.clone()).unwrap().tls.unwrap().identity;
+    let accepts = |id: &str| expected.accepts(&id.parse().unwrap());
+    for id in [
+        SA,
+        "spiffe://cluster.local/ns/default/sa/reviews-v2",
+        "spiffe://cluster.local/ns/canary/sa/x",
+        "spiffe://cluster.local/ns/prod/sa/ratings",
+        "spiffe://cluster.local/ns/qa/sa/y",
+        "spiffe://other.org/anything",
+    ] {
+        assert!(accepts(id), "{id} is accepted by {expected}");
+    }
+    for id in ["spiffe://cluster.local/ns/default/sa/other", "spiffe://cluster.local/ns/prod/sa/ratings-x"] {
+        assert!(!accepts(id), "{id} matches none of {expected}");
+    }
+    // As gRPC: empty prefixes, suffixes and substrings, and regexes that do not compile, are refused.
+    let err = with_sans(vec![sans[0].clone(), san(MatchPattern::Prefix(String::new()), false)]).unwrap_err();
+    assert_eq!(
+        err.field,
+        "transport_socket.typed_config.common_tls_context.combined_validation_context.default_validation_context.match_subject_alt_names[1].prefix",
+        "{err:?}"
+    );
+    let bad_regex = san(MatchPattern::SafeRegex(RegexMatcher { regex: "(".into(), ..Default::default() }), false);
+    assert!(with_sans(vec![bad_regex]).unwrap_err().field.ends_with("match_subject_alt_names[0].safe_regex.regex"));
+    // An exact SAN that is no SPIFFE ID is accepted, as gRPC accepts it; no mesh peer matches it.
+    let odd = parse(&f::cluster(&cluster("v1"), Some("not a spiffe id"))).unwrap().tls.unwrap().identity;
+    assert!(odd.as_exact().is_none() && !odd.accepts(&SA.parse().unwrap()));
 }
 
 #[test]

@@ -6,7 +6,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{Endpoint, Route, Subset};
 use crate::{
-    identity::SpiffeId,
+    identity::{ExpectedIdentity, SpiffeId},
     name::{ServiceName, SubsetName},
     policy::ServicePolicies,
 };
@@ -20,7 +20,7 @@ use crate::{
 pub struct ServiceSpec {
     /// The identity every endpoint of the service must present, unless an endpoint names its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub identity: Option<SpiffeId>,
+    pub identity: Option<ExpectedIdentity>,
     /// The service's endpoints. Addresses are unique.
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
@@ -227,7 +227,7 @@ impl ServiceSnapshot {
     }
 
     /// The identity `endpoint` must present: its own, else the service's.
-    pub fn expected_identity<'a>(&'a self, endpoint: &'a Endpoint) -> Option<&'a SpiffeId> {
+    pub fn expected_identity<'a>(&'a self, endpoint: &'a Endpoint) -> Option<&'a ExpectedIdentity> {
         endpoint.identity.as_ref().or(self.spec.identity.as_ref())
     }
 
@@ -277,7 +277,7 @@ impl ServiceSnapshotBuilder {
 
     /// Sets the identity the service's endpoints must present.
     pub fn identity(mut self, identity: SpiffeId) -> Self {
-        self.spec.identity = Some(identity);
+        self.spec.identity = Some(identity.into());
         self
     }
 

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use mesh_core::{
-    Endpoint, Labels, Route, RouteName, ServiceSpec, SpiffeId, Subset, SubsetName, Weight,
+    Endpoint, ExpectedIdentity, Labels, Route, RouteName, ServiceSpec, Subset, SubsetName, Weight,
     policy::{CircuitBreaker, LoadBalancer, OutlierDetection},
 };
 
@@ -104,7 +104,7 @@ pub(super) fn build(state: &AdsState, listener_name: &str, opts: &BuildOptions) 
         let mut labels = Labels::new();
         labels.insert(subset.as_str(), "1").map_err(|e| unsupported(e.to_string()))?;
         spec.subsets.push(Subset::new(subset.clone(), labels));
-        let identity: Option<&SpiffeId> = cluster.tls.as_ref().map(|t| &t.identity);
+        let identity: Option<&ExpectedIdentity> = cluster.tls.as_ref().map(|t| &t.identity);
         if identity.is_none() && !opts.allow_plaintext {
             return Err(unsupported(format!(
                 "cluster {name:?} has no UpstreamTlsContext and plaintext is not allowed (XdsDiscoveryBuilder::allow_plaintext)"
