@@ -63,15 +63,42 @@ if ! command -v go >/dev/null 2>&1; then
 fi
 go version
 
+# grpc-go's interop binaries build in about a minute and the workspace tests need them: built first,
+# in the foreground.
 peer_build grpc-go grpc-go-interop-client google.golang.org/grpc/interop/client
 peer_build grpc-go grpc-go-interop-server google.golang.org/grpc/interop/server
-# istiod as pinned dereferences a nil multicluster controller when there is no Kubernetes
-# (pilot/pkg/serviceregistry/serviceentry/controller.go, newController): patched, see
-# tests/peers/istiod/patches/.
-peer_build_patched istiod pilot-discovery istio.io/istio/pilot/cmd/pilot-discovery istio.io/istio
-# SPIRE's datastore is sqlite through cgo.
-peer_build spire spire-server github.com/spiffe/spire/cmd/spire-server 1
-peer_build spire spire-agent github.com/spiffe/spire/cmd/spire-agent 1
+
+# istiod and SPIRE take 15-20 minutes each on a cold machine and only the feature tests need them.
+_peers_slow() {
+  # istiod as pinned dereferences a nil multicluster controller when there is no Kubernetes
+  # (pilot/pkg/serviceregistry/serviceentry/controller.go, newController): patched, see
+  # tests/peers/istiod/patches/.
+  peer_build_patched istiod pilot-discovery istio.io/istio/pilot/cmd/pilot-discovery istio.io/istio &&
+    # SPIRE's datastore is sqlite through cgo.
+    peer_build spire spire-server github.com/spiffe/spire/cmd/spire-server 1 &&
+    peer_build spire spire-agent github.com/spiffe/spire/cmd/spire-agent 1
+}
+# With MESH_PEERS_BACKGROUND=1 (as .ci/run sets it) they build in the background while the Rust
+# steps run, and `peers_wait` waits for them; otherwise they build here.
+_peers_pid=
+if [ "${MESH_PEERS_BACKGROUND:-0}" = 1 ]; then
+  _peers_slow < /dev/null > "$_peers_out/build.log" 2>&1 &
+  _peers_pid=$!
+  echo "peers pilot-discovery, spire-server, spire-agent: checked or built in the background (target/peers/build.log)"
+else
+  _peers_slow
+fi
+
+# peers_wait: returns once the background builds have ended (at once if there were none), and fails
+# if one of them failed.
+peers_wait() {
+  [ -n "$_peers_pid" ] || return 0
+  local rc=0
+  wait "$_peers_pid" || rc=$?
+  _peers_pid=
+  cat "$_peers_out/build.log"
+  [ "$rc" = 0 ] || { echo "a Go peer did not build (exit $rc)"; return 1; }
+}
 
 export MESH_GRPC_GO_INTEROP_CLIENT="$_peers_out/grpc-go-interop-client"
 export MESH_GRPC_GO_INTEROP_SERVER="$_peers_out/grpc-go-interop-server"

@@ -5,7 +5,7 @@ use mesh_core::{Credentials, Identity, SpiffeId, TrustBundle, TrustDomain};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use spiffe::X509Context;
 
-use crate::FetchError;
+use crate::error::FetchError;
 
 /// The identity in one Workload API update: the SVID `wanted` names (the first when `None`), its
 /// trust domain's bundle and every federated bundle.

@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use mesh_core::SpiffeId;
 
-use crate::{Backoff, WorkloadApiError, error::chain};
+use crate::{
+    backoff::Backoff,
+    error::{WorkloadApiError, chain},
+};
 
 /// The environment variable that names the Workload API's socket, per the SPIFFE Workload
 /// Endpoint specification.
