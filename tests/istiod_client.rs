@@ -377,6 +377,75 @@ async fn several_service_accounts(world: &World, pair: &mut Pair) {
     .await;
 }
 
+/// How many routes the route configuration's virtual host has, and how many carry a filter
+/// override (istiod puts a VirtualService's `fault` there).
+fn routes_and_overrides(
+    resources: &std::collections::BTreeMap<String, envoy_types::pb::google::protobuf::Any>,
+) -> (usize, usize) {
+    use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+    use prost::Message;
+    let Some(any) = resources.get(&format!("outbound|{PORT}||{HOST}")) else { return (0, 0) };
+    let rc = RouteConfiguration::decode(any.value.as_slice()).unwrap();
+    let routes = rc.virtual_hosts.first().map(|v| v.routes.as_slice()).unwrap_or_default();
+    (routes.len(), routes.iter().filter(|r| !r.typed_per_filter_config.is_empty()).count())
+}
+
+/// Header routing and a gRPC fault abort (gRFC A33's `grpc_status`) under load: calls with
+/// `end-user: jason` all reach v2; the others reach v1, a fifth of them aborted with
+/// `RESOURCE_EXHAUSTED` (mesh's share is exact, grpcio's random, both within a binomial
+/// tolerance), with no other failure, in rounds and in a background load alike.
+async fn header_route_and_grpc_abort_under_load(world: &World, pair: &mut Pair) {
+    world.istiod.apply(
+        "reviews-vs",
+        &format!(
+            "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: default}}
+spec:
+  hosts: [{HOST}]
+  http:
+  - match: [{{headers: {{end-user: {{exact: jason}}}}}}]
+    route: [{{destination: {{host: {HOST}, subset: v2}}}}]
+  - fault: {{abort: {{grpcStatus: RESOURCE_EXHAUSTED, percentage: {{value: 20}}}}}}
+    route: [{{destination: {{host: {HOST}, subset: v1}}}}]
+"
+        ),
+    );
+    pair.wait_acked(&world.recorder, RDS, "the header route and the abort", |r| {
+        weights(r) == only("v2") && routes_and_overrides(r) == (2, 1)
+    })
+    .await;
+    pair.settle("the abort in use", |o| o.errors.contains_key("RESOURCE_EXHAUSTED")).await;
+    let load = Calls::new(0).concurrency(2);
+    let mesh_load = MeshLoad::start(&pair.channel, &load);
+    pair.grpcio.load_start(&load).await;
+    let aborted_fifth = |o: &istiod_support::grpcio::Outcome, n: usize| {
+        let aborted = o.errors.get("RESOURCE_EXHAUSTED").copied().unwrap_or(0);
+        o.version("v1") + aborted == n && o.versions.len() <= 1 && o.errors.len() <= 1 && within(aborted, n, 0.2)
+    };
+    let (m, g) = pair.round(&Calls::new(400)).await;
+    eprintln!("20% abort: mesh {m:?}, grpcio {g:?}");
+    for (who, o) in [("mesh", &m), ("grpcio", &g)] {
+        assert!(aborted_fifth(o, 400), "{who}: {o:?}");
+    }
+    let (m, g) = pair.round(&Calls::new(200).header("end-user", "jason")).await;
+    eprintln!("end-user jason: mesh {m:?}, grpcio {g:?}");
+    for (who, o) in [("mesh", &m), ("grpcio", &g)] {
+        assert_eq!((o.version("v2"), o.failed()), (200, 0), "{who}: {o:?}");
+    }
+    let (m, g) = (mesh_load.stop().await, pair.grpcio.load_stop().await);
+    eprintln!("under load, 20% abort: mesh {m:?}, grpcio {g:?}");
+    for (who, o) in [("mesh", &m), ("grpcio", &g)] {
+        let n = o.calls();
+        assert!(n >= 50 && aborted_fifth(o, n), "{who} under load: {o:?}");
+    }
+    world.istiod.apply("reviews-vs", &split(90, 10));
+    pair.wait_acked(&world.recorder, RDS, "the 90/10 route", |r| {
+        weights(r) == vec![("v1".into(), 90), ("v2".into(), 10)]
+    })
+    .await;
+}
+
 /// The connection pool's `http2MaxRequests` becomes the cluster's circuit breaker: with one
 /// request allowed and a slow backend, concurrent calls beyond it fail at once, in both clients.
 async fn connection_pool_limits_concurrent_calls(world: &World, pair: &mut Pair) {
@@ -420,6 +489,7 @@ async fn istiod_client_side() {
     workload_entry_added_and_removed_under_load(&world, &mut pair).await;
     istio_mutual_checks_the_san(&world, &mut pair).await;
     several_service_accounts(&world, &mut pair).await;
+    header_route_and_grpc_abort_under_load(&world, &mut pair).await;
     connection_pool_limits_concurrent_calls(&world, &mut pair).await;
     eprintln!("client checks took {:?}", started.elapsed());
     let _ = Duration::ZERO;
