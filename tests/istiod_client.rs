@@ -47,7 +47,8 @@ spec:
     )
 }
 
-fn split(w1: u32, w2: u32) -> String {
+/// The VirtualService `reviews` of `HOST` with the `http` routes given (YAML list items).
+fn virtual_service(http: &str) -> String {
     format!(
         "apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -55,11 +56,17 @@ metadata: {{name: reviews, namespace: default}}
 spec:
   hosts: [{HOST}]
   http:
-  - route:
+{http}"
+    )
+}
+
+fn split(w1: u32, w2: u32) -> String {
+    virtual_service(&format!(
+        "  - route:
     - {{destination: {{host: {HOST}, subset: v1}}, weight: {w1}}}
     - {{destination: {{host: {HOST}, subset: v2}}, weight: {w2}}}
 "
-    )
+    ))
 }
 
 /// The subsets and weights of the route configuration's first route.
@@ -197,16 +204,7 @@ async fn weights_edited_under_load(world: &World, pair: &mut Pair) {
 }
 
 fn route_all(subset: &str) -> String {
-    format!(
-        "apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: reviews, namespace: default}}
-spec:
-  hosts: [{HOST}]
-  http:
-  - route: [{{destination: {{host: {HOST}, subset: {subset}}}}}]
-"
-    )
+    virtual_service(&format!("  - route: [{{destination: {{host: {HOST}, subset: {subset}}}}}]\n"))
 }
 
 /// The endpoints of cluster `outbound|PORT|SUBSET|HOST` in the resources a client ACKed.
@@ -397,19 +395,13 @@ fn routes_and_overrides(
 async fn header_route_and_grpc_abort_under_load(world: &World, pair: &mut Pair) {
     world.istiod.apply(
         "reviews-vs",
-        &format!(
-            "apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: reviews, namespace: default}}
-spec:
-  hosts: [{HOST}]
-  http:
-  - match: [{{headers: {{end-user: {{exact: jason}}}}}}]
+        &virtual_service(&format!(
+            "  - match: [{{headers: {{end-user: {{exact: jason}}}}}}]
     route: [{{destination: {{host: {HOST}, subset: v2}}}}]
   - fault: {{abort: {{grpcStatus: RESOURCE_EXHAUSTED, percentage: {{value: 20}}}}}}
     route: [{{destination: {{host: {HOST}, subset: v1}}}}]
 "
-        ),
+        )),
     );
     pair.wait_acked(&world.recorder, RDS, "the header route and the abort", |r| {
         weights(r) == only("v2") && routes_and_overrides(r) == (2, 1)
