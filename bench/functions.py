@@ -45,6 +45,10 @@ NAMED = ["mesh_tower", "mesh_core", "mesh_tonic", "mesh_bench", "hyper_util", "h
 CRATE = re.compile(r"(?<![A-Za-z0-9_])(" + "|".join(sorted(NAMED, key=len, reverse=True)) + r")::")
 PATH = re.compile(r"(?<![A-Za-z0-9_])([a-z_][a-z0-9_]*)::")
 STD = {"core", "alloc", "std"}
+# The TLS handshake's future (tokio-rustls drives every handshake, client and server, through it).
+# A run that opened more connections than its pair (a client re-dialling after a timeout) pays a
+# few million instructions of handshake each, which per request is noise: it is reported apart.
+HANDSHAKE = re.compile(r"^<tokio_rustls::common::handshake::MidHandshake<.*as core::future::future::Future>::poll$")
 
 
 def group_of(name):
@@ -179,6 +183,10 @@ def table(specs):
     print("| **mesh's crate entered from outside it (inclusive)** | " +
           " | ".join(fmt(whole(data)) for _, data in columns) + " |")
     print("| **whole process** | " + " | ".join(f"{data['per_request'] / 1000:.1f} k" for _, data in columns) + " |")
+    print("| of which TLS handshakes of connections opened in one run of the pair only | " +
+          " | ".join(fmt(data.get("handshakes")) for _, data in columns) + " |")
+    print("| **whole process without them** | " + " | ".join(
+        f"{data.get('per_request_without_handshakes', data['per_request']) / 1000:.1f} k" for _, data in columns) + " |")
 
 
 def main(argv):
@@ -216,10 +224,14 @@ def main(argv):
         fn_rows.append({"function": fn, "group": b["group"].get(fn) or group_of(fn or ""), "inclusive": incl,
                         "self": own})
     total = per(a["total"], b["total"])
+    handshake = lambda f: max((v for fn, v in f["fn_incl"].items() if fn and HANDSHAKE.match(fn)), default=0)
+    handshakes = per(handshake(a), handshake(b))
     mesh_fns = sorted((r for r in fn_rows if r["group"].startswith("mesh_tower") or r["group"].startswith("mesh_tonic")),
                       key=lambda r: -r["inclusive"])[:top]
     all_fns = sorted(fn_rows, key=lambda r: -r["self"])[:top]
     print(f"instructions per request: {total:.0f} (requests {r_short} -> {r_long})")
+    print(f"of which TLS handshakes (connections opened in one run and not the other): {handshakes:.0f}; "
+          f"without them: {total - handshakes:.0f}")
     print(f"{'group':<34} {'self':>9} {'inclusive':>10}")
     for r in rows:
         if abs(r["self"]) < 5 and abs(r["inclusive"]) < 5:
@@ -242,7 +254,8 @@ def main(argv):
             print(f"  {r['inclusive']:>8.0f}  [{r['group_of_caller']}] {r['caller'][:150]}")
     if json_out:
         with open(json_out, "w") as f:
-            json.dump({"per_request": total, "requests": [r_short, r_long], "groups": rows,
+            json.dump({"per_request": total, "handshakes": handshakes,
+                       "per_request_without_handshakes": total - handshakes, "requests": [r_short, r_long], "groups": rows,
                        "mesh_functions": mesh_fns, "top_self": all_fns}, f, indent=1)
 
 

@@ -6,12 +6,22 @@
 //! client can present none, so mesh's client checks grpc-go's server's SPIFFE ID over TLS, and
 //! grpc-go's client is shown to be refused by mesh's mutual-TLS-only server.
 //!
+//! Deadlines that pass mid-stream, beyond the shared cases (grpc-go's interop client has none, its
+//! `timeout_on_sleeping_server` ends before the first response): a `MeshChannel` in this process
+//! calls grpc-go's server with a route timeout on a server stream and a `grpc-timeout` on an open
+//! duplex stream; each ends with `DEADLINE_EXCEEDED` after its first responses, and the
+//! connection serves the next call.
+//!
 //! The binaries come from `.ci/peers.sh` (`MESH_GRPC_GO_INTEROP_CLIENT`,
 //! `MESH_GRPC_GO_INTEROP_SERVER`). Without them the tests skip with the reason, unless
 //! `MESH_INTEROP=1`: then they fail.
 #![allow(clippy::unwrap_used)] // helpers outside #[test] fns
 
 mod support;
+
+#[path = "../examples/support/interop_service.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod service;
 
 use std::{net::SocketAddr, path::PathBuf, process::Stdio, time::Duration};
 
@@ -303,4 +313,68 @@ async fn mesh_client_against_mesh_server_over_mutual_tls() {
     let counts = stop_mesh_server(server).await;
     let failed: u64 = counts.rsplit(", ").next().and_then(|f| f.strip_suffix(" failed")?.parse().ok()).unwrap();
     assert!(counts.starts_with("handshakes: ") && failed <= 1, "{counts}");
+}
+
+/// A plaintext `MeshChannel` to `addr`, whose one route has `timeout`.
+fn channel_to(addr: SocketAddr, timeout: Option<Duration>) -> mesh::tonic::MeshChannel {
+    use mesh::core::{Endpoint, Route, ServiceSnapshot, StaticDiscovery};
+    let name: mesh::core::ServiceName = "grpc-go-interop".parse().unwrap();
+    let mut route = Route::new("interop".parse().unwrap());
+    if let Some(timeout) = timeout {
+        route = route.with_timeout(timeout);
+    }
+    let discovery = StaticDiscovery::new();
+    discovery.set(ServiceSnapshot::builder(name.clone()).endpoint(Endpoint::new(addr)).route(route).build().unwrap());
+    mesh::tonic::MeshChannel::builder(discovery, name).plaintext().build().unwrap()
+}
+
+/// Reads `responses` until the call ends, within [`PATIENCE`]: how many came, and the status.
+async fn drain<T>(responses: &mut tonic::Streaming<T>) -> (usize, tonic::Status) {
+    let mut received = 0;
+    loop {
+        match tokio::time::timeout(PATIENCE, responses.message()).await.expect("the call ended in time") {
+            Ok(Some(_)) => received += 1,
+            Ok(None) => panic!("the stream finished ({received} responses) despite the deadline"),
+            Err(status) => return (received, status),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_ends_a_grpc_go_servers_running_streams() {
+    use service::pb::{Empty, ResponseParameters, StreamingOutputCallRequest, test_service_client::TestServiceClient};
+    let Some(server) = grpc_go("MESH_GRPC_GO_INTEROP_SERVER") else { return };
+    let server = grpc_go_server(&server, None).await;
+    // 100 responses, 50 ms apart: 5 s, ten times the deadline.
+    let slow = || StreamingOutputCallRequest {
+        response_parameters: vec![ResponseParameters { size: 10, interval_us: 50_000, ..Default::default() }; 100],
+        ..Default::default()
+    };
+
+    // The route's timeout, on a server stream.
+    let mut client = TestServiceClient::new(channel_to(server.addr, Some(Duration::from_millis(500))));
+    let mut responses = client.streaming_output_call(slow()).await.unwrap().into_inner();
+    let (received, status) = drain(&mut responses).await;
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(received > 0 && received < 100, "{received} responses");
+    // The stream was reset, not the connection: the next call goes through.
+    client.empty_call(Empty {}).await.unwrap();
+
+    // The caller's grpc-timeout, on a duplex stream the caller keeps open.
+    let mut client = TestServiceClient::new(channel_to(server.addr, None));
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let first = StreamingOutputCallRequest {
+        response_parameters: vec![ResponseParameters { size: 10, ..Default::default() }],
+        ..Default::default()
+    };
+    tx.send(first).await.unwrap();
+    let requests = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    let mut request = tonic::Request::new(requests);
+    request.set_timeout(Duration::from_millis(500));
+    let mut responses = client.full_duplex_call(request).await.unwrap().into_inner();
+    let (received, status) = drain(&mut responses).await;
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(received, 1);
+    client.empty_call(Empty {}).await.unwrap();
+    drop(tx);
 }

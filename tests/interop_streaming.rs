@@ -5,6 +5,8 @@
 //! - A retry policy never holds a stream back: a body it cannot replay whole (larger than
 //!   `max_replay_bytes`, or still being written) goes through once, as it is written, and is
 //!   never retried; a small unary call is.
+//! - A deadline (the route's timeout, or the caller's `grpc-timeout`) ends a stream that is
+//!   still running: the caller gets `DEADLINE_EXCEEDED` and the server's handler is dropped.
 //! - Telemetry counts a stream once, when it ends, with the status its trailers carry.
 #![allow(clippy::unwrap_used)] // helpers outside #[test] fns
 
@@ -32,7 +34,11 @@ use mesh::{
         Endpoint, PathMatch, Route, RouteMatch, ServiceName, ServiceSnapshot, StaticDiscovery, policy::RetryPolicy,
     },
     tonic::{GrpcServer, MeshChannel},
-    tower::{metrics as names, server::Server, telemetry::TelemetryLayer},
+    tower::{
+        metrics as names,
+        server::Server,
+        telemetry::{TelemetryLayer, WorkloadLabels, istio},
+    },
 };
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use service::{
@@ -88,6 +94,16 @@ fn route() -> Route {
 
 /// A channel to `backend` as service `name`, through `route`.
 fn channel(name: &str, backend: &Backend, route: Route) -> MeshChannel {
+    channel_with(name, backend, route, None)
+}
+
+/// A channel whose telemetry has Istio's metrics on too.
+fn istio_channel(name: &str, backend: &Backend, route: Route) -> MeshChannel {
+    let workload = WorkloadLabels::new("frontend-v1", "default");
+    channel_with(name, backend, route, Some(TelemetryLayer::client(name.parse().unwrap()).istio_metrics(workload)))
+}
+
+fn channel_with(name: &str, backend: &Backend, route: Route, telemetry: Option<TelemetryLayer>) -> MeshChannel {
     let service: ServiceName = name.parse().unwrap();
     let discovery = StaticDiscovery::new();
     discovery.set(
@@ -98,7 +114,11 @@ fn channel(name: &str, backend: &Backend, route: Route) -> MeshChannel {
             .build()
             .unwrap(),
     );
-    MeshChannel::builder(discovery, service).identity(identity("/frontend")).build().unwrap()
+    let builder = MeshChannel::builder(discovery, service).identity(identity("/frontend"));
+    match telemetry {
+        Some(telemetry) => builder.telemetry(telemetry).build().unwrap(),
+        None => builder.build().unwrap(),
+    }
 }
 
 fn retrying() -> RetryPolicy {
@@ -188,6 +208,58 @@ async fn a_retry_policy_streams_what_it_cannot_replay_and_retries_what_it_can() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_route_timeout_ends_a_running_server_stream() {
+    metrics_totals();
+    let mut backend = serve(None).await;
+    let name = "interop-route-timeout";
+    let channel = istio_channel(name, &backend, route().with_timeout(Duration::from_millis(500)));
+    let mut client = TestServiceClient::new(channel.clone());
+    // 100 responses, 50 ms apart: 5 s, ten times the route's timeout.
+    let params = vec![ResponseParameters { size: 10, interval_us: 50_000, ..ResponseParameters::default() }; 100];
+    let request = StreamingOutputCallRequest { response_parameters: params, ..StreamingOutputCallRequest::default() };
+    let mut responses = client.streaming_output_call(request).await.unwrap().into_inner();
+    let mut received = 0;
+    let status = loop {
+        match tokio::time::timeout(PATIENCE, responses.message()).await.unwrap() {
+            Ok(Some(_)) => received += 1,
+            Ok(None) => panic!("the stream finished ({received} responses) despite the route's timeout"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(received < 100, "{received}");
+    assert_eq!(next_end(&mut backend).await, ("StreamingOutputCall", StreamEnd::Dropped));
+    // Counted once, as DEADLINE_EXCEEDED, and by Istio's metrics as an upstream timeout (UT).
+    let want = [(("outbound", "DEADLINE_EXCEEDED"), 1), (("istio:source", "4/UT"), 1)];
+    metrics_totals().wait_for(name, &want).await;
+    let signals = channel.client().telemetry().golden_signals().snapshot();
+    let (requests, successes) = signals.iter().fold((0, 0), |(r, s), x| (r + x.requests, s + x.successes));
+    assert_eq!((requests, successes), (1, 0), "{signals:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_callers_deadline_ends_an_open_duplex_stream() {
+    metrics_totals();
+    let mut backend = serve(None).await;
+    let name = "interop-grpc-timeout";
+    let mut client = TestServiceClient::new(istio_channel(name, &backend, route()));
+    let (tx, requests) = writer();
+    tx.send(duplex(10, &[(10, 0)])).await.unwrap();
+    let mut request = tonic::Request::new(requests);
+    request.set_timeout(Duration::from_millis(500));
+    let mut responses = client.full_duplex_call(request).await.unwrap().into_inner();
+    let first = tokio::time::timeout(PATIENCE, responses.message()).await.unwrap().unwrap();
+    assert!(first.is_some());
+    // The caller keeps the stream open and sends nothing more: the deadline ends it.
+    let status = tokio::time::timeout(PATIENCE, responses.message()).await.unwrap().unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(next_end(&mut backend).await, ("FullDuplexCall", StreamEnd::Dropped));
+    let want = [(("outbound", "DEADLINE_EXCEEDED"), 1), (("istio:source", "4/UT"), 1)];
+    metrics_totals().wait_for(name, &want).await;
+    drop(tx);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn telemetry_counts_a_stream_once_with_the_status_of_its_trailers() {
     let totals = metrics_totals();
     let name = "interop-telemetry";
@@ -230,7 +302,8 @@ async fn telemetry_counts_a_stream_once_with_the_status_of_its_trailers() {
 }
 
 /// `mesh_requests_total` summed over snapshots (each snapshot resets the counters it reads), by
-/// service, direction and gRPC code. Installed once per test binary, before any test counts.
+/// service, direction and gRPC code; and `istio_requests_total`, by service, reporter, gRPC status
+/// and response flags. Installed once per test binary, before any test counts.
 struct Totals {
     snapshotter: Snapshotter,
     sums: Mutex<HashMap<(String, String, String), u64>>,
@@ -250,13 +323,17 @@ impl Totals {
     fn read(&self) {
         let mut sums = self.sums.lock().unwrap();
         for (key, _, _, value) in self.snapshotter.snapshot().into_vec() {
-            if key.key().name() != names::REQUESTS {
-                continue;
-            }
             let label = |name: &str| key.key().labels().find(|l| l.key() == name).map(|l| l.value().to_owned());
-            let (Some(service), Some(direction), Some(code)) =
-                (label("service"), label("direction"), label("grpc_code"))
-            else {
+            let (Some(service), Some(direction), Some(code)) = (match key.key().name() {
+                names::REQUESTS => (label("service"), label("direction"), label("grpc_code")),
+                // Istio's: by reporter, as `grpc_response_status/response_flags`.
+                istio::REQUESTS => (
+                    label("destination_service_name"),
+                    label("reporter").map(|r| format!("istio:{r}")),
+                    label("grpc_response_status").zip(label("response_flags")).map(|(s, f)| format!("{s}/{f}")),
+                ),
+                _ => continue,
+            }) else {
                 continue;
             };
             if let DebugValue::Counter(n) = value {

@@ -110,18 +110,18 @@ fn noop<B>()
 }
 
 /// One request through `service`, to completion.
-fn drive<S>(c: &mut Criterion, id: &str, service: S)
+fn drive<S, ResBody>(c: &mut Criterion, id: &str, service: S)
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<Empty<Bytes>>>,
+    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>>,
     S::Error: std::fmt::Debug,
 {
     drive_with(c, id, service, request);
 }
 
 /// One request made by `make` through `service`, to completion.
-fn drive_with<S>(c: &mut Criterion, id: &str, mut service: S, make: impl Fn() -> Request<Full<Bytes>>)
+fn drive_with<S, ResBody>(c: &mut Criterion, id: &str, mut service: S, make: impl Fn() -> Request<Full<Bytes>>)
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<Empty<Bytes>>>,
+    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>>,
     S::Error: std::fmt::Debug,
 {
     let rt = runtime();

@@ -11,7 +11,7 @@ use mesh_core::{
     identity::dev::{DevCa, LeafSpec},
 };
 
-use crate::BoxError;
+use crate::plumbing::BoxError;
 
 /// The trust domain of the benchmark's workloads.
 pub(crate) const TRUST_DOMAIN: &str = "bench.mesh";

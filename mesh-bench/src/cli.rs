@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, str::FromStr, time::Duration};
 
-use crate::{configs::Config, loadgen::Workload};
+use crate::{configs::Config, workload::Workload};
 
 /// What `--help` prints.
 pub(crate) const USAGE: &str = "\

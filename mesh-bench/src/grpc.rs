@@ -19,7 +19,7 @@ use std::path::Path;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::{BoxError, mesh_config, tls};
+use crate::{mesh_config, plumbing::BoxError, tls};
 
 /// The generated `helloworld` messages, client and server.
 #[allow(missing_docs, unreachable_pub, dead_code, clippy::all)]

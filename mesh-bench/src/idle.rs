@@ -28,9 +28,9 @@ use std::{
 };
 
 use crate::{
-    BoxError,
     cli::ClientArgs,
-    loadgen::{Measurement, line},
+    measurement::Measurement,
+    plumbing::{BoxError, line},
     procstat::{self, TooFewFiles},
     sender::{Sender, Shape},
 };

@@ -9,9 +9,9 @@ use std::path::Path;
 use serde_json::{Value, json};
 
 use crate::{
-    BoxError,
     cli::MergeArgs,
     goals::{RATIO_KEYS, goals},
+    plumbing::BoxError,
 };
 
 /// The `(mesh configuration, its baseline, workload key, side)` a ratio key names.
@@ -88,7 +88,7 @@ pub(crate) fn merge(args: MergeArgs) -> Result<(), BoxError> {
     };
     summary["goals"] = goals(&summary["ratios"]);
     std::fs::write(&args.summary, serde_json::to_string_pretty(&summary)?)?;
-    let out = crate::println_out;
+    let out = crate::plumbing::println_out;
     out(&format!("\ninstructions per request: {}", summary["instructions"]["status"].as_str().unwrap_or("?")));
     for key in RATIO_KEYS {
         let goal = &summary["goals"][key];

@@ -21,12 +21,15 @@ mod cli;
 mod configs;
 mod goals;
 mod grpc;
+mod hello;
 mod idle;
 mod instructions;
 mod loadgen;
+mod measurement;
 mod mesh_config;
 mod otlp_sink;
 mod perfstat;
+mod plumbing;
 mod procstat;
 mod report;
 mod run;
@@ -34,11 +37,9 @@ mod sender;
 mod server;
 mod sidecars;
 mod tls;
+mod workload;
 
 use std::process::ExitCode;
-
-/// The error type of the benchmark's own plumbing (the servers' and clients' errors included).
-pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn main() -> ExitCode {
     let command = match cli::parse(std::env::args().skip(1)) {
@@ -50,7 +51,7 @@ fn main() -> ExitCode {
     };
     let outcome = match command {
         cli::Command::Help => {
-            println_out(cli::USAGE);
+            plumbing::println_out(cli::USAGE);
             Ok(())
         }
         cli::Command::Certs { out } => certs::write(&out).map(|_| ()),
@@ -66,12 +67,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Writes a line to stdout (the workspace denies `println!` outside tools that mean it).
-pub(crate) fn println_out(line: &str) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
 }

@@ -36,8 +36,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 
 use crate::{
-    BoxError,
     certs::{self, CLIENT_ID, SERVER_ID},
+    plumbing::BoxError,
 };
 
 /// Endpoints (listening ports) of the mesh server process.
@@ -223,7 +223,7 @@ fn istio_workload() -> Option<WorkloadLabels> {
 /// Starts [`server`] with the hello handler on [`ENDPOINTS`] listeners.
 pub(crate) async fn serve(certs: &Path) -> Result<(Vec<u16>, Vec<ServerHandle>), BoxError> {
     let server = server(certs)?;
-    let service = tower::service_fn(crate::server::hello);
+    let service = tower::service_fn(crate::hello::hello);
     let (mut ports, mut handles) = (Vec::new(), Vec::new());
     for _ in 0..ENDPOINTS {
         let listener = TcpListener::bind("127.0.0.1:0").await?;

@@ -23,7 +23,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use mesh_tower::server::{Server, ServerHandle};
 
-use crate::BoxError;
+use crate::plumbing::BoxError;
 
 /// What the sink received.
 #[derive(Debug, Default)]

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::{configs::Config, loadgen::Measurement, perfstat::Counters, procstat::Usage};
+use crate::{configs::Config, measurement::Measurement, perfstat::Counters, procstat::Usage};
 
 /// Syscalls and context switches of each process group on the path over one window.
 #[derive(Debug, Clone, Copy)]
@@ -320,7 +320,7 @@ fn per_request_cells(per_request: &Value) -> String {
 
 /// The table on stdout: one row per configuration and workload, then the ratios and goals.
 pub(crate) fn print_table(summary: &Value) {
-    let out = crate::println_out;
+    let out = crate::plumbing::println_out;
     out(&format!(
         "{:<16} {:<18} {:>10} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>7}   {}",
         "config",

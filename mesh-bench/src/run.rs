@@ -9,14 +9,15 @@ use std::{
 };
 
 use crate::{
-    BoxError,
     cli::RunArgs,
     configs::Config,
-    loadgen::{Measurement, Workload},
+    measurement::Measurement,
     perfstat,
+    plumbing::BoxError,
     procstat::{self, Usage},
     report::{self, PathCounters, Record},
     sidecars,
+    workload::Workload,
 };
 
 /// A child process that misbehaved.
@@ -376,6 +377,6 @@ pub(crate) fn main(args: RunArgs) -> Result<(), BoxError> {
     let path = out.join("summary.json");
     std::fs::write(&path, serde_json::to_string_pretty(&summary)?)?;
     report::print_table(&summary);
-    crate::println_out(&format!("\nwrote {}", path.display()));
+    crate::plumbing::println_out(&format!("\nwrote {}", path.display()));
     Ok(())
 }

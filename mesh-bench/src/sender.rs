@@ -13,10 +13,10 @@ use mesh_tower::client::MeshClient;
 use tower::{Service, ServiceExt};
 
 use crate::{
-    BoxError,
     configs::Config,
     grpc::{self, pb::greeter_client::GreeterClient},
     mesh_config,
+    plumbing::BoxError,
     tls::RustlsConnector,
 };
 
@@ -107,7 +107,7 @@ impl Sender {
             Sender::Tonic(client) => return grpc::call(client).await,
             Sender::MeshGrpc(client) => return grpc::call(client).await,
         };
-        if status != StatusCode::OK || body.as_ref() != crate::server::HELLO {
+        if status != StatusCode::OK || body.as_ref() != crate::hello::HELLO {
             return Err(BadStatus(status).into());
         }
         Ok(())

@@ -4,11 +4,8 @@
 //! Every server runs on a current-thread tokio runtime (the run pins it to one core), binds
 //! `127.0.0.1:0`, prints `LISTENING port[,port..]` and serves until killed.
 
-use std::{convert::Infallible, io::Write, path::Path};
+use std::{io::Write, path::Path};
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
@@ -20,15 +17,7 @@ use tokio::{
 };
 use tokio_rustls::TlsAcceptor;
 
-use crate::{BoxError, cli::ServerArgs, configs::Config, mesh_config};
-
-/// The response every configuration returns.
-pub(crate) const HELLO: &[u8] = b"hello world";
-
-/// The handler: a fixed small body.
-pub(crate) async fn hello<B>(_request: Request<B>) -> Result<Response<Full<Bytes>>, Infallible> {
-    Ok(Response::new(Full::new(Bytes::from_static(HELLO))))
-}
+use crate::{cli::ServerArgs, configs::Config, hello::hello, mesh_config, plumbing::BoxError};
 
 /// Runs the server for `args.config` until the process is killed.
 pub(crate) fn main(args: ServerArgs) -> Result<(), BoxError> {

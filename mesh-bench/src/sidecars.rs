@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{BoxError, configs::Config, procstat};
+use crate::{configs::Config, plumbing::BoxError, procstat};
 
 const NGINX_CLIENT: &str = include_str!("../../bench/sidecars/nginx-client.conf.in");
 const NGINX_SERVER: &str = include_str!("../../bench/sidecars/nginx-server.conf.in");

@@ -29,7 +29,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector, client::TlsStream};
 
-use crate::BoxError;
+use crate::plumbing::BoxError;
 
 fn chain(dir: &Path, name: &str) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), BoxError> {
     let certs = CertificateDer::pem_file_iter(dir.join(format!("{name}.pem")))?.collect::<Result<Vec<_>, _>>()?;

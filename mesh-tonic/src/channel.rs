@@ -66,6 +66,12 @@ impl MeshChannel {
 }
 
 /// Configures a [`MeshChannel`]: the mesh client's settings, always over HTTP/2.
+///
+/// Every setting of [`MeshClientBuilder`] is reachable: the ones almost every channel needs
+/// ([`identity`](Self::identity), [`plaintext`](Self::plaintext), [`config`](Self::config),
+/// [`telemetry`](Self::telemetry)) here, and all of them through
+/// [`with_client`](Self::with_client), which hands over the client builder itself, so a setting
+/// mesh-tower adds is there without a copy here.
 #[derive(Clone)]
 pub struct MeshChannelBuilder {
     client: MeshClientBuilder,
@@ -108,6 +114,24 @@ impl MeshChannelBuilder {
     /// [`MeshClientBuilder::telemetry`]).
     pub fn telemetry(mut self, telemetry: TelemetryLayer) -> Self {
         self.client = self.client.telemetry(telemetry);
+        self
+    }
+
+    /// Applies `configure` to the [`MeshClientBuilder`] underneath: any of its settings, as on a
+    /// [`MeshClient`] (its protocol excepted: gRPC is always HTTP/2).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let discovery = mesh_core::StaticDiscovery::new();
+    /// let channel = mesh_tonic::MeshChannel::builder(discovery, "greeter".parse()?)
+    ///     .plaintext()
+    ///     .with_client(|client| client.connect_timeout(Duration::from_secs(1)).resolve_timeout(Duration::from_millis(500)))
+    ///     .build()?;
+    /// assert_eq!(channel.client().config().connect_timeout, Duration::from_secs(1));
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_client(mut self, configure: impl FnOnce(MeshClientBuilder) -> MeshClientBuilder) -> Self {
+        self.client = configure(self.client);
         self
     }
 

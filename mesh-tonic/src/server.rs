@@ -6,14 +6,16 @@ use mesh_tower::{
     BoxError, ConnectionInfo, PeerIdentity,
     authz::AuthorizationLayer,
     context::ContextLayer,
-    server::{Server, ServerHandle},
+    server::{RequestStack, Server, ServerHandle},
     telemetry::TelemetryLayer,
 };
 use tokio::net::TcpListener;
 use tower::Service;
 
 /// Serves tonic services with the mesh server stack: the same stack [`Server`] runs for HTTP
-/// services, here configured per call.
+/// services. Its setters configure that stack, a [`RequestStack`], as
+/// [`ServerBuilder`](mesh_tower::server::ServerBuilder)'s do (configure it there, or here on a
+/// server built already: it is the same configuration).
 ///
 /// The connection is [`Server`]'s: mTLS with the caller's SPIFFE ID verified once per connection,
 /// HTTP/2, [`PeerIdentity`] and [`ConnectionInfo`] in every request's extensions (read them in a
@@ -62,24 +64,30 @@ impl GrpcServer {
         Self { server }
     }
 
-    /// Traces, measures and logs every call: `TelemetryLayer::server(service_name)`.
-    pub fn telemetry(mut self, layer: TelemetryLayer) -> Self {
-        self.server = self.server.with_telemetry(layer);
-        self
+    /// Traces, measures and logs every call: `TelemetryLayer::server(service_name)` (see
+    /// [`RequestStack::telemetry`]).
+    pub fn telemetry(self, layer: TelemetryLayer) -> Self {
+        self.edit(|stack| stack.telemetry(layer))
     }
 
     /// Authorizes every call before it reaches the service: [`AuthorizationLayer::new`] for a
-    /// fixed policy, [`AuthorizationLayer::from_discovery`] to follow the service's snapshot.
-    /// Without it, every caller that completes the mTLS handshake is served.
-    pub fn authorization(mut self, layer: AuthorizationLayer) -> Self {
-        self.server = self.server.with_authorization(layer);
-        self
+    /// fixed policy, [`AuthorizationLayer::from_discovery`] to follow the service's snapshot (see
+    /// [`RequestStack::authorization`]). Without it, every caller that completes the mTLS
+    /// handshake is served.
+    pub fn authorization(self, layer: AuthorizationLayer) -> Self {
+        self.edit(|stack| stack.authorization(layer))
     }
 
-    /// Replaces the context layer (to read the cohort from another header).
-    pub fn context(mut self, layer: ContextLayer) -> Self {
-        self.server = self.server.with_context(layer);
-        self
+    /// Replaces the context layer (to read the cohort from another header; see
+    /// [`RequestStack::context`]).
+    pub fn context(self, layer: ContextLayer) -> Self {
+        self.edit(|stack| stack.context(layer))
+    }
+
+    /// The server's request stack, changed by `change`.
+    fn edit(self, change: impl FnOnce(RequestStack) -> RequestStack) -> Self {
+        let stack = change(self.server.request_stack().clone());
+        Self { server: self.server.with_request_stack(stack) }
     }
 
     /// Serves `service` on `listener` in a background task; the handle drains it.

@@ -2,15 +2,9 @@
 
 use std::error::Error as StdError;
 
-use http::StatusCode;
 use mesh_tower::{
     BoxError,
-    client::{
-        ClientError, ConnectError, NoEndpoints, NoRoute, UnknownSubset, Unresolved, UnsupportedRoute,
-        deadline::{PerTryTimeout, RouteTimeout},
-        fault::InjectedFault,
-        shed::Overloaded,
-    },
+    client::{ClientError, ErrorKind, grpc_code_of},
 };
 use tonic::{Code, Status};
 
@@ -19,13 +13,7 @@ use tonic::{Code, Status};
 /// | error | code |
 /// |---|---|
 /// | a `Status` already (anywhere in the source chain) | as is |
-/// | [`NoRoute`]: no route of the destination matches the method | `UNIMPLEMENTED` |
-/// | [`UnknownSubset`]: pinned to a subset the destination does not define | `FAILED_PRECONDITION` |
-/// | [`NoEndpoints`], [`Unresolved`], [`ConnectError`] (refused, TLS, wrong peer identity) | `UNAVAILABLE` |
-/// | [`UnsupportedRoute`]: the matched route is a redirect, a direct response, ... | `UNAVAILABLE` (as gRPC, gRFC A28) |
-/// | [`RouteTimeout`], [`PerTryTimeout`] | `DEADLINE_EXCEEDED` |
-/// | [`Overloaded`]: the circuit breaker shed the call | `UNAVAILABLE` (as gRPC's circuit breaking, gRFC A32, and Envoy's 503 overflow) |
-/// | [`InjectedFault`]: the gRPC status code it names, else by its HTTP status, as gRPC maps HTTP statuses | `RESOURCE_EXHAUSTED`, `UNAVAILABLE`, `PERMISSION_DENIED`, … |
+/// | one of mesh's own errors ([`NoRoute`](mesh_tower::client::NoRoute), [`RouteTimeout`](mesh_tower::client::deadline::RouteTimeout), [`ConnectError`](mesh_tower::client::ConnectError), ...) | its [`ErrorKind`]'s, from the one table there: `UNIMPLEMENTED` for no route, `FAILED_PRECONDITION` for an unknown subset, `DEADLINE_EXCEEDED` for a timeout, `UNAVAILABLE` for no endpoints, no snapshot, a refused or mistrusted connection and a shed call (as gRPC's circuit breaking, gRFC A32), an injected fault's own gRPC status, or its HTTP status as gRPC maps HTTP statuses; `UNAVAILABLE` for a route that does not forward ([`UnsupportedRoute`](mesh_tower::client::UnsupportedRoute), as gRPC) |
 /// | an HTTP/2 stream reset | by its reason, as gRPC's HTTP/2 mapping says (`REFUSED_STREAM`: `UNAVAILABLE`, `CANCEL`: `CANCELLED`, …) |
 /// | any other transport failure | `UNAVAILABLE` |
 /// | anything else | `UNKNOWN` |
@@ -58,32 +46,16 @@ fn chain<'a>(error: &'a (dyn StdError + 'static)) -> impl Iterator<Item = &'a (d
 }
 
 fn code_of(error: &(dyn StdError + 'static)) -> Code {
+    match ErrorKind::of(error) {
+        ErrorKind::Transport => code_of_transport(error),
+        kind => Code::from(i32::from(grpc_code_of(kind, error))),
+    }
+}
+
+/// What failed beneath a transport failure: an HTTP/2 reset says why; an error that is no
+/// transport failure at all (the kind's catch-all) is `UNKNOWN`.
+fn code_of_transport(error: &(dyn StdError + 'static)) -> Code {
     for e in chain(error) {
-        if e.is::<NoRoute>() {
-            return Code::Unimplemented;
-        }
-        if e.is::<UnknownSubset>() {
-            return Code::FailedPrecondition;
-        }
-        // A shed call is UNAVAILABLE, as gRPC's circuit breaking fails it (gRFC A32) and as
-        // Envoy's overflow 503 reads: callers and their retry policies treat it alike.
-        if e.is::<NoEndpoints>()
-            || e.is::<Unresolved>()
-            || e.is::<ConnectError>()
-            || e.is::<Overloaded>()
-            || e.is::<UnsupportedRoute>()
-        {
-            return Code::Unavailable;
-        }
-        if e.is::<RouteTimeout>() || e.is::<PerTryTimeout>() || e.is::<tokio::time::error::Elapsed>() {
-            return Code::DeadlineExceeded;
-        }
-        if let Some(fault) = e.downcast_ref::<InjectedFault>() {
-            return match fault.grpc_status() {
-                Some(code) => Code::from(i32::from(code)),
-                None => code_of_http(fault.status()),
-            };
-        }
         if let Some(h2) = e.downcast_ref::<h2::Error>()
             && let Some(reason) = h2.reason()
         {
@@ -97,9 +69,6 @@ fn code_of(error: &(dyn StdError + 'static)) -> Code {
                 return Code::Unavailable;
             }
         }
-        if e.downcast_ref::<hyper_util::client::legacy::Error>().is_some_and(|e| e.is_connect()) {
-            return Code::Unavailable;
-        }
         if e.is::<std::io::Error>() {
             return Code::Unavailable;
         }
@@ -108,18 +77,6 @@ fn code_of(error: &(dyn StdError + 'static)) -> Code {
         return Code::Unavailable;
     }
     Code::Unknown
-}
-
-/// gRPC's mapping of an HTTP status from something that is not a gRPC server.
-fn code_of_http(status: StatusCode) -> Code {
-    match status.as_u16() {
-        400 => Code::Internal,
-        401 => Code::Unauthenticated,
-        403 => Code::PermissionDenied,
-        404 => Code::Unimplemented,
-        429 | 502..=504 => Code::Unavailable,
-        _ => Code::Unknown,
-    }
 }
 
 /// gRPC's mapping of an HTTP/2 `RST_STREAM` reason.
@@ -158,11 +115,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn statuses_pass_through_and_http_faults_map_like_grpc() {
+    fn statuses_pass_through_and_resets_map_like_grpc() {
         let status = status_from_error(Box::new(Status::not_found("gone")));
         assert_eq!((status.code(), status.message()), (Code::NotFound, "gone"));
-        assert_eq!(code_of_http(StatusCode::SERVICE_UNAVAILABLE), Code::Unavailable);
-        assert_eq!(code_of_http(StatusCode::FORBIDDEN), Code::PermissionDenied);
         assert_eq!(code_of_h2(h2::Reason::REFUSED_STREAM), Code::Unavailable);
         let other = status_from_error("something odd".into());
         assert_eq!((other.code(), other.message()), (Code::Unknown, "something odd"));

@@ -39,3 +39,55 @@ async fn a_generated_tonic_client_calls_through_the_mesh_over_mtls() {
         server.shutdown().await.unwrap();
     }
 }
+
+/// Every setting of `MeshClientBuilder` reaches the channel's client, each checked by its effect:
+/// a setting the channel builder cannot reach does not compile, one that does nothing fails here.
+#[test]
+fn every_client_builder_setting_reaches_the_channel() {
+    use std::time::Duration;
+
+    use mesh_tower::{
+        client::{ClientConfig, Protocol},
+        telemetry::TelemetryLayer,
+    };
+
+    let name: ServiceName = "greeter".parse().unwrap();
+    let ca = DevCa::new("example.org".parse().unwrap()).unwrap();
+    let me = IdentitySource::fixed(ca.identity("/frontend").unwrap());
+    let builder = || MeshChannel::builder(StaticDiscovery::new(), name.clone());
+    let mut config = ClientConfig::default();
+    config.seed = Some(7);
+    config.pool_idle_timeout = Duration::from_secs(11);
+    let window = Duration::from_secs(7);
+    let telemetry = TelemetryLayer::client(name.clone()).golden_window(window);
+    let mut expected = config.clone();
+    expected.protocol = Protocol::Http2;
+
+    // Neither identity nor plaintext: refused, as a MeshClientBuilder is.
+    assert!(builder().build().is_err());
+    assert!(builder().with_client(|client| client.plaintext()).build().is_ok());
+
+    // The shortcuts.
+    let channel = builder().identity(me.clone()).config(config.clone()).telemetry(telemetry.clone()).build().unwrap();
+    assert_eq!(channel.client().config(), &expected);
+    assert_eq!(channel.client().telemetry().golden_signals().window(), window);
+
+    // Every setter of the client builder, through `with_client`; the protocol stays HTTP/2.
+    let (connect, resolve) = (Duration::from_millis(1234), Duration::from_millis(4321));
+    let channel = builder()
+        .with_client(|client| {
+            client
+                .config(config.clone())
+                .telemetry(telemetry.clone())
+                .identity(me)
+                .protocol(Protocol::Http1)
+                .connect_timeout(connect)
+                .resolve_timeout(resolve)
+        })
+        .build()
+        .unwrap();
+    expected.connect_timeout = connect;
+    expected.resolve_timeout = resolve;
+    assert_eq!(channel.client().config(), &expected);
+    assert_eq!(channel.client().telemetry().golden_signals().window(), window);
+}

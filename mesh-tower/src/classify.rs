@@ -27,7 +27,7 @@
 use http::{HeaderMap, StatusCode};
 use mesh_core::policy::RetryOn;
 
-use crate::{BoxError, grpc};
+use crate::{BoxError, failure::ErrorKind, grpc};
 
 /// What one attempt or request came to. See the [module docs](self) for the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,22 +143,19 @@ pub fn error(error: &BoxError) -> Class {
 
 /// [`error`], for any error type.
 pub fn error_of(error: &(dyn std::error::Error + 'static)) -> Class {
-    let mut source = Some(error);
-    while let Some(e) = source {
-        if e.is::<crate::connection::ConnectError>()
-            || e.downcast_ref::<hyper_util::client::legacy::Error>().is_some_and(|e| e.is_connect())
-        {
-            return Class::Transport(TransportFailure::Connect);
-        }
-        if e.is::<crate::failure::PerTryTimeout>()
-            || e.is::<crate::failure::RouteTimeout>()
-            || e.is::<tokio::time::error::Elapsed>()
-        {
-            return Class::Transport(TransportFailure::Timeout);
-        }
-        source = e.source();
-    }
-    Class::Transport(TransportFailure::Reset)
+    // The error's kind, from the one table of failures; mesh's own refusals never reached an
+    // endpoint, so they count as neither a connect failure nor a timeout.
+    Class::Transport(match ErrorKind::of(error) {
+        ErrorKind::Connect | ErrorKind::IdentityMismatch => TransportFailure::Connect,
+        ErrorKind::Timeout => TransportFailure::Timeout,
+        ErrorKind::NoRoute
+        | ErrorKind::UnknownSubset
+        | ErrorKind::NoEndpoints
+        | ErrorKind::Unresolved
+        | ErrorKind::Overloaded
+        | ErrorKind::InjectedFault
+        | ErrorKind::Transport => TransportFailure::Reset,
+    })
 }
 
 #[cfg(test)]

@@ -18,10 +18,19 @@
 //! # Deadlines
 //!
 //! A request that carries `x-mesh-timeout: <milliseconds>` (or gRPC's `grpc-timeout`) gets a
-//! deadline: [`ContextLayer`] answers `504 Gateway Timeout` when it passes (a gRPC request gets
-//! `grpc-status: 4`, `DEADLINE_EXCEEDED`, as a trailers-only response, which is what gRPC clients
-//! expect) and drops the handler's future, so the work stops when the caller has given up; and the
-//! mesh calls the handler makes carry the remaining time on (the client's
+//! deadline, for the whole call, response body included, so the work stops when the caller has
+//! given up:
+//!
+//! - before the handler answers, [`ContextLayer`] drops the handler's future and answers
+//!   `504 Gateway Timeout` (a gRPC request gets `grpc-status: 4`, `DEADLINE_EXCEEDED`, as a
+//!   trailers-only response, which is what gRPC clients expect);
+//! - after, the response body is dropped where it stands (a streaming handler's stream with it)
+//!   and a gRPC call ends with `grpc-status: 4` in trailers; any other response is cut off with
+//!   an error, which hyper sends as `RST_STREAM(CANCEL)` (or by closing an HTTP/1.1
+//!   connection). grpc-go's server resets the stream at the deadline without a status; mesh
+//!   sends the status first, so a caller without a deadline of its own still learns why.
+//!
+//! The mesh calls the handler makes carry the remaining time on (the client's
 //! [deadline](crate::client::deadline) starts from [`remaining`]).
 //!
 //! # Retry depth
@@ -33,7 +42,7 @@
 use std::{
     future::Future,
     pin::Pin,
-    task::{Context, Poll, ready},
+    task::{Context, Poll},
     time::Duration,
 };
 
@@ -42,6 +51,9 @@ use mesh_core::SubsetName;
 use pin_project_lite::pin_project;
 use tokio::{task::futures::TaskLocalFuture, time::Instant};
 use tower::{Layer, Service};
+
+pub use crate::deadline_body::DeadlineBody;
+use crate::deadline_body::{Expiry, SERVER_MESSAGE, Side};
 
 /// The header that carries the cohort.
 pub const COHORT_HEADER: HeaderName = HeaderName::from_static("x-mesh-cohort");
@@ -131,9 +143,9 @@ pub struct WithContext<S> {
 impl<S, B, ResBody> Service<Request<B>> for WithContext<S>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
-    ResBody: Default,
+    ResBody: http_body::Body + Default,
 {
-    type Response = S::Response;
+    type Response = Response<DeadlineBody<ResBody>>;
     type Error = S::Error;
     type Future = ContextFuture<S::Future>;
 
@@ -144,19 +156,16 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         // Unparsable values are ignored: these headers are hints, never a reason to fail.
         let header = |name: &HeaderName| request.headers().get(name).and_then(|v| v.to_str().ok());
-        let deadline = crate::headers::requested(request.headers()).map(|t| Instant::now() + t);
+        let limit = crate::headers::requested(request.headers());
+        let deadline = limit.map(|t| Instant::now() + t);
         let context = MeshContext {
             cohort: header(&self.cohort_header).and_then(|v| SubsetName::new(v).ok()),
             retry_depth: header(&RETRY_DEPTH_HEADER).and_then(|v| v.parse().ok()).unwrap_or(0).min(64),
             deadline,
         };
         let grpc = crate::grpc::is_grpc(request.headers());
-        let inner = match deadline {
-            Some(deadline) => {
-                Deadline::Timed { future: tokio::time::timeout_at(deadline, self.inner.call(request)), grpc }
-            }
-            None => Deadline::Open { future: self.inner.call(request) },
-        };
+        let expiry = deadline.zip(limit).map(|(at, limit)| Expiry::new(at, limit, grpc, Side::Server, None));
+        let inner = Deadline { future: self.inner.call(request), expiry };
         ContextFuture { inner: CONTEXT.scope(context, inner) }
     }
 }
@@ -171,50 +180,52 @@ pin_project! {
 }
 
 pin_project! {
-    // The handler's future, with or without a deadline.
-    #[project = DeadlineProj]
-    enum Deadline<F> {
-        Open { #[pin] future: F },
-        Timed { #[pin] future: tokio::time::Timeout<F>, grpc: bool },
+    // The handler's future, and the caller's deadline if it has one.
+    struct Deadline<F> {
+        #[pin]
+        future: F,
+        expiry: Option<Expiry>,
     }
 }
 
 impl<F, ResBody, E> Future for Deadline<F>
 where
     F: Future<Output = Result<Response<ResBody>, E>>,
-    ResBody: Default,
+    ResBody: http_body::Body + Default,
 {
-    type Output = Result<Response<ResBody>, E>;
+    type Output = Result<Response<DeadlineBody<ResBody>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            DeadlineProj::Open { future } => future.poll(cx),
-            DeadlineProj::Timed { future, grpc } => Poll::Ready(match ready!(future.poll(cx)) {
-                Ok(result) => result,
-                Err(_elapsed) if *grpc => {
-                    tracing::debug!("the caller's deadline passed; the gRPC handler was cancelled");
-                    Ok(crate::grpc::status_response(
-                        crate::grpc::code::DEADLINE_EXCEEDED,
-                        "the caller's deadline passed; the server cancelled the call",
-                    ))
-                }
-                Err(_elapsed) => {
-                    tracing::debug!("the caller's deadline passed; the handler was cancelled");
-                    let mut response = Response::new(ResBody::default());
-                    *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
-                    Ok(response)
-                }
-            }),
+        let this = self.project();
+        if let Poll::Ready(result) = this.future.poll(cx) {
+            let expiry = this.expiry.take();
+            return Poll::Ready(result.map(|response| response.map(|body| DeadlineBody::new(body, expiry))));
         }
+        let Some(expiry) = this.expiry else {
+            return Poll::Pending;
+        };
+        if expiry.poll_passed(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let response = if expiry.is_grpc() {
+            tracing::debug!("the caller's deadline passed; the gRPC handler was cancelled");
+            crate::grpc::status_response(crate::grpc::code::DEADLINE_EXCEEDED, SERVER_MESSAGE)
+        } else {
+            tracing::debug!("the caller's deadline passed; the handler was cancelled");
+            let mut response = Response::new(DeadlineBody::default());
+            *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+            response
+        };
+        Poll::Ready(Ok(response))
     }
 }
 
 impl<F, ResBody, E> Future for ContextFuture<F>
 where
     F: Future<Output = Result<Response<ResBody>, E>>,
-    ResBody: Default,
+    ResBody: http_body::Body + Default,
 {
-    type Output = Result<Response<ResBody>, E>;
+    type Output = Result<Response<DeadlineBody<ResBody>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.project().inner.poll(cx)

@@ -3,7 +3,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex, OnceLock, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -72,6 +72,22 @@ impl SubsetSignals {
     }
 }
 
+/// One subset's window of a [`GoldenSignals`], found once (see [`GoldenSignals::subset_window`]).
+#[derive(Debug)]
+pub(crate) struct SubsetWindow {
+    signals: GoldenSignals,
+    subset: Option<SubsetName>,
+    window: OnceLock<Arc<Mutex<Window>>>,
+}
+
+impl SubsetWindow {
+    /// Counts one request that ended now, as [`GoldenSignals::record`] does.
+    pub(crate) fn record(&self, latency: Duration, success: bool) {
+        let window = self.window.get_or_init(|| self.signals.window_of(self.subset.as_ref()));
+        self.signals.record_in(window, latency, success);
+    }
+}
+
 #[derive(Debug)]
 struct Window {
     slots: Box<[Slot; SLOTS]>,
@@ -111,7 +127,17 @@ impl GoldenSignals {
 
     /// Counts one request that ended now.
     pub(crate) fn record(&self, subset: Option<&SubsetName>, latency: Duration, success: bool) {
-        let window = self.window_of(subset);
+        self.record_in(&self.window_of(subset), latency, success);
+    }
+
+    /// The window of `subset`, for a caller that records into the same subset many times (a
+    /// server connection: its subset is the server's version). Found at its first request, so
+    /// a subset without requests stays out of [`snapshot`](Self::snapshot).
+    pub(crate) fn subset_window(&self, subset: Option<&SubsetName>) -> SubsetWindow {
+        SubsetWindow { signals: self.clone(), subset: subset.cloned(), window: OnceLock::new() }
+    }
+
+    fn record_in(&self, window: &Mutex<Window>, latency: Duration, success: bool) {
         let step = self.step(Instant::now());
         let mut window = window.lock().unwrap_or_else(PoisonError::into_inner);
         let slot = &mut window.slots[(step % SLOTS as u64) as usize];

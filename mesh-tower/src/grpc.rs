@@ -35,6 +35,8 @@ pub mod code {
     pub const PERMISSION_DENIED: u16 = 7;
     /// `RESOURCE_EXHAUSTED`.
     pub const RESOURCE_EXHAUSTED: u16 = 8;
+    /// `FAILED_PRECONDITION`.
+    pub const FAILED_PRECONDITION: u16 = 9;
     /// `UNIMPLEMENTED`.
     pub const UNIMPLEMENTED: u16 = 12;
     /// `INTERNAL`.
@@ -43,6 +45,30 @@ pub mod code {
     pub const UNAVAILABLE: u16 = 14;
     /// `DATA_LOSS`.
     pub const DATA_LOSS: u16 = 15;
+    /// `UNAUTHENTICATED`.
+    pub const UNAUTHENTICATED: u16 = 16;
+}
+
+/// The gRPC status a caller reads from an HTTP status that did not come from a gRPC server, as
+/// gRPC's HTTP-to-gRPC status mapping says: 400 `INTERNAL`, 401 `UNAUTHENTICATED`, 403
+/// `PERMISSION_DENIED`, 404 `UNIMPLEMENTED`, 429 and 502-504 `UNAVAILABLE`, anything else
+/// `UNKNOWN`.
+///
+/// ```
+/// use mesh_tower::grpc::{code, code_from_http};
+///
+/// assert_eq!(code_from_http(http::StatusCode::SERVICE_UNAVAILABLE), code::UNAVAILABLE);
+/// assert_eq!(code_from_http(http::StatusCode::IM_A_TEAPOT), code::UNKNOWN);
+/// ```
+pub fn code_from_http(status: http::StatusCode) -> u16 {
+    match status.as_u16() {
+        400 => code::INTERNAL,
+        401 => code::UNAUTHENTICATED,
+        403 => code::PERMISSION_DENIED,
+        404 => code::UNIMPLEMENTED,
+        429 | 502..=504 => code::UNAVAILABLE,
+        _ => code::UNKNOWN,
+    }
 }
 
 /// Whether a message is gRPC: `content-type: application/grpc`, `application/grpc+proto`, ...
@@ -132,11 +158,22 @@ pub(crate) fn status_response<B: Default>(code: u16, message: &str) -> Response<
     let mut response = Response::new(B::default());
     let headers = response.headers_mut();
     headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    write_status(headers, code, message);
+    response
+}
+
+/// The trailers that end a call with `code` and `message`.
+pub(crate) fn status_trailers(code: u16, message: &str) -> HeaderMap {
+    let mut trailers = HeaderMap::with_capacity(2);
+    write_status(&mut trailers, code, message);
+    trailers
+}
+
+fn write_status(headers: &mut HeaderMap, code: u16, message: &str) {
     headers.insert(STATUS, HeaderValue::from(code));
     if let Ok(value) = HeaderValue::from_str(&percent_encode(message)) {
         headers.insert(MESSAGE, value);
     }
-    response
 }
 
 /// gRPC's encoding of `grpc-message`: printable ASCII except `%` as is, every other byte `%XX`.

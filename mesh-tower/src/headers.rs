@@ -47,6 +47,12 @@ pub(crate) fn propagate(headers: &mut HeaderMap, remaining: Duration) {
 type Cached = std::cell::RefCell<Option<(u64, HeaderValue)>>;
 
 /// `remaining` in whole milliseconds, rounded down to 10 ms from a second up (see [`propagate`]).
+/// The most [`propagate`] shaves off a deadline of at most `limit`: the next hop's deadline can
+/// pass this much before the caller's does.
+pub(crate) fn rounding_slack(limit: Duration) -> Duration {
+    Duration::from_millis(if limit >= Duration::from_secs(1) { 10 } else { 1 })
+}
+
 fn rounded_millis(remaining: Duration) -> u64 {
     let ms = remaining.as_millis().min(99_999_999) as u64;
     if ms >= 1_000 { ms - ms % 10 } else { ms }

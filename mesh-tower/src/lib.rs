@@ -54,6 +54,7 @@ pub mod classify;
 pub mod client;
 mod connection;
 pub mod context;
+mod deadline_body;
 mod failure;
 mod future;
 #[cfg(feature = "fuzzing")]

@@ -13,7 +13,6 @@
 //! | `mesh_circuit_breaker_rejections_total` | counter | `service` | requests shed by the circuit breaker |
 //! | `mesh_tls_handshake_failures_total` | counter | `reason` ([`HandshakeFailure`](crate::HandshakeFailure) names) | refused mTLS handshakes (server) |
 //! | `mesh_authz_denials_total` | counter | `mode` (`enforce`, `dry_run`) | calls denied, or that a dry run would deny |
-//!
 //! | `mesh_discovery_updates_total` | counter | `service` | snapshots published by a discovery backend |
 //! | `mesh_discovery_errors_total` | counter | `service` | errors a discovery backend reported (the last good snapshot stays) |
 //! | `mesh_discovery_endpoints` | gauge | `service`, `subset` (empty: every endpoint) | endpoints with weight > 0 in the latest snapshot |

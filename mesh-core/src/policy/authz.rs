@@ -215,20 +215,10 @@ impl AuthorizationDecision {
 }
 
 impl AuthorizationRule {
-    /// Whether the rule covers this call by `peer`.
+    /// Whether the rule covers this call by `peer`: its caller-level conditions (narrowed once
+    /// per connection by [`CallerRules`](super::CallerRules)) and its request-level ones.
     fn matches_call(&self, peer: &SpiffeId, call: &Call<'_>) -> bool {
-        let header = |h: &HeaderMatch| h.matches_value(call.headers.value(&h.name).as_deref());
-        let port = |p: &u16| call.port == Some(*p);
-        (self.from.is_empty() || self.from.iter().any(|p| p.matches(peer)))
-            && !self.not_from.iter().any(|p| p.matches(peer))
-            && (self.paths.is_empty() || self.paths.iter().any(|p| p.matches(call.path)))
-            && !self.not_paths.iter().any(|p| p.matches(call.path))
-            && (self.methods.is_empty() || self.methods.iter().any(|m| m.as_str() == call.method))
-            && !self.not_methods.iter().any(|m| m.as_str() == call.method)
-            && self.headers.iter().all(header)
-            && !self.not_headers.iter().any(header)
-            && (self.ports.is_empty() || self.ports.iter().any(port))
-            && !self.not_ports.iter().any(port)
+        self.covers_caller(peer, call.port) && self.matches_request(call)
     }
 
     /// A rule that allows the callers in `from` everywhere.

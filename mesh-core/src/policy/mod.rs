@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 mod authz;
 mod balance;
+mod caller;
 mod fault;
 mod limits;
 mod retry;
@@ -19,6 +20,7 @@ pub use self::authz::{
     NoHeaders, PrincipalMatch, RequestHeaders,
 };
 pub use self::balance::{LoadBalancer, LoadBalancerKind};
+pub use self::caller::CallerRules;
 pub use self::fault::{AbortStatus, Fault, FaultAbort, FaultDelay};
 pub use self::limits::{CircuitBreaker, OutlierDetection, Percentage};
 pub use self::retry::{Backoff, RetryBudget, RetryOn, RetryPolicy};

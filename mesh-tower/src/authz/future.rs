@@ -29,8 +29,8 @@ impl<F, B> ResponseFuture<F, B> {
         Self { kind: Kind::Allowed { future } }
     }
 
-    pub(super) fn denied(mut response: Response<B>) -> Self {
-        response.extensions_mut().insert(super::Denied);
+    /// `response` is already marked [`Denied`](super::Denied).
+    pub(super) fn denied(response: Response<B>) -> Self {
         Self { kind: Kind::Denied { response: Some(response) } }
     }
 }

@@ -28,10 +28,12 @@
 //! # Ok::<_, mesh_core::InvalidSpiffeId>(())
 //! ```
 
+mod connection;
 mod future;
 mod layer;
 mod service;
 
+pub(crate) use self::connection::ConnectionAuthorization;
 pub use self::future::ResponseFuture;
 pub use self::layer::{AuthorizationLayer, AuthorizationStats};
 pub use self::service::Authorization;

@@ -12,7 +12,7 @@ use mesh_core::{
 };
 use tower::Service;
 
-use super::{AuthorizationStats, ResponseFuture, layer::PolicySource};
+use super::{AuthorizationStats, Denied, ResponseFuture, connection::Narrowed, layer::PolicySource};
 use crate::{ConnectionInfo, PeerIdentity};
 
 /// The service [`AuthorizationLayer`](super::AuthorizationLayer) makes.
@@ -38,68 +38,86 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let peer = request.extensions().get::<PeerIdentity>().map(PeerIdentity::id);
-        let headers = Headers(request.headers());
-        let mut call = Call::new(peer, request.method().as_str(), request.uri().path(), &headers);
-        if let Some(info) = request.extensions().get::<ConnectionInfo>() {
-            call = call.with_port(info.local_addr.port());
+        let port = request.extensions().get::<ConnectionInfo>().map(|info| info.local_addr.port());
+        match check(&self.policy, &self.stats, &request, peer, port, &Narrowed::None) {
+            None => ResponseFuture::allowed(self.inner.call(request)),
+            Some(denied) => ResponseFuture::denied(denied),
         }
-        let (decision, mode) = match &self.policy {
-            PolicySource::Fixed(policy) => (policy.evaluate_call(&call), policy.mode),
-            PolicySource::Watch(watch) => match watch.borrow().as_deref() {
-                Some(policy) => (policy.evaluate_call(&call), policy.mode),
-                None => (AuthorizationDecision::Allow { rule: 0 }, AuthorizationMode::Enforce),
-            },
-            PolicySource::Discovery(watch) => match watch.current() {
-                Some(snapshot) => match &snapshot.policies().authorization {
-                    Some(policy) => (policy.evaluate_call(&call), policy.mode),
-                    None if peer.is_some() => (AuthorizationDecision::Allow { rule: 0 }, AuthorizationMode::Enforce),
-                    None => (AuthorizationDecision::Deny { rule: None }, AuthorizationMode::Enforce),
-                },
+    }
+}
+
+/// Authorizes `request` by `peer`, accepted on `port`: `None` lets it through, otherwise the
+/// response that refuses it (marked [`Denied`]). The one path of every authorization decision,
+/// for the layer and for the server's per-connection check (which passes its narrowed rules).
+pub(super) fn check<ReqBody, ResBody: Default>(
+    source: &PolicySource,
+    stats: &AuthorizationStats,
+    request: &Request<ReqBody>,
+    peer: Option<&mesh_core::SpiffeId>,
+    port: Option<u16>,
+    narrowed: &Narrowed,
+) -> Option<Response<ResBody>> {
+    let headers = Headers(request.headers());
+    let mut call = Call::new(peer, request.method().as_str(), request.uri().path(), &headers);
+    if let Some(port) = port {
+        call = call.with_port(port);
+    }
+    let (decision, mode) = match source {
+        PolicySource::Fixed(policy) => (narrowed.evaluate_fixed(policy, &call), policy.mode),
+        PolicySource::Watch(watch) => match watch.borrow().as_ref() {
+            Some(policy) => (narrowed.evaluate_latest(policy, policy, &call), policy.mode),
+            None => (AuthorizationDecision::Allow { rule: 0 }, AuthorizationMode::Enforce),
+        },
+        PolicySource::Discovery(watch) => match watch.current() {
+            Some(snapshot) => match &snapshot.policies().authorization {
+                Some(policy) => (narrowed.evaluate_latest(&snapshot, policy, &call), policy.mode),
+                None if peer.is_some() => (AuthorizationDecision::Allow { rule: 0 }, AuthorizationMode::Enforce),
                 None => (AuthorizationDecision::Deny { rule: None }, AuthorizationMode::Enforce),
             },
-        };
-        let AuthorizationDecision::Deny { rule } = decision else {
-            self.stats.record_allowed();
-            return ResponseFuture::allowed(self.inner.call(request));
-        };
-        let caller = peer.map_or("an unauthenticated caller", |p| p.as_str());
-        let why = match (&self.policy, rule) {
-            (_, Some(i)) => format!("rule {i} denies it"),
-            (PolicySource::Discovery(watch), None) if watch.current().is_none() => {
-                format!("discovery has no snapshot of {} yet, so no policy", watch.service())
-            }
-            (_, None) => "no rule allows it".to_owned(),
-        };
-        if mode == AuthorizationMode::DryRun {
-            self.stats.record_would_deny();
-            crate::metrics::authz_denial(true);
-            tracing::warn!(
-                target: "mesh::authz",
-                caller, method = %request.method(), path = request.uri().path(), %why,
-                "dry run: would deny",
-            );
-            return ResponseFuture::allowed(self.inner.call(request));
+            None => (AuthorizationDecision::Deny { rule: None }, AuthorizationMode::Enforce),
+        },
+    };
+    let AuthorizationDecision::Deny { rule } = decision else {
+        stats.record_allowed();
+        return None;
+    };
+    let caller = peer.map_or("an unauthenticated caller", |p| p.as_str());
+    let why = match (source, rule) {
+        (_, Some(i)) => format!("rule {i} denies it"),
+        (PolicySource::Discovery(watch), None) if watch.current().is_none() => {
+            format!("discovery has no snapshot of {} yet, so no policy", watch.service())
         }
-        self.stats.record_denied();
-        crate::metrics::authz_denial(false);
-        tracing::info!(
+        (_, None) => "no rule allows it".to_owned(),
+    };
+    if mode == AuthorizationMode::DryRun {
+        stats.record_would_deny();
+        crate::metrics::authz_denial(true);
+        tracing::warn!(
             target: "mesh::authz",
             caller, method = %request.method(), path = request.uri().path(), %why,
-            "denied",
+            "dry run: would deny",
         );
-        if crate::grpc::is_grpc(request.headers()) {
-            // gRPC clients read the outcome from `grpc-status`, not the HTTP status: a 403 would
-            // surface as a vague UNKNOWN or UNIMPLEMENTED instead of PERMISSION_DENIED.
-            let message = format!("{caller} may not call {}: {why}", request.uri().path());
-            return ResponseFuture::denied(crate::grpc::status_response(
-                crate::grpc::code::PERMISSION_DENIED,
-                &message,
-            ));
-        }
+        return None;
+    }
+    stats.record_denied();
+    crate::metrics::authz_denial(false);
+    tracing::info!(
+        target: "mesh::authz",
+        caller, method = %request.method(), path = request.uri().path(), %why,
+        "denied",
+    );
+    let mut response = if crate::grpc::is_grpc(request.headers()) {
+        // gRPC clients read the outcome from `grpc-status`, not the HTTP status: a 403 would
+        // surface as a vague UNKNOWN or UNIMPLEMENTED instead of PERMISSION_DENIED.
+        let message = format!("{caller} may not call {}: {why}", request.uri().path());
+        crate::grpc::status_response(crate::grpc::code::PERMISSION_DENIED, &message)
+    } else {
         let mut response = Response::new(ResBody::default());
         *response.status_mut() = StatusCode::FORBIDDEN;
-        ResponseFuture::denied(response)
-    }
+        response
+    };
+    response.extensions_mut().insert(Denied);
+    Some(response)
 }
 
 /// A request's headers as authorization rules read them.

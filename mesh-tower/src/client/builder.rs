@@ -17,7 +17,7 @@ use tower::util::BoxCloneSyncService;
 
 use super::{
     config::{ClientConfig, Protocol},
-    deadline::DeadlineLayer,
+    deadline::{CancelOnDeadline, DeadlineBody, DeadlineLayer},
     endpoint::{
         self, EndpointBody, Endpoints, Http2Connections, Transport,
         connect::{IdentityBook, MeshConnector},
@@ -45,6 +45,7 @@ pub struct MeshClient<B> {
 /// What the stack's layers count, kept for the client's accessors.
 struct Handles {
     service: ServiceName,
+    config: ClientConfig,
     outliers: Arc<OutlierStats>,
     mirrors: Arc<MirrorStats>,
     retries: Arc<RetryStats>,
@@ -56,8 +57,9 @@ struct Handles {
 }
 
 /// The response body of a [`MeshClient`]: hyper's body, observed to its end by the attempt's
-/// accounting and by telemetry (the gRPC status in the trailers counts everywhere a status does).
-pub type ResponseBody = crate::telemetry::TelemetryBody<EndpointBody<Incoming>>;
+/// accounting and by telemetry (the gRPC status in the trailers counts everywhere a status does),
+/// and ended by the call's [deadline](super::deadline) if it passes first.
+pub type ResponseBody = crate::telemetry::TelemetryBody<DeadlineBody<EndpointBody<Incoming>>>;
 
 /// Configures a [`MeshClient`]. See [`MeshClient::builder`].
 #[derive(Clone)]
@@ -176,10 +178,11 @@ impl MeshClientBuilder {
         let identities = Arc::new(IdentityBook::default());
         let router =
             RouterLayer::with_identities(self.discovery.watch(&self.service), &self.config, identities.clone());
-        let endpoints = self.endpoints::<B>(identities, &telemetry)?;
+        let endpoints = self.endpoints::<CancelOnDeadline<B>>(identities, &telemetry)?;
         let (faults, retries, shed) = (FaultLayer::new(), RetryLayer::new(), LoadShedLayer::new());
         let handles = Handles {
             service: self.service.clone(),
+            config: self.config.clone(),
             outliers: router.outlier_stats(),
             mirrors: endpoints.mirror_stats(),
             retries: retries.stats(),
@@ -261,6 +264,12 @@ impl<B> MeshClient<B> {
     /// The destination.
     pub fn service(&self) -> &ServiceName {
         &self.handles.service
+    }
+
+    /// The configuration the client was built with ([`MeshClientBuilder::config`] and the
+    /// setters that edit it).
+    pub fn config(&self) -> &ClientConfig {
+        &self.handles.config
     }
 
     /// Ejections by outlier detection so far.

@@ -16,52 +16,13 @@ use std::{
     task::{Context, Poll},
 };
 
-use http::{Request, StatusCode};
+use http::Request;
 use tower::{Layer, Service, ServiceExt};
-
-use mesh_core::policy::AbortStatus;
 
 use super::resolution::{Resolution, split::in_share};
 use crate::{BoxError, future::PassThrough};
 
-/// A request failed on purpose by the route's fault policy.
-#[derive(Debug, Clone)]
-pub struct InjectedFault {
-    status: AbortStatus,
-}
-
-impl InjectedFault {
-    /// The HTTP status of the answer: the policy's, or 200 for a gRPC abort (answered, as a gRPC
-    /// server fails a call at once, with a trailers-only response).
-    pub fn status(&self) -> StatusCode {
-        match self.status {
-            AbortStatus::Http(s) => StatusCode::from_u16(s).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
-            _ => StatusCode::OK,
-        }
-    }
-
-    /// The gRPC status code the policy asked for, when it named one (`8` for
-    /// `RESOURCE_EXHAUSTED`); `None` for an HTTP status.
-    pub fn grpc_status(&self) -> Option<u16> {
-        match self.status {
-            AbortStatus::Grpc(code) => Some(code),
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for InjectedFault {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // gRPC's own words for it (grpc-go's fault filter), then what the policy named.
-        f.write_str("RPC terminated due to fault injection: ")?;
-        match self.status {
-            AbortStatus::Grpc(code) => write!(f, "aborted with gRPC status {code} ({})", crate::grpc::code_name(code)),
-            _ => write!(f, "aborted with status {}", self.status()),
-        }
-    }
-}
-
-impl std::error::Error for InjectedFault {}
+pub use crate::failure::InjectedFault;
 
 /// Injects the faults the requests' routes ask for. Cheap to clone: the counters that make shares
 /// exact are shared by every clone.
@@ -156,6 +117,7 @@ where
 mod tests {
     use std::{convert::Infallible, time::Duration};
 
+    use http::StatusCode;
     use mesh_core::{
         Route, RouteName, ServiceSnapshot,
         policy::{Fault, Percentage},

@@ -2,7 +2,7 @@
 //!
 //! [`MeshClient`] is a tower [`Service`](tower::Service) that calls one destination through
 //! discovery, with every policy discovery configures for it applied live. Its layers, in the
-//! order a request walks them (and the order of this module's folders):
+//! order a request walks them (the order [`MeshClientBuilder::build`] stacks them in):
 //!
 //! 1. [`telemetry`](crate::telemetry): the request's span, metrics, access log and golden
 //!    signals, as the application sees it;
@@ -35,7 +35,6 @@ mod builder;
 pub(crate) mod config;
 pub mod deadline;
 pub mod endpoint;
-pub(crate) mod error;
 pub mod fault;
 pub mod outlier;
 pub mod resolution;
@@ -46,9 +45,12 @@ pub mod shed;
 
 pub use self::builder::{MeshClient, MeshClientBuilder, ResponseBody, ResponseFuture};
 pub use self::config::{ClientConfig, Protocol};
-pub use self::error::{ClientError, ErrorKind, Unresolved};
-pub use self::resolution::{NoEndpoints, NoRoute, Resolution, UnknownSubset, UnsupportedRoute};
+pub use self::resolution::Resolution;
 pub use self::respond::{
-    ERROR_HEADER, ErrorResponse, ErrorResponseFuture, ErrorResponseLayer, ErrorResponses, response_of, status_of,
+    ERROR_HEADER, ErrorResponse, ErrorResponseFuture, ErrorResponseLayer, ErrorResponses, response_of,
 };
 pub use crate::connection::ConnectError;
+pub use crate::failure::{
+    ClientError, ErrorKind, NoEndpoints, NoRoute, UnknownSubset, Unresolved, UnsupportedRoute, grpc_code_of,
+    status_of,
+};

@@ -1,16 +1,10 @@
 //! Client errors as HTTP responses, in one place, for callers that want a response rather than an
 //! error (a gateway, or a handler that passes a failed call on).
 //!
-//! | [`ErrorKind`] | status |
-//! |---|---|
-//! | `NoRoute` | 404 Not Found |
-//! | `UnknownSubset` | 400 Bad Request |
-//! | `NoEndpoints`, `Unresolved`, `Overloaded`, `UnsupportedRoute` | 503 Service Unavailable |
-//! | `Connect`, `IdentityMismatch`, `Transport` | 502 Bad Gateway |
-//! | `Timeout` | 504 Gateway Timeout |
-//! | `InjectedFault` | the status the fault policy names; for a gRPC status code, a trailers-only gRPC response (200, `grpc-status` in the headers, an empty body) |
-//!
-//! Each such response carries [`ERROR_HEADER`] (`x-mesh-error: timeout`, …, the kind's
+//! The status is the one [`ErrorKind`]'s table gives the error's kind ([`status_of`]: 404 for no
+//! route, 503 for no endpoints, 504 for a timeout, 502 for a connect or transport failure, an
+//! injected fault's own status, ...); an injected gRPC status is answered as a gRPC server fails
+//! a call at once, a trailers-only response (200, `grpc-status` in the headers, no body). Each such response carries [`ERROR_HEADER`] (`x-mesh-error: timeout`, …, the kind's
 //! [`as_str`](ErrorKind::as_str)), so a caller can tell mesh's answer from the upstream's, as
 //! Linkerd's `l5d-proxy-error` does, and a `text/plain` body with the error's message.
 
@@ -22,16 +16,15 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Response};
 use http_body_util::{Either, Full};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use super::{
-    error::{ClientError, ErrorKind},
-    fault::InjectedFault,
+use crate::{
+    BoxError,
+    failure::{ClientError, ErrorKind, status_of},
 };
-use crate::BoxError;
 
 /// The response header that names why mesh answered instead of the upstream.
 pub const ERROR_HEADER: HeaderName = HeaderName::from_static("x-mesh-error");
@@ -40,7 +33,7 @@ pub const ERROR_HEADER: HeaderName = HeaderName::from_static("x-mesh-error");
 pub type ErrorResponse<B> = Either<B, Full<Bytes>>;
 
 /// Turns the errors of the service below (a [`MeshClient`](super::MeshClient)) into HTTP
-/// responses, with the statuses of the table in [`status_of`].
+/// responses, with the statuses of [`ErrorKind`]'s table ([`status_of`]).
 ///
 /// ```
 /// use mesh_tower::client::{ERROR_HEADER, ErrorResponseLayer, MeshClient};
@@ -93,29 +86,6 @@ impl<S: Clone> Clone for ErrorResponses<S> {
     }
 }
 
-/// The status mesh answers with for an error of `kind`.
-pub fn status_of(kind: ErrorKind, error: &(dyn std::error::Error + 'static)) -> StatusCode {
-    match kind {
-        ErrorKind::NoRoute => StatusCode::NOT_FOUND,
-        ErrorKind::UnknownSubset => StatusCode::BAD_REQUEST,
-        ErrorKind::NoEndpoints | ErrorKind::Unresolved | ErrorKind::Overloaded | ErrorKind::UnsupportedRoute => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
-        ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
-        ErrorKind::InjectedFault => {
-            let mut source = Some(error);
-            while let Some(e) = source {
-                if let Some(fault) = e.downcast_ref::<InjectedFault>() {
-                    return fault.status();
-                }
-                source = e.source();
-            }
-            StatusCode::SERVICE_UNAVAILABLE
-        }
-        _ => StatusCode::BAD_GATEWAY,
-    }
-}
-
 /// The response mesh answers with for `error`.
 pub fn response_of<B>(error: &BoxError) -> Response<ErrorResponse<B>> {
     let kind = ErrorKind::of(error.as_ref());
@@ -139,14 +109,9 @@ pub fn response_of<B>(error: &BoxError) -> Response<ErrorResponse<B>> {
 
 /// The gRPC status code an injected abort names, if `error` is one.
 fn injected_grpc_status(error: &(dyn std::error::Error + 'static)) -> Option<u16> {
-    let mut source = Some(error);
-    while let Some(e) = source {
-        if let Some(fault) = e.downcast_ref::<InjectedFault>() {
-            return fault.grpc_status();
-        }
-        source = e.source();
-    }
-    None
+    std::iter::successors(Some(error), |e| (*e).source())
+        .find_map(|e| e.downcast_ref::<crate::failure::InjectedFault>())
+        .and_then(|fault| fault.grpc_status())
 }
 
 impl<S, Req, B> Service<Req> for ErrorResponses<S>

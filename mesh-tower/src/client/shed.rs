@@ -17,22 +17,14 @@ use std::{
 };
 
 use http::Request;
-use mesh_core::{ServiceName, policy::CircuitBreaker};
+use mesh_core::policy::CircuitBreaker;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service, ServiceExt};
 
 use super::resolution::Resolution;
 use crate::{BoxError, future::PassThrough};
 
-/// A request refused because the destination already has `max_concurrent` requests in flight and
-/// `max_pending` waiting.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("service {service} is at its limit ({max_concurrent} in flight, {max_pending} waiting): request shed")]
-pub struct Overloaded {
-    service: ServiceName,
-    max_concurrent: u32,
-    max_pending: u32,
-}
+pub use crate::failure::Overloaded;
 
 /// Sheds requests over one destination's limits. Cheap to clone; the slots are shared by every
 /// clone, so use one layer per destination.

@@ -26,6 +26,15 @@
 //!    504 (`DEADLINE_EXCEEDED` for gRPC); the mesh calls the handler makes carry the time left;
 //! 4. your service.
 //!
+//! They are configured in one place, a [`RequestStack`] (the builder's
+//! [`telemetry`](ServerBuilder::telemetry), [`authorization`](ServerBuilder::authorization) and
+//! [`context`](ServerBuilder::context) set it). The server runs them as one service per
+//! connection and one future per request: what depends only on the connection (its addresses,
+//! the caller's identity, the authorization rules that can cover that caller on that port) is
+//! settled when it is accepted, and one response-body wrapper settles telemetry at the end of
+//! the stream. The layers ([`TelemetryLayer`], [`AuthorizationLayer`], [`ContextLayer`]) stay
+//! public for stacks composed by hand, and decide, answer and record the same way.
+//!
 //! ```
 //! use mesh_tower::server::Server;
 //!
@@ -43,6 +52,7 @@
 
 mod dynamic;
 mod handle;
+mod service;
 mod stack;
 
 use std::{fmt, future::Future, io, sync::Arc, time::Duration};
@@ -69,11 +79,12 @@ use tokio::{
     task::JoinSet,
 };
 use tokio_rustls::TlsAcceptor;
-use tower::{Layer, Service, ServiceExt};
+use tower::Service;
 
 use self::dynamic::{Admission, DynamicSecurity};
 pub use self::handle::ServerHandle;
-use self::stack::RequestLayers;
+use self::service::{Application, Connection, ConnectionService};
+pub use self::stack::RequestStack;
 use crate::{
     BoxError, ConnectionInfo, HandshakeCounts, HandshakeFailure, MissingIdentity, PeerIdentity,
     authz::AuthorizationLayer,
@@ -93,7 +104,7 @@ pub struct Server {
     /// Set by [`ServerBuilder::security_from`]; wins over `tls`.
     dynamic: Option<DynamicSecurity>,
     handshakes: Arc<HandshakeStats>,
-    layers: RequestLayers,
+    stack: RequestStack,
 }
 
 /// Configures a [`Server`].
@@ -106,7 +117,7 @@ pub struct ServerBuilder {
     security: Security,
     dynamic: Option<tokio::sync::watch::Receiver<Arc<ServerSecurity>>>,
     tls_options: TlsOptions,
-    layers: RequestLayers,
+    stack: RequestStack,
 }
 
 /// A server that cannot be built.
@@ -147,26 +158,20 @@ impl Server {
             security: Security::Unset,
             dynamic: None,
             tls_options: TlsOptions::default(),
-            layers: RequestLayers::default(),
+            stack: RequestStack::default(),
         }
     }
 
-    /// A copy of this server with `layer` as its telemetry (see [`ServerBuilder::telemetry`]).
-    pub fn with_telemetry(mut self, layer: TelemetryLayer) -> Self {
-        self.layers.telemetry = Some(layer);
-        self
+    /// The request stack this server runs (see [`RequestStack`]).
+    pub fn request_stack(&self) -> &RequestStack {
+        &self.stack
     }
 
-    /// A copy of this server with `layer` as its authorization (see
-    /// [`ServerBuilder::authorization`]).
-    pub fn with_authorization(mut self, layer: AuthorizationLayer) -> Self {
-        self.layers.authorization = Some(layer);
-        self
-    }
-
-    /// A copy of this server with `layer` as its context layer (see [`ServerBuilder::context`]).
-    pub fn with_context(mut self, layer: ContextLayer) -> Self {
-        self.layers.context = layer;
+    /// This server, with the same connections and handshake counts, running `stack` for the
+    /// requests of the servers it spawns from now on (how `mesh_tonic::GrpcServer` configures
+    /// a server it was given).
+    pub fn with_request_stack(mut self, stack: RequestStack) -> Self {
+        self.stack = stack;
         self
     }
 
@@ -193,25 +198,21 @@ impl Server {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        let inner = self.layers.inner(service);
-        match &self.layers.telemetry {
-            Some(telemetry) => self.serve_connections(listener, telemetry.layer(inner), signal).await,
-            None => self.serve_connections(listener, inner, signal).await,
-        }
+        self.serve_connections(listener, service::application(&self.stack.context, service), signal).await
     }
 
-    /// Accepts connections and serves `service` on each, as it is.
+    /// Accepts connections and serves `service` (behind the context layer) on each.
     async fn serve_connections<S, B>(
         &self,
         listener: TcpListener,
-        service: S,
+        service: Application<S>,
         signal: impl Future<Output = ()> + Send,
     ) -> io::Result<()>
     where
         S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
-        B: http_body::Body + Send + 'static,
+        B: http_body::Body + Default + Send + 'static,
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
@@ -274,12 +275,12 @@ impl Server {
 
     /// One connection: the handshake (in its own task, so a slow client never holds up
     /// accepting), then HTTP until the connection ends or the server drains.
-    async fn handle<S, B>(self, accepted: Accepted, service: S)
+    async fn handle<S, B>(self, accepted: Accepted, service: Application<S>)
     where
         S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
-        B: http_body::Body + Send + 'static,
+        B: http_body::Body + Default + Send + 'static,
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
@@ -297,7 +298,7 @@ impl Server {
             },
         };
         let Some(tls) = tls else {
-            let service = PerConnection { inner: service, info, peer: None };
+            let service = ConnectionService::new(service, Connection::new(&self.stack, info, None));
             return serve_connection(&http, watcher, stream, service, info).await;
         };
         let handshake = tokio::time::timeout(self.handshake_timeout, tls.accept(stream)).await;
@@ -327,7 +328,7 @@ impl Server {
             return;
         };
         self.handshakes.succeeded();
-        let service = PerConnection { inner: service, info, peer: Some(peer) };
+        let service = ConnectionService::new(service, Connection::new(&self.stack, info, Some(peer)));
         serve_connection(&http, watcher, stream, service, info).await;
     }
 
@@ -359,24 +360,33 @@ impl Server {
 }
 
 impl ServerBuilder {
-    /// Traces, measures and logs every request (`TelemetryLayer::server(service_name)`), outermost,
-    /// so requests that authorization denies or whose deadline passes are seen and counted.
+    /// Sets the request stack's telemetry ([`RequestStack::telemetry`]): traces, measures and logs
+    /// every request (`TelemetryLayer::server(service_name)`), outermost, so requests that
+    /// authorization denies or whose deadline passes are seen and counted.
     pub fn telemetry(mut self, layer: TelemetryLayer) -> Self {
-        self.layers.telemetry = Some(layer);
+        self.stack = self.stack.telemetry(layer);
         self
     }
 
-    /// Authorizes every request before it reaches the service: [`AuthorizationLayer::new`] for a
-    /// fixed policy, [`AuthorizationLayer::from_discovery`] to follow the service's snapshot.
-    /// Without it, every caller that completes the mTLS handshake is served.
+    /// Sets the request stack's authorization ([`RequestStack::authorization`]): every request is
+    /// authorized before it reaches the service, [`AuthorizationLayer::new`] for a fixed policy,
+    /// [`AuthorizationLayer::from_discovery`] to follow the service's snapshot. Without it, every
+    /// caller that completes the mTLS handshake is served.
     pub fn authorization(mut self, layer: AuthorizationLayer) -> Self {
-        self.layers.authorization = Some(layer);
+        self.stack = self.stack.authorization(layer);
         self
     }
 
-    /// Replaces the context layer (deadline and cohort; to read the cohort from another header).
+    /// Replaces the request stack's context layer ([`RequestStack::context`]: deadline and
+    /// cohort; to read the cohort from another header).
     pub fn context(mut self, layer: ContextLayer) -> Self {
-        self.layers.context = layer;
+        self.stack = self.stack.context(layer);
+        self
+    }
+
+    /// Replaces the whole request stack.
+    pub fn request_stack(mut self, stack: RequestStack) -> Self {
+        self.stack = stack;
         self
     }
 
@@ -474,7 +484,7 @@ impl ServerBuilder {
             tls,
             dynamic,
             handshakes: Arc::default(),
-            layers: self.layers,
+            stack: self.stack,
         })
     }
 }
@@ -486,7 +496,7 @@ impl fmt::Debug for Server {
             .field("mtls", &self.tls.is_some())
             .field("dynamic_security", &self.dynamic.is_some())
             .field("drain_timeout", &self.drain_timeout)
-            .field("layers", &self.layers)
+            .field("stack", &self.stack)
             .finish_non_exhaustive()
     }
 }
@@ -512,47 +522,20 @@ async fn serve_connection<I, S, B>(
     http: &auto::Builder<TokioExecutor>,
     watcher: Watcher,
     io: I,
-    service: PerConnection<S>,
+    service: ConnectionService<Application<S>>,
     info: ConnectionInfo,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
-    B: http_body::Body + Send + 'static,
+    B: http_body::Body + Default + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
     let connection = http.serve_connection_with_upgrades(TokioIo::new(io), service);
     if let Err(error) = watcher.watch(connection.into_owned()).await {
         tracing::debug!(remote_addr = %info.remote_addr, error = %error, "connection ended with an error");
-    }
-}
-
-/// The service of one connection: the application's service, told about the connection.
-#[derive(Clone)]
-struct PerConnection<S> {
-    inner: S,
-    info: ConnectionInfo,
-    peer: Option<PeerIdentity>,
-}
-
-impl<S, B> hyper::service::Service<Request<Incoming>> for PerConnection<S>
-where
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-{
-    type Response = Response<B>;
-    type Error = S::Error;
-    type Future = tower::util::Oneshot<S, Request<Incoming>>;
-
-    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
-        request.extensions_mut().insert(self.info);
-        if let Some(peer) = &self.peer {
-            request.extensions_mut().insert(peer.clone());
-        }
-        self.inner.clone().oneshot(request)
     }
 }
 

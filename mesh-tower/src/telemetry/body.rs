@@ -32,6 +32,11 @@ impl<B: Body> TelemetryBody<B> {
 }
 
 impl<B> TelemetryBody<B> {
+    /// `inner` with no exchange to settle (a server without telemetry).
+    pub(crate) fn passthrough(inner: B) -> Self {
+        Self { inner, exchange: None }
+    }
+
     /// The inner body. The exchange counts as ended now.
     pub fn into_inner(self) -> B {
         self.inner

@@ -13,10 +13,12 @@ use super::{
     ACCESS_LOG_TARGET, Direction, SPAN_TARGET, Shared,
     istio::{self, labels::Ending},
     metrics::RequestLabels,
+    service::ConnectionTelemetry,
 };
 use crate::{
     ConnectionInfo, PeerIdentity, Upstream,
     classify::{self, Class, ClassifyHead, TransportFailure},
+    deadline_body::Deadline,
     failure::{ClientError, ErrorKind},
     grpc,
 };
@@ -51,11 +53,15 @@ pub(crate) struct Exchange {
     endpoint: Option<SocketAddr>,
     attempts: u32,
     peer: Option<SpiffeId>,
+    /// Client side: the call's deadline, while it guards the response body.
+    deadline: Option<Deadline>,
     trace_id: Option<TraceId>,
     /// Whether the span's fields are worth recording (see [`Exchange::record`]).
     recording: bool,
     /// What Istio's metrics need beyond the above, when they are on.
     istio: Option<istio::Observed>,
+    /// Server side, with the server's own stack: what the connection's requests share.
+    connection: Option<Arc<ConnectionTelemetry>>,
     done: bool,
 }
 
@@ -86,9 +92,11 @@ impl Exchange {
             endpoint: None,
             attempts: 1,
             peer: None,
+            deadline: None,
             trace_id: None,
             recording: traced,
             istio: shared.istio.as_ref().map(|_| istio::Observed::default()),
+            connection: None,
             done: false,
         };
         if let Some(observed) = &mut exchange.istio {
@@ -176,6 +184,12 @@ impl Exchange {
         }
     }
 
+    /// Server side: the request arrived on a connection whose telemetry is `connection` (its
+    /// peer and subset are this exchange's).
+    pub(crate) fn on_connection(&mut self, connection: Arc<ConnectionTelemetry>) {
+        self.connection = Some(connection);
+    }
+
     /// The trace this exchange belongs to, for the access log (read once the span has a parent).
     pub(crate) fn note_trace(&mut self, cx: &opentelemetry::Context) {
         let span = cx.span();
@@ -235,6 +249,7 @@ impl Exchange {
                 self.record("mesh.peer_identity", peer.id().as_str());
                 self.peer = Some(peer.id().clone());
             }
+            self.deadline = response.extensions().get::<Deadline>().copied();
         }
     }
 
@@ -325,6 +340,10 @@ impl Exchange {
             return;
         }
         let elapsed = self.start.elapsed();
+        let (end, cut_off) = match self.cut_off_by_deadline(end) {
+            true => (End::Failed(ErrorKind::Timeout), true),
+            false => (end, false),
+        };
         let class = self.class_at(end);
         // Mesh's own refusals (no route, shed, ...) never reached a server but failed the request.
         let server_failure = matches!(end, End::Failed(_)) || class.is_server_failure();
@@ -349,7 +368,7 @@ impl Exchange {
             }
         }
         // A failure without a response already set an error status with its description.
-        if span_failed && !matches!(end, End::Failed(_)) {
+        if span_failed && (cut_off || !matches!(end, End::Failed(_))) {
             self.record("otel.status_code", "error");
         }
         if self.shared.metrics {
@@ -358,10 +377,25 @@ impl Exchange {
         if let (Some(istio), Some(observed)) = (&self.shared.istio, &self.istio) {
             istio.record(observed, &self.istio_outcome(end, elapsed));
         }
-        self.shared.golden.record(self.subset.as_ref(), elapsed, !server_failure);
+        match &self.connection {
+            Some(connection) => connection.golden.record(elapsed, !server_failure),
+            None => self.shared.golden.record(self.subset.as_ref(), elapsed, !server_failure),
+        }
         if self.shared.access_log {
             self.access_log(end, elapsed);
         }
+    }
+
+    /// Whether the call's deadline ended the response body: it failed, was dropped, or ended
+    /// with `DEADLINE_EXCEEDED`, once the deadline passed (here, or at the server it was told
+    /// to). That is a timeout, as a late head is.
+    fn cut_off_by_deadline(&self, end: End) -> bool {
+        let ended_by_it = match end {
+            End::BodyError | End::Dropped => true,
+            End::Complete => self.grpc_code == Some(grpc::code::DEADLINE_EXCEEDED),
+            End::Failed(_) => false,
+        };
+        ended_by_it && self.deadline.is_some_and(|d| d.has_passed_at_peer())
     }
 
     /// The request's verdict by the one classifier, however it ended.
@@ -388,14 +422,18 @@ impl Exchange {
             (true, None) => "NONE",
             (false, None) => "",
         };
-        let labels = RequestLabels {
+        let labels = || RequestLabels {
             route: self.route.clone(),
             subset: self.subset.clone(),
             status_class,
             grpc_code,
             peer: self.peer.clone(),
         };
-        self.shared.request_metrics.record(labels, elapsed);
+        let metrics = &self.shared.request_metrics;
+        match &self.connection {
+            Some(connection) => connection.metrics.record(metrics, status_class, grpc_code, labels, elapsed),
+            None => metrics.record(labels(), elapsed),
+        }
     }
 
     fn istio_outcome(&self, end: End, elapsed: std::time::Duration) -> istio::Outcome<'_> {

@@ -2,7 +2,11 @@
 //! per label set and kept, so a request costs a lock-free map lookup instead of building seven
 //! owned labels and asking the recorder twice.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use foldhash::fast::RandomState;
 
@@ -28,9 +32,16 @@ pub(crate) struct RequestLabels {
 }
 
 #[derive(Clone)]
-struct Handles {
+pub(crate) struct Handles {
     requests: Counter,
     duration: Histogram,
+}
+
+impl Handles {
+    fn record(&self, elapsed: Duration) {
+        self.requests.increment(1);
+        self.duration.record(elapsed.as_secs_f64());
+    }
 }
 
 pub(crate) struct RequestMetrics {
@@ -53,15 +64,19 @@ impl RequestMetrics {
     }
 
     pub(crate) fn record(&self, labels: RequestLabels, elapsed: Duration) {
-        let seconds = elapsed.as_secs_f64();
         if let Some(handles) = self.handles.load().get(&labels) {
-            handles.requests.increment(1);
-            handles.duration.record(seconds);
+            handles.record(elapsed);
             return;
         }
+        self.handles(labels).record(elapsed);
+    }
+
+    /// The handles of `labels`, registered and cached the first time.
+    fn handles(&self, labels: RequestLabels) -> Handles {
+        if let Some(handles) = self.handles.load().get(&labels) {
+            return handles.clone();
+        }
         let handles = self.register(&labels);
-        handles.requests.increment(1);
-        handles.duration.record(seconds);
         if self.handles.load().len() < MAX_CACHED {
             self.handles.rcu(|cached| {
                 let mut cached = HashMap::clone(cached);
@@ -69,6 +84,7 @@ impl RequestMetrics {
                 cached
             });
         }
+        handles
     }
 
     fn register(&self, labels: &RequestLabels) -> Handles {
@@ -91,3 +107,43 @@ impl RequestMetrics {
 
 /// Shared by every service a layer makes.
 pub(crate) type SharedRequestMetrics = Arc<RequestMetrics>;
+
+/// Label sets one server connection keeps beyond this many go through the layer's map.
+const CONNECTION_CACHED: usize = 8;
+
+/// The handles one server connection used, by status class and gRPC code: its other labels
+/// (the peer, this server's subset, no route) are the connection's for its whole life, so a
+/// request finds its handles in a short list instead of hashing the peer's SPIFFE ID.
+#[derive(Default)]
+pub(crate) struct ConnectionMetrics {
+    seen: Mutex<Vec<(&'static str, &'static str, Handles)>>,
+}
+
+impl ConnectionMetrics {
+    /// Records one request of this connection; `labels` (with these `status_class` and
+    /// `grpc_code`) are built only the first time.
+    pub(crate) fn record(
+        &self,
+        metrics: &RequestMetrics,
+        status_class: &'static str,
+        grpc_code: &'static str,
+        labels: impl FnOnce() -> RequestLabels,
+        elapsed: Duration,
+    ) {
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, _, handles)) = seen.iter().find(|(s, g, _)| *s == status_class && *g == grpc_code) {
+            return handles.record(elapsed);
+        }
+        let handles = metrics.handles(labels());
+        handles.record(elapsed);
+        if seen.len() < CONNECTION_CACHED {
+            seen.push((status_class, grpc_code, handles));
+        }
+    }
+}
+
+impl std::fmt::Debug for ConnectionMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionMetrics").finish_non_exhaustive()
+    }
+}

@@ -58,7 +58,9 @@ use mesh_core::{ServiceName, SubsetName};
 use tower::Layer;
 
 pub use self::body::TelemetryBody;
+pub(crate) use self::exchange::Exchange;
 pub use self::istio::workload::WorkloadLabels;
+pub(crate) use self::service::{Inbound, Scope, settle};
 pub use self::service::{Telemetry, TelemetryError, TelemetryFuture};
 pub use crate::golden::{GoldenSignals, SubsetSignals};
 

@@ -12,13 +12,14 @@ use tracing::Span;
 
 use opentelemetry::trace::TraceContextExt;
 
+use super::metrics::ConnectionMetrics;
 use super::{
     Direction, Shared, TelemetryBody,
     exchange::Exchange,
     propagation,
     sampling::{self, Head},
 };
-use crate::BoxError;
+use crate::{BoxError, golden::SubsetWindow};
 
 /// The service [`TelemetryLayer`](super::TelemetryLayer) makes.
 #[derive(Clone, Debug)]
@@ -87,8 +88,8 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let (exchange, attach) = match self.shared.direction {
-            Direction::Inbound => inbound(&self.shared, &request),
+        let (exchange, scope) = match self.shared.direction {
+            Direction::Inbound => start_inbound(&self.shared, &request),
             Direction::Outbound => {
                 let (mut exchange, cx) = outbound(&self.shared, &request);
                 propagation::inject(&cx, request.headers_mut());
@@ -96,23 +97,66 @@ where
                     istio.send(request.headers_mut());
                     exchange.note_request_size(request.body().size_hint().exact());
                 }
-                (exchange, None)
+                // Client side nothing of the application's runs below this layer, so the span is
+                // not entered on every poll: with an OpenTelemetry layer that is a context switch
+                // each time, for nothing.
+                (exchange, Scope::none())
             }
         };
-        // Server side the handler runs inside the span (its own spans and mesh calls are
-        // children). Client side nothing of the application's runs below this layer, so the span
-        // is not entered on every poll: with an OpenTelemetry layer that is a context switch each
-        // time, for nothing.
-        let span = match self.shared.direction {
-            Direction::Inbound => exchange.span.clone(),
-            Direction::Outbound => Span::none(),
-        };
-        let inner = {
-            let _entered = span.enter();
-            let _attached = attach.clone().map(opentelemetry::Context::attach);
-            self.inner.call(request)
-        };
-        TelemetryFuture { inner, span, attach, exchange: Some(exchange) }
+        let inner = scope.in_scope(|| self.inner.call(request));
+        TelemetryFuture { inner, scope, exchange: Some(exchange) }
+    }
+}
+
+/// Where the handler of an inbound request runs: inside the request's span (its own spans and
+/// mesh calls are children) and its OpenTelemetry context.
+pub(crate) struct Scope {
+    span: Span,
+    attach: Option<opentelemetry::Context>,
+}
+
+impl Scope {
+    /// No span, no context (client side, or telemetry off).
+    pub(crate) fn none() -> Self {
+        Self { span: Span::none(), attach: None }
+    }
+
+    /// Runs `f` inside the request's span only (for work that logs but makes no calls).
+    pub(crate) fn in_span<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.span.in_scope(f)
+    }
+
+    /// Runs `f` inside the scope.
+    pub(crate) fn in_scope<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _entered = self.span.enter();
+        let _attached = self.attach.clone().map(opentelemetry::Context::attach);
+        f()
+    }
+}
+
+/// Server side: a request's exchange and the scope its handler runs in.
+pub(crate) fn start_inbound<B>(shared: &Arc<Shared>, request: &Request<B>) -> (Exchange, Scope) {
+    let (exchange, attach) = inbound(shared, request);
+    let span = exchange.span.clone();
+    (exchange, Scope { span, attach })
+}
+
+/// The end of a response future: the response's head read and its body wrapped to settle the
+/// exchange at its end, or the error recorded.
+pub(crate) fn settle<RB: http_body::Body, E: TelemetryError>(
+    mut exchange: Exchange,
+    result: Result<Response<RB>, E>,
+) -> Result<Response<TelemetryBody<RB>>, E> {
+    match result {
+        Ok(mut response) => {
+            exchange.on_response(&mut response);
+            Ok(response.map(|body| TelemetryBody::new(body, exchange)))
+        }
+        // (An empty body may never be polled: `TelemetryBody::new` ends the exchange then.)
+        Err(error) => {
+            exchange.finish_error(error.as_error());
+            Err(error)
+        }
     }
 }
 
@@ -179,8 +223,7 @@ pin_project! {
     pub struct TelemetryFuture<F> {
         #[pin]
         inner: F,
-        span: Span,
-        attach: Option<opentelemetry::Context>,
+        scope: Scope,
         exchange: Option<Exchange>,
     }
 }
@@ -195,31 +238,47 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = {
-            let _entered = this.span.enter();
-            let _attached = this.attach.clone().map(opentelemetry::Context::attach);
-            ready!(this.inner.poll(cx))
-        };
-        let Some(mut exchange) = this.exchange.take() else {
+        let result = ready!(this.scope.in_scope(|| this.inner.poll(cx)));
+        match this.exchange.take() {
+            Some(exchange) => Poll::Ready(settle(exchange, result)),
             // Polled again after it completed: tower's contract says this does not happen.
-            return Poll::Pending;
-        };
-        Poll::Ready(match result {
-            Ok(mut response) => {
-                exchange.on_response(&mut response);
-                Ok(response.map(|body| TelemetryBody::new(body, exchange)))
-            }
-            // (An empty body may never be polled: `TelemetryBody::new` ends the exchange then.)
-            Err(error) => {
-                exchange.finish_error(error.as_error());
-                Err(error)
-            }
-        })
+            None => Poll::Pending,
+        }
     }
 }
 
 impl<F> std::fmt::Debug for TelemetryFuture<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TelemetryFuture").finish_non_exhaustive()
+    }
+}
+
+/// Server-side telemetry of one accepted connection (see `server/service.rs`).
+pub(crate) struct Inbound {
+    shared: Arc<Shared>,
+    connection: Arc<ConnectionTelemetry>,
+}
+
+/// What the requests of one server connection share: their metric handles and golden-signal
+/// window, found once instead of by label set per request (the peer and the subset are the
+/// connection's).
+#[derive(Debug)]
+pub(crate) struct ConnectionTelemetry {
+    pub(crate) metrics: ConnectionMetrics,
+    pub(crate) golden: SubsetWindow,
+}
+
+impl Inbound {
+    pub(crate) fn new(layer: &super::TelemetryLayer) -> Self {
+        let shared = layer.shared.clone();
+        let golden = shared.golden.subset_window(shared.version.as_ref());
+        Self { connection: Arc::new(ConnectionTelemetry { metrics: ConnectionMetrics::default(), golden }), shared }
+    }
+
+    /// A request's exchange and the scope its handler runs in.
+    pub(crate) fn start<B>(&self, request: &Request<B>) -> (Exchange, Scope) {
+        let (mut exchange, scope) = start_inbound(&self.shared, request);
+        exchange.on_connection(self.connection.clone());
+        (exchange, scope)
     }
 }

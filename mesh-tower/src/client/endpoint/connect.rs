@@ -30,6 +30,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::{TlsConnector, client::TlsStream};
 use tower::Service;
 
+use super::unclaimed::Unclaimed;
 use crate::client::config::Protocol;
 use crate::{
     PeerIdentity,
@@ -94,6 +95,8 @@ pub(crate) struct MeshConnector {
     http: HttpConnector,
     tls: Option<Arc<TlsDialer>>,
     failures: Arc<ConnectFailures>,
+    /// Dials whose call gave up, for the next call to take over (see [`super::unclaimed`]).
+    unclaimed: Arc<Unclaimed>,
 }
 
 pub(crate) struct TlsDialer {
@@ -109,7 +112,7 @@ pub(crate) struct TlsDialer {
 
 impl MeshConnector {
     pub(crate) fn plaintext(http: HttpConnector) -> Self {
-        Self { http, tls: None, failures: Arc::default() }
+        Self { http, tls: None, failures: Arc::default(), unclaimed: Arc::default() }
     }
 
     /// The failed connects of this connector (shared by its clones).
@@ -132,7 +135,7 @@ impl MeshConnector {
         let mut options = TlsOptions::default();
         options.alpn = alpn;
         let dialer = TlsDialer { source, service, book, options, handshake_timeout, configs: Mutex::default() };
-        Self { http, tls: Some(Arc::new(dialer)), failures: Arc::default() }
+        Self { http, tls: Some(Arc::new(dialer)), failures: Arc::default(), unclaimed: Arc::default() }
     }
 }
 
@@ -200,13 +203,19 @@ impl Service<Uri> for MeshConnector {
             });
             Ok(MeshStream::Tls { io: TokioIo::new(stream), peer })
         };
-        Box::pin(async move {
+        let dial = Box::pin(async move {
             let result = dial.await;
             if let (Err(error), Some(address)) = (&result, address) {
                 failures.record(address, error);
             }
             result
-        })
+        });
+        // The dial goes on when the call that started it gives up (its deadline passed): the next
+        // call to the endpoint takes it over.
+        match address {
+            Some(address) => Box::pin(self.unclaimed.dial(address, move || dial)),
+            None => dial,
+        }
     }
 }
 

@@ -21,6 +21,7 @@ pub(crate) mod connect;
 mod future;
 mod http2;
 pub mod mirror;
+mod unclaimed;
 
 use std::{
     sync::Arc,

@@ -16,15 +16,14 @@ use mesh_core::{
 };
 
 pub(crate) mod plan;
-mod refused;
 pub(crate) mod route;
 pub(crate) mod split;
 
-pub use self::refused::{NoEndpoints, NoRoute, UnknownSubset, UnsupportedRoute};
 use self::{
     plan::{EndpointStates, Plan, PlanContext, RoutePlan, SubsetPlan, Target},
     split::in_share,
 };
+pub use crate::failure::{NoEndpoints, NoRoute, UnknownSubset, UnsupportedRoute};
 use crate::{BoxError, client::balance::Rng};
 
 /// In a request's extensions below the router: what the request resolved to, once.

@@ -31,14 +31,16 @@ use super::{
     balance::Rng,
     config::ClientConfig,
     endpoint::connect::IdentityBook,
-    error::{ClientError, Target, Unresolved},
     outlier::OutlierStats,
     resolution::{
         Choosing, Resolution,
         plan::{EndpointStates, Plan, PlanContext},
     },
 };
-use crate::BoxError;
+use crate::{
+    BoxError,
+    failure::{ClientError, Target, Unresolved},
+};
 
 /// Resolves each request once. See the [module docs](self). Cheap to clone.
 #[derive(Clone, Debug)]

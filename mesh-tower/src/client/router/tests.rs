@@ -13,7 +13,11 @@ use tokio::sync::Notify;
 use tower::{Layer, ServiceExt};
 
 use super::{Resolution, RouterLayer};
-use crate::client::{ClientConfig, deadline::DeadlineLayer, retry::RetryLayer};
+use crate::client::{
+    ClientConfig,
+    deadline::{CancelOnDeadline, DeadlineLayer},
+    retry::{RetryBody, RetryLayer},
+};
 
 fn name() -> ServiceName {
     "reviews".parse().unwrap()
@@ -47,23 +51,21 @@ async fn a_snapshot_change_mid_request_does_not_mix_versions() {
         let (seen, arrived, release) = (seen.clone(), arrived.clone(), release.clone());
         // Only the first attempt of the first request waits for the new snapshot.
         let gated = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        tower::service_fn(
-            move |request: Request<crate::client::retry::RetryBody<http_body_util::Empty<bytes::Bytes>>>| {
-                let (seen, arrived, release, gated) = (seen.clone(), arrived.clone(), release.clone(), gated.clone());
-                async move {
-                    let resolution = request.extensions().get::<Resolution>().cloned().unwrap();
-                    let policy = resolution.retry_policy().unwrap().max_attempts;
-                    seen.lock().unwrap().push((resolution.version(), policy, resolution.timeout()));
-                    if !gated.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                        arrived.notify_one();
-                        release.notified().await;
-                    }
-                    let mut response = Response::new(());
-                    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-                    Ok::<_, Infallible>(response)
+        tower::service_fn(move |request: Request<RetryBody<CancelOnDeadline<http_body_util::Empty<bytes::Bytes>>>>| {
+            let (seen, arrived, release, gated) = (seen.clone(), arrived.clone(), release.clone(), gated.clone());
+            async move {
+                let resolution = request.extensions().get::<Resolution>().cloned().unwrap();
+                let policy = resolution.retry_policy().unwrap().max_attempts;
+                seen.lock().unwrap().push((resolution.version(), policy, resolution.timeout()));
+                if !gated.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    arrived.notify_one();
+                    release.notified().await;
                 }
-            },
-        )
+                let mut response = Response::new(http_body_util::Empty::<bytes::Bytes>::new());
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                Ok::<_, Infallible>(response)
+            }
+        })
     };
     let router = RouterLayer::new(discovery.watch(&name()), &ClientConfig::default());
     let stack = router.layer(DeadlineLayer::new().layer(RetryLayer::new().layer(probe)));

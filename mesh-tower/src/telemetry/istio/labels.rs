@@ -128,17 +128,7 @@ pub(crate) fn response_flags(ending: Ending, inbound: bool) -> &'static str {
         Ending::Dropped => "DC",
         Ending::BodyError if inbound => "DC",
         Ending::BodyError => "UC",
-        Ending::Failed(kind) => match kind {
-            ErrorKind::NoRoute | ErrorKind::UnsupportedRoute => "NR",
-            ErrorKind::UnknownSubset => "NC",
-            ErrorKind::NoEndpoints => "UH",
-            ErrorKind::Unresolved => "DF",
-            ErrorKind::IdentityMismatch | ErrorKind::Connect => "UF",
-            ErrorKind::Timeout => "UT",
-            ErrorKind::Overloaded => "UO",
-            ErrorKind::InjectedFault => "FI",
-            ErrorKind::Transport => "UC",
-        },
+        Ending::Failed(kind) => kind.response_flag(),
     }
 }
 

@@ -1,11 +1,22 @@
 //! What a caller learns when a request of the client stack failed: [`ClientError`], sorted by
-//! [`ErrorKind`]. The client stack's router makes them (`client::error` sorts the causes); they
-//! sit low so that telemetry, above the stack, reads them without importing the stack.
+//! [`ErrorKind`], whose one table (`kind.rs`) says which of mesh's errors is which kind and what
+//! the HTTP answer, the gRPC status, telemetry's `error.type` and Istio's response flag are for
+//! each. The typed causes the table recognises (`cause.rs`) sit here too, beneath the client
+//! stack whose layers make them, so that the classifier and telemetry read them without
+//! importing the stack.
 
-use std::{fmt, time::Duration};
+mod cause;
+mod kind;
+
+use std::fmt;
 
 use mesh_core::{ServiceName, SubsetName};
 
+pub use self::cause::{
+    InjectedFault, NoEndpoints, NoRoute, Overloaded, PerTryTimeout, RouteTimeout, UnknownSubset, Unresolved,
+    UnsupportedRoute,
+};
+pub use self::kind::{ErrorKind, grpc_code_of, status_of};
 use crate::BoxError;
 
 /// Every error of the client stack, at the top: what went wrong, in words a person can act on,
@@ -57,64 +68,13 @@ pub(crate) struct Target {
     pub(crate) attempts: u32,
 }
 
-/// What kind of failure a [`ClientError`] is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ErrorKind {
-    /// No route of the destination matches the request.
-    NoRoute,
-    /// The matched route does not forward (a redirect, a direct response: what a gRPC client does
-    /// not perform).
-    UnsupportedRoute,
-    /// The request is pinned to a subset the destination does not define.
-    UnknownSubset,
-    /// The chosen subset has no endpoint that can take traffic.
-    NoEndpoints,
-    /// Discovery has no snapshot of the destination.
-    Unresolved,
-    /// The endpoint proved another identity than discovery expects of it (or none).
-    IdentityMismatch,
-    /// The connection could not be opened (refused, unreachable, TLS failure).
-    Connect,
-    /// The request's deadline, or the last attempt's per-try timeout, passed.
-    Timeout,
-    /// The circuit breaker shed the request: the destination is at its limit.
-    Overloaded,
-    /// The route's fault injection aborted the request.
-    InjectedFault,
-    /// The connection or stream failed after it was open.
-    Transport,
-}
-
-impl ErrorKind {
-    /// A short, stable name: the `x-mesh-error` header's value and the `error.type` of spans.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::NoRoute => "no_route",
-            Self::UnsupportedRoute => "unsupported_route",
-            Self::UnknownSubset => "unknown_subset",
-            Self::NoEndpoints => "no_endpoints",
-            Self::Unresolved => "unresolved",
-            Self::IdentityMismatch => "identity_mismatch",
-            Self::Connect => "connect",
-            Self::Timeout => "timeout",
-            Self::Overloaded => "overloaded",
-            Self::InjectedFault => "injected_fault",
-            Self::Transport => "transport",
-        }
-    }
-}
-
 impl ClientError {
-    /// An error of `kind` whose `Display` starts with `cause`, wrapping `source`.
-    pub(crate) fn from_parts(
-        kind: ErrorKind,
-        cause: String,
-        service: &ServiceName,
-        target: Target,
-        source: BoxError,
-    ) -> Self {
-        let Target { route, subset, endpoint, attempts } = target;
+    /// Wraps `source`, an error of the stack below the router, with where the request went: the
+    /// route and subset it resolved to, the endpoint of its last attempt and its attempts.
+    pub(crate) fn new(source: BoxError, service: &ServiceName, target: Option<Target>) -> Self {
+        let kind = ErrorKind::of(source.as_ref());
+        let cause = kind::describe(source.as_ref(), kind);
+        let Target { route, subset, endpoint, attempts } = target.unwrap_or_default();
         Self { kind, service: service.clone(), route, subset, endpoint, attempts, cause, source }
     }
 
@@ -190,15 +150,3 @@ impl std::error::Error for ClientError {
         Some(self.source.as_ref())
     }
 }
-
-/// The request's deadline passed, retries included.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error(
-    "the request took longer than its deadline of {0:?} (the route's timeout, or less if the request or the call being handled had less time)"
-)]
-pub struct RouteTimeout(pub Duration);
-
-/// One attempt took longer than the route's `per_try_timeout`.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("the attempt took longer than the route's per-try timeout of {0:?}")]
-pub struct PerTryTimeout(pub Duration);
