@@ -93,7 +93,7 @@ async fn a_snapshot_change_mid_request_does_not_mix_versions() {
 async fn a_route_that_does_not_forward_fails_only_its_requests() {
     use mesh_core::{HeaderMatch, RouteAction, RouteMatch};
 
-    use crate::client::{ErrorKind, ErrorResponseLayer, UnsupportedRoute, error::ClientError};
+    use crate::client::{ClientError, ErrorKind, ErrorResponseLayer, UnsupportedRoute};
     let discovery = StaticDiscovery::new();
     let jason = RouteMatch::any().header(HeaderMatch::exact("end-user".parse().unwrap(), "jason"));
     discovery.set(
