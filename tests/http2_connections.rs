@@ -118,7 +118,7 @@ async fn calls_sharing_a_failing_dial_each_get_its_cause() {
         let connect = top.find::<ConnectError>().expect("the dial's ConnectError");
         match connect.peer_rejected() {
             Some(PeerRejected::IdentityMismatch { expected, presented }) => {
-                assert_eq!(expected.as_str(), "spiffe://example.org/reviews");
+                assert_eq!(expected.to_string(), "spiffe://example.org/reviews");
                 assert_eq!(presented.as_str(), "spiffe://example.org/ratings");
             }
             other => panic!("every waiter gets the mismatch, got {other:?}: {error}"),

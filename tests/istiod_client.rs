@@ -47,7 +47,8 @@ spec:
     )
 }
 
-fn split(w1: u32, w2: u32) -> String {
+/// The VirtualService `reviews` of `HOST` with the `http` routes given (YAML list items).
+fn virtual_service(http: &str) -> String {
     format!(
         "apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -55,11 +56,17 @@ metadata: {{name: reviews, namespace: default}}
 spec:
   hosts: [{HOST}]
   http:
-  - route:
+{http}"
+    )
+}
+
+fn split(w1: u32, w2: u32) -> String {
+    virtual_service(&format!(
+        "  - route:
     - {{destination: {{host: {HOST}, subset: v1}}, weight: {w1}}}
     - {{destination: {{host: {HOST}, subset: v2}}, weight: {w2}}}
 "
-    )
+    ))
 }
 
 /// The subsets and weights of the route configuration's first route.
@@ -197,16 +204,7 @@ async fn weights_edited_under_load(world: &World, pair: &mut Pair) {
 }
 
 fn route_all(subset: &str) -> String {
-    format!(
-        "apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: reviews, namespace: default}}
-spec:
-  hosts: [{HOST}]
-  http:
-  - route: [{{destination: {{host: {HOST}, subset: {subset}}}}}]
-"
-    )
+    virtual_service(&format!("  - route: [{{destination: {{host: {HOST}, subset: {subset}}}}}]\n"))
 }
 
 /// The endpoints of cluster `outbound|PORT|SUBSET|HOST` in the resources a client ACKed.
@@ -261,17 +259,8 @@ async fn workload_entry_added_and_removed_under_load(world: &World, pair: &mut P
 /// ISTIO_MUTUAL: the cluster carries the SAN of the service's account, and an endpoint presenting
 /// another service account is refused by both clients (and never reached).
 async fn istio_mutual_checks_the_san(world: &World, pair: &mut Pair) {
-    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-    use prost::Message;
     let (mesh, _) = pair.wait_settled(&world.recorder).await;
-    let clusters = mesh.acked(CDS);
-    let v1 = Cluster::decode(clusters[&format!("outbound|{PORT}|v1|{HOST}")].value.as_slice()).unwrap();
-    let socket = match v1.transport_socket.and_then(|t| t.config_type) {
-        Some(envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(any)) => {
-            String::from_utf8_lossy(&any.value).into_owned()
-        }
-        None => String::new(),
-    };
+    let socket = sans_of(&mesh.acked(CDS), "v1");
     assert!(socket.contains(&workload::spiffe("default", "reviews")), "istiod's SAN: {socket}");
 
     let impostor = backend(workload_ip(6), "ratings", "impostor", Behaviour::Answer).await;
@@ -280,14 +269,7 @@ async fn istio_mutual_checks_the_san(world: &World, pair: &mut Pair) {
         .istiod
         .apply("reviews-we2", &workload_entry("reviews-v2", "reviews", "v2", impostor.handle.local_addr(), "reviews"));
     let impostor_port = impostor.handle.local_addr().port();
-    pair.wait_acked(&world.recorder, EDS, "the impostor's endpoint", move |r| {
-        use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-        r.get(&format!("outbound|{PORT}|v2|{HOST}")).is_some_and(|a| {
-            format!("{:?}", ClusterLoadAssignment::decode(a.value.as_slice()).unwrap())
-                .contains(&format!("PortValue({impostor_port})"))
-        })
-    })
-    .await;
+    wait_v2_endpoint(world, pair, "the impostor's endpoint", impostor_port).await;
     pair.wait_acked(&world.recorder, RDS, "the all-to-v2 route", |r| weights(r) == only("v2")).await;
     pair.settle("the impostor's endpoint in use", |o| o.versions.is_empty()).await;
     let (m, g) = pair.round(&Calls::new(20).fail_fast().timeout(Duration::from_secs(5))).await;
@@ -302,13 +284,156 @@ async fn istio_mutual_checks_the_san(world: &World, pair: &mut Pair) {
     assert_eq!(impostor.seen.calls.load(std::sync::atomic::Ordering::SeqCst), 0);
     world.istiod.apply("reviews-we2", &workload_entry("reviews-v2", "reviews", "v2", world.addr("v2"), "reviews"));
     world.istiod.apply("reviews-vs", &split(90, 10));
-    let v2_port = world.addr("v2").port();
-    pair.wait_acked(&world.recorder, EDS, "v2's endpoint back", move |r| {
+    wait_v2_endpoint(world, pair, "v2's endpoint back", world.addr("v2").port()).await;
+}
+
+/// Waits until both clients ACKed the v2 cluster's endpoints with one on `port`.
+async fn wait_v2_endpoint(world: &World, pair: &Pair, what: &str, port: u16) {
+    pair.wait_acked(&world.recorder, EDS, what, move |r| {
         use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+        use prost::Message;
         r.get(&format!("outbound|{PORT}|v2|{HOST}")).is_some_and(|a| {
             format!("{:?}", ClusterLoadAssignment::decode(a.value.as_slice()).unwrap())
-                .contains(&format!("PortValue({v2_port})"))
+                .contains(&format!("PortValue({port})"))
         })
+    })
+    .await;
+}
+
+/// A cluster's TLS context as istiod writes it (its SANs among the bytes), for `subset`.
+fn sans_of(
+    clusters: &std::collections::BTreeMap<String, envoy_types::pb::google::protobuf::Any>,
+    subset: &str,
+) -> String {
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use prost::Message;
+    let Some(any) = clusters.get(&format!("outbound|{PORT}|{subset}|{HOST}")) else { return String::new() };
+    match Cluster::decode(any.value.as_slice()).unwrap().transport_socket.and_then(|t| t.config_type) {
+        Some(envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(any)) => {
+            String::from_utf8_lossy(&any.value).into_owned()
+        }
+        None => String::new(),
+    }
+}
+
+/// A service whose workloads run as two service accounts: istiod's clusters then carry one SAN
+/// per account (gRFC A29: the peer must match any). Both clients accept them and reach the
+/// workload of the second account; an endpoint presenting a third account is refused by both.
+async fn several_service_accounts(world: &World, pair: &mut Pair) {
+    let canary_sa = workload::spiffe("default", "reviews-canary");
+    let canary = backend(workload_ip(7), "reviews-canary", "v2", Behaviour::Answer).await;
+    world.istiod.apply("reviews-vs", &route_all("v2"));
+    world.istiod.apply(
+        "reviews-we2",
+        &workload_entry("reviews-v2", "reviews", "v2", canary.handle.local_addr(), "reviews-canary"),
+    );
+    let both = |r: &std::collections::BTreeMap<String, envoy_types::pb::google::protobuf::Any>| {
+        let sans = sans_of(r, "v2");
+        sans.contains(&workload::spiffe("default", "reviews"))
+            && sans.contains(&workload::spiffe("default", "reviews-canary"))
+    };
+    pair.wait_acked(&world.recorder, CDS, "two SANs on the clusters", both).await;
+    pair.wait_acked(&world.recorder, RDS, "the all-to-v2 route", |r| weights(r) == only("v2")).await;
+    pair.settle("the canary's endpoint in use", |o| o.version("v2") == 20).await;
+    let (m, g) = pair.round(&Calls::new(20).fail_fast().timeout(Duration::from_secs(5))).await;
+    eprintln!("two service accounts: mesh {m:?}, grpcio {g:?}");
+    for (who, o) in [("mesh", &m), ("grpcio", &g)] {
+        assert_eq!((o.version("v2"), o.failed()), (20, 0), "{who}: {o:?}");
+    }
+    assert!(canary.seen.calls.load(std::sync::atomic::Ordering::SeqCst) >= 40);
+
+    // The attack: an endpoint of the second account's WorkloadEntry presenting a third account.
+    let impostor = backend(workload_ip(8), "ratings", "impostor", Behaviour::Answer).await;
+    world.istiod.apply(
+        "reviews-we2",
+        &workload_entry("reviews-v2", "reviews", "v2", impostor.handle.local_addr(), "reviews-canary"),
+    );
+    let impostor_port = impostor.handle.local_addr().port();
+    wait_v2_endpoint(world, pair, "the impostor's endpoint", impostor_port).await;
+    pair.wait_acked(&world.recorder, CDS, "two SANs on the clusters", both).await;
+    pair.settle("the impostor's endpoint in use", |o| o.versions.is_empty()).await;
+    let (m, g) = pair.round(&Calls::new(20).fail_fast().timeout(Duration::from_secs(5))).await;
+    eprintln!("to an impostor of two accounts: mesh {m:?}, grpcio {g:?}");
+    for (who, o) in [("mesh", &m), ("grpcio", &g)] {
+        assert_eq!(o.errors.get("UNAVAILABLE"), Some(&20), "{who} called the impostor: {o:?}");
+    }
+    let error = m.first_error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("spiffe://cluster.local/ns/default/sa/ratings")
+            && error.contains("an identity matching one of")
+            && error.contains(&canary_sa),
+        "{m:?}"
+    );
+    assert_eq!(impostor.seen.calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    world.istiod.apply("reviews-we2", &workload_entry("reviews-v2", "reviews", "v2", world.addr("v2"), "reviews"));
+    world.istiod.apply("reviews-vs", &split(90, 10));
+    pair.wait_acked(&world.recorder, CDS, "one SAN again", |r| !sans_of(r, "v2").contains("reviews-canary")).await;
+    pair.wait_acked(&world.recorder, RDS, "the 90/10 route", |r| {
+        weights(r) == vec![("v1".into(), 90), ("v2".into(), 10)]
+    })
+    .await;
+}
+
+/// How many routes the route configuration's virtual host has, and how many carry a filter
+/// override (istiod puts a VirtualService's `fault` there).
+fn routes_and_overrides(
+    resources: &std::collections::BTreeMap<String, envoy_types::pb::google::protobuf::Any>,
+) -> (usize, usize) {
+    use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+    use prost::Message;
+    let Some(any) = resources.get(&format!("outbound|{PORT}||{HOST}")) else { return (0, 0) };
+    let rc = RouteConfiguration::decode(any.value.as_slice()).unwrap();
+    let routes = rc.virtual_hosts.first().map(|v| v.routes.as_slice()).unwrap_or_default();
+    (routes.len(), routes.iter().filter(|r| !r.typed_per_filter_config.is_empty()).count())
+}
+
+/// Header routing and a gRPC fault abort (gRFC A33's `grpc_status`) under load: calls with
+/// `end-user: jason` all reach v2; the others reach v1, a fifth of them aborted with
+/// `RESOURCE_EXHAUSTED` (mesh's share is exact, grpcio's random, both within a binomial
+/// tolerance), with no other failure, in rounds and in a background load alike.
+async fn header_route_and_grpc_abort_under_load(world: &World, pair: &mut Pair) {
+    world.istiod.apply(
+        "reviews-vs",
+        &virtual_service(&format!(
+            "  - match: [{{headers: {{end-user: {{exact: jason}}}}}}]
+    route: [{{destination: {{host: {HOST}, subset: v2}}}}]
+  - fault: {{abort: {{grpcStatus: RESOURCE_EXHAUSTED, percentage: {{value: 20}}}}}}
+    route: [{{destination: {{host: {HOST}, subset: v1}}}}]
+"
+        )),
+    );
+    pair.wait_acked(&world.recorder, RDS, "the header route and the abort", |r| {
+        weights(r) == only("v2") && routes_and_overrides(r) == (2, 1)
+    })
+    .await;
+    pair.settle("the abort in use", |o| o.errors.contains_key("RESOURCE_EXHAUSTED")).await;
+    let load = Calls::new(0).concurrency(2);
+    let mesh_load = MeshLoad::start(&pair.channel, &load);
+    pair.grpcio.load_start(&load).await;
+    let aborted_fifth = |o: &istiod_support::grpcio::Outcome, n: usize| {
+        let aborted = o.errors.get("RESOURCE_EXHAUSTED").copied().unwrap_or(0);
+        o.version("v1") + aborted == n && o.versions.len() <= 1 && o.errors.len() <= 1 && within(aborted, n, 0.2)
+    };
+    let (m, g) = pair.round(&Calls::new(400)).await;
+    eprintln!("20% abort: mesh {m:?}, grpcio {g:?}");
+    for (who, o) in [("mesh", &m), ("grpcio", &g)] {
+        assert!(aborted_fifth(o, 400), "{who}: {o:?}");
+    }
+    let (m, g) = pair.round(&Calls::new(200).header("end-user", "jason")).await;
+    eprintln!("end-user jason: mesh {m:?}, grpcio {g:?}");
+    for (who, o) in [("mesh", &m), ("grpcio", &g)] {
+        assert_eq!((o.version("v2"), o.failed()), (200, 0), "{who}: {o:?}");
+    }
+    let (m, g) = (mesh_load.stop().await, pair.grpcio.load_stop().await);
+    eprintln!("under load, 20% abort: mesh {m:?}, grpcio {g:?}");
+    for (who, o) in [("mesh", &m), ("grpcio", &g)] {
+        let n = o.calls();
+        assert!(n >= 50 && aborted_fifth(o, n), "{who} under load: {o:?}");
+    }
+    world.istiod.apply("reviews-vs", &split(90, 10));
+    pair.wait_acked(&world.recorder, RDS, "the 90/10 route", |r| {
+        weights(r) == vec![("v1".into(), 90), ("v2".into(), 10)]
     })
     .await;
 }
@@ -355,6 +480,8 @@ async fn istiod_client_side() {
     weights_edited_under_load(&world, &mut pair).await;
     workload_entry_added_and_removed_under_load(&world, &mut pair).await;
     istio_mutual_checks_the_san(&world, &mut pair).await;
+    several_service_accounts(&world, &mut pair).await;
+    header_route_and_grpc_abort_under_load(&world, &mut pair).await;
     connection_pool_limits_concurrent_calls(&world, &mut pair).await;
     eprintln!("client checks took {:?}", started.elapsed());
     let _ = Duration::ZERO;

@@ -256,7 +256,7 @@ async fn client_refuses_servers_without_the_expected_identity() {
     let error = call(&client).await.unwrap_err();
     match connect_error(&error).peer_rejected() {
         Some(PeerRejected::IdentityMismatch { expected, presented }) => {
-            assert_eq!(expected.as_str(), "spiffe://example.org/reviews");
+            assert_eq!(expected.to_string(), "spiffe://example.org/reviews");
             assert_eq!(presented.as_str(), "spiffe://example.org/ratings");
         }
         other => panic!("expected an identity mismatch, got {other:?}: {error}"),
@@ -322,6 +322,46 @@ async fn client_refuses_servers_without_the_expected_identity() {
 
     assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 0);
     ratings.shutdown().await.unwrap();
+}
+
+/// A destination whose workloads run as several identities (an xDS cluster's
+/// `match_subject_alt_names` with several entries, gRFC A29): a server matching any one matcher is
+/// reached; a server of the same CA matching none is refused before any request is sent.
+#[tokio::test]
+async fn several_expected_identities_accept_any_and_refuse_the_rest() {
+    use mesh::core::{ExpectedIdentity, SanMatcher};
+    let expected = ExpectedIdentity::any_of([
+        SanMatcher::exact("spiffe://example.org/reviews-v1"),
+        SanMatcher::prefix("spiffe://example.org/canary/"),
+        SanMatcher::regex("spiffe://example\\.org/reviews-v[23]").unwrap(),
+    ]);
+    let client_of = |addr| {
+        let name: ServiceName = "reviews".parse().unwrap();
+        let discovery = StaticDiscovery::new();
+        let endpoint = Endpoint::new(addr).with_expected_identity(expected.clone());
+        discovery.set(ServiceSnapshot::builder(name.clone()).endpoint(endpoint).build().unwrap());
+        MeshClient::builder(discovery, name).identity(identity("/web")).build::<Body>().unwrap()
+    };
+    for id in ["/reviews-v1", "/canary/reviews", "/reviews-v3"] {
+        let (server, _) = echo_server(identity(id)).await;
+        let answer = call(&client_of(server.local_addr())).await.unwrap();
+        assert_eq!(answer, (http::StatusCode::OK, "spiffe://example.org/web".to_owned()), "{id}");
+        server.shutdown().await.unwrap();
+    }
+    // The attacks: another workload of the same trust domain, and a near miss of each matcher.
+    for id in ["/ratings", "/reviews-v1x", "/canaryx/reviews", "/reviews-v4"] {
+        let (server, reached) = echo_server(identity(id)).await;
+        let error = call(&client_of(server.local_addr())).await.unwrap_err();
+        match connect_error(&error).peer_rejected() {
+            Some(PeerRejected::IdentityMismatch { expected: e, presented }) => {
+                assert_eq!((e, presented.as_str()), (&expected, format!("spiffe://example.org{id}").as_str()));
+            }
+            other => panic!("{id}: expected an identity mismatch, got {other:?}: {error}"),
+        }
+        assert!(error.to_string().contains("but an identity matching one of [exact spiffe://example.org/reviews-v1, prefix spiffe://example.org/canary/, regex"), "{error}");
+        assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 0, "{id} was sent a request");
+        server.shutdown().await.unwrap();
+    }
 }
 
 /// A bare rustls server presenting `cert` with no client auth: a server mesh would never build.

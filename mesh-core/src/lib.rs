@@ -57,12 +57,12 @@ pub mod policy;
 
 pub use crate::discovery::{Discovery, DiscoveryError, FileDiscovery, SnapshotWatch, StaticDiscovery};
 pub use crate::identity::{
-    Credentials, Identity, IdentityFiles, IdentitySource, InvalidIdentity, InvalidSpiffeId, InvalidTrustDomain,
-    SpiffeId, TrustBundle, TrustDomain,
+    Credentials, ExpectedIdentity, Identity, IdentityFiles, IdentitySource, InvalidIdentity, InvalidSpiffeId,
+    InvalidTrustDomain, SanMatcher, SpiffeId, TrustBundle, TrustDomain,
 };
 pub use crate::matching::{HeaderMatch, HeaderRegex, HeaderValueMatch, InvalidPathMatch, InvalidRegex, PathMatch};
 pub use crate::model::{
-    DnsTarget, Endpoint, InvalidLabel, InvalidSnapshot, InvalidWeight, Labels, Mirror, Route, RouteMatch,
+    DnsTarget, Endpoint, InvalidLabel, InvalidSnapshot, InvalidWeight, Labels, Mirror, Route, RouteAction, RouteMatch,
     ServiceSnapshot, ServiceSnapshotBuilder, ServiceSpec, Subset, Weight, WeightedTarget,
 };
 pub use crate::name::{DnsName, HeaderName, InvalidMethod, InvalidName, Method, RouteName, ServiceName, SubsetName};

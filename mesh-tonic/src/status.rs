@@ -13,7 +13,7 @@ use tonic::{Code, Status};
 /// | error | code |
 /// |---|---|
 /// | a `Status` already (anywhere in the source chain) | as is |
-/// | one of mesh's own errors ([`NoRoute`](mesh_tower::client::NoRoute), [`RouteTimeout`](mesh_tower::client::deadline::RouteTimeout), [`ConnectError`](mesh_tower::client::ConnectError), ...) | its [`ErrorKind`]'s, from the one table there: `UNIMPLEMENTED` for no route, `FAILED_PRECONDITION` for an unknown subset, `DEADLINE_EXCEEDED` for a timeout, `UNAVAILABLE` for no endpoints, no snapshot, a refused or mistrusted connection and a shed call (as gRPC's circuit breaking, gRFC A32), an injected fault's HTTP status as gRPC maps HTTP statuses |
+/// | one of mesh's own errors ([`NoRoute`](mesh_tower::client::NoRoute), [`RouteTimeout`](mesh_tower::client::deadline::RouteTimeout), [`ConnectError`](mesh_tower::client::ConnectError), ...) | its [`ErrorKind`]'s, from the one table there: `UNIMPLEMENTED` for no route, `FAILED_PRECONDITION` for an unknown subset, `DEADLINE_EXCEEDED` for a timeout, `UNAVAILABLE` for no endpoints, no snapshot, a refused or mistrusted connection and a shed call (as gRPC's circuit breaking, gRFC A32), an injected fault's own gRPC status, or its HTTP status as gRPC maps HTTP statuses; `UNAVAILABLE` for a route that does not forward ([`UnsupportedRoute`](mesh_tower::client::UnsupportedRoute), as gRPC) |
 /// | an HTTP/2 stream reset | by its reason, as gRPC's HTTP/2 mapping says (`REFUSED_STREAM`: `UNAVAILABLE`, `CANCEL`: `CANCELLED`, …) |
 /// | any other transport failure | `UNAVAILABLE` |
 /// | anything else | `UNKNOWN` |

@@ -149,6 +149,7 @@ pub fn error_of(error: &(dyn std::error::Error + 'static)) -> Class {
         ErrorKind::Connect | ErrorKind::IdentityMismatch => TransportFailure::Connect,
         ErrorKind::Timeout => TransportFailure::Timeout,
         ErrorKind::NoRoute
+        | ErrorKind::UnsupportedRoute
         | ErrorKind::UnknownSubset
         | ErrorKind::NoEndpoints
         | ErrorKind::Unresolved

@@ -175,7 +175,11 @@ fn the_cascade_subscribes_step_by_step_and_builds_a_snapshot() {
     );
     assert!(retry.retry_non_idempotent);
     assert_eq!(snap.endpoints().len(), 3);
-    assert!(snap.endpoints().iter().all(|e| snap.expected_identity(e).map(|i| i.as_str()) == Some(SA)));
+    assert!(
+        snap.endpoints()
+            .iter()
+            .all(|e| snap.expected_identity(e).and_then(|i| i.as_exact()).map(|i| i.as_str()) == Some(SA))
+    );
     assert_eq!(snap.policies().load_balancer.kind, LoadBalancerKind::RoundRobin);
     assert_eq!(snap.policies().circuit_breaker.as_ref().map(|c| c.max_concurrent), Some(1024));
     // Every type is ACKed with its version.
@@ -388,6 +392,7 @@ fn faults_from_the_filter_and_per_route_overrides() {
         },
         r#type::v3::FractionalPercent,
     };
+    use mesh_core::policy::AbortStatus;
     let fault = HttpFault {
         delay: Some(FaultDelay {
             fault_delay_secifier: Some(FaultDelaySecifier::FixedDelay(envoy_types::pb::google::protobuf::Duration {
@@ -405,10 +410,21 @@ fn faults_from_the_filter_and_per_route_overrides() {
     };
     let parsed = crate::resource::filter::fault(&fault, "f").unwrap();
     assert_eq!(parsed.delay.as_ref().map(|d| (d.duration, d.percent.get())), Some((Duration::from_millis(50), 25.0)));
-    assert_eq!(parsed.abort.as_ref().map(|a| (a.status, a.percent.get())), Some((503, 10.0)));
-    let mut bad = fault.clone();
-    bad.abort.as_mut().unwrap().error_type = Some(ErrorType::GrpcStatus(4));
-    assert_eq!(crate::resource::filter::fault(&bad, "f").unwrap_err().field, "f.abort.grpc_status");
+    assert_eq!(parsed.abort.as_ref().map(|a| (a.status, a.percent.get())), Some((AbortStatus::Grpc(14), 10.0)));
+    // gRFC A33: any gRPC status is injected as is (RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, ...);
+    // as in grpc-go, OK and codes past 16 are UNKNOWN, and an abort without a share aborts nothing.
+    for (code, injected) in [(8, 8), (4, 4), (0, 2), (17, 2)] {
+        let mut other = fault.clone();
+        other.abort.as_mut().unwrap().error_type = Some(ErrorType::GrpcStatus(code));
+        let parsed = crate::resource::filter::fault(&other, "f").unwrap();
+        assert_eq!(parsed.abort.unwrap().status, AbortStatus::Grpc(injected), "gRPC status {code}");
+    }
+    let mut unshared = fault.clone();
+    unshared.abort.as_mut().unwrap().percentage = None;
+    assert_eq!(crate::resource::filter::fault(&unshared, "f").unwrap().abort.unwrap().percent.get(), 0.0);
+    // grpc-go ignores an abort with a malformed HTTP status.
+    unshared.abort.as_mut().unwrap().error_type = Some(ErrorType::HttpStatus(99));
+    assert!(crate::resource::filter::fault(&unshared, "f").unwrap().abort.is_none());
 
     let mut rc = f::route_config(LISTENER, HOST, 9080, &[(&cluster("v1"), 1)]);
     rc.virtual_hosts[0].routes[0].typed_per_filter_config.insert("envoy.filters.http.fault".into(), f::any(&fault));
@@ -431,7 +447,10 @@ fn clusters_policies_and_security_are_checked() {
     let ctx = DecodeContext { certificate_providers: &ctx_providers };
     let parse = |c: &envoy_types::pb::envoy::config::cluster::v3::Cluster| crate::resource::cluster::parse(c, &ctx);
     let ok = parse(&f::cluster(&cluster("v1"), Some(SA))).unwrap();
-    assert_eq!(ok.tls.as_ref().map(|t| (t.instance.as_str(), t.identity.as_str())), Some(("default", SA)));
+    assert_eq!(
+        ok.tls.as_ref().map(|t| (t.instance.as_str(), t.identity.as_exact().unwrap().as_str())),
+        Some(("default", SA))
+    );
 
     let mut dns = f::cluster(&cluster("v1"), None);
     dns.cluster_discovery_type = Some(ClusterDiscoveryType::Type(DiscoveryType::LogicalDns as i32));
@@ -453,8 +472,71 @@ fn clusters_policies_and_security_are_checked() {
     let no_providers = DecodeContext { certificate_providers: &empty };
     let err = crate::resource::cluster::parse(&f::cluster(&cluster("v1"), Some(SA)), &no_providers).unwrap_err();
     assert!(err.reason.contains("\"default\" is not in the bootstrap"), "{}", err.reason);
-    let err = parse(&f::cluster(&cluster("v1"), Some("not a spiffe id"))).unwrap_err();
-    assert!(err.field.ends_with("match_subject_alt_names[0].exact"), "{}", err.field);
+
+    // gRFC A29: several SAN matchers, any of which accepts the peer (istiod sends one exact SAN
+    // per service account of the cluster's workloads); each StringMatcher kind.
+    use envoy_types::pb::envoy::{
+        config::core::v3::{TransportSocket, transport_socket::ConfigType},
+        extensions::transport_sockets::tls::v3::{UpstreamTlsContext, common_tls_context::ValidationContextType},
+        r#type::matcher::v3::{RegexMatcher, StringMatcher, string_matcher::MatchPattern},
+    };
+    let with_sans = |sans: Vec<StringMatcher>| {
+        let mut common = f::istio_tls(None);
+        let Some(ValidationContextType::CombinedValidationContext(combined)) = &mut common.validation_context_type
+        else {
+            unreachable!()
+        };
+        #[allow(deprecated)]
+        {
+            combined.default_validation_context.as_mut().unwrap().match_subject_alt_names = sans;
+        }
+        let mut c = f::cluster(&cluster("v1"), None);
+        let tls = UpstreamTlsContext { common_tls_context: Some(common), ..Default::default() };
+        c.transport_socket = Some(TransportSocket {
+            name: "envoy.transport_sockets.tls".into(),
+            config_type: Some(ConfigType::TypedConfig(f::any(&tls))),
+        });
+        parse(&c)
+    };
+    let san = |p: MatchPattern, ignore_case: bool| StringMatcher { match_pattern: Some(p), ignore_case };
+    let sans = vec![
+        san(MatchPattern::Exact(SA.into()), false),
+        san(MatchPattern::Exact("spiffe://cluster.local/ns/default/sa/reviews-v2".into()), false),
+        san(MatchPattern::Prefix("SPIFFE://cluster.local/ns/canary/".into()), true),
+        san(MatchPattern::Suffix("/sa/ratings".into()), false),
+        san(MatchPattern::Contains("/ns/qa/".into()), false),
+        san(
+            MatchPattern::SafeRegex(RegexMatcher { regex: "spiffe://other\\.org/.*".into(), ..Default::default() }),
+            false,
+        ),
+    ];
+    let expected = with_sans(sans.clone()).unwrap().tls.unwrap().identity;
+    let accepts = |id: &str| expected.accepts(&id.parse().unwrap());
+    for id in [
+        SA,
+        "spiffe://cluster.local/ns/default/sa/reviews-v2",
+        "spiffe://cluster.local/ns/canary/sa/x",
+        "spiffe://cluster.local/ns/prod/sa/ratings",
+        "spiffe://cluster.local/ns/qa/sa/y",
+        "spiffe://other.org/anything",
+    ] {
+        assert!(accepts(id), "{id} is accepted by {expected}");
+    }
+    for id in ["spiffe://cluster.local/ns/default/sa/other", "spiffe://cluster.local/ns/prod/sa/ratings-x"] {
+        assert!(!accepts(id), "{id} matches none of {expected}");
+    }
+    // As gRPC: empty prefixes, suffixes and substrings, and regexes that do not compile, are refused.
+    let err = with_sans(vec![sans[0].clone(), san(MatchPattern::Prefix(String::new()), false)]).unwrap_err();
+    assert_eq!(
+        err.field,
+        "transport_socket.typed_config.common_tls_context.combined_validation_context.default_validation_context.match_subject_alt_names[1].prefix",
+        "{err:?}"
+    );
+    let bad_regex = san(MatchPattern::SafeRegex(RegexMatcher { regex: "(".into(), ..Default::default() }), false);
+    assert!(with_sans(vec![bad_regex]).unwrap_err().field.ends_with("match_subject_alt_names[0].safe_regex.regex"));
+    // An exact SAN that is no SPIFFE ID is accepted, as gRPC accepts it; no mesh peer matches it.
+    let odd = parse(&f::cluster(&cluster("v1"), Some("not a spiffe id"))).unwrap().tls.unwrap().identity;
+    assert!(odd.as_exact().is_none() && !odd.accepts(&SA.parse().unwrap()));
 }
 
 #[test]
@@ -544,4 +626,73 @@ fn typed_load_balancing_policies_take_the_first_supported() {
     let err = crate::resource::cluster::parse(&c, &ctx).unwrap_err();
     assert_eq!(err.field, "load_balancing_policy.policies");
     assert!(err.reason.contains("PickFirst"), "{}", err.reason);
+}
+
+#[test]
+fn routes_that_do_not_forward_are_kept_and_unknown_cluster_specifiers_skipped() {
+    use envoy_types::pb::envoy::config::{
+        core::v3::TypedExtensionConfig,
+        route::v3::{
+            ClusterSpecifierPlugin, DirectResponseAction, NonForwardingAction, RedirectAction, route::Action,
+            route_action::ClusterSpecifier,
+        },
+    };
+    use mesh_core::RouteAction;
+    let base = f::route_config(LISTENER, HOST, 9080, &[(&cluster("v1"), 1)]);
+    let default_route = base.virtual_hosts[0].routes[0].clone();
+    let mut rc = base.clone();
+    let actions = [
+        Some(Action::Redirect(RedirectAction::default())),
+        Some(Action::DirectResponse(DirectResponseAction { status: 503, ..Default::default() })),
+        Some(Action::NonForwardingAction(NonForwardingAction::default())),
+        None,
+    ];
+    rc.virtual_hosts[0].routes = actions
+        .into_iter()
+        .map(|action| envoy_types::pb::envoy::config::route::v3::Route { action, ..default_route.clone() })
+        .chain([default_route.clone()])
+        .collect();
+    // gRFC A28: the resource is accepted; each such route keeps its place and sends nowhere.
+    let parsed = crate::resource::route::parse(&rc).unwrap();
+    let got: Vec<_> = parsed.virtual_hosts[0].routes.iter().map(|r| (r.action, r.clusters.len())).collect();
+    assert_eq!(
+        got,
+        [
+            (RouteAction::Redirect, 0),
+            (RouteAction::DirectResponse, 0),
+            (RouteAction::NonForwarding, 0),
+            (RouteAction::Unsupported, 0),
+            (RouteAction::Forward, 1)
+        ]
+    );
+
+    // A cluster specifier gRPC does not know (cluster_header, none) skips the route.
+    let mut skipped = base.clone();
+    let mut header_route = default_route.clone();
+    let Some(Action::Route(action)) = &mut header_route.action else { unreachable!() };
+    action.cluster_specifier = Some(ClusterSpecifier::ClusterHeader("x-cluster".into()));
+    let mut unset = header_route.clone();
+    let Some(Action::Route(action)) = &mut unset.action else { unreachable!() };
+    action.cluster_specifier = None;
+    skipped.virtual_hosts[0].routes = vec![header_route, unset, default_route.clone()];
+    let parsed = crate::resource::route::parse(&skipped).unwrap();
+    assert_eq!(parsed.virtual_hosts[0].routes.len(), 1);
+    assert_eq!(parsed.virtual_hosts[0].routes[0].action, RouteAction::Forward);
+
+    // A route of an optional plugin is skipped; a required plugin, or one not declared, refused.
+    let mut plugin_route = default_route.clone();
+    let Some(Action::Route(action)) = &mut plugin_route.action else { unreachable!() };
+    action.cluster_specifier = Some(ClusterSpecifier::ClusterSpecifierPlugin("rls".into()));
+    let mut plugins = base.clone();
+    plugins.virtual_hosts[0].routes = vec![plugin_route, default_route];
+    let err = crate::resource::route::parse(&plugins).unwrap_err();
+    assert_eq!(err.field, "virtual_hosts[0].routes[0].route.cluster_specifier_plugin");
+    plugins.cluster_specifier_plugins = vec![ClusterSpecifierPlugin {
+        extension: Some(TypedExtensionConfig { name: "rls".into(), typed_config: None }),
+        is_optional: false,
+    }];
+    assert_eq!(crate::resource::route::parse(&plugins).unwrap_err().field, "cluster_specifier_plugins[0]");
+    plugins.cluster_specifier_plugins[0].is_optional = true;
+    let parsed = crate::resource::route::parse(&plugins).unwrap();
+    assert_eq!(parsed.virtual_hosts[0].routes.len(), 1);
 }

@@ -19,7 +19,7 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use super::{IdentitySource, PeerCertificateError, SpiffeId, credentials::provider, spiffe_id_of};
+use super::{ExpectedIdentity, IdentitySource, PeerCertificateError, SpiffeId, credentials::provider, spiffe_id_of};
 
 /// Why a peer's certificate was refused, beyond what X.509 path validation says.
 ///
@@ -31,7 +31,7 @@ pub enum PeerRejected {
     #[error("the peer presented SPIFFE ID {presented}, but {expected} was expected")]
     IdentityMismatch {
         /// The identity the destination must have (from discovery).
-        expected: SpiffeId,
+        expected: ExpectedIdentity,
         /// The identity its certificate carries.
         presented: SpiffeId,
     },
@@ -130,6 +130,16 @@ pub fn server_config(source: &IdentitySource, options: &TlsOptions) -> Result<Ar
 pub fn client_config(
     source: &IdentitySource,
     expected: SpiffeId,
+    options: &TlsOptions,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    client_config_expecting(source, expected.into(), options)
+}
+
+/// As [`client_config`], for a server whose SPIFFE ID `expected` accepts (one ID, or matchers of
+/// which one must accept it: an xDS cluster's `match_subject_alt_names`).
+pub fn client_config_expecting(
+    source: &IdentitySource,
+    expected: ExpectedIdentity,
     options: &TlsOptions,
 ) -> Result<Arc<ClientConfig>, TlsError> {
     let mut config = ClientConfig::builder_with_provider(provider())
@@ -256,7 +266,7 @@ impl fmt::Debug for SpiffeClientVerifier {
 /// SPIFFE ID must be the expected one.
 struct SpiffeServerVerifier {
     source: IdentitySource,
-    expected: SpiffeId,
+    expected: ExpectedIdentity,
 }
 
 impl ServerCertVerifier for SpiffeServerVerifier {
@@ -282,7 +292,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             now,
             provider().signature_verification_algorithms.all,
         )?;
-        if presented != self.expected {
+        if !self.expected.accepts(&presented) {
             return Err(reject(PeerRejected::IdentityMismatch { expected: self.expected.clone(), presented }));
         }
         Ok(ServerCertVerified::assertion())

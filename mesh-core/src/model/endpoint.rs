@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use super::{InvalidLabel, Labels, Weight};
-use crate::identity::SpiffeId;
+use crate::identity::{ExpectedIdentity, SpiffeId};
 
 /// One instance of a service: where to reach it, how it is labelled, its share of traffic within
 /// its subset, and who it must prove to be.
@@ -31,10 +31,10 @@ pub struct Endpoint {
     /// The endpoint's share of its subset's traffic, relative to the other endpoints.
     #[serde(default)]
     pub weight: Weight,
-    /// The SPIFFE ID the endpoint must present in its certificate when mTLS is on. When `None`,
-    /// the service's identity applies.
+    /// The SPIFFE ID the endpoint must present in its certificate when mTLS is on (or the
+    /// matchers of which one must accept it). When `None`, the service's identity applies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub identity: Option<SpiffeId>,
+    pub identity: Option<ExpectedIdentity>,
 }
 
 impl Endpoint {
@@ -57,6 +57,12 @@ impl Endpoint {
 
     /// Sets the identity the endpoint must present.
     pub fn with_identity(mut self, identity: SpiffeId) -> Self {
+        self.identity = Some(identity.into());
+        self
+    }
+
+    /// Sets what the endpoint must present: matchers of which one must accept its SPIFFE ID.
+    pub fn with_expected_identity(mut self, identity: ExpectedIdentity) -> Self {
         self.identity = Some(identity);
         self
     }

@@ -8,7 +8,7 @@ mod weight;
 
 pub use self::endpoint::Endpoint;
 pub use self::labels::{InvalidLabel, Labels};
-pub use self::route::{DnsTarget, Mirror, Route, RouteMatch, Subset, WeightedTarget};
+pub use self::route::{DnsTarget, Mirror, Route, RouteAction, RouteMatch, Subset, WeightedTarget};
 pub(crate) use self::snapshot::CheckedSpec;
 pub use self::snapshot::{InvalidSnapshot, ServiceSnapshot, ServiceSnapshotBuilder, ServiceSpec};
 pub use self::weight::{InvalidWeight, Weight};

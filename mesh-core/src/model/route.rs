@@ -126,6 +126,10 @@ pub struct Route {
     /// Which requests the route takes. Every condition must hold.
     #[serde(rename = "match", default)]
     pub matches: RouteMatch,
+    /// What the route does with its requests: forward them (the default), or, for an action a
+    /// control plane configured that a gRPC client does not perform, fail them.
+    #[serde(default, skip_serializing_if = "RouteAction::is_forward")]
+    pub action: RouteAction,
     /// Where the requests go, by weight. Empty means every endpoint of the service.
     #[serde(default)]
     pub targets: Vec<WeightedTarget>,
@@ -164,6 +168,7 @@ impl Route {
         Self {
             name,
             matches: RouteMatch::default(),
+            action: RouteAction::Forward,
             targets: Vec::new(),
             retry: None,
             timeout: None,
@@ -175,6 +180,12 @@ impl Route {
     /// Sets what the route matches.
     pub fn with_match(mut self, matches: RouteMatch) -> Self {
         self.matches = matches;
+        self
+    }
+
+    /// Sets what the route does with its requests.
+    pub fn with_action(mut self, action: RouteAction) -> Self {
+        self.action = action;
         self
     }
 
@@ -206,6 +217,55 @@ impl Route {
     pub fn with_mirror(mut self, subset: SubsetName, percent: crate::policy::Percentage) -> Self {
         self.mirror = Some(Mirror { subset, percent });
         self
+    }
+}
+
+/// What a [`Route`] does with the requests it takes.
+///
+/// Only [`Forward`](Self::Forward) sends them anywhere. The others stand for what an xDS control
+/// plane may configure on a route that a gRPC client does not perform (gRFC A28): as gRPC does,
+/// mesh keeps the route, so the requests it matches are not taken by a later route, and fails
+/// those requests at once (`UNAVAILABLE` on gRPC, 503 as an HTTP response), while every other
+/// route of the configuration keeps working. In files: `action: redirect`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RouteAction {
+    /// Send the requests to the route's targets.
+    #[default]
+    Forward,
+    /// An HTTP redirect (Envoy's `redirect`, a VirtualService's `redirect`): not followed.
+    Redirect,
+    /// An answer made up by the proxy (Envoy's `direct_response`, a VirtualService's
+    /// `directResponse`): not given.
+    DirectResponse,
+    /// Envoy's `non_forwarding_action`, meant for a server's inbound routes.
+    NonForwarding,
+    /// Any other action, or none.
+    Unsupported,
+}
+
+impl RouteAction {
+    /// Whether the route forwards its requests.
+    pub fn is_forward(&self) -> bool {
+        matches!(self, Self::Forward)
+    }
+
+    /// The action's name, as files spell it (`direct_response`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Forward => "forward",
+            Self::Redirect => "redirect",
+            Self::DirectResponse => "direct_response",
+            Self::NonForwarding => "non_forwarding",
+            Self::Unsupported => "unsupported",
+        }
+    }
+}
+
+impl std::fmt::Display for RouteAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -307,6 +367,20 @@ mod tests {
         assert!(err.to_string().contains("exactly one"), "{err}");
         let err = serde_json::from_str::<HeaderMatch>(r#"{"name":"x"}"#).unwrap_err();
         assert!(err.to_string().contains("exactly one"), "{err}");
+    }
+
+    #[test]
+    fn a_route_action_other_than_forward_round_trips() {
+        let route: Route = serde_json::from_str(r#"{"name":"old","action":"redirect"}"#).unwrap();
+        assert_eq!(route.action, RouteAction::Redirect);
+        let json = serde_json::to_string(&route).unwrap();
+        assert!(json.contains(r#""action":"redirect""#), "{json}");
+        assert_eq!(serde_json::from_str::<Route>(&json).unwrap(), route);
+        let forward: Route = serde_json::from_str(r#"{"name":"r"}"#).unwrap();
+        assert!(forward.action.is_forward());
+        assert!(!serde_json::to_string(&forward).unwrap().contains("action"));
+        let err = serde_json::from_str::<Route>(r#"{"name":"r","action":"teleport"}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown variant"), "{err}");
     }
 
     #[test]

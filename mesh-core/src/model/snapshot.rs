@@ -6,7 +6,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{Endpoint, Route, Subset};
 use crate::{
-    identity::SpiffeId,
+    identity::{ExpectedIdentity, SpiffeId},
     name::{ServiceName, SubsetName},
     policy::ServicePolicies,
 };
@@ -20,7 +20,7 @@ use crate::{
 pub struct ServiceSpec {
     /// The identity every endpoint of the service must present, unless an endpoint names its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub identity: Option<SpiffeId>,
+    pub identity: Option<ExpectedIdentity>,
     /// The service's endpoints. Addresses are unique.
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
@@ -118,6 +118,12 @@ impl ServiceSpec {
                         format!("subset {:?} is targeted twice", target.subset.as_str()),
                     );
                 }
+            }
+            if !route.action.is_forward() && !route.targets.is_empty() {
+                return fail(
+                    format!("routes[{i}].targets"),
+                    format!("a route whose action is {} sends nowhere: it takes no targets", route.action),
+                );
             }
             if !route.targets.is_empty() && route.targets.iter().all(|t| t.weight.is_zero()) {
                 return fail(format!("routes[{i}].targets"), "every weight is 0, so no request could be sent".into());
@@ -221,7 +227,7 @@ impl ServiceSnapshot {
     }
 
     /// The identity `endpoint` must present: its own, else the service's.
-    pub fn expected_identity<'a>(&'a self, endpoint: &'a Endpoint) -> Option<&'a SpiffeId> {
+    pub fn expected_identity<'a>(&'a self, endpoint: &'a Endpoint) -> Option<&'a ExpectedIdentity> {
         endpoint.identity.as_ref().or(self.spec.identity.as_ref())
     }
 
@@ -271,7 +277,7 @@ impl ServiceSnapshotBuilder {
 
     /// Sets the identity the service's endpoints must present.
     pub fn identity(mut self, identity: SpiffeId) -> Self {
-        self.spec.identity = Some(identity);
+        self.spec.identity = Some(identity.into());
         self
     }
 
@@ -350,6 +356,18 @@ mod tests {
             .build()
             .unwrap_err();
         assert_eq!(err.field(), "routes[0].targets");
+
+        let err = ServiceSnapshot::builder(name())
+            .subset(Subset::version("v1").unwrap())
+            .route(
+                Route::new(RouteName::new("r").unwrap())
+                    .with_action(crate::RouteAction::Redirect)
+                    .with_target("v1".parse().unwrap(), Weight::new(1).unwrap()),
+            )
+            .build()
+            .unwrap_err();
+        assert_eq!(err.field(), "routes[0].targets");
+        assert!(err.to_string().contains("action is redirect"), "{err}");
 
         let err = ServiceSnapshot::builder(name())
             .route(Route::new(RouteName::new("r").unwrap()).with_timeout(Duration::ZERO))

@@ -21,7 +21,7 @@ pub use self::authz::{
 };
 pub use self::balance::{LoadBalancer, LoadBalancerKind};
 pub use self::caller::CallerRules;
-pub use self::fault::{Fault, FaultAbort, FaultDelay};
+pub use self::fault::{AbortStatus, Fault, FaultAbort, FaultDelay};
 pub use self::limits::{CircuitBreaker, OutlierDetection, Percentage};
 pub use self::retry::{Backoff, RetryBudget, RetryOn, RetryPolicy};
 

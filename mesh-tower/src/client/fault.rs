@@ -4,7 +4,8 @@
 //! [`FaultLayer`] reads the matched route's `fault` from the request's
 //! [`Resolution`]; a request without one passes untouched. Shares are exact
 //! (the low-discrepancy sequence of the weighted split), so "5%" means 5 of every 100. An abort is
-//! the typed error [`InjectedFault`] carrying the status; it sits above retries in the client
+//! the typed error [`InjectedFault`] carrying the status, an HTTP status or a gRPC status code
+//! (gRFC A33's `grpc_status`, which a gRPC caller sees as is); it sits above retries in the client
 //! stack, so injected aborts are not retried (as in Istio).
 
 use std::{
@@ -15,7 +16,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use http::{Request, StatusCode};
+use http::Request;
 use tower::{Layer, Service, ServiceExt};
 
 use super::resolution::{Resolution, split::in_share};
@@ -94,7 +95,7 @@ where
             && in_share(shared.aborts.fetch_add(1, Ordering::Relaxed), abort.percent.get())
         {
             shared.injected.fetch_add(1, Ordering::Relaxed);
-            let status = StatusCode::from_u16(abort.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            let status = abort.status;
             return PassThrough::boxed(async move { Err(InjectedFault { status }.into()) });
         }
         let delay = delay
@@ -116,6 +117,7 @@ where
 mod tests {
     use std::{convert::Infallible, time::Duration};
 
+    use http::StatusCode;
     use mesh_core::{
         Route, RouteName, ServiceSnapshot,
         policy::{Fault, Percentage},
@@ -147,6 +149,31 @@ mod tests {
             }
         }
         assert_eq!(aborted, 50);
+    }
+
+    #[tokio::test]
+    async fn aborts_with_a_grpc_status() {
+        let fault = Fault::abort_grpc(8, Percentage::new(100.0).unwrap());
+        let service = FaultLayer::new().layer(tower::service_fn(|_: Request<()>| async { Ok::<_, Infallible>("ok") }));
+        let error = service.oneshot(request(&fault)).await.unwrap_err();
+        let fault = error.downcast_ref::<InjectedFault>().unwrap();
+        assert_eq!((fault.grpc_status(), fault.status()), (Some(8), StatusCode::OK));
+        assert!(fault.to_string().contains("gRPC status 8 (RESOURCE_EXHAUSTED)"), "{fault}");
+
+        // As an HTTP answer: trailers-only, as a gRPC server fails a call before any message.
+        let service = FaultLayer::new().layer(tower::service_fn(|_: Request<()>| async {
+            Ok::<_, Infallible>(http::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
+        }));
+        let answer = crate::client::ErrorResponseLayer::new()
+            .layer(service)
+            .oneshot(request(&Fault::abort_grpc(8, Percentage::new(100.0).unwrap())))
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert_eq!(crate::grpc::status(answer.headers()), Some(8));
+        assert!(crate::grpc::is_grpc(answer.headers()));
+        let body = http_body_util::BodyExt::collect(answer.into_body()).await.unwrap();
+        assert!(body.trailers().is_none() && body.to_bytes().is_empty());
     }
 
     #[tokio::test(start_paused = true)]

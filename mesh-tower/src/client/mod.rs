@@ -51,5 +51,5 @@ pub use self::respond::{
 };
 pub use crate::connection::ConnectError;
 pub use crate::failure::{
-    ClientError, ErrorKind, NoEndpoints, NoRoute, UnknownSubset, Unresolved, grpc_code_of, status_of,
+    ClientError, ErrorKind, NoEndpoints, NoRoute, UnknownSubset, Unresolved, UnsupportedRoute, grpc_code_of, status_of,
 };

@@ -3,7 +3,8 @@
 //!
 //! The status is the one [`ErrorKind`]'s table gives the error's kind ([`status_of`]: 404 for no
 //! route, 503 for no endpoints, 504 for a timeout, 502 for a connect or transport failure, an
-//! injected fault's own status, ...). Each such response carries [`ERROR_HEADER`] (`x-mesh-error: timeout`, …, the kind's
+//! injected fault's own status, ...); an injected gRPC status is answered as a gRPC server fails
+//! a call at once, a trailers-only response (200, `grpc-status` in the headers, no body). Each such response carries [`ERROR_HEADER`] (`x-mesh-error: timeout`, …, the kind's
 //! [`as_str`](ErrorKind::as_str)), so a caller can tell mesh's answer from the upstream's, as
 //! Linkerd's `l5d-proxy-error` does, and a `text/plain` body with the error's message.
 
@@ -92,12 +93,25 @@ pub fn response_of<B>(error: &BoxError) -> Response<ErrorResponse<B>> {
         Some(client) => client.to_string(),
         None => error.to_string(),
     };
+    if let Some(code) = injected_grpc_status(error.as_ref()) {
+        // As a gRPC server fails a call it never started: the status in the headers, no body.
+        let (mut parts, ()) = crate::grpc::status_response::<()>(code, &message).into_parts();
+        parts.headers.insert(ERROR_HEADER, HeaderValue::from_static(kind.as_str()));
+        return Response::from_parts(parts, Either::Right(Full::new(Bytes::new())));
+    }
     let mut response = Response::new(Either::Right(Full::new(Bytes::from(message))));
     *response.status_mut() = status_of(kind, error.as_ref());
     let headers = response.headers_mut();
     headers.insert(ERROR_HEADER, HeaderValue::from_static(kind.as_str()));
     headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response
+}
+
+/// The gRPC status code an injected abort names, if `error` is one.
+fn injected_grpc_status(error: &(dyn std::error::Error + 'static)) -> Option<u16> {
+    std::iter::successors(Some(error), |e| (*e).source())
+        .find_map(|e| e.downcast_ref::<crate::failure::InjectedFault>())
+        .and_then(|fault| fault.grpc_status())
 }
 
 impl<S, Req, B> Service<Req> for ErrorResponses<S>

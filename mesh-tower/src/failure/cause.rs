@@ -1,5 +1,6 @@
 //! The typed causes mesh itself gives a failed request, each the error one layer of the client
-//! stack makes: the router's refusals (no route, unknown subset, no endpoints, no snapshot), the
+//! stack makes: the router's refusals (no route, a route that does not forward, unknown subset, no
+//! endpoints, no snapshot), the
 //! load shedder's, the fault injector's and the deadlines'. They sit here, beneath the stack,
 //! so that [`ErrorKind::of`](super::ErrorKind::of) recognises each of them in one place; each is
 //! re-exported where its layer is (`client::NoRoute`, `client::shed::Overloaded`, ...).
@@ -7,7 +8,7 @@
 use std::{fmt, sync::Arc, time::Duration};
 
 use http::StatusCode;
-use mesh_core::{DiscoveryError, ServiceName, SubsetName};
+use mesh_core::{DiscoveryError, RouteAction, RouteName, ServiceName, SubsetName, policy::AbortStatus};
 /// The chosen subset (or the whole destination) has no endpoint that can take traffic.
 #[derive(Debug, Clone)]
 pub struct NoEndpoints {
@@ -138,18 +139,83 @@ pub struct Overloaded {
 }
 
 /// A request failed on purpose by the route's fault policy.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("fault injected by the route's policy: aborted with status {status}")]
+#[derive(Debug, Clone)]
 pub struct InjectedFault {
-    pub(crate) status: StatusCode,
+    pub(crate) status: AbortStatus,
 }
 
 impl InjectedFault {
-    /// The status the policy asked for.
+    /// The HTTP status of the answer: the policy's, or 200 for a gRPC abort (answered, as a gRPC
+    /// server fails a call at once, with a trailers-only response).
     pub fn status(&self) -> StatusCode {
-        self.status
+        match self.status {
+            AbortStatus::Http(s) => StatusCode::from_u16(s).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            _ => StatusCode::OK,
+        }
+    }
+
+    /// The gRPC status code the policy asked for, when it named one (`8` for
+    /// `RESOURCE_EXHAUSTED`); `None` for an HTTP status.
+    pub fn grpc_status(&self) -> Option<u16> {
+        match self.status {
+            AbortStatus::Grpc(code) => Some(code),
+            _ => None,
+        }
     }
 }
+
+impl fmt::Display for InjectedFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // gRPC's own words for it (grpc-go's fault filter), then what the policy named.
+        f.write_str("RPC terminated due to fault injection: ")?;
+        match self.status {
+            AbortStatus::Grpc(code) => write!(f, "aborted with gRPC status {code} ({})", crate::grpc::code_name(code)),
+            _ => write!(f, "aborted with status {}", self.status()),
+        }
+    }
+}
+
+impl std::error::Error for InjectedFault {}
+
+/// A request whose matched route does not forward: a redirect, a direct response or another
+/// action a gRPC client does not perform (gRFC A28). As gRPC does, the route still takes the
+/// requests it matches and fails them, `UNAVAILABLE` on gRPC (gRPC says "matched route does not
+/// have a supported route action type"), 503 as an HTTP response.
+#[derive(Debug, Clone)]
+pub struct UnsupportedRoute {
+    pub(crate) service: ServiceName,
+    pub(crate) route: RouteName,
+    pub(crate) action: RouteAction,
+}
+
+impl UnsupportedRoute {
+    /// The destination.
+    pub fn service(&self) -> &ServiceName {
+        &self.service
+    }
+
+    /// The matched route.
+    pub fn route(&self) -> &RouteName {
+        &self.route
+    }
+
+    /// What the route does instead of forwarding.
+    pub fn action(&self) -> RouteAction {
+        self.action
+    }
+}
+
+impl fmt::Display for UnsupportedRoute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the matched route {} of service {} does not have a supported route action type (its action is {}, which a gRPC client does not perform)",
+            self.route, self.service, self.action
+        )
+    }
+}
+
+impl std::error::Error for UnsupportedRoute {}
 
 /// The request's deadline passed, retries included.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -9,6 +9,7 @@ use http::StatusCode;
 
 use super::cause::{
     InjectedFault, NoEndpoints, NoRoute, Overloaded, PerTryTimeout, RouteTimeout, UnknownSubset, Unresolved,
+    UnsupportedRoute,
 };
 use crate::{connection::ConnectError, grpc};
 
@@ -18,6 +19,7 @@ use crate::{connection::ConnectError, grpc};
 /// | kind | the error in the chain | [`as_str`](Self::as_str) (`x-mesh-error`, span `error.type`) | [HTTP status](Self::http_status) | [gRPC code](Self::grpc_code) | [Envoy response flag](Self::response_flag) |
 /// |---|---|---|---|---|---|
 /// | `NoRoute` | [`NoRoute`](crate::client::NoRoute) | `no_route` | 404 | `UNIMPLEMENTED` | `NR` |
+/// | `UnsupportedRoute` | [`UnsupportedRoute`](crate::client::UnsupportedRoute): the matched route is a redirect, a direct response, ... (gRFC A28) | `unsupported_route` | 503 | `UNAVAILABLE` (as gRPC) | `NR` |
 /// | `UnknownSubset` | [`UnknownSubset`](crate::client::UnknownSubset) | `unknown_subset` | 400 | `FAILED_PRECONDITION` | `NC` |
 /// | `NoEndpoints` | [`NoEndpoints`](crate::client::NoEndpoints) | `no_endpoints` | 503 | `UNAVAILABLE` | `UH` |
 /// | `Unresolved` | [`Unresolved`](crate::client::Unresolved) | `unresolved` | 503 | `UNAVAILABLE` | `DF` |
@@ -25,7 +27,7 @@ use crate::{connection::ConnectError, grpc};
 /// | `Connect` | any other [`ConnectError`](crate::client::ConnectError), or hyper's connect error | `connect` | 502 | `UNAVAILABLE` | `UF` |
 /// | `Timeout` | [`RouteTimeout`](crate::client::deadline::RouteTimeout), [`PerTryTimeout`](crate::client::deadline::PerTryTimeout), tokio's `Elapsed` | `timeout` | 504 | `DEADLINE_EXCEEDED` | `UT` |
 /// | `Overloaded` | [`Overloaded`](crate::client::shed::Overloaded) | `overloaded` | 503 | `UNAVAILABLE` | `UO` |
-/// | `InjectedFault` | [`InjectedFault`](crate::client::fault::InjectedFault) | `injected_fault` | the fault's status | gRPC's mapping of the fault's status ([`grpc::code_from_http`]) | `FI` |
+/// | `InjectedFault` | [`InjectedFault`](crate::client::fault::InjectedFault) | `injected_fault` | the fault's HTTP status; 200 for a gRPC status (a trailers-only answer) | the fault's gRPC status, else gRPC's mapping of its HTTP status ([`grpc::code_from_http`]) | `FI` |
 /// | `Transport` | anything else: the connection or stream failed once open | `transport` | 502 | `UNAVAILABLE` (mesh-tonic reads an HTTP/2 reset's reason, and says `UNKNOWN` for an error that is no transport failure at all) | `UC` |
 ///
 /// The classifier ([`classify::error_of`](crate::classify::error_of)) makes `Connect` and
@@ -35,6 +37,9 @@ use crate::{connection::ConnectError, grpc};
 pub enum ErrorKind {
     /// No route of the destination matches the request.
     NoRoute,
+    /// The matched route does not forward (a redirect, a direct response: what a gRPC client does
+    /// not perform).
+    UnsupportedRoute,
     /// The request is pinned to a subset the destination does not define.
     UnknownSubset,
     /// The chosen subset has no endpoint that can take traffic.
@@ -72,6 +77,7 @@ impl ErrorKind {
         }
         match self {
             Self::NoRoute => row("no_route", StatusCode::NOT_FOUND, UNIMPLEMENTED, "NR"),
+            Self::UnsupportedRoute => row("unsupported_route", StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE, "NR"),
             Self::UnknownSubset => row("unknown_subset", StatusCode::BAD_REQUEST, FAILED_PRECONDITION, "NC"),
             Self::NoEndpoints => row("no_endpoints", StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE, "UH"),
             Self::Unresolved => row("unresolved", StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE, "DF"),
@@ -137,6 +143,8 @@ impl ErrorKind {
 fn own_kind(e: &(dyn Error + 'static)) -> Option<ErrorKind> {
     Some(if e.is::<NoRoute>() {
         ErrorKind::NoRoute
+    } else if e.is::<UnsupportedRoute>() {
+        ErrorKind::UnsupportedRoute
     } else if e.is::<UnknownSubset>() {
         ErrorKind::UnknownSubset
     } else if e.is::<NoEndpoints>() {
@@ -170,10 +178,12 @@ pub fn status_of(kind: ErrorKind, error: &(dyn Error + 'static)) -> StatusCode {
 }
 
 /// The gRPC status code a gRPC caller sees for `error`, of `kind`: the table's, or for an
-/// injected fault gRPC's mapping of the status its policy names.
+/// injected fault the gRPC status its policy names, else gRPC's mapping of its HTTP status.
 pub fn grpc_code_of(kind: ErrorKind, error: &(dyn Error + 'static)) -> u16 {
     match (kind, injected(error)) {
-        (ErrorKind::InjectedFault, Some(fault)) => grpc::code_from_http(fault.status()),
+        (ErrorKind::InjectedFault, Some(fault)) => {
+            fault.grpc_status().unwrap_or_else(|| grpc::code_from_http(fault.status()))
+        }
         _ => kind.grpc_code(),
     }
 }
@@ -207,8 +217,9 @@ mod tests {
 
     use super::*;
 
-    const ALL: [ErrorKind; 10] = [
+    const ALL: [ErrorKind; 11] = [
         ErrorKind::NoRoute,
+        ErrorKind::UnsupportedRoute,
         ErrorKind::UnknownSubset,
         ErrorKind::NoEndpoints,
         ErrorKind::Unresolved,
@@ -233,10 +244,13 @@ mod tests {
 
     #[test]
     fn the_error_decides_what_its_kind_leaves_open() {
-        let fault = InjectedFault { status: StatusCode::FORBIDDEN };
+        let fault = InjectedFault { status: mesh_core::policy::AbortStatus::Http(403) };
         assert_eq!(ErrorKind::of(&fault), ErrorKind::InjectedFault);
         assert_eq!(status_of(ErrorKind::InjectedFault, &fault), StatusCode::FORBIDDEN);
         assert_eq!(grpc_code_of(ErrorKind::InjectedFault, &fault), grpc::code::PERMISSION_DENIED);
+        let grpc_fault = InjectedFault { status: mesh_core::policy::AbortStatus::Grpc(8) };
+        assert_eq!(status_of(ErrorKind::InjectedFault, &grpc_fault), StatusCode::OK, "a trailers-only answer");
+        assert_eq!(grpc_code_of(ErrorKind::InjectedFault, &grpc_fault), grpc::code::RESOURCE_EXHAUSTED);
         let timeout = RouteTimeout(Duration::from_millis(5));
         assert_eq!(ErrorKind::of(&timeout), ErrorKind::Timeout);
         assert_eq!(status_of(ErrorKind::Timeout, &timeout), StatusCode::GATEWAY_TIMEOUT);

@@ -14,6 +14,7 @@ use mesh_core::{ServiceName, SubsetName};
 
 pub use self::cause::{
     InjectedFault, NoEndpoints, NoRoute, Overloaded, PerTryTimeout, RouteTimeout, UnknownSubset, Unresolved,
+    UnsupportedRoute,
 };
 pub use self::kind::{ErrorKind, grpc_code_of, status_of};
 use crate::BoxError;

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use mesh_core::{
-    Endpoint, Labels, Route, RouteName, ServiceSpec, SpiffeId, Subset, SubsetName, Weight,
+    Endpoint, ExpectedIdentity, Labels, Route, RouteName, ServiceSpec, Subset, SubsetName, Weight,
     policy::{CircuitBreaker, LoadBalancer, OutlierDetection},
 };
 
@@ -104,7 +104,7 @@ pub(super) fn build(state: &AdsState, listener_name: &str, opts: &BuildOptions) 
         let mut labels = Labels::new();
         labels.insert(subset.as_str(), "1").map_err(|e| unsupported(e.to_string()))?;
         spec.subsets.push(Subset::new(subset.clone(), labels));
-        let identity: Option<&SpiffeId> = cluster.tls.as_ref().map(|t| &t.identity);
+        let identity: Option<&ExpectedIdentity> = cluster.tls.as_ref().map(|t| &t.identity);
         if identity.is_none() && !opts.allow_plaintext {
             return Err(unsupported(format!(
                 "cluster {name:?} has no UpstreamTlsContext and plaintext is not allowed (XdsDiscoveryBuilder::allow_plaintext)"
@@ -167,7 +167,7 @@ fn routes(l: &Listener, vh: &VirtualHost, by_cluster: &HashMap<&str, SubsetName>
             .filter(|n| !names.contains(n))
             .unwrap_or_else(|| RouteName::new(&format!("route-{i}")).unwrap_or_else(|e| unreachable!("{e}")));
         names.insert(name.clone());
-        let mut route = Route::new(name).with_match(r.matches.clone());
+        let mut route = Route::new(name).with_match(r.matches.clone()).with_action(r.action);
         for (cluster, weight) in r.clusters.iter().filter(|(_, w)| *w > 0) {
             let subset = by_cluster
                 .get(cluster.as_str())

@@ -7,7 +7,7 @@ use envoy_types::pb::envoy::{
     },
     r#type::v3::{FractionalPercent, fractional_percent::DenominatorType},
 };
-use mesh_core::policy::{Fault, FaultAbort, FaultDelay, Percentage};
+use mesh_core::policy::{AbortStatus, Fault, FaultAbort, FaultDelay, Percentage};
 
 use super::field::{FieldError, FieldResult, duration};
 
@@ -32,19 +32,6 @@ pub(crate) fn percent(p: &FractionalPercent, field: &str) -> FieldResult<Percent
     // Above 100% is 100%, as Envoy and gRPC read it.
     let percent = (f64::from(p.numerator) / denominator * 100.0).min(100.0);
     Percentage::new(percent).map_err(|e| FieldError::new(field, e.reason))
-}
-
-/// The HTTP status whose gRPC translation is `code`, for the gRPC statuses that survive the round
-/// trip (mesh injects HTTP statuses and gRPC clients read them per the gRPC HTTP mapping).
-fn http_status_for_grpc(code: u32) -> Option<u16> {
-    match code {
-        7 => Some(403),  // PERMISSION_DENIED
-        12 => Some(404), // UNIMPLEMENTED
-        13 => Some(400), // INTERNAL
-        14 => Some(503), // UNAVAILABLE
-        16 => Some(401), // UNAUTHENTICATED
-        _ => None,
-    }
 }
 
 /// Checks a fault filter config (gRFC A33) and turns it into mesh's fault policy.
@@ -79,22 +66,20 @@ pub(crate) fn fault(config: &HttpFault, field: &str) -> FieldResult<Fault> {
             }
             None => return Err(FieldError::new(format!("{field}.fixed_delay"), "missing")),
         };
+        // gRFC A33 (and grpc-go): no percentage is 0%.
         let share = delay.percentage.as_ref().map(|p| percent(p, &format!("{field}.percentage"))).transpose()?;
-        fault.delay = Some(FaultDelay { duration: fixed, percent: share.unwrap_or(hundred()) });
+        fault.delay = Some(FaultDelay { duration: fixed, percent: share.unwrap_or(zero()) });
     }
     if let Some(abort) = &config.abort {
         let field = format!("{field}.abort");
         let status = match abort.error_type {
-            Some(ErrorType::HttpStatus(s)) if (200..600).contains(&s) => s as u16,
-            Some(ErrorType::HttpStatus(s)) => {
-                return Err(FieldError::new(format!("{field}.http_status"), format!("{s} is not an HTTP status")));
+            Some(ErrorType::HttpStatus(s)) if (200..600).contains(&s) => Some(AbortStatus::Http(s as u16)),
+            // grpc-go ignores an abort with a malformed HTTP status.
+            Some(ErrorType::HttpStatus(_)) => None,
+            // As grpc-go: OK (which fails the call with UNKNOWN there) and codes past 16 are UNKNOWN.
+            Some(ErrorType::GrpcStatus(code)) => {
+                Some(AbortStatus::Grpc(u16::try_from(code).ok().filter(|c| (1..=16).contains(c)).unwrap_or(2)))
             }
-            Some(ErrorType::GrpcStatus(code)) => http_status_for_grpc(code).ok_or_else(|| {
-                FieldError::new(
-                    format!("{field}.grpc_status"),
-                    format!("gRPC status {code} cannot be injected (supported: 7, 12, 13, 14, 16)"),
-                )
-            })?,
             Some(ErrorType::HeaderAbort(_)) => {
                 return Err(FieldError::new(
                     format!("{field}.header_abort"),
@@ -104,12 +89,12 @@ pub(crate) fn fault(config: &HttpFault, field: &str) -> FieldResult<Fault> {
             None => return Err(FieldError::new(format!("{field}.error_type"), "missing")),
         };
         let share = abort.percentage.as_ref().map(|p| percent(p, &format!("{field}.percentage"))).transpose()?;
-        fault.abort = Some(FaultAbort { status, percent: share.unwrap_or(hundred()) });
+        fault.abort = status.map(|status| FaultAbort { status, percent: share.unwrap_or(zero()) });
     }
     fault.validate().map_err(|e| FieldError::new(format!("{field}.{}", e.field), e.reason))?;
     Ok(fault)
 }
 
-fn hundred() -> Percentage {
-    Percentage::new(100.0).unwrap_or_else(|e| unreachable!("{e}"))
+fn zero() -> Percentage {
+    Percentage::new(0.0).unwrap_or_else(|e| unreachable!("{e}"))
 }

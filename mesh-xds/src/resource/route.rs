@@ -1,13 +1,16 @@
 //! RDS: virtual hosts, route matches (gRFC A28), weighted clusters, timeouts (A31), retries (A44),
 //! per-route fault overrides (A33) and hash policies (A42).
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use envoy_types::pb::{
     envoy::{
         config::route::v3::{
-            FilterConfig, HeaderMatcher, RetryPolicy as RawRetry, Route as RawRoute, RouteAction, RouteConfiguration,
-            RouteMatch as RawMatch, VirtualHost as RawVirtualHost,
+            FilterConfig, HeaderMatcher, RetryPolicy as RawRetry, Route as RawRoute, RouteAction as RawAction,
+            RouteConfiguration, RouteMatch as RawMatch, VirtualHost as RawVirtualHost,
             header_matcher::HeaderMatchSpecifier,
             route::Action,
             route_action::{ClusterSpecifier, hash_policy::PolicySpecifier},
@@ -19,7 +22,7 @@ use envoy_types::pb::{
     google::protobuf::Any,
 };
 use mesh_core::{
-    HeaderMatch, HeaderName, PathMatch, RouteMatch,
+    HeaderMatch, HeaderName, PathMatch, RouteAction, RouteMatch,
     policy::{Backoff, Fault, RetryOn, RetryPolicy},
 };
 
@@ -46,7 +49,10 @@ pub(crate) struct VirtualHost {
 pub(crate) struct XdsRoute {
     pub(crate) name: String,
     pub(crate) matches: RouteMatch,
-    /// Clusters and weights; one with weight 1 for a single-cluster route.
+    /// Whether it forwards its requests (to `clusters`) or fails them.
+    pub(crate) action: RouteAction,
+    /// Clusters and weights; one with weight 1 for a single-cluster route; none for a route that
+    /// does not forward.
     pub(crate) clusters: Vec<(String, u32)>,
     pub(crate) retry: Option<RetryPolicy>,
     /// `None`: not set (the listener's applies); `Some(None)`: explicitly unlimited.
@@ -61,16 +67,37 @@ pub(crate) fn parse(raw: &RouteConfiguration) -> FieldResult<RouteConfig> {
     if raw.vhds.is_some() {
         return Err(FieldError::new("vhds", "virtual host discovery is not supported"));
     }
+    let plugins = plugins(raw)?;
     let virtual_hosts = raw
         .virtual_hosts
         .iter()
         .enumerate()
-        .map(|(i, vh)| parse_virtual_host(vh).map_err(|e| e.within(&format!("virtual_hosts[{i}]"))))
+        .map(|(i, vh)| parse_virtual_host(vh, &plugins).map_err(|e| e.within(&format!("virtual_hosts[{i}]"))))
         .collect::<FieldResult<_>>()?;
     Ok(RouteConfig { virtual_hosts })
 }
 
-fn parse_virtual_host(raw: &RawVirtualHost) -> FieldResult<VirtualHost> {
+/// The names of the cluster specifier plugins, all of them optional: mesh runs none (gRPC runs
+/// RLS's), so a required one is refused, and a route that uses an optional one is skipped, as gRPC
+/// skips a route whose optional plugin it does not know.
+fn plugins(raw: &RouteConfiguration) -> FieldResult<HashSet<&str>> {
+    let mut names = HashSet::new();
+    for (i, plugin) in raw.cluster_specifier_plugins.iter().enumerate() {
+        let Some(extension) = &plugin.extension else {
+            return Err(FieldError::new(format!("cluster_specifier_plugins[{i}].extension"), "missing"));
+        };
+        if !plugin.is_optional {
+            return Err(FieldError::new(
+                format!("cluster_specifier_plugins[{i}]"),
+                format!("cluster specifier plugin {:?} is not supported and not optional", extension.name),
+            ));
+        }
+        names.insert(extension.name.as_str());
+    }
+    Ok(names)
+}
+
+fn parse_virtual_host(raw: &RawVirtualHost, plugins: &HashSet<&str>) -> FieldResult<VirtualHost> {
     let vh_fault = fault_override(&raw.typed_per_filter_config, "typed_per_filter_config")?;
     let vh_retry = raw.retry_policy.as_ref().map(|r| retry(r).map_err(|e| e.within("retry_policy"))).transpose()?;
     let mut routes = Vec::new();
@@ -85,35 +112,58 @@ fn parse_virtual_host(raw: &RawVirtualHost) -> FieldResult<VirtualHost> {
         {
             continue;
         }
-        let mut route = parse_route(r, i).map_err(|e| e.within(&field))?;
-        route.retry = route.retry.or_else(|| vh_retry.clone());
+        let Some(mut route) = parse_route(r, i, plugins).map_err(|e| e.within(&field))? else { continue };
+        if route.action.is_forward() {
+            route.retry = route.retry.or_else(|| vh_retry.clone());
+        }
         route.fault = route.fault.or_else(|| vh_fault.clone());
         routes.push(route);
     }
     Ok(VirtualHost { domains: raw.domains.clone(), routes })
 }
 
-fn parse_route(raw: &RawRoute, index: usize) -> FieldResult<XdsRoute> {
+/// A route; `None` for one gRPC skips (gRFC A28): a route action with no cluster specifier or
+/// one gRPC does not know (`cluster_header`), or an optional plugin's.
+///
+/// A route whose action is not a route action (a redirect, a direct response, a non-forwarding
+/// action, none) is kept, as gRPC keeps it: it still takes the requests it matches, which then
+/// fail (`UNAVAILABLE`: "matched route does not have a supported route action type").
+fn parse_route(raw: &RawRoute, index: usize, plugins: &HashSet<&str>) -> FieldResult<Option<XdsRoute>> {
     let matches = parse_match(raw.r#match.as_ref().ok_or_else(|| FieldError::new("match", "missing"))?)
         .map_err(|e| e.within("match"))?;
-    let action = match &raw.action {
-        Some(Action::Route(action)) => action,
-        Some(_) => {
-            return Err(FieldError::new(
-                "action",
-                "only route actions are supported (no redirect, direct response or non-forwarding action)",
-            ));
-        }
-        None => return Err(FieldError::new("action", "missing")),
+    let mut route = match &raw.action {
+        Some(Action::Route(action)) => match parse_action(action, plugins).map_err(|e| e.within("route"))? {
+            Some(route) => route,
+            None => return Ok(None),
+        },
+        Some(Action::Redirect(_)) => XdsRoute::not_forwarding(RouteAction::Redirect),
+        Some(Action::DirectResponse(_)) => XdsRoute::not_forwarding(RouteAction::DirectResponse),
+        Some(Action::NonForwardingAction(_)) => XdsRoute::not_forwarding(RouteAction::NonForwarding),
+        Some(Action::FilterAction(_)) | None => XdsRoute::not_forwarding(RouteAction::Unsupported),
     };
-    let mut route = parse_action(action).map_err(|e| e.within("route"))?;
     route.name = if raw.name.is_empty() { format!("route-{index}") } else { raw.name.clone() };
     route.matches = matches;
     route.fault = fault_override(&raw.typed_per_filter_config, "typed_per_filter_config")?;
-    Ok(route)
+    Ok(Some(route))
 }
 
-fn parse_action(action: &RouteAction) -> FieldResult<XdsRoute> {
+impl XdsRoute {
+    /// A route that sends nowhere: its requests fail.
+    fn not_forwarding(action: RouteAction) -> Self {
+        Self {
+            name: String::new(),
+            matches: RouteMatch::default(),
+            action,
+            clusters: Vec::new(),
+            retry: None,
+            timeout: None,
+            fault: None,
+            hash_header: None,
+        }
+    }
+}
+
+fn parse_action(action: &RawAction, plugins: &HashSet<&str>) -> FieldResult<Option<XdsRoute>> {
     let clusters = match &action.cluster_specifier {
         Some(ClusterSpecifier::Cluster(name)) if !name.is_empty() => vec![(name.clone(), 1)],
         Some(ClusterSpecifier::Cluster(_)) => return Err(FieldError::new("cluster", "empty")),
@@ -141,13 +191,17 @@ fn parse_action(action: &RouteAction) -> FieldResult<XdsRoute> {
             }
             clusters
         }
-        Some(ClusterSpecifier::ClusterHeader(_)) => {
-            return Err(FieldError::new("cluster_header", "routing on a header's cluster name is not supported"));
+        Some(ClusterSpecifier::ClusterSpecifierPlugin(name)) if plugins.contains(name.as_str()) => return Ok(None),
+        Some(ClusterSpecifier::ClusterSpecifierPlugin(name)) => {
+            return Err(FieldError::new(
+                "cluster_specifier_plugin",
+                format!("plugin {name:?} is not in the route configuration's cluster_specifier_plugins"),
+            ));
         }
-        Some(_) => {
-            return Err(FieldError::new("cluster_specifier_plugin", "cluster specifier plugins are not supported"));
+        // gRFC A28: a cluster specifier gRPC does not support, or none, skips the route.
+        Some(ClusterSpecifier::ClusterHeader(_) | ClusterSpecifier::InlineClusterSpecifierPlugin(_)) | None => {
+            return Ok(None);
         }
-        None => return Err(FieldError::new("cluster_specifier", "missing")),
     };
     let timeout = match &action.max_stream_duration {
         Some(m) => match m.grpc_timeout_header_max.as_ref().or(m.max_stream_duration.as_ref()) {
@@ -174,15 +228,16 @@ fn parse_action(action: &RouteAction) -> FieldResult<XdsRoute> {
             hash_header.get_or_insert(name);
         }
     }
-    Ok(XdsRoute {
+    Ok(Some(XdsRoute {
         name: String::new(),
         matches: RouteMatch::default(),
+        action: RouteAction::Forward,
         clusters,
         retry,
         timeout,
         fault: None,
         hash_header,
-    })
+    }))
 }
 
 fn parse_match(m: &RawMatch) -> FieldResult<RouteMatch> {

@@ -8,11 +8,11 @@ use envoy_types::pb::{
             CertificateValidationContext, CommonTlsContext, UpstreamTlsContext,
             common_tls_context::ValidationContextType,
         },
-        r#type::matcher::v3::string_matcher::MatchPattern,
+        r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern},
     },
     google::protobuf::Any,
 };
-use mesh_core::{Credentials, IdentityFiles, IdentitySource, InvalidIdentity, SpiffeId};
+use mesh_core::{Credentials, ExpectedIdentity, IdentityFiles, IdentitySource, InvalidIdentity, SanMatcher, SpiffeId};
 
 use crate::{
     bootstrap::CertificateProvider,
@@ -25,7 +25,7 @@ pub(crate) struct ClusterTls {
     /// The certificate provider instance for both this client's certificate and the roots.
     pub(crate) instance: String,
     /// The identity every endpoint of the cluster must present.
-    pub(crate) identity: SpiffeId,
+    pub(crate) identity: ExpectedIdentity,
 }
 
 pub(crate) fn parse_upstream(any: &Any, ctx: &DecodeContext<'_>) -> FieldResult<ClusterTls> {
@@ -114,7 +114,7 @@ fn validation_context(
 }
 
 #[allow(deprecated)] // istiod sends match_subject_alt_names
-fn expected_identity(validation: Option<&CertificateValidationContext>) -> FieldResult<SpiffeId> {
+fn expected_identity(validation: Option<&CertificateValidationContext>) -> FieldResult<ExpectedIdentity> {
     let Some(v) = validation else {
         return Err(FieldError::new("match_subject_alt_names", "missing: mesh verifies each endpoint's SPIFFE ID"));
     };
@@ -133,19 +133,45 @@ fn expected_identity(validation: Option<&CertificateValidationContext>) -> Field
     }
     match v.match_subject_alt_names.as_slice() {
         [] => Err(FieldError::new("match_subject_alt_names", "empty: mesh verifies each endpoint's SPIFFE ID")),
-        [one] => match &one.match_pattern {
-            Some(MatchPattern::Exact(id)) if !one.ignore_case => {
-                id.parse::<SpiffeId>().map_err(|e| FieldError::new("match_subject_alt_names[0].exact", e.to_string()))
-            }
-            _ => Err(FieldError::new(
-                "match_subject_alt_names[0]",
-                "only an exact, case-sensitive SPIFFE ID is supported",
-            )),
-        },
-        _ => {
-            Err(FieldError::new("match_subject_alt_names", "more than one SAN: mesh checks one SPIFFE ID per endpoint"))
+        // The common case (one service account): one exact SPIFFE ID.
+        [one]
+            if !one.ignore_case
+                && matches!(&one.match_pattern, Some(MatchPattern::Exact(id)) if id.parse::<SpiffeId>().is_ok()) =>
+        {
+            let Some(MatchPattern::Exact(id)) = &one.match_pattern else { unreachable!() };
+            id.parse::<SpiffeId>()
+                .map(ExpectedIdentity::Exact)
+                .map_err(|e| FieldError::new("match_subject_alt_names[0].exact", e.to_string()))
         }
+        // gRFC A29: the peer is accepted when any matcher accepts it (istiod sends one exact SAN
+        // per service account of the cluster's workloads).
+        matchers => matchers
+            .iter()
+            .enumerate()
+            .map(|(i, m)| san_matcher(m).map_err(|e| e.within(&format!("match_subject_alt_names[{i}]"))))
+            .collect::<FieldResult<Vec<_>>>()
+            .map(ExpectedIdentity::any_of),
     }
+}
+
+/// One SAN matcher, as gRPC reads a `StringMatcher` (empty prefixes, suffixes and substrings are
+/// refused). It is matched against the peer's SPIFFE ID, the one SAN a mesh peer is checked by.
+fn san_matcher(m: &StringMatcher) -> FieldResult<SanMatcher> {
+    let nonempty = |kind: &str, v: &str| {
+        if v.is_empty() { Err(FieldError::new(kind, "empty")) } else { Ok(v.to_owned()) }
+    };
+    let matcher = match &m.match_pattern {
+        Some(MatchPattern::Exact(v)) => SanMatcher::exact(v.clone()),
+        Some(MatchPattern::Prefix(v)) => SanMatcher::prefix(nonempty("prefix", v)?),
+        Some(MatchPattern::Suffix(v)) => SanMatcher::suffix(nonempty("suffix", v)?),
+        Some(MatchPattern::Contains(v)) => SanMatcher::contains(nonempty("contains", v)?),
+        Some(MatchPattern::SafeRegex(r)) => {
+            SanMatcher::regex(&r.regex).map_err(|e| FieldError::new("safe_regex.regex", e.to_string()))?
+        }
+        Some(MatchPattern::Custom(_)) => return Err(FieldError::new("custom", "custom matchers are not supported")),
+        None => return Err(FieldError::new("match_pattern", "missing")),
+    };
+    Ok(if m.ignore_case { matcher.ignoring_case() } else { matcher })
 }
 
 /// What a server listener's `DownstreamTlsContext` asks for (gRFC A36): mTLS with the

@@ -82,7 +82,7 @@ async fn dns_subsets_get_their_endpoints_and_errors_keep_the_last_set() {
     assert_eq!((ports(&first, "v1"), ports(&first, "v2")), (vec![1, 2], vec![2, 3]), "127.0.0.1:2 is in both");
     assert_eq!(first.endpoints().len(), 3);
     let ep = &first.endpoints()[0];
-    assert_eq!(first.expected_identity(ep).unwrap().as_str(), "spiffe://example.org/reviews");
+    assert_eq!(first.expected_identity(ep).unwrap().to_string(), "spiffe://example.org/reviews");
 
     // v2 fails: its set stays, the error names the subset; v1 still changes.
     source.publisher(&t2).report_error(DiscoveryError::UnknownService("v2".parse().unwrap()));

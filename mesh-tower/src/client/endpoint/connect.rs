@@ -14,10 +14,10 @@ use std::{
 use http::Uri;
 use hyper_util::{client::legacy::connect::HttpConnector, rt::TokioIo};
 use mesh_core::{
-    IdentitySource, SpiffeId,
+    ExpectedIdentity, IdentitySource,
     identity::{
         serial_of, spiffe_id_of,
-        tls::{TlsOptions, client_config},
+        tls::{TlsOptions, client_config_expecting},
     },
 };
 use rustls::ClientConfig;
@@ -36,7 +36,7 @@ use crate::{
 /// Entries outlive the endpoint's removal by [`IdentityBook::RETAIN`], longer than any connect takes.
 #[derive(Debug, Default)]
 pub(crate) struct IdentityBook {
-    entries: Mutex<HashMap<SocketAddr, (Option<SpiffeId>, tokio::time::Instant)>>,
+    entries: Mutex<HashMap<SocketAddr, (Option<ExpectedIdentity>, tokio::time::Instant)>>,
 }
 
 impl IdentityBook {
@@ -52,7 +52,7 @@ impl IdentityBook {
         }
     }
 
-    fn lookup(&self, address: SocketAddr) -> Option<Option<SpiffeId>> {
+    fn lookup(&self, address: SocketAddr) -> Option<Option<ExpectedIdentity>> {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner).get(&address).map(|(id, _)| id.clone())
     }
 }
@@ -102,7 +102,7 @@ pub(crate) struct TlsDialer {
     handshake_timeout: std::time::Duration,
     /// One configuration per expected identity; the identity source is read per handshake, so
     /// these never go stale.
-    configs: Mutex<HashMap<SpiffeId, Arc<ClientConfig>>>,
+    configs: Mutex<HashMap<ExpectedIdentity, Arc<ClientConfig>>>,
 }
 
 impl MeshConnector {
@@ -138,7 +138,7 @@ impl TlsDialer {
     /// The identity the endpoint at `address` must present: as discovery said when the endpoint
     /// was last seen, so an endpoint picked just before it left the snapshot is still verified
     /// against what was expected of it.
-    fn expected(&self, address: SocketAddr) -> Result<SpiffeId, ConnectErrorKind> {
+    fn expected(&self, address: SocketAddr) -> Result<ExpectedIdentity, ConnectErrorKind> {
         let service = self.service.to_string();
         match self.book.lookup(address) {
             Some(Some(id)) => Ok(id),
@@ -147,12 +147,12 @@ impl TlsDialer {
         }
     }
 
-    fn config(&self, expected: SpiffeId) -> Result<Arc<ClientConfig>, ConnectErrorKind> {
+    fn config(&self, expected: ExpectedIdentity) -> Result<Arc<ClientConfig>, ConnectErrorKind> {
         let mut configs = self.configs.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(config) = configs.get(&expected) {
             return Ok(config.clone());
         }
-        let config = client_config(&self.source, expected.clone(), &self.options)
+        let config = client_config_expecting(&self.source, expected.clone(), &self.options)
             .map_err(|e| ConnectErrorKind::Tls(io::Error::other(e)))?;
         configs.insert(expected, config.clone());
         Ok(config)

@@ -23,7 +23,7 @@ use self::{
     plan::{EndpointStates, Plan, PlanContext, RoutePlan, SubsetPlan, Target},
     split::in_share,
 };
-pub use crate::failure::{NoEndpoints, NoRoute, UnknownSubset};
+pub use crate::failure::{NoEndpoints, NoRoute, UnknownSubset, UnsupportedRoute};
 use crate::{BoxError, client::balance::Rng};
 
 /// In a request's extensions below the router: what the request resolved to, once.
@@ -112,6 +112,11 @@ impl Resolution {
         } else {
             0
         };
+        let action = plan.routes[route].action;
+        if !action.is_forward() {
+            let name = plan.snapshot.routes()[route].name.clone();
+            return Err(UnsupportedRoute { service: plan.service.clone(), route: name, action }.into());
+        }
         // A pinned subset (testers, internal traffic) wins over the route's weights; then the
         // caller's cohort, where this destination has a subset of that name; then the split.
         let pinned = choosing.subset_header.and_then(|h| request.headers().get(h));

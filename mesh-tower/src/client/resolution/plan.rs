@@ -11,7 +11,7 @@ use std::{
 
 use http::uri::Authority;
 use mesh_core::{
-    RouteName, ServiceName, ServiceSnapshot, SubsetName,
+    RouteAction, RouteName, ServiceName, ServiceSnapshot, SubsetName,
     policy::{CircuitBreaker, Fault, LoadBalancerKind, OutlierDetection, RetryPolicy},
 };
 
@@ -49,6 +49,8 @@ pub(crate) struct SubsetPlan {
 pub(crate) struct RoutePlan {
     /// `None` for the implicit route of a destination without routes.
     pub(crate) name: Option<RouteName>,
+    /// Whether it forwards (else its requests fail with [`UnsupportedRoute`](super::UnsupportedRoute)).
+    pub(crate) action: RouteAction,
     /// Subset indexes, in target order, and the split between them.
     pub(crate) targets: Box<[usize]>,
     pub(crate) split: Option<WeightedSplit>,
@@ -136,6 +138,7 @@ impl Plan {
             .iter()
             .map(|route| RoutePlan {
                 name: Some(route.name.clone()),
+                action: route.action,
                 targets: route.targets.iter().map(|t| subset_index(&t.subset)).collect(),
                 split: WeightedSplit::new(route.targets.iter().map(|t| t.weight)),
                 mirror: route.mirror.as_ref().and_then(|m| {
@@ -150,6 +153,7 @@ impl Plan {
         if routes.is_empty() {
             routes.push(RoutePlan {
                 name: None,
+                action: RouteAction::Forward,
                 targets: Box::new([]),
                 split: None,
                 mirror: None,

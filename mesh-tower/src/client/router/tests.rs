@@ -85,3 +85,42 @@ async fn a_snapshot_change_mid_request_does_not_mix_versions() {
     let second_request: Vec<_> = seen.lock().unwrap().drain(..).collect();
     assert_eq!(second_request, vec![(2, 5, Some(Duration::from_secs(9))); 5], "the next request takes version 2");
 }
+
+/// gRFC A28: a route that does not forward (here a redirect) keeps its place: the requests it
+/// matches fail at once, typed and 503 as an HTTP answer, and are not taken by the next route;
+/// every other request is routed as usual.
+#[tokio::test]
+async fn a_route_that_does_not_forward_fails_only_its_requests() {
+    use mesh_core::{HeaderMatch, RouteAction, RouteMatch};
+
+    use crate::client::{ClientError, ErrorKind, ErrorResponseLayer, UnsupportedRoute};
+    let discovery = StaticDiscovery::new();
+    let jason = RouteMatch::any().header(HeaderMatch::exact("end-user".parse().unwrap(), "jason"));
+    discovery.set(
+        ServiceSnapshot::builder(name())
+            .endpoint(Endpoint::new("127.0.0.1:1".parse().unwrap()))
+            .route(Route::new(RouteName::new("moved").unwrap()).with_match(jason).with_action(RouteAction::Redirect))
+            .route(Route::new(RouteName::new("default").unwrap()))
+            .build()
+            .unwrap(),
+    );
+    let watch = discovery.watch(&name());
+    let router = RouterLayer::new(watch, &ClientConfig::default());
+    let upstream = tower::service_fn(|r: Request<()>| async move {
+        let route = r.extensions().get::<Resolution>().and_then(|r| r.route().cloned());
+        Ok::<_, Infallible>(Response::new(route.map(|r| r.to_string())))
+    });
+    let service = router.layer(upstream);
+    let request = |user: &str| Request::get("/").header("end-user", user).body(()).unwrap();
+    let answered = service.clone().oneshot(request("ada")).await.unwrap();
+    assert_eq!(answered.into_body().as_deref(), Some("default"));
+    let error = service.clone().oneshot(request("jason")).await.unwrap_err();
+    let client = error.downcast_ref::<ClientError>().unwrap();
+    assert_eq!(client.kind(), ErrorKind::UnsupportedRoute);
+    let refused = client.find::<UnsupportedRoute>().unwrap();
+    assert_eq!((refused.route().as_str(), refused.action()), ("moved", RouteAction::Redirect));
+    assert!(client.to_string().contains("does not have a supported route action type"), "{client}");
+    let answer = ErrorResponseLayer::new().layer(service).oneshot(request("jason")).await.unwrap();
+    assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answer.headers()[crate::client::ERROR_HEADER], "unsupported_route");
+}
