@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::sync::oneshot;
+use tokio::sync::oneshot::{self, error::TryRecvError};
 
 use super::stream::MeshStream;
 use crate::connection::{ConnectError, ConnectErrorKind};
@@ -49,8 +49,22 @@ impl Unclaimed {
             dials.retain(|(parked_at, _)| now.saturating_duration_since(*parked_at) < Self::RETAIN);
             !dials.is_empty()
         });
-        let (_, answer) = parked.get_mut(&address)?.pop()?;
-        Some(Claim { answer: Some(answer), address, unclaimed: self.clone() })
+        let dials = parked.get_mut(&address)?;
+        // Newest first. A dial that already failed is dropped, not handed on: the next call gets
+        // a fresh dial, not an earlier call's failure.
+        while let Some((_, mut answer)) = dials.pop() {
+            match answer.try_recv() {
+                Err(TryRecvError::Empty) => {}
+                Ok(Ok(stream)) => {
+                    let (tell, ready) = oneshot::channel();
+                    let _ = tell.send(Ok(stream));
+                    answer = ready;
+                }
+                Ok(Err(_)) | Err(TryRecvError::Closed) => continue,
+            }
+            return Some(Claim { answer: Some(answer), address, unclaimed: self.clone() });
+        }
+        None
     }
 
     fn park(&self, address: SocketAddr, answer: oneshot::Receiver<Dialled>) {
@@ -104,5 +118,38 @@ impl Drop for Claim {
         if let Some(answer) = self.answer.take() {
             self.unclaimed.park(self.address, answer);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(address: SocketAddr) -> Dialled {
+        Err(ConnectError::new(address.to_string(), ConnectErrorKind::Tcp(io::Error::other("refused").into())))
+    }
+
+    #[tokio::test]
+    async fn a_parked_dial_that_failed_is_not_handed_to_the_next_call() {
+        let unclaimed = Arc::new(Unclaimed::default());
+        let address: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let (tell, answer) = oneshot::channel();
+        unclaimed.park(address, answer);
+        assert!(tell.send(failed(address)).is_ok());
+        assert!(unclaimed.claim(address).is_none(), "an earlier call's failure was handed on");
+        assert!(unclaimed.parked.lock().unwrap().get(&address).is_none_or(Vec::is_empty));
+    }
+
+    #[tokio::test]
+    async fn a_parked_dial_still_running_is_taken_over_and_answers_when_it_ends() {
+        let unclaimed = Arc::new(Unclaimed::default());
+        let address: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let (tell, answer) = oneshot::channel();
+        unclaimed.park(address, answer);
+        let claim = unclaimed.claim(address).expect("the running dial is claimed");
+        assert!(unclaimed.claim(address).is_none(), "one dial is claimed once");
+        assert!(tell.send(failed(address)).is_ok());
+        // The claimant waited on this dial, so it gets its outcome.
+        assert!(claim.await.is_err());
     }
 }
