@@ -18,10 +18,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-pub const LDS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
-pub const RDS: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
-pub const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
-pub const EDS: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+// The type URLs, from the xDS fixtures' one home.
+pub use mesh_xds::testing::{CDS, EDS, LDS, RDS};
 
 /// The short name of a type URL (`LDS`, `RDS`, `CDS`, `EDS`).
 pub fn short(type_url: &str) -> &'static str {
