@@ -2,7 +2,7 @@
 //!
 //! - [`client::MeshClient`]: a tower [`Service`](tower::Service) that calls a service *by name*:
 //!   it resolves endpoints through a [`Discovery`](mesh_core::Discovery) backend, follows every
-//!   change live, balances across endpoints and sends over hyper-util's pooled client.
+//!   change live, balances across endpoints and sends over connections of its own per endpoint.
 //! - [`server::Server`]: serves any tower service over HTTP/1.1 and HTTP/2 with graceful drain.
 //!
 //! The modules follow a request's path: [`client`] (router, deadline, fault, retry, shed,

@@ -19,7 +19,7 @@ use super::{
     config::{ClientConfig, Protocol},
     deadline::{CancelOnDeadline, DeadlineBody, DeadlineLayer},
     endpoint::{
-        self, EndpointBody, Endpoints, Http2Connections, Transport,
+        self, EndpointBody, Endpoints, Http1Connections, Http2Connections, Transport,
         connect::{IdentityBook, MeshConnector},
         mirror::MirrorStats,
     },
@@ -262,10 +262,9 @@ impl MeshClientBuilder {
             attempt_signals: Some(telemetry.attempt_signals()),
             config: config.clone(),
             host: HeaderValue::from_str(self.service.as_str()).ok(),
-            failures: connector.failures(),
         };
         let transport = match config.protocol {
-            Protocol::Http1 => Transport::Pooled(Arc::new(http.build(connector))),
+            Protocol::Http1 => Transport::Http1(Arc::new(Http1Connections::new(connector, config))),
             Protocol::Http2 => Transport::Http2(Arc::new(Http2Connections::new(connector, config))),
         };
         Ok(Endpoints::new(shared, transport))

@@ -9,9 +9,10 @@ pub struct ClientConfig {
     /// How long opening a connection may take; with mTLS, the TCP connect and the handshake each
     /// get this long.
     pub connect_timeout: Duration,
-    /// How long an idle connection is kept: an HTTP/1.1 connection in the pool, or an
-    /// endpoint's HTTP/2 connection no request used for this long (closed between one and 1.25
-    /// times this after its last request, once the requests still open on it are done).
+    /// How long an idle connection is kept: an HTTP/1.1 connection on its endpoint's idle list,
+    /// or an endpoint's HTTP/2 connection no request used for this long (either closed between
+    /// one and 1.25 times this after its last request, once the requests still open on it are
+    /// done).
     pub pool_idle_timeout: Duration,
     /// TCP keepalive: after this long without traffic, the kernel probes the peer (every
     /// [`tcp_keepalive_interval`](Self::tcp_keepalive_interval), 3 probes), so a pooled

@@ -57,39 +57,11 @@ impl IdentityBook {
     }
 }
 
-/// The latest failed connect to each endpoint. With HTTP/2 the requests to an endpoint wait for
-/// one connection; when it fails, hyper-util's pool tells the waiters only "request was
-/// canceled". Each waiter finds here the connection's own error (a refused identity, a refused
-/// connection) instead.
-#[derive(Debug, Default)]
-pub(crate) struct ConnectFailures {
-    latest: Mutex<HashMap<SocketAddr, (std::time::Instant, ConnectError)>>,
-}
-
-impl ConnectFailures {
-    const RETAIN: std::time::Duration = std::time::Duration::from_secs(60);
-
-    fn record(&self, address: SocketAddr, error: &ConnectError) {
-        let now = std::time::Instant::now();
-        let mut latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
-        latest.retain(|_, (at, _)| now.saturating_duration_since(*at) < Self::RETAIN);
-        latest.insert(address, (now, error.clone()));
-    }
-
-    /// The error of the connect to `address` that failed after `since` (while a request that
-    /// started then was waiting for it).
-    pub(crate) fn since(&self, address: SocketAddr, since: std::time::Instant) -> Option<ConnectError> {
-        let latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
-        latest.get(&address).filter(|(at, _)| *at >= since).map(|(_, error)| error.clone())
-    }
-}
-
 /// What the client dials with.
 #[derive(Clone)]
 pub(crate) struct MeshConnector {
     http: HttpConnector,
     tls: Option<Arc<TlsDialer>>,
-    failures: Arc<ConnectFailures>,
     /// Dials whose call gave up, for the next call to take over (see [`super::unclaimed`]).
     unclaimed: Arc<Unclaimed>,
 }
@@ -107,12 +79,7 @@ pub(crate) struct TlsDialer {
 
 impl MeshConnector {
     pub(crate) fn plaintext(http: HttpConnector) -> Self {
-        Self { http, tls: None, failures: Arc::default(), unclaimed: Arc::default() }
-    }
-
-    /// The failed connects of this connector (shared by its clones).
-    pub(crate) fn failures(&self) -> Arc<ConnectFailures> {
-        self.failures.clone()
+        Self { http, tls: None, unclaimed: Arc::default() }
     }
 
     pub(crate) fn mtls(
@@ -130,7 +97,7 @@ impl MeshConnector {
         let mut options = TlsOptions::default();
         options.alpn = alpn;
         let dialer = TlsDialer { source, service, book, options, handshake_timeout, configs: Mutex::default() };
-        Self { http, tls: Some(Arc::new(dialer)), failures: Arc::default(), unclaimed: Arc::default() }
+        Self { http, tls: Some(Arc::new(dialer)), unclaimed: Arc::default() }
     }
 }
 
@@ -173,7 +140,7 @@ impl Service<Uri> for MeshConnector {
         let fail = move |kind| ConnectError::new(endpoint.clone(), kind);
         // The balancer puts the endpoint's socket address in the URI.
         let address: Option<SocketAddr> = uri.authority().and_then(|a| a.as_str().parse().ok());
-        let (tls, failures) = (self.tls.clone(), self.failures.clone());
+        let tls = self.tls.clone();
         let connecting = self.http.call(uri);
         let dial = async move {
             let Some(tls) = tls else {
@@ -198,13 +165,7 @@ impl Service<Uri> for MeshConnector {
             });
             Ok(MeshStream::Tls { io: TokioIo::new(stream), peer })
         };
-        let dial = Box::pin(async move {
-            let result = dial.await;
-            if let (Err(error), Some(address)) = (&result, address) {
-                failures.record(address, error);
-            }
-            result
-        });
+        let dial = Box::pin(dial);
         // The dial goes on when the call that started it gives up (its deadline passed): the next
         // call to the endpoint takes it over.
         match address {

@@ -10,15 +10,13 @@ use std::{
 
 use http::Response;
 use hyper::body::Incoming;
-use hyper_util::client::legacy;
 use pin_project_lite::pin_project;
 
-use super::{EndpointBody, connect::ConnectFailures};
+use super::{EndpointBody, http1::Lease};
 use crate::{
     BoxError, Upstream,
     classify::{self, Class, ClassifyHead, TransportFailure},
     client::{balance::InFlight, deadline::Deadline, outlier::Health, resolution::Resolution},
-    connection::ConnectError,
     golden::GoldenSignals,
 };
 
@@ -87,35 +85,10 @@ impl Drop for AttemptRecord {
     }
 }
 
-/// The HTTP/2 send of [`Http2Connections`](super::Http2Connections), boxed once.
-type Http2Send = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
-
-pin_project! {
-    /// An attempt on its way: through hyper-util's pool or on the endpoint's HTTP/2 connection.
-    #[project = SendingProj]
-    pub(crate) enum Sending {
-        Pooled { #[pin] future: legacy::ResponseFuture },
-        Http2 { future: Http2Send },
-    }
-}
-
-/// How an attempt failed to get a response: hyper-util's error (whose connect failures are
-/// explained by what the connector recorded), or one that already names its cause.
-pub(crate) enum SendError {
-    Pooled(legacy::Error),
-    Explained(BoxError),
-}
-
-impl Future for Sending {
-    type Output = Result<Response<Incoming>, SendError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            SendingProj::Pooled { future } => future.poll(cx).map_err(SendError::Pooled),
-            SendingProj::Http2 { future } => future.as_mut().poll(cx).map_err(SendError::Explained),
-        }
-    }
-}
+/// An attempt on its way, on the endpoint's HTTP/1.1 or HTTP/2 connection of our own: boxed
+/// once (hyper-util's pool boxed its future too). An HTTP/1.1 response whose body is still on
+/// the connection comes with the connection's [`Lease`].
+pub(crate) type Sending = Pin<Box<dyn Future<Output = Result<(Response<Incoming>, Option<Lease>), BoxError>> + Send>>;
 
 pin_project! {
     /// The response future of [`Endpoints`](super::Endpoints).
@@ -128,25 +101,18 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State {
-        // No allocation beyond hyper-util's own.
         Sending {
-            #[pin] future: Sending,
+            future: Sending,
             upstream: Option<Upstream>,
             record: Option<AttemptRecord>,
-            failures: Arc<ConnectFailures>,
         },
         Failed { error: Option<BoxError> },
     }
 }
 
 impl ResponseFuture {
-    pub(crate) fn sending(
-        future: Sending,
-        upstream: Upstream,
-        record: AttemptRecord,
-        failures: Arc<ConnectFailures>,
-    ) -> Self {
-        Self { state: State::Sending { future, upstream: Some(upstream), record: Some(record), failures } }
+    pub(crate) fn sending(future: Sending, upstream: Upstream, record: AttemptRecord) -> Self {
+        Self { state: State::Sending { future, upstream: Some(upstream), record: Some(record) } }
     }
 
     pub(crate) fn failed(error: BoxError) -> Self {
@@ -159,18 +125,14 @@ impl Future for ResponseFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            StateProj::Sending { future, upstream, record, failures } => {
-                let result = ready!(future.poll(cx));
+            StateProj::Sending { future, upstream, record } => {
+                let result = ready!(future.as_mut().poll(cx));
                 let Some(mut record) = record.take() else {
                     return Poll::Ready(Err("endpoint ResponseFuture polled after completion".into()));
                 };
-                let mut response = match result {
-                    Ok(response) => response,
+                let (mut response, lease) = match result {
+                    Ok(sent) => sent,
                     Err(error) => {
-                        let error = match error {
-                            SendError::Pooled(error) => explain(error, failures, record.address, record.started),
-                            SendError::Explained(error) => error,
-                        };
                         record.finish(classify::error(&error));
                         return Poll::Ready(Err(error));
                     }
@@ -187,37 +149,13 @@ impl Future for ResponseFuture {
                 if let Some(upstream) = upstream.take() {
                     response.extensions_mut().insert(upstream);
                 }
-                Poll::Ready(Ok(response.map(|body| EndpointBody::new(body, status, pending))))
+                Poll::Ready(Ok(response.map(|body| EndpointBody::new(body, status, pending, lease))))
             }
             StateProj::Failed { error } => Poll::Ready(Err(error
                 .take()
                 .unwrap_or_else(|| "endpoint ResponseFuture polled after completion".into()))),
         }
     }
-}
-
-/// A request that waited for a connection another request was opening, when that connect
-/// failed, gets only the pool's "request was canceled" from hyper-util: give it the connect's own
-/// error instead, as the request that dialled got.
-fn explain(error: legacy::Error, failures: &ConnectFailures, address: SocketAddr, started: Instant) -> BoxError {
-    if error.is_connect()
-        && !carries_connect_error(&error)
-        && let Some(cause) = failures.since(address, started)
-    {
-        return cause.into();
-    }
-    error.into()
-}
-
-fn carries_connect_error(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut next = Some(error);
-    while let Some(e) = next {
-        if e.is::<ConnectError>() {
-            return true;
-        }
-        next = e.source();
-    }
-    false
 }
 
 impl fmt::Debug for ResponseFuture {

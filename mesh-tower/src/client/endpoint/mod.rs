@@ -6,7 +6,7 @@
 //! ones that already failed this request, then sends on the endpoint's connection, dialled
 //! with mutual TLS that checks the endpoint's expected SPIFFE ID: over HTTP/2 the endpoint's one
 //! connection of our own (`http2`: a clone of its `SendRequest`, no pool lookup), over HTTP/1.1
-//! hyper-util's pool (an idle list per endpoint). A share of a route's requests is copied to a
+//! the endpoint's idle list of our own (`http1`). A share of a route's requests is copied to a
 //! shadow subset ([`mirror`]).
 //!
 //! Every attempt is accounted for, however it ends: a response (classified from its head, or at
@@ -19,29 +19,35 @@
 mod body;
 pub(crate) mod connect;
 mod future;
+mod http1;
 mod http2;
 pub mod mirror;
 mod stream;
 mod unclaimed;
 
 use std::{
+    marker::PhantomData,
     sync::Arc,
     task::{Context, Poll},
 };
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Uri, header::HOST, uri::Scheme};
+use http::{
+    HeaderValue, Request, Uri,
+    header::HOST,
+    uri::{PathAndQuery, Scheme},
+};
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 
 pub use self::body::EndpointBody;
 pub use self::future::ResponseFuture;
-pub(crate) use self::http2::Http2Connections;
 use self::{
     connect::MeshConnector,
     future::{AttemptRecord, Sending},
     mirror::{MirrorStats, TeeBody},
 };
+pub(crate) use self::{http1::Http1Connections, http2::Http2Connections};
 use super::{
     config::{ClientConfig, Protocol},
     resolution::{Resolution, plan::Target},
@@ -55,25 +61,19 @@ use crate::{
 /// Sends each attempt to an endpoint of its resolved subset. See the [module docs](self).
 pub struct Endpoints<B> {
     shared: Arc<Shared>,
-    transport: Transport<B>,
+    transport: Transport,
+    /// The request body type the connections are typed by (kept in the endpoints' slots).
+    body: PhantomData<fn(B)>,
 }
 
 /// How attempts reach their endpoint.
-pub(crate) enum Transport<B> {
-    /// HTTP/1.1: hyper-util's pool, an idle list of connections per endpoint. Behind an `Arc`:
-    /// the retry layer clones the stack below it for each request that may be retried.
-    Pooled(Arc<Client<MeshConnector, TeeBody<B>>>),
+#[derive(Clone)]
+pub(crate) enum Transport {
+    /// HTTP/1.1: the endpoint's idle list of our own. Behind an `Arc`: the retry layer clones
+    /// the stack below it for each request that may be retried.
+    Http1(Arc<Http1Connections>),
     /// HTTP/2: the endpoint's one connection of our own.
     Http2(Arc<Http2Connections>),
-}
-
-impl<B> Clone for Transport<B> {
-    fn clone(&self) -> Self {
-        match self {
-            Self::Pooled(http) => Self::Pooled(http.clone()),
-            Self::Http2(connections) => Self::Http2(connections.clone()),
-        }
-    }
 }
 
 pub(crate) struct Shared {
@@ -86,8 +86,6 @@ pub(crate) struct Shared {
     pub(crate) config: ClientConfig,
     /// The `Host` of HTTP/1.1 requests that name none: the service name, made once.
     pub(crate) host: Option<HeaderValue>,
-    /// The connector's failed connects, to tell a request that waited for one its cause.
-    pub(crate) failures: Arc<connect::ConnectFailures>,
 }
 
 /// The request header that numbers a retried attempt (2 for the first retry); absent on first
@@ -100,8 +98,8 @@ pub const ATTEMPT_HEADER: http::HeaderName = http::HeaderName::from_static("x-me
 pub struct NotResolved;
 
 impl<B> Endpoints<B> {
-    pub(crate) fn new(shared: Shared, transport: Transport<B>) -> Self {
-        Self { shared: Arc::new(shared), transport }
+    pub(crate) fn new(shared: Shared, transport: Transport) -> Self {
+        Self { shared: Arc::new(shared), transport, body: PhantomData }
     }
 
     /// The counts of mirrored copies.
@@ -112,7 +110,7 @@ impl<B> Endpoints<B> {
 
 impl<B> Clone for Endpoints<B> {
     fn clone(&self) -> Self {
-        Self { shared: self.shared.clone(), transport: self.transport.clone() }
+        Self { shared: self.shared.clone(), transport: self.transport.clone(), body: PhantomData }
     }
 }
 
@@ -172,33 +170,30 @@ where
             self.shared.attempt_signals.clone(),
             deadline,
         );
-        match rewrite(request, &target, &self.shared) {
-            Ok(request) => {
-                let sending = match &self.transport {
-                    Transport::Pooled(http) => Sending::Pooled { future: http.request(request) },
-                    Transport::Http2(connections) => {
-                        Sending::Http2 { future: Box::pin(connections.clone().send(target.connection, request)) }
-                    }
-                };
-                ResponseFuture::sending(sending, upstream, record, self.shared.failures.clone())
-            }
+        let sending: Result<Sending, BoxError> = match &self.transport {
+            Transport::Http1(connections) => origin_form(request, &self.shared).map(|request| {
+                let send = connections.clone().send(target.connection, target.authority.clone(), request);
+                Box::pin(send) as Sending
+            }),
+            Transport::Http2(connections) => rewrite(request, &target, &self.shared).map(|request| {
+                let send = connections.clone().send(target.connection, request);
+                Box::pin(async move { send.await.map(|response| (response, None)) }) as Sending
+            }),
+        };
+        match sending {
+            Ok(sending) => ResponseFuture::sending(sending, upstream, record),
             Err(error) => ResponseFuture::failed(error),
         }
     }
 }
 
-/// Points the request at `target`, keeping its path and query. On HTTP/1.1 the `Host` header
-/// keeps the name the caller used (the service name by default), as a server behind a sidecar
-/// would have seen it.
+/// Points the request at `target`, keeping its path and query (absolute-form, as hyper-util's
+/// client and HTTP/2's `:authority` want it). On HTTP/1.1 the `Host` header keeps the name the
+/// caller used (the service name by default), as a server behind a sidecar would have seen it.
 pub(crate) fn rewrite<B>(request: Request<B>, target: &Target, shared: &Shared) -> Result<Request<B>, BoxError> {
     let (mut parts, body) = request.into_parts();
-    if shared.config.protocol == Protocol::Http1 && !parts.headers.contains_key(HOST) {
-        let host = match (parts.uri.authority(), &shared.host) {
-            (Some(authority), _) => HeaderValue::from_str(authority.as_str())?,
-            (None, Some(host)) => host.clone(),
-            (None, None) => HeaderValue::from_static("localhost"),
-        };
-        parts.headers.insert(HOST, host);
+    if shared.config.protocol == Protocol::Http1 {
+        set_host(&mut parts, shared)?;
     }
     let mut uri = std::mem::take(&mut parts.uri).into_parts();
     uri.scheme = Some(Scheme::HTTP);
@@ -208,4 +203,31 @@ pub(crate) fn rewrite<B>(request: Request<B>, target: &Target, shared: &Shared) 
     }
     parts.uri = Uri::from_parts(uri)?;
     Ok(Request::from_parts(parts, body))
+}
+
+/// The request as it goes on an HTTP/1.1 connection of our own: origin-form (`/path?query`, the
+/// connection already leads to the endpoint), its `Host` the name the caller used (see
+/// [`rewrite`]).
+fn origin_form<B>(request: Request<B>, shared: &Shared) -> Result<Request<B>, BoxError> {
+    let (mut parts, body) = request.into_parts();
+    set_host(&mut parts, shared)?;
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() || parts.uri.path_and_query().is_none() {
+        let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = Uri::from(path);
+    }
+    Ok(Request::from_parts(parts, body))
+}
+
+/// A `Host` header for an HTTP/1.1 request that has none: the authority the caller named, else
+/// the service name.
+fn set_host(parts: &mut http::request::Parts, shared: &Shared) -> Result<(), BoxError> {
+    if !parts.headers.contains_key(HOST) {
+        let host = match (parts.uri.authority(), &shared.host) {
+            (Some(authority), _) => HeaderValue::from_str(authority.as_str())?,
+            (None, Some(host)) => host.clone(),
+            (None, None) => HeaderValue::from_static("localhost"),
+        };
+        parts.headers.insert(HOST, host);
+    }
+    Ok(())
 }
