@@ -8,7 +8,7 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Empty};
 use mesh::{
     core::{DiscoveryError, Endpoint, ServiceName, ServiceSnapshot, StaticDiscovery},
-    tower::client::{ClientError, ErrorKind, MeshClient, NoEndpoints, Protocol, Unresolved},
+    tower::client::{ClientError, ConnectError, ErrorKind, MeshClient, NoEndpoints, Protocol, Unresolved},
 };
 use support::{backend, backend_id, identity};
 use tower::ServiceExt;
@@ -98,8 +98,9 @@ async fn a_dead_endpoint_is_a_connect_error() {
     let error = error.downcast_ref::<ClientError>().expect("a ClientError");
     assert_eq!(error.kind(), ErrorKind::Connect, "{error}");
     assert_eq!((error.endpoint(), error.attempts()), (Some(addr), 1));
-    let transport = error.find::<hyper_util::client::legacy::Error>().expect("a transport error");
-    assert!(transport.is_connect(), "{error}");
+    let connect = error.find::<ConnectError>().expect("the dial's ConnectError");
+    assert_eq!(connect.endpoint(), addr.to_string());
+    assert!(!connect.is_tls() && connect.peer_rejected().is_none(), "refused at TCP, before TLS: {error}");
     // The cause comes first, in words, not hyper's "client error (Connect)".
     assert!(error.to_string().starts_with(&format!("cannot connect to {addr}")), "{error}");
 }
