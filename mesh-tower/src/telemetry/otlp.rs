@@ -154,8 +154,10 @@ impl OtlpConfig {
     }
 
     /// How often the [meter provider](OtlpTelemetry::meter_provider) exports (default:
-    /// `OTEL_METRIC_EXPORT_INTERVAL`, in milliseconds, else 60 s, as the OpenTelemetry SDK).
-    /// Each export sends every instrument's points since the start (cumulative temporality).
+    /// `OTEL_METRIC_EXPORT_INTERVAL`, in milliseconds, else 60 s, as the OpenTelemetry SDK);
+    /// [`build`](Self::build) refuses zero. Each export carries every point since the start
+    /// (cumulative temporality), unless `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE` asks
+    /// for `delta`.
     ///
     /// ```
     /// use std::time::Duration;
