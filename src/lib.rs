@@ -11,7 +11,7 @@
 //! - `spiffe` (`mesh-spiffe`, feature `spiffe`): the workload's identity from the SPIFFE Workload
 //!   API (a SPIRE agent's socket), rotated live.
 //!
-//! Features: `otlp` (on by default) exports traces over OTLP/gRPC; `dev-certs` adds
+//! Features: `otlp` (on by default) exports traces and metrics over OTLP/gRPC; `dev-certs` adds
 //! `core::identity::dev`, an in-memory development CA for tests and trying mesh by hand; `xds`;
 //! `dns`; `spiffe`.
 //!

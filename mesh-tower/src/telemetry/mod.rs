@@ -33,7 +33,8 @@
 //!
 //! Beside them, opt in: Istio's standard metrics ([`istio`], through the same facade) and gRPC's
 //! OpenTelemetry metrics ([`grpc_otel`], gRFC A66 with Cloud Service Mesh's labels, through the
-//! OpenTelemetry metrics API into the application's `MeterProvider`).
+//! OpenTelemetry metrics API into the application's `MeterProvider`, which with the `otlp`
+//! feature can be [`otlp::OtlpTelemetry::meter_provider`], exporting over OTLP).
 //!
 //! # Access log
 //!

@@ -1,7 +1,9 @@
-//! Export traces over OTLP/gRPC in a few lines (feature `otlp`).
+//! Export traces and metrics over OTLP/gRPC in a few lines (feature `otlp`).
 //!
 //! ```no_run
-//! use mesh_tower::telemetry::otlp::OtlpConfig;
+//! use std::time::Duration;
+//!
+//! use mesh_tower::telemetry::{TelemetryLayer, grpc_otel::GrpcMetrics, otlp::OtlpConfig};
 //!
 //! # async fn f(me: &mesh_core::SpiffeId) -> Result<(), Box<dyn std::error::Error>> {
 //! // Endpoint from the argument, else OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4317.
@@ -9,16 +11,28 @@
 //!     .endpoint("http://otel-collector:4317")
 //!     .identity(me)
 //!     .sample_ratio(0.1)
+//!     .metrics_interval(Duration::from_secs(30))
 //!     .build()?;
 //! telemetry.install()?; // or: tracing_subscriber::registry().with(telemetry.layer()).with(your_layers).init()
+//! // gRPC's OpenTelemetry metrics (gRFC A66), exported every 30 s to the same collector.
+//! let metrics = GrpcMetrics::new(&telemetry.meter_provider());
+//! let server_telemetry = TelemetryLayer::server("checkout".parse()?).grpc_metrics(metrics.register_all_methods());
 //! // ... serve ...
-//! telemetry.shutdown().await?; // exports what is buffered
+//! telemetry.shutdown().await?; // exports the buffered spans and the metrics recorded since the last export
 //! # Ok(()) }
 //! ```
 //!
-//! mesh's public signatures carry no OpenTelemetry types, so an OpenTelemetry release does not
-//! break callers: the SDK pipeline (batch span processor, parent-based ratio sampler, the tonic
-//! OTLP exporter) stays inside [`OtlpTelemetry`], which hands out a `tracing-subscriber` layer.
+//! Traces: the SDK pipeline (batch span processor, parent-based ratio sampler, the tonic OTLP
+//! exporter) stays inside [`OtlpTelemetry`], which hands out a `tracing-subscriber` layer, so no
+//! OpenTelemetry type appears on that path and an OpenTelemetry release does not break callers.
+//!
+//! Metrics: [`OtlpTelemetry::meter_provider`] is the OpenTelemetry SDK's `SdkMeterProvider` (a
+//! periodic reader in front of the tonic OTLP metric exporter, cumulative temporality unless
+//! `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE` says otherwise), with the traces'
+//! resource. It is the meter provider [`GrpcMetrics::new`](super::grpc_otel::GrpcMetrics::new)
+//! takes, and the application's own meters can use it too (or
+//! `opentelemetry::global::set_meter_provider`); it is the `opentelemetry_sdk` version mesh
+//! depends on.
 
 use std::time::Duration;
 
@@ -30,6 +44,7 @@ use opentelemetry::{
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{
     Resource,
+    metrics::{PeriodicReader, SdkMeterProvider},
     trace::{Sampler, SamplingResult, SdkTracerProvider, ShouldSample},
 };
 use tracing::{Subscriber, level_filters::LevelFilter};
@@ -48,6 +63,7 @@ pub struct OtlpConfig {
     identity: Option<SpiffeId>,
     sample_ratio: f64,
     timeout: Duration,
+    metrics_interval: Option<Duration>,
     attributes: Vec<(String, String)>,
 }
 
@@ -64,7 +80,10 @@ pub enum TelemetryError {
     /// The sample ratio is not within 0..=1.
     #[error("invalid sample ratio {0}: expected a number from 0.0 to 1.0")]
     InvalidSampleRatio(f64),
-    /// The exporter could not be built (outside a tokio runtime, for one).
+    /// The metrics export interval is zero.
+    #[error("invalid metrics export interval {0:?}: expected more than zero")]
+    InvalidMetricsInterval(Duration),
+    /// An exporter could not be built (outside a tokio runtime, for one).
     #[error("building the OTLP exporter for {endpoint}: {message}")]
     Exporter {
         /// The collector's address.
@@ -72,12 +91,12 @@ pub enum TelemetryError {
         /// What the exporter said.
         message: String,
     },
-    /// Spans could not be exported when flushing or shutting down.
-    #[error("exporting spans to {endpoint}: {message}")]
+    /// Spans or metrics could not be exported when flushing or shutting down.
+    #[error("exporting to {endpoint}: {message}")]
     Export {
         /// The collector's address.
         endpoint: String,
-        /// What the exporter said.
+        /// What the exporter said, after which signal failed (`spans: ...`, `metrics: ...`).
         message: String,
     },
     /// [`OtlpTelemetry::install`] found a global `tracing` subscriber already set.
@@ -86,8 +105,8 @@ pub enum TelemetryError {
 }
 
 impl OtlpConfig {
-    /// Traces of `service` (the `service.name` resource attribute), every trace sampled, to the
-    /// endpoint in `OTEL_EXPORTER_OTLP_ENDPOINT` or `http://localhost:4317`.
+    /// Traces and metrics of `service` (the `service.name` resource attribute), every trace
+    /// sampled, to the endpoint in `OTEL_EXPORTER_OTLP_ENDPOINT` or `http://localhost:4317`.
     pub fn new(service: ServiceName) -> Self {
         Self {
             service,
@@ -96,6 +115,7 @@ impl OtlpConfig {
             identity: None,
             sample_ratio: 1.0,
             timeout: Duration::from_secs(10),
+            metrics_interval: None,
             attributes: Vec::new(),
         }
     }
@@ -133,7 +153,26 @@ impl OtlpConfig {
         self
     }
 
-    /// One more resource attribute.
+    /// How often the [meter provider](OtlpTelemetry::meter_provider) exports (default:
+    /// `OTEL_METRIC_EXPORT_INTERVAL`, in milliseconds, else 60 s, as the OpenTelemetry SDK);
+    /// [`build`](Self::build) refuses zero. Each export carries every point since the start
+    /// (cumulative temporality), unless `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE` asks
+    /// for `delta`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// use mesh_tower::telemetry::otlp::OtlpConfig;
+    ///
+    /// let config = OtlpConfig::new("checkout".parse()?).metrics_interval(Duration::from_secs(15));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn metrics_interval(mut self, interval: Duration) -> Self {
+        self.metrics_interval = Some(interval);
+        self
+    }
+
+    /// One more resource attribute (of the spans and the metrics).
     pub fn attribute(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.attributes.push((key.into(), value.into()));
         self
@@ -152,22 +191,36 @@ impl OtlpConfig {
         if valid { Ok(endpoint) } else { Err(TelemetryError::InvalidEndpoint { endpoint }) }
     }
 
-    /// Builds the pipeline: the tonic OTLP exporter (connecting lazily), a batch span processor,
-    /// the sampler and the resource. Call it inside a tokio runtime, which must outlive it.
+    /// Builds the pipelines: the tonic OTLP span and metric exporters (connecting lazily), a
+    /// batch span processor and the sampler, a periodic metric reader, and their one resource.
+    /// Call it inside a tokio runtime, which must outlive it.
     pub fn build(self) -> Result<OtlpTelemetry, TelemetryError> {
         let endpoint = self.resolved_endpoint()?;
         if !(0.0..=1.0).contains(&self.sample_ratio) {
             return Err(TelemetryError::InvalidSampleRatio(self.sample_ratio));
         }
+        if let Some(interval) = self.metrics_interval.filter(Duration::is_zero) {
+            return Err(TelemetryError::InvalidMetricsInterval(interval));
+        }
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(TelemetryError::Exporter { endpoint, message: "not inside a tokio runtime".into() });
         }
+        let exporter_error = |e: opentelemetry_otlp::ExporterBuildError| TelemetryError::Exporter {
+            endpoint: endpoint.clone(),
+            message: e.to_string(),
+        };
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(endpoint.clone())
             .with_timeout(self.timeout)
             .build()
-            .map_err(|e| TelemetryError::Exporter { endpoint: endpoint.clone(), message: e.to_string() })?;
+            .map_err(exporter_error)?;
+        let metric_exporter = opentelemetry_otlp::MetricExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint.clone())
+            .with_timeout(self.timeout)
+            .build()
+            .map_err(exporter_error)?;
         let mut attributes = vec![KeyValue::new("telemetry.sdk.name", "mesh")];
         if let Some(version) = &self.version {
             attributes.push(KeyValue::new("service.version", version.as_str().to_owned()));
@@ -184,10 +237,15 @@ impl OtlpConfig {
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
             .with_sampler(PipelineSampler::new(self.sample_ratio))
-            .with_resource(resource)
+            .with_resource(resource.clone())
             .build();
+        let mut reader = PeriodicReader::builder(metric_exporter);
+        if let Some(interval) = self.metrics_interval {
+            reader = reader.with_interval(interval);
+        }
+        let meter_provider = SdkMeterProvider::builder().with_reader(reader.build()).with_resource(resource).build();
         super::sampling::set_pipeline_ratio(self.sample_ratio);
-        Ok(OtlpTelemetry { provider, endpoint })
+        Ok(OtlpTelemetry { provider, meter_provider, endpoint })
     }
 }
 
@@ -225,11 +283,12 @@ impl ShouldSample for PipelineSampler {
     }
 }
 
-/// A running export pipeline. Flush or shut it down before the process exits, or buffered spans
-/// are lost.
+/// A running export pipeline of traces and metrics. Flush or shut it down before the process
+/// exits, or buffered spans and the metrics recorded since the last export are lost.
 #[derive(Debug)]
 pub struct OtlpTelemetry {
     provider: SdkTracerProvider,
+    meter_provider: SdkMeterProvider,
     endpoint: String,
 }
 
@@ -264,6 +323,26 @@ impl OtlpTelemetry {
             .with_filter(filter)
     }
 
+    /// The meter provider whose metrics this pipeline exports, every
+    /// [`metrics_interval`](OtlpConfig::metrics_interval) and on [`flush`](Self::flush) and
+    /// [`shutdown`](Self::shutdown), with the traces' resource (`service.name`, ...). A handle:
+    /// clones share one pipeline. Give it to
+    /// [`GrpcMetrics::new`](super::grpc_otel::GrpcMetrics::new) for gRPC's OpenTelemetry metrics:
+    ///
+    /// ```no_run
+    /// use mesh_tower::telemetry::{TelemetryLayer, grpc_otel::GrpcMetrics, otlp::OtlpConfig};
+    ///
+    /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+    /// let telemetry = OtlpConfig::new("frontend".parse()?).build()?;
+    /// let metrics = GrpcMetrics::new(&telemetry.meter_provider()).target("xds:///greeter");
+    /// let client_telemetry = TelemetryLayer::client("greeter".parse()?).grpc_metrics(metrics);
+    /// // ... MeshChannel::builder(discovery, "greeter".parse()?).telemetry(client_telemetry) ...
+    /// # Ok(()) }
+    /// ```
+    pub fn meter_provider(&self) -> SdkMeterProvider {
+        self.meter_provider.clone()
+    }
+
     /// Installs a global `tracing` subscriber: [`layer`](Self::layer) plus a `fmt` layer on
     /// stderr filtered by `RUST_LOG` (default `warn`). For applications with no subscriber of
     /// their own.
@@ -277,23 +356,38 @@ impl OtlpTelemetry {
         tracing::subscriber::set_global_default(subscriber).map_err(|_| TelemetryError::AlreadyInstalled)
     }
 
-    /// Exports every finished span now.
+    /// Exports every finished span, and the metrics' points, now.
     pub async fn flush(&self) -> Result<(), TelemetryError> {
-        let provider = self.provider.clone();
-        // The SDK blocks while the exporter (on this runtime) sends; keep the runtime free.
-        let result = tokio::task::spawn_blocking(move || provider.force_flush()).await;
-        self.check(result.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())))
+        let (spans, metrics) = (self.provider.clone(), self.meter_provider.clone());
+        self.blocking(move || {
+            (spans.force_flush().map_err(|e| e.to_string()), metrics.force_flush().map_err(|e| e.to_string()))
+        })
+        .await
     }
 
-    /// Exports every finished span and stops the pipeline.
+    /// Exports every finished span and the metrics' points, and stops both pipelines.
     pub async fn shutdown(self) -> Result<(), TelemetryError> {
-        let provider = self.provider.clone();
-        let result = tokio::task::spawn_blocking(move || provider.shutdown()).await;
-        self.check(result.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())))
+        let (spans, metrics) = (self.provider.clone(), self.meter_provider.clone());
+        self.blocking(move || {
+            (spans.shutdown().map_err(|e| e.to_string()), metrics.shutdown().map_err(|e| e.to_string()))
+        })
+        .await
     }
 
-    fn check(&self, result: Result<(), String>) -> Result<(), TelemetryError> {
-        result.map_err(|message| TelemetryError::Export { endpoint: self.endpoint.clone(), message })
+    /// Runs a flush or a shutdown of both providers. The SDK blocks while the exporters (on this
+    /// runtime) send, so it runs off the runtime's workers; both run even if the first fails.
+    async fn blocking<F>(&self, f: F) -> Result<(), TelemetryError>
+    where
+        F: FnOnce() -> (Result<(), String>, Result<(), String>) + Send + 'static,
+    {
+        let failure = match tokio::task::spawn_blocking(f).await {
+            Ok((Ok(()), Ok(()))) => return Ok(()),
+            Ok((Err(spans), Ok(()))) => format!("spans: {spans}"),
+            Ok((Ok(()), Err(metrics))) => format!("metrics: {metrics}"),
+            Ok((Err(spans), Err(metrics))) => format!("spans: {spans}; metrics: {metrics}"),
+            Err(join) => join.to_string(),
+        };
+        Err(TelemetryError::Export { endpoint: self.endpoint.clone(), message: failure })
     }
 }
 
@@ -314,6 +408,28 @@ mod tests {
         assert_eq!(config().endpoint("http://127.0.0.1:4317").resolved_endpoint().unwrap(), "http://127.0.0.1:4317");
         let error = config().sample_ratio(1.5).build().unwrap_err();
         assert!(matches!(error, TelemetryError::InvalidSampleRatio(r) if r == 1.5));
+        let error = config().metrics_interval(Duration::ZERO).build().unwrap_err();
+        assert!(matches!(error, TelemetryError::InvalidMetricsInterval(d) if d.is_zero()), "{error}");
+    }
+
+    #[tokio::test]
+    async fn flushing_and_shutting_down_with_no_collector_say_which_signal_failed() {
+        // Nobody listens: the span exporter has nothing to send (no span was made); the metrics
+        // one has a point to send and fails.
+        let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", unused.local_addr().unwrap());
+        drop(unused);
+        let telemetry = OtlpConfig::new("checkout".parse().unwrap())
+            .endpoint(endpoint.clone())
+            .export_timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        use opentelemetry::metrics::MeterProvider as _;
+        telemetry.meter_provider().meter("test").u64_counter("requests").build().add(1, &[]);
+        let error = telemetry.shutdown().await.unwrap_err();
+        let TelemetryError::Export { endpoint: failed, message } = &error else { panic!("{error}") };
+        assert_eq!(failed, &endpoint);
+        assert!(message.starts_with("metrics: "), "{error}");
     }
 
     #[test]
