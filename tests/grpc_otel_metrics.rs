@@ -9,9 +9,11 @@ mod grpc_support;
 mod otel_metrics;
 mod support;
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
-use grpc_support::{Behaviour, Options, greeter, hello, pb::greeter_client::GreeterClient, serve};
+use grpc_support::{
+    Behaviour, Options, attrs, greeter, hello, pb::greeter_client::GreeterClient, request_bytes, serve,
+};
 use mesh::{
     core::{PathMatch, Route, RouteMatch, ServiceSnapshot, StaticDiscovery, Subset, Weight, policy::RetryPolicy},
     tonic::MeshChannel,
@@ -41,15 +43,6 @@ fn one<'a>(points: &'a [Point], name: &str, want: &[(&str, &str)]) -> &'a Point 
     let found = find(points, name, want);
     assert_eq!(found.len(), 1, "one {name} with {want:?} in {points:#?}");
     found[0]
-}
-
-fn attrs(items: &[(&str, &str)]) -> BTreeMap<String, String> {
-    items.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
-}
-
-/// The bytes of a `HelloRequest { name }` (field 1, a short string).
-fn request_bytes(name: &str) -> u64 {
-    2 + name.len() as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,9 @@ mod support;
 
 use std::{collections::BTreeMap, time::Duration};
 
-use grpc_support::{Behaviour, GrpcBackend, Options, greeter, hello, pb::greeter_client::GreeterClient, serve};
+use grpc_support::{
+    Behaviour, GrpcBackend, Options, attrs, greeter, hello, pb::greeter_client::GreeterClient, request_bytes, serve,
+};
 use mesh::{
     core::{ServiceSnapshot, StaticDiscovery},
     tonic::MeshChannel,
@@ -102,15 +104,6 @@ fn one<'a>(points: &'a [Point], name: &str, want: &[(&str, &str)]) -> &'a Point 
         .collect();
     assert_eq!(found.len(), 1, "one {name} with {want:?} in {points:#?}");
     found[0]
-}
-
-fn attrs(items: &[(&str, &str)]) -> BTreeMap<String, String> {
-    items.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
-}
-
-/// The bytes of a `HelloRequest { name }` (field 1, a short string).
-fn request_bytes(name: &str) -> u64 {
-    2 + name.len() as u64
 }
 
 /// A greeter server and a client channel to it, both recording A66 metrics into `otlp`'s meter

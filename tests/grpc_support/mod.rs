@@ -232,3 +232,14 @@ pub fn greeter() -> ServiceName {
 pub fn hello(name: &str) -> HelloRequest {
     HelloRequest { name: name.into() }
 }
+
+/// A metric point's attribute set, as the tests write one: `[("grpc.method", "...")]`.
+pub fn attrs(items: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+    items.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+/// The bytes of a `HelloRequest { name }` on the wire (field 1, a short string), as A66's sizes
+/// count them.
+pub fn request_bytes(name: &str) -> u64 {
+    2 + name.len() as u64
+}
