@@ -150,19 +150,21 @@ impl Http1Connections {
     /// first use.
     fn endpoint_of<B: Send + 'static>(&self, slot: &ConnectionSlot) -> Arc<Endpoint<B>> {
         let erased: Arc<dyn Any + Send + Sync> = slot.get_or_init(|| {
-            let endpoint = Arc::new(Endpoint::<B> { idle: Mutex::new(Vec::new()), tick: AtomicU64::new(0) });
+            let endpoint = Arc::new(Endpoint::<B>::new());
             watch_idle(Arc::downgrade(&endpoint), self.idle_timeout);
             let erased: Arc<dyn Any + Send + Sync> = endpoint;
             erased
         });
         // A client has one body type, and its slots are its own: the downcast holds.
-        erased
-            .downcast::<Endpoint<B>>()
-            .unwrap_or_else(|_| Arc::new(Endpoint { idle: Mutex::new(Vec::new()), tick: AtomicU64::new(0) }))
+        erased.downcast::<Endpoint<B>>().unwrap_or_else(|_| Arc::new(Endpoint::new()))
     }
 }
 
 impl<B> Endpoint<B> {
+    fn new() -> Self {
+        Self { idle: Mutex::new(Vec::new()), tick: AtomicU64::new(0) }
+    }
+
     /// The newest idle connection that is still open.
     fn take(&self) -> Option<Connection<B>> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
