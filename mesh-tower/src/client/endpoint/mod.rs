@@ -175,10 +175,8 @@ where
                 let send = connections.clone().send(target.connection, target.authority.clone(), request);
                 Box::pin(send) as Sending
             }),
-            Transport::Http2(connections) => rewrite(request, &target, &self.shared).map(|request| {
-                let send = connections.clone().send(target.connection, request);
-                Box::pin(async move { send.await.map(|response| (response, None)) }) as Sending
-            }),
+            Transport::Http2(connections) => rewrite(request, &target, &self.shared)
+                .map(|request| connections.clone().send(&target.connection, request)),
         };
         match sending {
             Ok(sending) => ResponseFuture::sending(sending, upstream, record),
