@@ -137,11 +137,11 @@ pub(crate) async fn serve_tonic(certs: &Path) -> Result<(u16, impl Future<Output
 }
 
 /// `grpc-mesh`'s server: `GrpcServer` over the `mesh` configuration's server (mTLS, telemetry,
-/// authorization of the client's SPIFFE ID) on [`mesh_config::ENDPOINTS`] listeners.
+/// authorization of the client's SPIFFE ID) on [`mesh_config::endpoints`] listeners.
 pub(crate) async fn serve_mesh(certs: &Path) -> Result<(Vec<u16>, Vec<mesh_tower::server::ServerHandle>), BoxError> {
     let server = mesh_tonic::GrpcServer::new(mesh_config::server(certs)?);
     let (mut ports, mut handles) = (Vec::new(), Vec::new());
-    for _ in 0..mesh_config::ENDPOINTS {
+    for _ in 0..mesh_config::endpoints()? {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let handle = server.spawn(listener, GreeterServer::new(Echo))?;
         ports.push(handle.local_addr().port());

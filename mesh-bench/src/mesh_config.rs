@@ -45,6 +45,20 @@ use crate::{
 /// Endpoints (listening ports) of the mesh server process.
 pub(crate) const ENDPOINTS: usize = 4;
 
+/// How many endpoints the mesh server process listens on: [`ENDPOINTS`], or
+/// `MESH_BENCH_ENDPOINTS` (1 to 8) to see what balancing over several costs. With one endpoint
+/// the route has one target (`v1`), so no split and a balancer with one choice: a diagnostic,
+/// not the `mesh` configuration the ratios are measured on.
+pub(crate) fn endpoints() -> Result<usize, BoxError> {
+    match std::env::var("MESH_BENCH_ENDPOINTS") {
+        Err(_) => Ok(ENDPOINTS),
+        Ok(text) => match text.parse::<usize>() {
+            Ok(n @ 1..=8) => Ok(n),
+            _ => Err(format!("MESH_BENCH_ENDPOINTS={text:?}: expected a number of endpoints from 1 to 8").into()),
+        },
+    }
+}
+
 /// What [`install_telemetry`] set up; keep it alive as long as the process serves.
 #[derive(Debug)]
 pub(crate) struct Telemetry {
@@ -147,12 +161,13 @@ pub(crate) fn snapshot(ports: &[u16], traffic: Traffic) -> Result<ServiceSnapsho
     let testers = Route::new(RouteName::new("testers")?)
         .with_match(RouteMatch::any().header(HeaderMatch::exact("x-user".parse()?, "qa")))
         .with_target("v2".parse()?, Weight::new(100)?);
-    let hello = Route::new(RouteName::new("hello")?)
+    let mut hello = Route::new(RouteName::new("hello")?)
         .with_match(RouteMatch::any().path(PathMatch::prefix(prefix)?))
-        .with_target("v1".parse()?, Weight::new(50)?)
-        .with_target("v2".parse()?, Weight::new(50)?)
-        .with_retry(retry)
-        .with_timeout(Duration::from_secs(5));
+        .with_target("v1".parse()?, Weight::new(50)?);
+    if ports.len() > 1 {
+        hello = hello.with_target("v2".parse()?, Weight::new(50)?);
+    }
+    let hello = hello.with_retry(retry).with_timeout(Duration::from_secs(5));
     let mut policies = ServicePolicies::default();
     policies.circuit_breaker = Some(CircuitBreaker::default());
     policies.outlier_detection = Some(OutlierDetection::default());
@@ -164,7 +179,8 @@ pub(crate) fn snapshot(ports: &[u16], traffic: Traffic) -> Result<ServiceSnapsho
         .route(hello)
         .policies(policies);
     for (i, port) in ports.iter().enumerate() {
-        let version = if i < ports.len() / 2 { "v1" } else { "v2" };
+        // The first half is v1 (a single endpoint too), the rest v2.
+        let version = if i < ports.len().div_ceil(2) { "v1" } else { "v2" };
         builder = builder.endpoint(Endpoint::new(([127, 0, 0, 1], *port).into()).with_label("version", version)?);
     }
     Ok(builder.build()?)
@@ -264,12 +280,12 @@ impl opentelemetry_sdk::metrics::exporter::PushMetricExporter for Discard {
     }
 }
 
-/// Starts [`server`] with the hello handler on [`ENDPOINTS`] listeners.
+/// Starts [`server`] with the hello handler on [`endpoints`] listeners.
 pub(crate) async fn serve(certs: &Path) -> Result<(Vec<u16>, Vec<ServerHandle>), BoxError> {
     let server = server(certs)?;
     let service = tower::service_fn(crate::hello::hello);
     let (mut ports, mut handles) = (Vec::new(), Vec::new());
-    for _ in 0..ENDPOINTS {
+    for _ in 0..endpoints()? {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let handle = server.spawn(listener, service)?;
         ports.push(handle.local_addr().port());

@@ -14,7 +14,7 @@
 //!   spawns a task per such response to wait for the connection instead). A connection whose
 //!   response body is dropped unread is closed by hyper, so it is never reused half-read.
 //! - A request a reused connection refused before sending it (the server had just closed it) is
-//!   sent again, once, on a fresh connection, as hyper-util's pool does.
+//!   sent again on the next idle connection, or once on a fresh one, as hyper-util's pool does.
 //! - At most [`ClientConfig::pool_max_idle_per_endpoint`] connections wait per endpoint; an idle
 //!   one closes after [`ClientConfig::pool_idle_timeout`] (between one and 1.25 times that),
 //!   when the peer closes it, or when the endpoint leaves discovery (its slot is dropped with the
@@ -33,7 +33,7 @@ use http::uri::{Authority, Scheme};
 use hyper::{body::Incoming, client::conn::http1};
 use tower::Service;
 
-use super::connect::MeshConnector;
+use super::{connect::MeshConnector, future::Sending};
 use crate::{
     BoxError, PeerIdentity,
     client::config::ClientConfig,
@@ -79,9 +79,43 @@ impl Http1Connections {
     /// Sends `request` (origin-form, its `Host` set) to the endpoint at `authority` on an idle
     /// connection of the endpoint's, or on one dialled for it. With the response comes the
     /// connection's lease when it is still busy with the response body.
-    pub(crate) async fn send<B>(
+    ///
+    /// With an idle connection (the common case) the request is handed to it now, and what is
+    /// boxed is only the wait for its response: the dial and the resend live in a box of their
+    /// own, made only when a request needs them.
+    pub(crate) fn send<B>(
         self: Arc<Self>,
-        slot: Arc<ConnectionSlot>,
+        slot: &ConnectionSlot,
+        authority: Authority,
+        request: http::Request<B>,
+    ) -> Sending
+    where
+        B: http_body::Body + Send + Unpin + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let endpoint = self.endpoint_of::<B>(slot);
+        let Some(mut connection) = endpoint.take() else {
+            return Box::pin(self.take_or_dial_and_send(endpoint, authority, request));
+        };
+        let sent = connection.send.try_send_request(request);
+        Box::pin(async move {
+            match sent.await {
+                Ok(response) => Ok(self.answered(&endpoint, connection, response)),
+                // The connection closed just as it was taken: the request goes on another.
+                Err(mut error) => match error.take_message() {
+                    Some(unsent) => Box::pin(self.take_or_dial_and_send(endpoint, authority, unsent)).await,
+                    None => Err(error.into_error().into()),
+                },
+            }
+        })
+    }
+
+    /// Sends `request` on an idle connection, or on one dialled for it; a request an idle
+    /// connection gives back unsent goes on the next one, and at most once on a dialled one.
+    async fn take_or_dial_and_send<B>(
+        self: Arc<Self>,
+        endpoint: Arc<Endpoint<B>>,
         authority: Authority,
         mut request: http::Request<B>,
     ) -> Result<(http::Response<Incoming>, Option<Lease>), BoxError>
@@ -90,31 +124,42 @@ impl Http1Connections {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        let endpoint = self.endpoint_of::<B>(&slot);
-        // At most one resend: a reused connection may have closed just as it was taken.
         loop {
             let (mut connection, reused) = match endpoint.take() {
                 Some(connection) => (connection, true),
                 None => (self.dial(&authority).await?, false),
             };
             match connection.send.try_send_request(request).await {
-                Ok(mut response) => {
-                    if let Some(peer) = &connection.peer {
-                        response.extensions_mut().insert(peer.clone());
-                    }
-                    if connection.send.is_ready() {
-                        endpoint.put(connection, self.max_idle);
-                        return Ok((response, None));
-                    }
-                    let lease = Leased { endpoint: Arc::downgrade(&endpoint), connection, max_idle: self.max_idle };
-                    return Ok((response, Some(Lease(Box::new(lease)))));
-                }
+                Ok(response) => return Ok(self.answered(&endpoint, connection, response)),
                 Err(mut error) => match error.take_message() {
                     Some(unsent) if reused => request = unsent,
                     _ => return Err(error.into_error().into()),
                 },
             }
         }
+    }
+
+    /// The response head arrived on `connection`: who answered goes in its extensions, and the
+    /// connection goes back on the idle list now if it is ready for the next request, else with
+    /// the response body (its lease).
+    fn answered<B>(
+        &self,
+        endpoint: &Arc<Endpoint<B>>,
+        connection: Connection<B>,
+        mut response: http::Response<Incoming>,
+    ) -> (http::Response<Incoming>, Option<Lease>)
+    where
+        B: Send + 'static,
+    {
+        if let Some(peer) = &connection.peer {
+            response.extensions_mut().insert(peer.clone());
+        }
+        if connection.send.is_ready() {
+            endpoint.put(connection, self.max_idle);
+            return (response, None);
+        }
+        let lease = Leased { endpoint: Arc::downgrade(endpoint), connection, max_idle: self.max_idle };
+        (response, Some(Lease(Box::new(lease))))
     }
 
     /// A new connection to the endpoint at `authority`: TCP, mTLS, the HTTP/1.1 handshake, its
