@@ -33,7 +33,7 @@ use http::uri::{Authority, Scheme};
 use hyper::{body::Incoming, client::conn::http1};
 use tower::Service;
 
-use super::{connect::MeshConnector, future::Sending};
+use super::connect::MeshConnector;
 use crate::{
     BoxError, PeerIdentity,
     client::config::ClientConfig,
@@ -79,43 +79,9 @@ impl Http1Connections {
     /// Sends `request` (origin-form, its `Host` set) to the endpoint at `authority` on an idle
     /// connection of the endpoint's, or on one dialled for it. With the response comes the
     /// connection's lease when it is still busy with the response body.
-    ///
-    /// With an idle connection (the common case) the request is handed to it now, and what is
-    /// boxed is only the wait for its response: the dial and the resend live in a box of their
-    /// own, made only when a request needs them.
-    pub(crate) fn send<B>(
+    pub(crate) async fn send<B>(
         self: Arc<Self>,
-        slot: &ConnectionSlot,
-        authority: Authority,
-        request: http::Request<B>,
-    ) -> Sending
-    where
-        B: http_body::Body + Send + Unpin + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
-    {
-        let endpoint = self.endpoint_of::<B>(slot);
-        let Some(mut connection) = endpoint.take() else {
-            return Box::pin(self.take_or_dial_and_send(endpoint, authority, request));
-        };
-        let sent = connection.send.try_send_request(request);
-        Box::pin(async move {
-            match sent.await {
-                Ok(response) => Ok(self.answered(&endpoint, connection, response)),
-                // The connection closed just as it was taken: the request goes on another.
-                Err(mut error) => match error.take_message() {
-                    Some(unsent) => Box::pin(self.take_or_dial_and_send(endpoint, authority, unsent)).await,
-                    None => Err(error.into_error().into()),
-                },
-            }
-        })
-    }
-
-    /// Sends `request` on an idle connection, or on one dialled for it; a request an idle
-    /// connection gives back unsent goes on the next one, and at most once on a dialled one.
-    async fn take_or_dial_and_send<B>(
-        self: Arc<Self>,
-        endpoint: Arc<Endpoint<B>>,
+        slot: Arc<ConnectionSlot>,
         authority: Authority,
         mut request: http::Request<B>,
     ) -> Result<(http::Response<Incoming>, Option<Lease>), BoxError>
@@ -124,42 +90,31 @@ impl Http1Connections {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
+        let endpoint = self.endpoint_of::<B>(&slot);
+        // At most one resend: a reused connection may have closed just as it was taken.
         loop {
             let (mut connection, reused) = match endpoint.take() {
                 Some(connection) => (connection, true),
                 None => (self.dial(&authority).await?, false),
             };
             match connection.send.try_send_request(request).await {
-                Ok(response) => return Ok(self.answered(&endpoint, connection, response)),
+                Ok(mut response) => {
+                    if let Some(peer) = &connection.peer {
+                        response.extensions_mut().insert(peer.clone());
+                    }
+                    if connection.send.is_ready() {
+                        endpoint.put(connection, self.max_idle);
+                        return Ok((response, None));
+                    }
+                    let lease = Leased { endpoint: Arc::downgrade(&endpoint), connection, max_idle: self.max_idle };
+                    return Ok((response, Some(Lease(Box::new(lease)))));
+                }
                 Err(mut error) => match error.take_message() {
                     Some(unsent) if reused => request = unsent,
                     _ => return Err(error.into_error().into()),
                 },
             }
         }
-    }
-
-    /// The response head arrived on `connection`: who answered goes in its extensions, and the
-    /// connection goes back on the idle list now if it is ready for the next request, else with
-    /// the response body (its lease).
-    fn answered<B>(
-        &self,
-        endpoint: &Arc<Endpoint<B>>,
-        connection: Connection<B>,
-        mut response: http::Response<Incoming>,
-    ) -> (http::Response<Incoming>, Option<Lease>)
-    where
-        B: Send + 'static,
-    {
-        if let Some(peer) = &connection.peer {
-            response.extensions_mut().insert(peer.clone());
-        }
-        if connection.send.is_ready() {
-            endpoint.put(connection, self.max_idle);
-            return (response, None);
-        }
-        let lease = Leased { endpoint: Arc::downgrade(endpoint), connection, max_idle: self.max_idle };
-        (response, Some(Lease(Box::new(lease))))
     }
 
     /// A new connection to the endpoint at `authority`: TCP, mTLS, the HTTP/1.1 handshake, its

@@ -29,7 +29,7 @@ use hyper::{body::Incoming, client::conn::http2};
 use hyper_util::rt::TokioTimer;
 use tower::Service;
 
-use super::{connect::MeshConnector, future::Sending, http1::Lease};
+use super::connect::MeshConnector;
 use crate::{
     BoxError, PeerIdentity,
     client::config::ClientConfig,
@@ -91,50 +91,42 @@ impl Http2Connections {
 
     /// Sends `request` (its URI already the endpoint's) on the endpoint's connection, dialling
     /// one if it has none open.
-    ///
-    /// With a connection open (the common case) the request is handed to it now, and what is
-    /// boxed is only the wait for its response: the dial and the resend are an order of magnitude
-    /// larger, so they live in a box of their own, made only when a request needs them.
-    pub(crate) fn send<B>(self: Arc<Self>, slot: &ConnectionSlot, request: http::Request<B>) -> Sending
+    pub(crate) async fn send<B>(
+        self: Arc<Self>,
+        slot: Arc<ConnectionSlot>,
+        mut request: http::Request<B>,
+    ) -> Result<http::Response<Incoming>, BoxError>
     where
         B: http_body::Body + Send + Unpin + 'static,
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        let endpoint = endpoint_of::<B>(slot);
-        let Some(open) = endpoint.open() else {
-            return Box::pin(self.dial_and_send(endpoint, request));
-        };
-        let sent = dispatch(&open, request);
-        Box::pin(async move {
-            match sent.await {
-                Ok(response) => Ok((with_peer(response, &open), None)),
-                // At most one resend: the connection may have closed just as it was picked.
-                Err(mut error) => match error.take_message() {
-                    Some(unsent) => {
-                        endpoint.closed(&open);
-                        Box::pin(self.dial_and_send(endpoint, unsent)).await
+        let endpoint = endpoint_of::<B>(&slot);
+        // At most one resend: the first connection may have closed just as it was picked.
+        for fresh in [false, true] {
+            let open = match endpoint.open() {
+                Some(open) if !fresh => open,
+                _ => self.dial(&endpoint, request.uri().clone()).await?,
+            };
+            open.used.store(true, Ordering::Relaxed);
+            let mut send = open.send.clone();
+            match send.try_send_request(request).await {
+                Ok(mut response) => {
+                    if let Some(peer) = &open.peer {
+                        response.extensions_mut().insert(peer.clone());
                     }
-                    None => Err(error.into_error().into()),
+                    return Ok(response);
+                }
+                Err(mut error) => match error.take_message() {
+                    Some(unsent) if !fresh => {
+                        endpoint.closed(&open);
+                        request = unsent;
+                    }
+                    _ => return Err(error.into_error().into()),
                 },
             }
-        })
-    }
-
-    /// Sends `request` on a connection dialled for it (or by the dial already in flight).
-    async fn dial_and_send<B>(
-        self: Arc<Self>,
-        endpoint: Arc<Endpoint<B>>,
-        request: http::Request<B>,
-    ) -> Result<(http::Response<Incoming>, Option<Lease>), BoxError>
-    where
-        B: http_body::Body + Send + Unpin + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
-    {
-        let open = self.dial(&endpoint, request.uri().clone()).await?;
-        let response = dispatch(&open, request).await.map_err(|error| error.into_error())?;
-        Ok((with_peer(response, &open), None))
+        }
+        unreachable!("the loop returns on its second pass")
     }
 
     /// The endpoint's connection once a dial (this one, or the one in flight) is done.
@@ -199,25 +191,6 @@ impl<B> Endpoint<B> {
             self.open.compare_and_swap(&*current, None);
         }
     }
-}
-
-/// Hands `request` to `open`'s connection task now; the future waits for the response (or
-/// gives the request back, unsent, if the connection had closed).
-fn dispatch<B: http_body::Body + 'static>(
-    open: &Open<B>,
-    request: http::Request<B>,
-) -> impl Future<Output = Result<http::Response<Incoming>, hyper::client::conn::TrySendError<http::Request<B>>>> + use<B>
-{
-    open.used.store(true, Ordering::Relaxed);
-    open.send.clone().try_send_request(request)
-}
-
-/// Who answered, in the response's extensions.
-fn with_peer<B>(mut response: http::Response<Incoming>, open: &Open<B>) -> http::Response<Incoming> {
-    if let Some(peer) = &open.peer {
-        response.extensions_mut().insert(peer.clone());
-    }
-    response
 }
 
 /// Forgets `open` once no request used it for `idle` (checked every quarter of it), or once it

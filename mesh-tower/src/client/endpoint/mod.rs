@@ -171,10 +171,14 @@ where
             deadline,
         );
         let sending: Result<Sending, BoxError> = match &self.transport {
-            Transport::Http1(connections) => origin_form(request, &self.shared)
-                .map(|request| connections.clone().send(&target.connection, target.authority.clone(), request)),
-            Transport::Http2(connections) => rewrite(request, &target, &self.shared)
-                .map(|request| connections.clone().send(&target.connection, request)),
+            Transport::Http1(connections) => origin_form(request, &self.shared).map(|request| {
+                let send = connections.clone().send(target.connection, target.authority.clone(), request);
+                Box::pin(send) as Sending
+            }),
+            Transport::Http2(connections) => rewrite(request, &target, &self.shared).map(|request| {
+                let send = connections.clone().send(target.connection, request);
+                Box::pin(async move { send.await.map(|response| (response, None)) }) as Sending
+            }),
         };
         match sending {
             Ok(sending) => ResponseFuture::sending(sending, upstream, record),
