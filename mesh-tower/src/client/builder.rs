@@ -7,19 +7,18 @@ use std::{
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
-use hyper::body::Incoming;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioTimer},
 };
 use mesh_core::{Discovery, IdentitySource, ServiceName};
-use tower::util::BoxCloneSyncService;
 
+pub use super::call::{ResponseBody, ResponseFuture};
 use super::{
+    call::CallPath,
     config::{ClientConfig, Protocol},
-    deadline::{CancelOnDeadline, DeadlineBody, DeadlineLayer},
     endpoint::{
-        self, EndpointBody, Endpoints, Http1Connections, Http2Connections, Transport,
+        self, Endpoints, Http1Connections, Http2Connections, Transport,
         connect::{IdentityBook, MeshConnector},
         mirror::MirrorStats,
     },
@@ -32,10 +31,7 @@ use super::{
 use crate::{
     BoxError, MissingIdentity,
     identity::Security,
-    telemetry::{
-        TelemetryLayer,
-        grpc_otel::{AttemptBody, AttemptLayer, CountRequestBodyLayer, CountedBody},
-    },
+    telemetry::{TelemetryLayer, grpc_otel::AttemptLayer},
 };
 
 /// Calls one service by name, through the whole client stack. See the [module docs](super).
@@ -45,7 +41,7 @@ use crate::{
 /// shedder, so make one per destination and clone it into every task that calls it. It is `Send`
 /// and `Sync`.
 pub struct MeshClient<B> {
-    stack: BoxCloneSyncService<Request<B>, Response<ResponseBody>, BoxError>,
+    path: Arc<CallPath<B>>,
     handles: Arc<Handles>,
 }
 
@@ -62,12 +58,6 @@ struct Handles {
     /// Keeps the backend (and its file watcher or control-plane task) alive as long as a client.
     _discovery: Arc<dyn Discovery>,
 }
-
-/// The response body of a [`MeshClient`]: hyper's body, observed to its end by the attempt's
-/// accounting, its gRPC metrics and by telemetry (the gRPC status in the trailers counts
-/// everywhere a status does), and ended by the call's [deadline](super::deadline) if it passes
-/// first.
-pub type ResponseBody = crate::telemetry::TelemetryBody<DeadlineBody<AttemptBody<EndpointBody<Incoming>>>>;
 
 /// Configures a [`MeshClient`]. See [`MeshClient::builder`].
 #[derive(Clone)]
@@ -183,35 +173,40 @@ impl MeshClientBuilder {
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
     {
+        let path = self.path()?;
+        let handles = Handles {
+            service: self.service.clone(),
+            config: self.config.clone(),
+            outliers: path.router.outlier_stats(),
+            mirrors: path.endpoints.mirror_stats(),
+            retries: path.retries.stats(),
+            shed: path.shed.clone(),
+            faults: path.faults.clone(),
+            telemetry: path.telemetry.clone(),
+            _discovery: self.discovery.clone(),
+        };
+        Ok(MeshClient { path: Arc::new(path), handles: Arc::new(handles) })
+    }
+
+    /// Every capability of the stack, each its layer's state, for the one call path.
+    pub(super) fn path<B>(&self) -> Result<CallPath<B>, MissingIdentity>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
         let telemetry = self.telemetry.clone().unwrap_or_else(|| TelemetryLayer::client(self.service.clone()));
         let identities = Arc::new(IdentityBook::default());
         let router =
             RouterLayer::with_identities(self.discovery.watch(&self.service), &self.config, identities.clone());
-        let endpoints = self.endpoints::<CancelOnDeadline<CountedBody<B>>>(identities, &telemetry)?;
-        let (faults, retries, shed) = (FaultLayer::new(), RetryLayer::new(), LoadShedLayer::new());
-        let attempts = AttemptLayer::new(&telemetry);
-        let handles = Handles {
-            service: self.service.clone(),
-            config: self.config.clone(),
-            outliers: router.outlier_stats(),
-            mirrors: endpoints.mirror_stats(),
-            retries: retries.stats(),
-            shed: shed.clone(),
-            faults: faults.clone(),
-            telemetry: telemetry.clone(),
-            _discovery: self.discovery.clone(),
-        };
-        let stack = tower::ServiceBuilder::new()
-            .layer(telemetry)
-            .layer(CountRequestBodyLayer)
-            .layer(router)
-            .layer(DeadlineLayer::new())
-            .layer(faults)
-            .layer(retries)
-            .layer(attempts)
-            .layer(shed)
-            .service(endpoints);
-        Ok(MeshClient { stack: BoxCloneSyncService::new(stack), handles: Arc::new(handles) })
+        Ok(CallPath {
+            endpoints: self.endpoints(identities, &telemetry)?,
+            attempts: AttemptLayer::new(&telemetry),
+            telemetry,
+            router,
+            faults: FaultLayer::new(),
+            retries: RetryLayer::new(),
+            shed: LoadShedLayer::new(),
+        })
     }
 
     /// The bottom of the stack: the pooled connections, mTLS included.
@@ -219,7 +214,7 @@ impl MeshClientBuilder {
         &self,
         identities: Arc<IdentityBook>,
         telemetry: &TelemetryLayer,
-    ) -> Result<Endpoints<CountedBody<super::retry::RetryBody<B>>>, MissingIdentity>
+    ) -> Result<Endpoints<B>, MissingIdentity>
     where
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
@@ -315,29 +310,29 @@ impl<B> MeshClient<B> {
     }
 }
 
-impl<B> tower::Service<Request<B>> for MeshClient<B> {
+impl<B> tower::Service<Request<B>> for MeshClient<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
     type Response = Response<ResponseBody>;
     type Error = BoxError;
     type Future = ResponseFuture;
 
     /// Always ready: endpoints are picked per request, and a client without a snapshot yet
     /// waits inside the response future.
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.stack.poll_ready(cx)
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        self.stack.call(request)
+        self.path.call(request)
     }
 }
 
-/// The response future of a [`MeshClient`]: the stack's one boxed future.
-pub type ResponseFuture =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<ResponseBody>, BoxError>> + Send>>;
-
 impl<B> Clone for MeshClient<B> {
     fn clone(&self) -> Self {
-        Self { stack: self.stack.clone(), handles: self.handles.clone() }
+        Self { path: self.path.clone(), handles: self.handles.clone() }
     }
 }
 

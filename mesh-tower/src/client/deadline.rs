@@ -132,23 +132,35 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let route = request.extensions().get::<Resolution>().and_then(Resolution::timeout);
-        let limit = [route, requested(request.headers()), crate::context::remaining()].into_iter().flatten().min();
-        let Some(limit) = limit else {
-            return DeadlineFuture { inner: self.inner.call(request.map(CancelOnDeadline::open)), expiry: None };
-        };
-        let at = Instant::now() + limit;
-        let grpc = crate::grpc::is_grpc(request.headers());
-        // A request body already complete has nothing left to cancel.
-        let (cancel, mut request) = if request.body().is_end_stream() {
-            (None, request.map(CancelOnDeadline::open))
-        } else {
-            let (cancel, cancelled) = oneshot::channel();
-            (Some(cancel), request.map(|body| CancelOnDeadline::new(body, cancelled)))
-        };
-        request.extensions_mut().insert(Deadline::at(at));
-        let inner = self.inner.call(request);
-        DeadlineFuture { inner, expiry: Some(Expiry::new(at, limit, grpc, Side::Client, cancel)) }
+        let (mut request, expiry) = arm(request, route);
+        if let Some(expiry) = &expiry {
+            request.extensions_mut().insert(expiry.deadline());
+        }
+        DeadlineFuture::new(self.inner.call(request), expiry)
     }
+}
+
+/// The call's deadline, armed: the earliest of the route's timeout `route`, the request's own and
+/// the handler's time left; `None` when none applies. A request body still being written is
+/// cancelled with the call.
+pub(crate) fn arm<B: http_body::Body>(
+    request: Request<B>,
+    route: Option<Duration>,
+) -> (Request<CancelOnDeadline<B>>, Option<Expiry>) {
+    let limit = [route, requested(request.headers()), crate::context::remaining()].into_iter().flatten().min();
+    let Some(limit) = limit else {
+        return (request.map(CancelOnDeadline::open), None);
+    };
+    let at = Instant::now() + limit;
+    let grpc = crate::grpc::is_grpc(request.headers());
+    // A request body already complete has nothing left to cancel.
+    let (cancel, request) = if request.body().is_end_stream() {
+        (None, request.map(CancelOnDeadline::open))
+    } else {
+        let (cancel, cancelled) = oneshot::channel();
+        (Some(cancel), request.map(|body| CancelOnDeadline::new(body, cancelled)))
+    };
+    (request, Some(Expiry::new(at, limit, grpc, Side::Client, cancel)))
 }
 
 pin_project_lite::pin_project! {
@@ -157,6 +169,13 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         expiry: Option<Expiry>,
+    }
+}
+
+impl<F> DeadlineFuture<F> {
+    /// `inner`, ended by `expiry` if it passes first.
+    pub(crate) fn new(inner: F, expiry: Option<Expiry>) -> Self {
+        Self { inner, expiry }
     }
 }
 

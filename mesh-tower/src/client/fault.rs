@@ -82,34 +82,68 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let fault = request.extensions().get::<Resolution>().and_then(Resolution::fault);
-        let Some(fault) = fault else {
-            // No fault on this route: the ready inner service takes the request, unboxed.
+        let resolution = request.extensions().get::<Resolution>();
+        let injection = resolution.map_or(Injection::None, |r| self.shared.decide(r));
+        if let Injection::None = injection {
+            // No fault for this request: the ready inner service takes it, unboxed.
             return PassThrough::direct(self.inner.call(request), None);
-        };
-        let (abort, delay) = (fault.abort.clone(), fault.delay.clone());
+        }
         let inner = self.inner.clone();
         let service = std::mem::replace(&mut self.inner, inner);
-        let shared = &self.shared;
-        if let Some(abort) = &abort
-            && in_share(shared.aborts.fetch_add(1, Ordering::Relaxed), abort.percent.get())
-        {
-            shared.injected.fetch_add(1, Ordering::Relaxed);
-            let status = abort.status;
-            return PassThrough::boxed(async move { Err(InjectedFault { status }.into()) });
-        }
-        let delay = delay
-            .filter(|d| in_share(shared.delays.fetch_add(1, Ordering::Relaxed), d.percent.get()))
-            .map(|d| d.duration);
-        if delay.is_some() {
-            shared.injected.fetch_add(1, Ordering::Relaxed);
-        }
         PassThrough::boxed(async move {
-            if let Some(delay) = delay {
-                tokio::time::sleep(delay).await;
-            }
+            injection.apply().await?;
             service.oneshot(request).await.map_err(Into::into)
         })
+    }
+}
+
+/// What fault injection does to one request.
+pub(crate) enum Injection {
+    /// Nothing: the route has no fault, or this request is outside its shares.
+    None,
+    /// Fails it with this status before it leaves.
+    Abort(InjectedFault),
+    /// Holds it this long before it leaves.
+    Delay(std::time::Duration),
+}
+
+impl Injection {
+    /// Waits out a delay, or fails with an abort.
+    pub(crate) async fn apply(self) -> Result<(), BoxError> {
+        match self {
+            Self::None => Ok(()),
+            Self::Abort(fault) => Err(fault.into()),
+            Self::Delay(delay) => {
+                tokio::time::sleep(delay).await;
+                Ok(())
+            }
+        }
+    }
+}
+
+impl FaultLayer {
+    /// What the route `resolution` matched does to the next request (counted in the exact shares).
+    pub(crate) fn decide(&self, resolution: &Resolution) -> Injection {
+        self.shared.decide(resolution)
+    }
+}
+
+impl Shared {
+    fn decide(&self, resolution: &Resolution) -> Injection {
+        let Some(fault) = resolution.fault() else { return Injection::None };
+        if let Some(abort) = &fault.abort
+            && in_share(self.aborts.fetch_add(1, Ordering::Relaxed), abort.percent.get())
+        {
+            self.injected.fetch_add(1, Ordering::Relaxed);
+            return Injection::Abort(InjectedFault { status: abort.status });
+        }
+        match &fault.delay {
+            Some(delay) if in_share(self.delays.fetch_add(1, Ordering::Relaxed), delay.percent.get()) => {
+                self.injected.fetch_add(1, Ordering::Relaxed);
+                Injection::Delay(delay.duration)
+            }
+            _ => Injection::None,
+        }
     }
 }
 

@@ -32,6 +32,7 @@
 
 pub mod balance;
 mod builder;
+mod call;
 pub(crate) mod config;
 pub mod deadline;
 pub mod endpoint;

@@ -83,7 +83,7 @@ impl Shared {
 }
 
 /// A place in the waiting room, given back on drop.
-struct Waiting(Arc<Shared>);
+pub(crate) struct Waiting(Arc<Shared>);
 
 impl Drop for Waiting {
     fn drop(&mut self) {
@@ -108,43 +108,85 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let resolution = request.extensions().get::<Resolution>();
-        let Some((policy, destination)) = resolution.and_then(|r| Some((r.circuit_breaker()?.clone(), r.service())))
-        else {
-            return PassThrough::direct(self.inner.call(request), None);
+        let admission = match request.extensions().get::<Resolution>() {
+            Some(resolution) => self.shared.admit(resolution),
+            None => Admission::Unlimited,
         };
-        let destination = destination.clone();
-        let slots = self.shared.slots(&policy);
-        let permit: Result<OwnedSemaphorePermit, _> = slots.clone().try_acquire_owned();
-        match permit {
+        match admission {
+            Admission::Unlimited => PassThrough::direct(self.inner.call(request), None),
             // A free slot: the ready inner service takes the request, unboxed, holding the slot.
-            Ok(permit) => PassThrough::direct(self.inner.call(request), Some(permit)),
-            Err(_) => {
+            Admission::Slot(permit) => PassThrough::direct(self.inner.call(request), Some(permit)),
+            Admission::Refused(error) => PassThrough::boxed(async move { Err(error.into()) }),
+            admission @ Admission::Wait { .. } => {
                 let inner = self.inner.clone();
                 let service = std::mem::replace(&mut self.inner, inner);
-                let shared = self.shared.clone();
-                // Full: wait only if the waiting room has space.
-                let waiting = shared.pending.fetch_add(1, Ordering::AcqRel);
-                if waiting >= policy.max_pending as usize {
-                    shared.pending.fetch_sub(1, Ordering::AcqRel);
-                    shared.shed.fetch_add(1, Ordering::Relaxed);
-                    crate::metrics::per_service(crate::metrics::CIRCUIT_BREAKER_REJECTIONS, &destination);
-                    let error = Overloaded {
-                        service: destination,
-                        max_concurrent: policy.max_concurrent,
-                        max_pending: policy.max_pending,
-                    };
-                    return PassThrough::boxed(async move { Err(error.into()) });
-                }
-                let waiting = Waiting(shared);
                 PassThrough::boxed(async move {
-                    let permit = slots.acquire_owned().await;
-                    // Leaves the waiting room (also when the caller gives up while waiting).
-                    drop(waiting);
-                    let _permit = permit.map_err(|e| BoxError::from(e.to_string()))?;
+                    let _permit = admission.slot().await?;
                     service.oneshot(request).await.map_err(Into::into)
                 })
             }
         }
+    }
+}
+
+/// What load shedding does with one request.
+pub(crate) enum Admission {
+    /// No limit applies.
+    Unlimited,
+    /// A slot, held until the response head is back.
+    Slot(OwnedSemaphorePermit),
+    /// Every slot taken, a place in the waiting room.
+    Wait { slots: Arc<Semaphore>, waiting: Waiting },
+    /// Every slot and every place taken.
+    Refused(Overloaded),
+}
+
+impl Admission {
+    /// The slot: at once, or once one frees; `None` when no limit applies.
+    pub(crate) async fn slot(self) -> Result<Option<OwnedSemaphorePermit>, BoxError> {
+        match self {
+            Self::Unlimited => Ok(None),
+            Self::Slot(permit) => Ok(Some(permit)),
+            Self::Refused(error) => Err(error.into()),
+            Self::Wait { slots, waiting } => {
+                let permit = slots.acquire_owned().await;
+                // Leaves the waiting room (also when the caller gives up while waiting).
+                drop(waiting);
+                Ok(Some(permit.map_err(|e| BoxError::from(e.to_string()))?))
+            }
+        }
+    }
+}
+
+impl LoadShedLayer {
+    /// Admits the next request to the destination `resolution` names, by its circuit breaker.
+    pub(crate) fn admit(&self, resolution: &Resolution) -> Admission {
+        self.shared.admit(resolution)
+    }
+}
+
+impl Shared {
+    fn admit(self: &Arc<Self>, resolution: &Resolution) -> Admission {
+        let Some(policy) = resolution.circuit_breaker() else {
+            return Admission::Unlimited;
+        };
+        let slots = self.slots(policy);
+        if let Ok(permit) = slots.clone().try_acquire_owned() {
+            return Admission::Slot(permit);
+        }
+        // Full: wait only if the waiting room has space.
+        let waiting = self.pending.fetch_add(1, Ordering::AcqRel);
+        if waiting >= policy.max_pending as usize {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            self.shed.fetch_add(1, Ordering::Relaxed);
+            let destination = resolution.service();
+            crate::metrics::per_service(crate::metrics::CIRCUIT_BREAKER_REJECTIONS, destination);
+            return Admission::Refused(Overloaded {
+                service: destination.clone(),
+                max_concurrent: policy.max_concurrent,
+                max_pending: policy.max_pending,
+            });
+        }
+        Admission::Wait { slots, waiting: Waiting(self.clone()) }
     }
 }

@@ -311,6 +311,12 @@ impl TelemetryLayer {
     pub fn direction(&self) -> Direction {
         self.shared.direction
     }
+
+    /// What [`Telemetry`] does to a request before it goes on: its exchange started, and the
+    /// scope it is served in.
+    pub(crate) fn begin<B: http_body::Body>(&self, request: &mut http::Request<B>) -> (Exchange, Scope) {
+        service::begin(&self.shared, request)
+    }
 }
 
 impl<S> Layer<S> for TelemetryLayer {

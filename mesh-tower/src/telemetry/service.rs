@@ -88,36 +88,39 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let (exchange, scope) = match self.shared.direction {
-            Direction::Inbound => {
-                let (exchange, scope) = start_inbound(&self.shared, &request);
-                if let Some(counter) = exchange.request_counter() {
-                    request.extensions_mut().insert(counter);
-                }
-                (exchange, scope)
-            }
-            Direction::Outbound => {
-                let (mut exchange, cx) = outbound(&self.shared, &request);
-                propagation::inject(&cx, request.headers_mut());
-                if let Some(istio) = &self.shared.istio {
-                    istio.send(request.headers_mut());
-                    exchange.note_request_size(request.body().size_hint().exact());
-                }
-                if let Some(grpc) = &self.shared.grpc {
-                    grpc.send(request.headers_mut());
-                }
-                if let Some(counter) = exchange.request_counter() {
-                    request.extensions_mut().insert(counter);
-                }
-                // Client side nothing of the application's runs below this layer, so the span is
-                // not entered on every poll: with an OpenTelemetry layer that is a context switch
-                // each time, for nothing.
-                (exchange, Scope::none())
-            }
-        };
+        let (exchange, scope) = begin(&self.shared, &mut request);
         let inner = scope.in_scope(|| self.inner.call(request));
-        TelemetryFuture { inner, scope, exchange: Some(exchange) }
+        TelemetryFuture::new(inner, scope, exchange)
     }
+}
+
+/// A request's exchange, and the scope what serves it runs in: server side the caller's context
+/// extracted; client side the context written on the request (and Istio's and gRPC's metadata),
+/// with no scope. Marks the request for
+/// [`CountRequestBody`](super::grpc_otel::CountRequestBody) when a metric wants its body counted.
+pub(crate) fn begin<B: http_body::Body>(shared: &Arc<Shared>, request: &mut Request<B>) -> (Exchange, Scope) {
+    let (exchange, scope) = match shared.direction {
+        Direction::Inbound => start_inbound(shared, request),
+        Direction::Outbound => {
+            let (mut exchange, cx) = outbound(shared, request);
+            propagation::inject(&cx, request.headers_mut());
+            if let Some(istio) = &shared.istio {
+                istio.send(request.headers_mut());
+                exchange.note_request_size(request.body().size_hint().exact());
+            }
+            if let Some(grpc) = &shared.grpc {
+                grpc.send(request.headers_mut());
+            }
+            // Client side nothing of the application's runs below this layer, so the span is
+            // not entered on every poll: with an OpenTelemetry layer that is a context switch
+            // each time, for nothing.
+            (exchange, Scope::none())
+        }
+    };
+    if let Some(counter) = exchange.request_counter() {
+        request.extensions_mut().insert(counter);
+    }
+    (exchange, scope)
 }
 
 /// Where the handler of an inbound request runs: inside the request's span (its own spans and
@@ -237,6 +240,13 @@ pin_project! {
         inner: F,
         scope: Scope,
         exchange: Option<Exchange>,
+    }
+}
+
+impl<F> TelemetryFuture<F> {
+    /// `inner`, polled in `scope`, its outcome settling `exchange`.
+    pub(crate) fn new(inner: F, scope: Scope, exchange: Exchange) -> Self {
+        Self { inner, scope, exchange: Some(exchange) }
     }
 }
 

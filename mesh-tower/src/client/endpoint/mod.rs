@@ -138,6 +138,26 @@ where
         let Some(resolution) = request.extensions_mut().remove::<Resolution>() else {
             return ResponseFuture::failed(NotResolved.into());
         };
+        let deadline = request.extensions().get::<Deadline>().copied();
+        self.send(request, resolution, deadline)
+    }
+}
+
+impl<B> Endpoints<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static + Unpin,
+    B::Error: Into<BoxError>,
+{
+    /// One attempt of a request resolved to `resolution`, bounded by `deadline` (the attempt's:
+    /// the call's, or sooner by the per-try timeout): what [`call`](tower::Service::call) does
+    /// with the two it finds in the request's extensions, and what the client's one call path
+    /// (`client::call`) hands it directly.
+    pub(crate) fn send(
+        &self,
+        mut request: Request<B>,
+        resolution: Resolution,
+        deadline: Option<Deadline>,
+    ) -> ResponseFuture {
         let (target, attempt) = match resolution.start_attempt(&request) {
             Ok((target, attempt)) => (target.clone(), attempt),
             Err(error) => return ResponseFuture::failed(error.into()),
@@ -146,7 +166,6 @@ where
             // For the server's logs; nothing of mesh's reads it back.
             request.headers_mut().insert(ATTEMPT_HEADER, crate::headers::small_number(attempt));
         }
-        let deadline = request.extensions().get::<Deadline>().copied();
         // The next hop stops when we would.
         if let Some(deadline) = deadline {
             crate::headers::propagate(request.headers_mut(), deadline.remaining());

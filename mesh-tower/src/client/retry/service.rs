@@ -179,77 +179,114 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        self.shared.stats.requests.fetch_add(1, Ordering::Relaxed);
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let resolution = request.extensions().get::<Resolution>().cloned();
+        match self.shared.plan(request, resolution.as_ref()) {
+            // Nothing to retry and no per-try timeout: the ready inner service takes the request
+            // as it is, unboxed.
+            Plan::Once(request, None) => RetryFuture::direct(self.inner.call(request)),
+            Plan::Once(request, Some(limit)) => {
+                RetryFuture::boxed(per_try(take_ready(&mut self.inner), request, Some(limit)))
+            }
+            Plan::Failed(error) => RetryFuture::boxed(std::future::ready(Err(error))),
+            Plan::Retrying(mut copy, buffering) => {
+                if buffering.is_some() || copy.per_try_timeout().is_some() {
+                    // The body still arriving, or attempts that race their own timer: the general
+                    // loop.
+                    let first = take_ready(&mut self.inner);
+                    let service = self.inner.clone();
+                    return RetryFuture::boxed(async move {
+                        if let Some(buffering) = buffering {
+                            copy.set_body(buffering.await?);
+                        }
+                        Retrying { copy, service }.run(first).await
+                    });
+                }
+                // The first attempt: the ready inner service takes a copy of the request,
+                // unboxed; what a retry needs is kept aside (boxed, small) for the few requests
+                // that need one.
+                let request = copy.request(1);
+                let retry = Retrying { copy, service: self.inner.clone() };
+                RetryFuture::first(self.inner.call(request), Box::new(retry))
+            }
+        }
+    }
+}
+
+/// How a request's attempts go, decided once when it enters the retry layer.
+pub(crate) enum Plan<B> {
+    /// Sent once, bounded by this per-try timeout if any.
+    Once(Request<RetryBody<B>>, Option<Duration>),
+    /// May be retried: the copy every attempt is made from, and the body's buffering when it is
+    /// still arriving (the copy's body is empty until it ends).
+    Retrying(RetryCopy<B>, Option<Attempt<Bytes, BoxError>>),
+    /// The body could not be read.
+    Failed(BoxError),
+}
+
+impl RetryLayer {
+    /// How `request`, resolved to `resolution`, is sent: counts it, writes the hop guard's
+    /// header, deposits into the budget, and buffers what a retry replays.
+    pub(crate) fn plan<B>(&self, request: Request<B>, resolution: Option<&Resolution>) -> Plan<B>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.shared.plan(request, resolution)
+    }
+}
+
+impl Shared {
+    fn plan<B>(self: &Arc<Self>, mut request: Request<B>, resolution: Option<&Resolution>) -> Plan<B>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
         // How many hops upstream already retry this request; this hop retries only below the
         // policy's depth, and tells the next hop how deep the request now is.
         let depth = crate::context::retry_depth();
-        let resolution = request.extensions().get::<Resolution>().cloned();
-        let policy = resolution.as_ref().and_then(Resolution::retry_policy);
+        let policy = resolution.and_then(Resolution::retry_policy);
         let retrying = policy.is_some_and(|p| p.max_attempts > 1 && depth < p.max_retry_depth);
         let outgoing = depth + u32::from(retrying);
         if outgoing > 0 {
             request.headers_mut().insert(RETRY_DEPTH_HEADER, crate::headers::small_number(outgoing));
         }
         let per_try_timeout = policy.and_then(|p| p.per_try_timeout);
-        let resolution = resolution.filter(|_| retrying || per_try_timeout.is_some());
-        let Some(resolution) = resolution else {
-            // Nothing to retry and no per-try timeout: the ready inner service takes the request
-            // as it is, unboxed.
-            return RetryFuture::direct(self.inner.call(request.map(RetryBody::original)));
+        let (Some(resolution), Some(policy)) = (resolution, policy) else {
+            return Plan::Once(request.map(RetryBody::original), None);
         };
-        let Some(policy) = resolution.retry_policy() else {
-            return RetryFuture::direct(self.inner.call(request.map(RetryBody::original)));
-        };
+        if !retrying {
+            return Plan::Once(request.map(RetryBody::original), per_try_timeout);
+        }
         // Every gRPC call is a POST; as in gRPC's retry design, a policy listing the method's
         // route is the declaration that the method may be retried. Otherwise only RFC 9110's
         // idempotent methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE), unless the policy says.
         let grpc = grpc::is_grpc(request.headers());
-        let replayable = retrying && (grpc || request.method().is_idempotent() || policy.retry_non_idempotent);
+        let replayable = grpc || request.method().is_idempotent() || policy.retry_non_idempotent;
         // Every original request of a retrying route deposits into its budget.
-        let budget = retrying.then(|| self.shared.budget(&policy.budget));
-        if let Some(budget) = &budget {
-            budget.deposit();
-        }
+        let budget = self.budget(&policy.budget);
+        budget.deposit();
         let (parts, body) = request.into_parts();
-        let (budget, bytes, buffering) = match budget {
-            Some(budget) if replayable => match self.shared.replay(body, policy, grpc, resolution.service()) {
-                Ok(Replay::Now(bytes)) => (budget, bytes, None),
-                Ok(Replay::Later(buffering)) => (budget, Bytes::new(), Some(buffering)),
-                Ok(Replay::Never(body)) => {
-                    return once(&mut self.inner, Request::from_parts(parts, body), per_try_timeout);
-                }
-                Err(error) => return RetryFuture::boxed(std::future::ready(Err(error))),
-            },
-            _ => {
-                let request = Request::from_parts(parts, RetryBody::original(body));
-                return once(&mut self.inner, request, per_try_timeout);
-            }
+        if !replayable {
+            return Plan::Once(Request::from_parts(parts, RetryBody::original(body)), per_try_timeout);
+        }
+        let (bytes, buffering) = match self.replay(body, policy, grpc, resolution.service()) {
+            Ok(Replay::Now(bytes)) => (bytes, None),
+            Ok(Replay::Later(buffering)) => (Bytes::new(), Some(buffering)),
+            Ok(Replay::Never(body)) => return Plan::Once(Request::from_parts(parts, body), per_try_timeout),
+            Err(error) => return Plan::Failed(error),
         };
-        let mut retry = Retrying {
+        let copy = RetryCopy {
             budget,
-            shared: self.shared.clone(),
-            service: self.inner.clone(),
+            shared: self.clone(),
             parts,
             bytes,
-            resolution,
+            resolution: resolution.clone(),
             grpc,
             _body: std::marker::PhantomData,
         };
-        if buffering.is_some() || per_try_timeout.is_some() {
-            // The body still arriving, or attempts that race their own timer: the general loop.
-            let first = take_ready(&mut self.inner);
-            return RetryFuture::boxed(async move {
-                if let Some(buffering) = buffering {
-                    retry.bytes = buffering.await?;
-                }
-                retry.run(first).await
-            });
-        }
-        // The first attempt: the ready inner service takes a copy of the request, unboxed; what a
-        // retry needs is kept aside (boxed, small) for the few requests that need one.
-        let request = retry.request(1);
-        RetryFuture::first(self.inner.call(request), Box::new(retry))
+        Plan::Retrying(copy, buffering)
     }
 }
 
@@ -257,24 +294,6 @@ where
 fn take_ready<S: Clone>(inner: &mut S) -> S {
     let clone = inner.clone();
     std::mem::replace(inner, clone)
-}
-
-/// A request sent once: by the inner service's own future, unless a per-try timeout bounds it.
-fn once<S, B, ResBody: Send + 'static>(
-    inner: &mut S,
-    request: Request<RetryBody<B>>,
-    limit: Option<Duration>,
-) -> RetryFuture<S::Future, Response<ResBody>>
-where
-    S: Service<Request<RetryBody<B>>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
-    B: Send + 'static,
-{
-    match limit {
-        None => RetryFuture::direct(inner.call(request)),
-        Some(limit) => RetryFuture::boxed(per_try(take_ready(inner), request, Some(limit))),
-    }
 }
 
 impl Shared {
@@ -318,10 +337,10 @@ impl Shared {
     }
 }
 
-/// Everything a retry needs that the first attempt does not consume.
-struct Retrying<S, B> {
+/// Everything a retry needs that the first attempt does not consume: the head and body every
+/// attempt is copied from, and what decides whether there is a next one.
+pub(crate) struct RetryCopy<B> {
     shared: Arc<Shared>,
-    service: S,
     parts: http::request::Parts,
     bytes: Bytes,
     resolution: Resolution,
@@ -330,8 +349,14 @@ struct Retrying<S, B> {
     _body: std::marker::PhantomData<fn() -> B>,
 }
 
+/// The retries of one request through the service below the layer.
+struct Retrying<S, B> {
+    copy: RetryCopy<B>,
+    service: S,
+}
+
 /// What to do after an attempt.
-enum Next {
+pub(crate) enum Next {
     /// Return its result.
     Return,
     /// Wait this long, then send the next attempt.
@@ -347,22 +372,9 @@ where
     B::Error: Into<BoxError>,
     ResBody: Send + 'static,
 {
-    /// Attempt `number`'s copy of the request.
-    fn request(&self, number: u32) -> Request<RetryBody<B>> {
-        let mut request = Request::from_parts(self.parts.clone(), RetryBody::replay(self.bytes.clone()));
-        if self.grpc && number > 1 {
-            request.headers_mut().insert(grpc::PREVIOUS_ATTEMPTS, crate::headers::small_number(number - 1));
-        }
-        request
-    }
-
-    fn per_try_timeout(&self) -> Option<Duration> {
-        self.resolution.retry_policy().and_then(|p| p.per_try_timeout)
-    }
-
     /// Every attempt, the first with `first` (a ready service).
     async fn run(self, first: S) -> Result<Response<ResBody>, BoxError> {
-        let result = per_try(first, self.request(1), self.per_try_timeout()).await;
+        let result = per_try(first, self.copy.request(1), self.copy.per_try_timeout()).await;
         self.after(result, 1).await
     }
 
@@ -373,17 +385,38 @@ where
         mut number: u32,
     ) -> Result<Response<ResBody>, BoxError> {
         loop {
-            match self.next(&result, number) {
+            match self.copy.next(&result, number) {
                 Next::Return => return result,
                 Next::RetryAfter(delay) => tokio::time::sleep(delay).await,
             }
             number += 1;
-            result = per_try(self.service.clone(), self.request(number), self.per_try_timeout()).await;
+            result = per_try(self.service.clone(), self.copy.request(number), self.copy.per_try_timeout()).await;
         }
+    }
+}
+
+impl<B> RetryCopy<B> {
+    /// Attempt `number`'s copy of the request.
+    pub(crate) fn request(&self, number: u32) -> Request<RetryBody<B>> {
+        let mut request = Request::from_parts(self.parts.clone(), RetryBody::replay(self.bytes.clone()));
+        if self.grpc && number > 1 {
+            request.headers_mut().insert(grpc::PREVIOUS_ATTEMPTS, crate::headers::small_number(number - 1));
+        }
+        request
+    }
+
+    /// The body, once buffered (a copy planned while it was still arriving has none until then).
+    pub(crate) fn set_body(&mut self, bytes: Bytes) {
+        self.bytes = bytes;
+    }
+
+    /// The per-try timeout of the route's policy.
+    pub(crate) fn per_try_timeout(&self) -> Option<Duration> {
+        self.resolution.retry_policy().and_then(|p| p.per_try_timeout)
     }
 
     /// Whether the outcome may be retried at all (no side effects: the budget is not touched).
-    fn retryable(&self, result: &Result<Response<ResBody>, BoxError>, number: u32) -> bool {
+    fn retryable<ResBody>(&self, result: &Result<Response<ResBody>, BoxError>, number: u32) -> bool {
         let Some(policy) = self.resolution.retry_policy() else { return false };
         let class = match result {
             Ok(response) => match classify::head(response.status(), response.headers()) {
@@ -397,7 +430,7 @@ where
     }
 
     /// The decision after attempt `number`: pushback, then the budget (withdrawn here).
-    fn next(&self, result: &Result<Response<ResBody>, BoxError>, number: u32) -> Next {
+    pub(crate) fn next<ResBody>(&self, result: &Result<Response<ResBody>, BoxError>, number: u32) -> Next {
         let Some(policy) = self.resolution.retry_policy() else { return Next::Return };
         if !self.retryable(result, number) {
             return Next::Return;
@@ -444,7 +477,7 @@ where
         self: Box<Self>,
         result: Result<Response<ResBody>, BoxError>,
     ) -> Result<Result<Response<ResBody>, BoxError>, Boxed<Response<ResBody>>> {
-        if self.retryable(&result, 1) { Err(Box::pin(self.after(result, 1))) } else { Ok(result) }
+        if self.copy.retryable(&result, 1) { Err(Box::pin(self.after(result, 1))) } else { Ok(result) }
     }
 }
 

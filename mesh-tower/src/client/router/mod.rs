@@ -153,8 +153,46 @@ impl Shared {
             // The next hop runs its handler in this cohort (see `crate::context`).
             request.headers_mut().insert(header.clone(), value);
         }
+        Ok(resolution)
+    }
+
+    /// [`resolve`](Self::resolve), the resolution attached to the request for the layers below.
+    fn attach<B>(&self, plan: Arc<Plan>, request: &mut Request<B>) -> Result<Resolution, BoxError> {
+        let resolution = self.resolve(plan, request)?;
         request.extensions_mut().insert(resolution.clone());
         Ok(resolution)
+    }
+
+    /// Waits for the first snapshot, up to the resolve timeout; the plan of the version it gives.
+    async fn first_plan(&self) -> Result<Arc<Plan>, ClientError> {
+        let mut watch = self.watch.clone();
+        let waited = tokio::time::timeout(self.resolve_timeout, first_snapshot(&mut watch)).await;
+        let service = self.watch.service();
+        match (waited, self.plan()) {
+            (Ok(true), Some(plan)) => Ok(plan),
+            _ => {
+                let unresolved = Unresolved { service: service.clone(), cause: watch.last_error() };
+                Err(ClientError::new(unresolved.into(), service, None))
+            }
+        }
+    }
+}
+
+impl RouterLayer {
+    /// What [`Router`] decides for `request`, without attaching it: `None` before the
+    /// destination's first snapshot (see [`resolve_when_ready`](Self::resolve_when_ready)).
+    pub(crate) fn resolve<B>(&self, request: &mut Request<B>) -> Option<Result<Resolution, ClientError>> {
+        let plan = self.shared.plan()?;
+        let service = self.shared.watch.service();
+        Some(self.shared.resolve(plan, request).map_err(|error| ClientError::new(error, service, None)))
+    }
+
+    /// [`resolve`](Self::resolve) once the destination has a snapshot, waiting for the first up
+    /// to the resolve timeout.
+    pub(crate) async fn resolve_when_ready<B>(&self, request: &mut Request<B>) -> Result<Resolution, ClientError> {
+        let plan = self.shared.first_plan().await?;
+        let service = self.shared.watch.service();
+        self.shared.resolve(plan, request).map_err(|error| ClientError::new(error, service, None))
     }
 }
 
@@ -183,7 +221,7 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let service = self.shared.watch.service();
         if let Some(plan) = self.shared.plan() {
-            return match self.shared.resolve(plan, &mut request) {
+            return match self.shared.attach(plan, &mut request) {
                 Ok(resolution) => RouterFuture::routed(self.inner.call(request), resolution),
                 Err(error) => RouterFuture::failed(ClientError::new(error, service, None)),
             };
@@ -193,18 +231,10 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         RouterFuture::waiting(async move {
-            let mut watch = shared.watch.clone();
-            let waited = tokio::time::timeout(shared.resolve_timeout, first_snapshot(&mut watch)).await;
+            let plan = shared.first_plan().await?;
             let service = shared.watch.service();
-            let plan = match (waited, shared.plan()) {
-                (Ok(true), Some(plan)) => plan,
-                _ => {
-                    let unresolved = Unresolved { service: service.clone(), cause: watch.last_error() };
-                    return Err(ClientError::new(unresolved.into(), service, None).into());
-                }
-            };
             let resolution =
-                shared.resolve(plan, &mut request).map_err(|e| BoxError::from(ClientError::new(e, service, None)))?;
+                shared.attach(plan, &mut request).map_err(|e| BoxError::from(ClientError::new(e, service, None)))?;
             inner
                 .oneshot(request)
                 .await
@@ -295,7 +325,7 @@ impl<F, RB> std::fmt::Debug for RouterFuture<F, RB> {
 }
 
 /// Where a request went, from its resolution and progress, for its error.
-fn went(resolution: &Resolution) -> Target {
+pub(crate) fn went(resolution: &Resolution) -> Target {
     Target {
         route: resolution.route().cloned(),
         subset: resolution.subset().cloned(),

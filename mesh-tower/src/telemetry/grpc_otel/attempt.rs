@@ -73,28 +73,66 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let attempt = match &self.recorder {
-            Some(recorder) if grpc::is_grpc(request.headers()) => Some(Attempt {
-                start: recorder.start_attempt(request.uri().path()),
-                recorder: recorder.clone(),
-                sent: Arc::default(),
-                received: GrpcFrames::default(),
-                status: None,
-                code: None,
-                peer: None,
-                backend: None,
-                done: false,
-            }),
-            _ => None,
-        };
-        let count = attempt.as_ref().map(|a| a.sent.clone());
-        let future = self.inner.call(request.map(|inner| CountedBody::new(inner, count)));
-        AttemptFuture { inner: future, attempt }
+        let (request, attempt) = begin(&self.recorder, request);
+        AttemptFuture { inner: self.inner.call(request), attempt }
+    }
+}
+
+impl AttemptLayer {
+    /// Starts measuring one attempt of `request` (when it is gRPC and the telemetry has gRPC
+    /// metrics), its body counted as it is sent. [`settle`] takes the attempt's outcome.
+    pub(crate) fn begin<B>(&self, request: Request<B>) -> (Request<CountedBody<B>>, Option<Attempt>) {
+        begin(&self.recorder, request)
+    }
+}
+
+fn begin<B>(recorder: &Option<Arc<GrpcRecorder>>, request: Request<B>) -> (Request<CountedBody<B>>, Option<Attempt>) {
+    let attempt = match recorder {
+        Some(recorder) if grpc::is_grpc(request.headers()) => Some(Attempt {
+            start: recorder.start_attempt(request.uri().path()),
+            recorder: recorder.clone(),
+            sent: Arc::default(),
+            received: GrpcFrames::default(),
+            status: None,
+            code: None,
+            peer: None,
+            backend: None,
+            done: false,
+        }),
+        _ => None,
+    };
+    let count = attempt.as_ref().map(|a| a.sent.clone());
+    (request.map(|inner| CountedBody::new(inner, count)), attempt)
+}
+
+/// The attempt's response head or error: recorded at once when it ends the attempt, else its
+/// body is wrapped to record it at its end.
+pub(crate) fn settle<RB: Body, E: TelemetryError>(
+    mut attempt: Option<Attempt>,
+    result: Result<Response<RB>, E>,
+) -> Result<Response<AttemptBody<RB>>, E> {
+    match result {
+        Ok(response) => {
+            if let Some(attempt) = &mut attempt {
+                attempt.on_head(&response);
+                if attempt.code.is_some() || response.body().is_end_stream() {
+                    attempt.complete();
+                }
+            }
+            let attempt = attempt.filter(|a| !a.done);
+            Ok(response.map(|inner| AttemptBody { inner, attempt }))
+        }
+        Err(error) => {
+            if let Some(attempt) = &mut attempt {
+                attempt.finish(code_of_error(error.as_error()));
+            }
+            Err(error)
+        }
     }
 }
 
 /// One attempt's measurements, recorded once, however it ends (dropped unfinished: `CANCELLED`).
-struct Attempt {
+pub(crate) struct Attempt {
     recorder: Arc<GrpcRecorder>,
     start: AttemptStart,
     sent: Arc<BodyCounts>,
@@ -172,25 +210,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
-        let mut attempt = this.attempt.take();
-        Poll::Ready(match result {
-            Ok(response) => {
-                if let Some(attempt) = &mut attempt {
-                    attempt.on_head(&response);
-                    if attempt.code.is_some() || response.body().is_end_stream() {
-                        attempt.complete();
-                    }
-                }
-                let attempt = attempt.filter(|a| !a.done);
-                Ok(response.map(|inner| AttemptBody { inner, attempt }))
-            }
-            Err(error) => {
-                if let Some(attempt) = &mut attempt {
-                    attempt.finish(code_of_error(error.as_error()));
-                }
-                Err(error)
-            }
-        })
+        Poll::Ready(settle(this.attempt.take(), result))
     }
 }
 

@@ -63,12 +63,13 @@ use opentelemetry::{
     metrics::{Counter, Histogram, MeterProvider},
 };
 
+pub(crate) use self::attempt::settle as settle_attempt;
 pub use self::attempt::{AttemptBody, AttemptFuture, AttemptLayer, AttemptService};
 pub(crate) use self::body::BodyCounts;
 pub use self::body::CountedBody;
 pub(crate) use self::record::{CallStart, Ending, GrpcRecorder, ServerCall};
-pub(crate) use self::request::RequestCounts;
 pub use self::request::{CountRequestBody, CountRequestBodyLayer};
+pub(crate) use self::request::{RequestCounts, counted};
 pub(crate) use self::status::{code_of_error, code_of_response};
 use super::istio::workload::WorkloadLabels;
 

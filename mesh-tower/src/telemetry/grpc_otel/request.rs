@@ -59,7 +59,12 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let counter = request.extensions().get::<RequestCounts>().map(|c| c.0.clone());
-        self.inner.call(request.map(|inner| CountedBody::new(inner, counter)))
+        self.inner.call(counted(request))
     }
+}
+
+/// `request` with its body counted, when the telemetry layer above asked for it.
+pub(crate) fn counted<B>(request: Request<B>) -> Request<CountedBody<B>> {
+    let counter = request.extensions().get::<RequestCounts>().map(|c| c.0.clone());
+    request.map(|inner| CountedBody::new(inner, counter))
 }
