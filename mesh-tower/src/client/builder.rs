@@ -143,7 +143,8 @@ impl MeshClientBuilder {
     }
 
     /// Builds the client: the whole stack, in the order `docs/architecture.md` gives, with every
-    /// policy discovery configures for the destination applied, live:
+    /// policy discovery configures for the destination applied, live (run as one call path,
+    /// not as nested services: see the [module docs](super)):
     ///
     /// 1. telemetry: the span, metrics, access log and golden signals of the request as the
     ///    application sees it ([`telemetry`](Self::telemetry));

@@ -1,8 +1,9 @@
 //! The client stack: call a service by name.
 //!
 //! [`MeshClient`] is a tower [`Service`](tower::Service) that calls one destination through
-//! discovery, with every policy discovery configures for it applied live. Its layers, in the
-//! order a request walks them (the order [`MeshClientBuilder::build`] stacks them in):
+//! discovery, with every policy discovery configures for it applied live. Its capabilities, in
+//! the order a request meets them (each one module with its public tower layer, for stacks
+//! composed by hand):
 //!
 //! 1. [`telemetry`](crate::telemetry): the request's span, metrics, access log and golden
 //!    signals, as the application sees it;
@@ -15,6 +16,12 @@
 //! 6. [`shed`]: load shedding at the destination's limits (its circuit breaker);
 //! 7. [`endpoint`]: the [balancer](balance)'s pick in the subset, outlier detection, mirroring, and
 //!    the pooled connection, mutual TLS that checks the endpoint's SPIFFE ID.
+//!
+//! The client does not nest these layers as services: it runs each one's decision, a function of
+//! its module, from one service and one future per call (`call`), so a request pays for one
+//! future and no extensions written for the next layer to read back. A test runs the layers
+//! stacked by hand and the client over the same endpoints, and checks every outcome and counter
+//! is the same.
 //!
 //! Changes from discovery apply to the very next request, while requests already sent finish
 //! where they started. A request sent before discovery has any snapshot waits for the first one,

@@ -10,16 +10,29 @@
 //! extensions for the next one to read (the resolution, the deadline) travels as a value.
 //!
 //! Nested services cost every request a future per layer, built eagerly and moved into the one
-//! above it, a response moved out through each of them, and extensions written and read back;
-//! here the future is built in place as the call progresses, and the retry loop is part of it
-//! (nothing boxed for a route that may retry). The layers stay public for stacks composed by
-//! hand, and behave the same: the tests beside this module run both over the same endpoints.
+//! above it, a response moved out through each of them, and extensions written and read back.
+//! Here the call is decided synchronously down to its first attempt on the endpoint's connection,
+//! and the one future holds that attempt's send with what settles it ([`first`]): no request is
+//! moved into a future's state on its way down, and the state stays small (an `async fn` for the
+//! whole path measured over 13 KB). Only the rare paths run as `async` code in a box of their own:
+//! a destination without a snapshot yet, an injected fault, a body still arriving, a wait for a
+//! slot, and the retries after a first attempt that failed. The layers stay public for stacks
+//! composed by hand, and behave the same: the tests beside this module run both over the same
+//! endpoints.
 //!
 //! Everything that reads the caller's task (the handler's deadline, its retry depth, its cohort)
 //! is read when the call is made, as a layer's `call` reads it, not when its future is first
 //! polled.
 
-use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+mod first;
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -32,7 +45,7 @@ use super::{
     resolution::Resolution,
     retry::{self, RetryBody, RetryLayer},
     router::{self, RouterLayer},
-    shed::LoadShedLayer,
+    shed::{Admission, LoadShedLayer},
 };
 use crate::{
     BoxError,
@@ -62,6 +75,12 @@ pub(crate) type AttemptRequestBody<B> = CountedBody<RetryBody<CallBody<B>>>;
 /// An attempt's response.
 type AttemptResponse = Response<AttemptBody<EndpointBody<Incoming>>>;
 
+/// The call's response, to its head, guarded by its deadline.
+type CallResponse = Response<DeadlineBody<AttemptBody<EndpointBody<Incoming>>>>;
+
+/// A rare path's future, boxed.
+type Boxed<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
+
 /// The capabilities of the client path, each the state of its own layer. See the
 /// [module docs](self).
 pub(crate) struct CallPath<B> {
@@ -74,33 +93,6 @@ pub(crate) struct CallPath<B> {
     pub(crate) endpoints: Endpoints<AttemptRequestBody<B>>,
 }
 
-/// How a call starts, decided when it is made.
-enum Start<B> {
-    /// Resolved, its deadline armed, its fault and attempts decided.
-    Resolved(Prepared<B>),
-    /// The destination has no snapshot yet: resolved once it has, up to the resolve timeout.
-    Unresolved(Request<CountedBody<B>>),
-    /// It resolves to nowhere.
-    Failed(ClientError),
-}
-
-/// A resolved call, before anything of it has been sent.
-struct Prepared<B> {
-    resolution: Resolution,
-    expiry: Option<Expiry>,
-    deadline: Option<Deadline>,
-    then: Then<B>,
-}
-
-/// After the deadline is armed: fault injection first, then the attempts.
-enum Then<B> {
-    /// No fault for this call: its attempts, planned.
-    Send(retry::Plan<CallBody<B>>),
-    /// A fault (a delay or an abort) before it leaves; the attempts are planned after a delay,
-    /// as the retry layer sees the request only once the fault layer lets it go.
-    Inject(Injection, Request<CallBody<B>>),
-}
-
 impl<B> CallPath<B>
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
@@ -111,62 +103,95 @@ where
     pub(crate) fn call(self: &Arc<Self>, mut request: Request<B>) -> ResponseFuture {
         let (exchange, scope) = self.telemetry.begin(&mut request);
         let mut request = grpc_otel::counted(request);
-        let start = match self.router.resolve(&mut request) {
-            Some(Ok(resolution)) => Start::Resolved(self.prepare(request, resolution)),
-            Some(Err(error)) => Start::Failed(error),
-            None => Start::Unresolved(request),
+        let routed = match self.router.resolve(&mut request) {
+            Some(Ok(resolution)) => self.route(request, resolution),
+            Some(Err(error)) => Routed::Failed { error: Some(error) },
+            None => Routed::Boxed { inner: Box::pin(self.clone().route_when_ready(request)) },
         };
-        Box::pin(TelemetryFuture::new(self.clone().run(start), scope, exchange))
+        Box::pin(TelemetryFuture::new(routed, scope, exchange))
     }
 
-    /// The deadline armed, the fault decided, and (without one) the attempts planned.
-    fn prepare(&self, request: Request<CountedBody<B>>, resolution: Resolution) -> Prepared<B> {
+    /// The resolved call: its deadline armed, its fault decided, and (without one) its first
+    /// attempt sent.
+    fn route(self: &Arc<Self>, request: Request<CountedBody<B>>, resolution: Resolution) -> Routed<B> {
         let (request, expiry) = deadline::arm(request, resolution.timeout());
         let deadline = expiry.as_ref().map(Expiry::deadline);
-        let then = match self.faults.decide(&resolution) {
-            Injection::None => Then::Send(self.retries.plan(request, Some(&resolution))),
-            injection => Then::Inject(injection, request),
-        };
-        Prepared { resolution, expiry, deadline, then }
-    }
-
-    /// The call, to its response head; every error named by the route, subset, endpoint and
-    /// attempts it went to, as the router's future names them.
-    async fn run(
-        self: Arc<Self>,
-        start: Start<B>,
-    ) -> Result<Response<DeadlineBody<AttemptBody<EndpointBody<Incoming>>>>, BoxError> {
-        let Prepared { resolution, expiry, deadline, then } = match start {
-            Start::Resolved(prepared) => prepared,
-            Start::Failed(error) => return Err(error.into()),
-            Start::Unresolved(mut request) => {
-                let resolution = self.router.resolve_when_ready(&mut request).await?;
-                self.prepare(request, resolution)
+        let attempts = match self.faults.decide(&resolution) {
+            Injection::None => self.first(self.retries.plan(request, Some(&resolution)), &resolution, deadline),
+            injection => {
+                let path = self.clone();
+                let resolution = resolution.clone();
+                first::Attempts::boxed(async move {
+                    injection.apply().await?;
+                    let plan = path.retries.plan(request, Some(&resolution));
+                    path.send(plan, &resolution, deadline).await
+                })
             }
         };
-        let result = DeadlineFuture::new(self.send_attempts(then, &resolution, deadline), expiry).await;
-        result.map_err(|error| {
-            let went = router::went(&resolution);
-            ClientError::new(error, resolution.service(), Some(went)).into()
-        })
+        Routed::Sending { inner: DeadlineFuture::new(attempts, expiry), resolution }
     }
 
-    /// The fault, then every attempt the retry policy and its budget allow.
-    async fn send_attempts(
+    /// Before the destination's first snapshot: waits for it, then routes as usual.
+    async fn route_when_ready(self: Arc<Self>, mut request: Request<CountedBody<B>>) -> Result<CallResponse, BoxError> {
+        let resolution = self.router.resolve_when_ready(&mut request).await?;
+        self.route(request, resolution).await
+    }
+
+    /// The first attempt of `plan` on its way: sent now when the request's body is here and a
+    /// slot is free (or no limit applies), else from a boxed future.
+    fn first(
+        self: &Arc<Self>,
+        plan: retry::Plan<CallBody<B>>,
+        resolution: &Resolution,
+        deadline: Option<Deadline>,
+    ) -> first::Attempts<B> {
+        let (request, per_try, retry) = match plan {
+            retry::Plan::Once(request, per_try) => (request, per_try, None),
+            retry::Plan::Retrying(copy, None) => (copy.request(1), copy.per_try_timeout(), Some(copy)),
+            plan => {
+                let (path, resolution) = (self.clone(), resolution.clone());
+                return first::Attempts::boxed(async move { path.send(plan, &resolution, deadline).await });
+            }
+        };
+        let slot = match self.shed.admit(resolution) {
+            Admission::Unlimited => None,
+            Admission::Slot(permit) => Some(permit),
+            admission => {
+                let (path, resolution) = (self.clone(), resolution.clone());
+                return first::Attempts::boxed(async move {
+                    let result = path.attempt(request, &resolution, deadline, per_try, admission).await;
+                    match retry {
+                        Some(copy) => path.after(&copy, result, 1, &resolution, deadline).await,
+                        None => result,
+                    }
+                });
+            }
+        };
+        let (at, per_try) = match deadline::attempt_deadline(deadline, per_try) {
+            Some((at, true)) => {
+                (Some(at), per_try.map(|limit| (Box::pin(tokio::time::sleep_until(at.instant())), limit)))
+            }
+            bound => (bound.map(|(at, _)| at), None),
+        };
+        let (request, measure) = self.attempts.begin(request);
+        let sending = self.endpoints.send(request, resolution.clone(), at);
+        let retry = retry.map(|copy| (copy, self.clone()));
+        let resolution = resolution.clone();
+        first::Attempts::first(first::FirstAttempt { sending, measure, slot, per_try, retry, resolution, deadline })
+    }
+
+    /// Every attempt of `plan`, from the first.
+    async fn send(
         &self,
-        then: Then<B>,
+        plan: retry::Plan<CallBody<B>>,
         resolution: &Resolution,
         deadline: Option<Deadline>,
     ) -> Result<AttemptResponse, BoxError> {
-        let plan = match then {
-            Then::Send(plan) => plan,
-            Then::Inject(injection, request) => {
-                injection.apply().await?;
-                self.retries.plan(request, Some(resolution))
-            }
-        };
         let copy = match plan {
-            retry::Plan::Once(request, per_try) => return self.attempt(request, resolution, deadline, per_try).await,
+            retry::Plan::Once(request, per_try) => {
+                let admission = self.shed.admit(resolution);
+                return self.attempt(request, resolution, deadline, per_try, admission).await;
+            }
             retry::Plan::Failed(error) => return Err(error),
             retry::Plan::Retrying(copy, None) => copy,
             retry::Plan::Retrying(mut copy, Some(buffering)) => {
@@ -174,15 +199,29 @@ where
                 copy
             }
         };
-        let per_try = copy.per_try_timeout();
-        let mut number = 1;
+        let admission = self.shed.admit(resolution);
+        let result = self.attempt(copy.request(1), resolution, deadline, copy.per_try_timeout(), admission).await;
+        self.after(&copy, result, 1, resolution, deadline).await
+    }
+
+    /// After attempt `number` gave `result`: it, or the retries the policy and the budget allow.
+    async fn after(
+        &self,
+        copy: &retry::RetryCopy<CallBody<B>>,
+        mut result: Result<AttemptResponse, BoxError>,
+        mut number: u32,
+        resolution: &Resolution,
+        deadline: Option<Deadline>,
+    ) -> Result<AttemptResponse, BoxError> {
         loop {
-            let result = self.attempt(copy.request(number), resolution, deadline, per_try).await;
             match copy.next(&result, number) {
                 retry::Next::Return => return result,
                 retry::Next::RetryAfter(delay) => tokio::time::sleep(delay).await,
             }
             number += 1;
+            let admission = self.shed.admit(resolution);
+            let request = copy.request(number);
+            result = self.attempt(request, resolution, deadline, copy.per_try_timeout(), admission).await;
         }
     }
 
@@ -193,16 +232,17 @@ where
         resolution: &Resolution,
         deadline: Option<Deadline>,
         per_try: Option<Duration>,
+        admission: Admission,
     ) -> Result<AttemptResponse, BoxError> {
         match deadline::attempt_deadline(deadline, per_try) {
             Some((at, true)) => {
-                let measured = self.measured(request, resolution, Some(at));
+                let measured = self.measured(request, resolution, Some(at), admission);
                 match tokio::time::timeout_at(at.instant(), measured).await {
                     Ok(result) => result,
                     Err(_) => Err(PerTryTimeout(per_try.unwrap_or_default()).into()),
                 }
             }
-            bound => self.measured(request, resolution, bound.map(|(at, _)| at)).await,
+            bound => self.measured(request, resolution, bound.map(|(at, _)| at), admission).await,
         }
     }
 
@@ -213,15 +253,49 @@ where
         request: Request<RetryBody<CallBody<B>>>,
         resolution: &Resolution,
         deadline: Option<Deadline>,
+        admission: Admission,
     ) -> Result<AttemptResponse, BoxError> {
         let (request, attempt) = self.attempts.begin(request);
         let sent = async {
-            let slot = self.shed.admit(resolution).slot().await?;
+            let slot = admission.slot().await?;
             let response = self.endpoints.send(request, resolution.clone(), deadline).await;
             drop(slot);
             response
         };
         grpc_otel::settle_attempt(attempt, sent.await)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A call from its resolution to its response head: every error named by the route, subset,
+    /// endpoint and attempts it went to, as the router's future names them.
+    #[project = RoutedProj]
+    enum Routed<B> {
+        Sending { #[pin] inner: DeadlineFuture<first::Attempts<B>>, resolution: Resolution },
+        Boxed { inner: Boxed<CallResponse> },
+        Failed { error: Option<ClientError> },
+    }
+}
+
+impl<B> Future for Routed<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<CallResponse, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            RoutedProj::Sending { inner, resolution } => Poll::Ready(ready!(inner.poll(cx)).map_err(|error| {
+                let went = router::went(resolution);
+                ClientError::new(error, resolution.service(), Some(went)).into()
+            })),
+            RoutedProj::Boxed { inner } => inner.as_mut().poll(cx),
+            RoutedProj::Failed { error } => Poll::Ready(Err(match error.take() {
+                Some(error) => error.into(),
+                None => "the call's future was polled after it completed".into(),
+            })),
+        }
     }
 }
 

@@ -22,7 +22,8 @@ use crate::{
 type Body = Full<Bytes>;
 
 /// An HTTP/1.1 server on loopback: `/flaky` answers 503 to a first attempt and 200 to a retry
-/// (which carries `x-mesh-attempt`), `/hang` never answers, any other path 200 with the path.
+/// (which carries `x-mesh-attempt`), a path ending in `/hang` is never answered, any other path
+/// 200 with the path.
 async fn upstream() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -30,7 +31,7 @@ async fn upstream() -> SocketAddr {
         while let Ok((stream, _)) = listener.accept().await {
             let service = hyper::service::service_fn(|request: Request<hyper::body::Incoming>| async move {
                 let path = request.uri().path().to_owned();
-                if path == "/hang" {
+                if path.ends_with("/hang") {
                     std::future::pending::<()>().await;
                 }
                 let first = !request.headers().contains_key(crate::client::endpoint::ATTEMPT_HEADER);
@@ -46,13 +47,18 @@ async fn upstream() -> SocketAddr {
     addr
 }
 
-/// Three routes: `/fault` aborted, `/hang` with a 200 ms timeout, the rest retried on 503.
+/// Four routes: `/fault` aborted, `/hang` with a 200 ms timeout, `/try` retried twice on a 100 ms
+/// per-try timeout, the rest retried on 503.
 fn snapshot(addr: SocketAddr) -> ServiceSnapshot {
     let mut retry = RetryPolicy::default();
     retry.retry_on = vec![RetryOn::GatewayError];
     retry.budget.ratio = 10.0;
     retry.backoff.base = Duration::from_millis(1);
     retry.backoff.max = Duration::from_millis(1);
+    let mut per_try = retry.clone();
+    per_try.retry_on = vec![RetryOn::PerTryTimeout];
+    per_try.max_attempts = 3;
+    per_try.per_try_timeout = Some(Duration::from_millis(100));
     let route = |name: &str, prefix: &str| {
         Route::new(RouteName::new(name).unwrap()).with_match(RouteMatch::any().path(PathMatch::prefix(prefix).unwrap()))
     };
@@ -60,6 +66,7 @@ fn snapshot(addr: SocketAddr) -> ServiceSnapshot {
         .endpoint(Endpoint::new(addr))
         .route(route("fault", "/fault").with_fault(Fault::abort(503, Percentage::new(100.0).unwrap())))
         .route(route("hang", "/hang").with_timeout(Duration::from_millis(200)))
+        .route(route("try", "/try").with_retry(per_try).with_timeout(Duration::from_secs(5)))
         .route(route("rest", "/").with_retry(retry))
         .build()
         .unwrap()
@@ -128,6 +135,7 @@ async fn the_call_path_does_what_the_layers_do() {
         (Method::POST, "/flaky"),
         (Method::GET, "/fault"),
         (Method::GET, "/hang"),
+        (Method::GET, "/try/hang"),
     ];
     for (method, path) in calls.clone() {
         let by_path = outcome(&mut fused, method.clone(), path).await;
@@ -149,16 +157,17 @@ async fn the_call_path_does_what_the_layers_do() {
         format!("{:?}", answered(StatusCode::SERVICE_UNAVAILABLE, "rest", 1)),
         format!("{:?}", crate::client::ErrorKind::InjectedFault),
         format!("{:?}", crate::client::ErrorKind::Timeout),
+        format!("{:?}", crate::client::ErrorKind::Timeout),
     ];
     assert_eq!(seen, expected);
 
     // The layered stack made each call once, the call path twice: every count doubles.
-    let by_path = counters(&fused.retry_stats(), fused.faults_injected(), [
-        &fused.telemetry().golden_signals(),
-        &fused.telemetry().attempt_signals(),
-    ]);
-    let by_layers =
-        counters(&retries, faults.injected(), [&telemetry.golden_signals(), &telemetry.attempt_signals()]);
+    let by_path = counters(
+        &fused.retry_stats(),
+        fused.faults_injected(),
+        [&fused.telemetry().golden_signals(), &fused.telemetry().attempt_signals()],
+    );
+    let by_layers = counters(&retries, faults.injected(), [&telemetry.golden_signals(), &telemetry.attempt_signals()]);
     assert_eq!(by_path, by_layers.iter().map(|n| n * 2).collect::<Vec<_>>());
-    assert_eq!(by_layers[..3], [4, 1, 1], "requests that reached the retry layer, retries, faults");
+    assert_eq!(by_layers[..3], [5, 3, 1], "requests that reached the retry layer, retries, faults");
 }

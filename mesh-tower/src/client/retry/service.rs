@@ -416,7 +416,7 @@ impl<B> RetryCopy<B> {
     }
 
     /// Whether the outcome may be retried at all (no side effects: the budget is not touched).
-    fn retryable<ResBody>(&self, result: &Result<Response<ResBody>, BoxError>, number: u32) -> bool {
+    pub(crate) fn retryable<ResBody>(&self, result: &Result<Response<ResBody>, BoxError>, number: u32) -> bool {
         let Some(policy) = self.resolution.retry_policy() else { return false };
         let class = match result {
             Ok(response) => match classify::head(response.status(), response.headers()) {
