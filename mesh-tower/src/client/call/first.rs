@@ -25,6 +25,9 @@ use crate::{
 };
 
 /// A call's attempts, to the response head of the one that is returned.
+// The first variant is the common path and lives inside the call's one boxed future: boxing it
+// again would cost every call an allocation to save the rare paths a few hundred bytes.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Attempts<B> {
     /// The first, on its way (`None` once it settled).
     First(Option<FirstAttempt<B>>),
@@ -44,11 +47,14 @@ pub(super) struct FirstAttempt<B> {
     /// Its per-try timeout, when that comes before the call's deadline.
     pub(super) per_try: Option<(Pin<Box<Sleep>>, Duration)>,
     /// What a retry is made from, when the route may retry the call.
-    pub(super) retry: Option<(RetryCopy<CallBody<B>>, Arc<CallPath<B>>)>,
+    pub(super) retry: Option<Retry<B>>,
     pub(super) resolution: Resolution,
     /// The call's deadline.
     pub(super) deadline: Option<Deadline>,
 }
+
+/// What a retry is made from, and the path that sends it.
+pub(super) type Retry<B> = (RetryCopy<CallBody<B>>, Arc<CallPath<B>>);
 
 impl<B> Attempts<B> {
     pub(super) fn first(attempt: FirstAttempt<B>) -> Self {
