@@ -59,10 +59,12 @@ pub(crate) struct Exchange {
     trace_id: Option<TraceId>,
     /// Whether the span's fields are worth recording (see [`Exchange::record`]).
     recording: bool,
-    /// What Istio's metrics need beyond the above, when they are on.
-    istio: Option<istio::Observed>,
+    /// What Istio's metrics need beyond the above, when they are on. Boxed, as `grpc_call`: the
+    /// exchange travels inside the response body and is moved with it, and without those
+    /// metrics these would double its size.
+    istio: Option<Box<istio::Observed>>,
     /// A gRPC call's state for gRPC's OpenTelemetry metrics, when they are on.
-    grpc_call: Option<GrpcCall>,
+    grpc_call: Option<Box<GrpcCall>>,
     /// The request body's bytes and messages, counted below this layer, when a metric wants them.
     request_counts: Option<Arc<grpc_otel::BodyCounts>>,
     /// The code a gRPC caller sees for the error that failed the exchange.
@@ -109,7 +111,7 @@ impl Exchange {
             deadline: None,
             trace_id: None,
             recording: traced,
-            istio: shared.istio.as_ref().map(|_| istio::Observed::default()),
+            istio: shared.istio.as_ref().map(|_| Box::default()),
             grpc_call: None,
             request_counts: None,
             error_code: None,
@@ -122,13 +124,13 @@ impl Exchange {
             exchange.request_counts = Some(Arc::default());
         }
         if let Some(recorder) = shared.grpc.as_ref().filter(|_| grpc) {
-            exchange.grpc_call = Some(match shared.direction {
+            exchange.grpc_call = Some(Box::new(match shared.direction {
                 Direction::Outbound => GrpcCall::Client(recorder.start_call(path)),
                 Direction::Inbound => {
                     let peer = request.headers().get(istio::peer_metadata::PEER_METADATA).cloned();
                     GrpcCall::Server(recorder.start_server(path, peer), GrpcFrames::default())
                 }
-            });
+            }));
         }
         if let Some(observed) = &mut exchange.istio {
             observed.request_bytes = request_size(request.headers()).unwrap_or(0);
@@ -339,7 +341,7 @@ impl Exchange {
         if let Some(observed) = &mut self.istio {
             observed.on_data(data, self.grpc);
         }
-        if let Some(GrpcCall::Server(_, frames)) = &mut self.grpc_call {
+        if let Some(GrpcCall::Server(_, frames)) = self.grpc_call.as_deref_mut() {
             frames.feed(data);
         }
     }
@@ -353,7 +355,7 @@ impl Exchange {
 
     /// Whether [`Exchange::on_data`] wants the response's bytes.
     pub(crate) fn reads_data(&self) -> bool {
-        self.istio.is_some() || matches!(self.grpc_call, Some(GrpcCall::Server(..)))
+        self.istio.is_some() || matches!(self.grpc_call.as_deref(), Some(GrpcCall::Server(..)))
     }
 
     /// The trailers at the end of the response body.
