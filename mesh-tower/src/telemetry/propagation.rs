@@ -174,7 +174,9 @@ fn format_traceparent(span_context: &SpanContext) -> Option<HeaderValue> {
     write(3, &span_context.trace_id().to_bytes());
     write(36, &span_context.span_id().to_bytes());
     write(53, &[(span_context.trace_flags() & TraceFlags::SAMPLED).to_u8()]);
-    HeaderValue::from_bytes(&line).ok()
+    // Owned, not copied into a vector: a retry's copy of the request head then shares it (a
+    // vector's bytes are moved to the heap a second time on their first clone).
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(line)).ok()
 }
 
 /// B3, as Zipkin and older Istio deployments send it: `b3: {trace}-{span}[-{sampled}[-{parent}]]`,
