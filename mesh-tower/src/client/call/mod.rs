@@ -57,13 +57,13 @@ use crate::{
     },
 };
 
-/// The response body of a [`MeshClient`]: hyper's body, observed to its end by the attempt's
-/// accounting, its gRPC metrics and by telemetry (the gRPC status in the trailers counts
-/// everywhere a status does), and ended by the call's [deadline](super::deadline) if it passes
-/// first.
+/// The response body of a [`MeshClient`](super::MeshClient): hyper's body, observed to its end
+/// by the attempt's accounting, its gRPC metrics and by telemetry (the gRPC status in the
+/// trailers counts everywhere a status does), and ended by the call's
+/// [deadline](super::deadline) if it passes first.
 pub type ResponseBody = TelemetryBody<DeadlineBody<AttemptBody<EndpointBody<Incoming>>>>;
 
-/// The response future of a [`MeshClient`]: the stack's one boxed future.
+/// The response future of a [`MeshClient`](super::MeshClient): the call's one boxed future.
 pub type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, BoxError>> + Send>>;
 
 /// The request body as the call carries it: counted for telemetry, cancelled with the call.
