@@ -208,21 +208,17 @@ where
     async fn after(
         &self,
         copy: &retry::RetryCopy<CallBody<B>>,
-        mut result: Result<AttemptResponse, BoxError>,
-        mut number: u32,
+        result: Result<AttemptResponse, BoxError>,
+        number: u32,
         resolution: &Resolution,
         deadline: Option<Deadline>,
     ) -> Result<AttemptResponse, BoxError> {
-        loop {
-            match copy.next(&result, number) {
-                retry::Next::Return => return result,
-                retry::Next::RetryAfter(delay) => tokio::time::sleep(delay).await,
-            }
-            number += 1;
+        let per_try = copy.per_try_timeout();
+        let send = |request| {
             let admission = self.shed.admit(resolution);
-            let request = copy.request(number);
-            result = self.attempt(request, resolution, deadline, copy.per_try_timeout(), admission).await;
-        }
+            self.attempt(request, resolution, deadline, per_try, admission)
+        };
+        copy.retry(result, number, send).await
     }
 
     /// One attempt, bounded by the per-try timeout when that comes before the call's deadline.

@@ -47,5 +47,5 @@ mod replay;
 mod service;
 
 pub use self::body::RetryBody;
-pub(crate) use self::service::{Next, Plan, RetryCopy};
+pub(crate) use self::service::{Plan, RetryCopy};
 pub use self::service::{Retry, RetryLayer, RetryStats};

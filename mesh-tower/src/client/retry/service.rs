@@ -356,7 +356,7 @@ struct Retrying<S, B> {
 }
 
 /// What to do after an attempt.
-pub(crate) enum Next {
+enum Next {
     /// Return its result.
     Return,
     /// Wait this long, then send the next attempt.
@@ -381,21 +381,38 @@ where
     /// After attempt `number` gave `result`: retries while the policy and the budget allow.
     async fn after(
         self,
-        mut result: Result<Response<ResBody>, BoxError>,
-        mut number: u32,
+        result: Result<Response<ResBody>, BoxError>,
+        number: u32,
     ) -> Result<Response<ResBody>, BoxError> {
-        loop {
-            match self.copy.next(&result, number) {
-                Next::Return => return result,
-                Next::RetryAfter(delay) => tokio::time::sleep(delay).await,
-            }
-            number += 1;
-            result = per_try(self.service.clone(), self.copy.request(number), self.copy.per_try_timeout()).await;
-        }
+        let (copy, service) = (&self.copy, self.service);
+        let limit = copy.per_try_timeout();
+        copy.retry(result, number, move |request| per_try(service.clone(), request, limit)).await
     }
 }
 
 impl<B> RetryCopy<B> {
+    /// After attempt `number` gave `result`: sends the next attempts with `send`, after each
+    /// one's backoff or pushback, while the policy and the budget allow; the last result.
+    pub(crate) async fn retry<ResBody, F, Sent>(
+        &self,
+        mut result: Result<Response<ResBody>, BoxError>,
+        mut number: u32,
+        mut send: F,
+    ) -> Result<Response<ResBody>, BoxError>
+    where
+        F: FnMut(Request<RetryBody<B>>) -> Sent,
+        Sent: Future<Output = Result<Response<ResBody>, BoxError>>,
+    {
+        loop {
+            match self.next(&result, number) {
+                Next::Return => return result,
+                Next::RetryAfter(delay) => tokio::time::sleep(delay).await,
+            }
+            number += 1;
+            result = send(self.request(number)).await;
+        }
+    }
+
     /// Attempt `number`'s copy of the request.
     pub(crate) fn request(&self, number: u32) -> Request<RetryBody<B>> {
         let mut request = Request::from_parts(self.parts.clone(), RetryBody::replay(self.bytes.clone()));
@@ -430,7 +447,7 @@ impl<B> RetryCopy<B> {
     }
 
     /// The decision after attempt `number`: pushback, then the budget (withdrawn here).
-    pub(crate) fn next<ResBody>(&self, result: &Result<Response<ResBody>, BoxError>, number: u32) -> Next {
+    fn next<ResBody>(&self, result: &Result<Response<ResBody>, BoxError>, number: u32) -> Next {
         let Some(policy) = self.resolution.retry_policy() else { return Next::Return };
         if !self.retryable(result, number) {
             return Next::Return;
