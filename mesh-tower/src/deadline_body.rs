@@ -177,6 +177,110 @@ impl std::error::Error for DeadlinePassed {
     }
 }
 
+/// What bounds a response body by its call's deadline, apart from the body: the expiry, and
+/// whether a frame was read past it. [`DeadlineBody`] is a body and its guard; the client's
+/// one response body ([`ResponseBody`](crate::client::ResponseBody)) holds one beside its other
+/// duties.
+pub(crate) struct Guard {
+    expiry: Option<Expiry>,
+    // A frame was read past the deadline: the next poll ends the call.
+    overdue: bool,
+}
+
+/// Where the frame [`Guard::poll_frame`] gives came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// The guarded body; `at_end` when it ended with this frame (its last, its trailers, an
+    /// error or the end).
+    Inner { at_end: bool },
+    /// The deadline: the guarded body was dropped for it.
+    Expired,
+    /// The deadline ended the call before: nothing more comes.
+    Ended,
+}
+
+/// A frame [`Guard::poll_frame`] gives, and where it came from.
+pub(crate) type Guarded<D> = (Option<Result<Frame<D>, BoxError>>, Source);
+
+impl Guard {
+    /// A guard of `expiry` over a body; a complete body needs none.
+    pub(crate) fn new(expiry: Option<Expiry>, complete: bool) -> Self {
+        Self { expiry: expiry.filter(|_| !complete), overdue: false }
+    }
+
+    /// Whether the deadline still guards the body (it is not complete).
+    pub(crate) fn is_guarded(&self) -> bool {
+        self.expiry.is_some()
+    }
+
+    /// The call's deadline, while it guards the body.
+    pub(crate) fn deadline(&self) -> Option<Deadline> {
+        self.expiry.as_ref().map(Expiry::deadline)
+    }
+
+    /// The next frame of `inner` until the deadline passes, then the end of the call, `inner`
+    /// dropped (see the [module docs](self)). `observe` sees every frame `inner` gives, and
+    /// whether it ended `inner`, before the deadline is asked (as a body wrapped inside a
+    /// [`DeadlineBody`] would).
+    pub(crate) fn poll_frame<B, F>(
+        &mut self,
+        mut inner: Pin<&mut Option<B>>,
+        cx: &mut Context<'_>,
+        observe: F,
+    ) -> Poll<Guarded<B::Data>>
+    where
+        B: Body,
+        B::Error: Into<BoxError>,
+        F: FnOnce(&Option<Result<Frame<B::Data>, B::Error>>, bool),
+    {
+        let Some(body) = inner.as_mut().as_pin_mut() else {
+            return Poll::Ready((None, Source::Ended));
+        };
+        // What is ready is delivered, as the response head is when it wins the race with the
+        // timer. But a body that always has a frame ready would never let the timer be polled:
+        // past the deadline (read on each frame), only the frame that ends the body still is.
+        if let Poll::Ready(frame) = body.poll_frame(cx) {
+            let (at_end, ends_guard) = match &frame {
+                Some(Ok(frame)) => {
+                    let at_end = frame.is_trailers() || inner.as_ref().as_pin_ref().is_none_or(|b| b.is_end_stream());
+                    (at_end, at_end)
+                }
+                Some(Err(_)) => (true, !self.expiry.as_ref().is_some_and(Expiry::is_due_at_peer)),
+                None => (true, true),
+            };
+            observe(&frame, at_end);
+            let frame = frame.map(|f| f.map_err(Into::into));
+            if ends_guard {
+                // Dropping the expiry also tells the request body the deadline no longer applies.
+                self.expiry = None;
+                return Poll::Ready((frame, Source::Inner { at_end }));
+            }
+            let Some(expiry) = self.expiry.as_ref() else {
+                return Poll::Ready((frame, Source::Inner { at_end }));
+            };
+            // A data frame after the deadline, or a reset at the deadline the server was told.
+            if !self.overdue && !matches!(frame, Some(Err(_))) {
+                self.overdue = Instant::now() >= expiry.at;
+                return Poll::Ready((frame, Source::Inner { at_end }));
+            }
+        } else if !self.overdue {
+            let Some(expiry) = self.expiry.as_mut() else {
+                return Poll::Pending;
+            };
+            ready!(expiry.poll_passed(cx));
+        }
+        let expiry = self.expiry.take().expect("only a guarded body expires");
+        inner.set(None);
+        Poll::Ready((Some(expiry.expire()), Source::Expired))
+    }
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guard").field("limit", &self.expiry.as_ref().map(|e| e.limit)).finish_non_exhaustive()
+    }
+}
+
 pin_project! {
     /// A response body bounded by its call's deadline: frame for frame the body it wraps until
     /// the deadline passes, then the end of the call (see the [module docs](self)).
@@ -184,28 +288,26 @@ pin_project! {
         // `None` once the deadline ended the call: the wrapped body is dropped then.
         #[pin]
         inner: Option<B>,
-        expiry: Option<Expiry>,
-        // A frame was read past the deadline: the next poll ends the call.
-        overdue: bool,
+        guard: Guard,
     }
 }
 
 impl<B: Body> DeadlineBody<B> {
     /// `inner`, ended by `expiry` if it passes first. A complete body needs no deadline.
     pub(crate) fn new(inner: B, expiry: Option<Expiry>) -> Self {
-        let expiry = expiry.filter(|_| !inner.is_end_stream());
-        Self { inner: Some(inner), expiry, overdue: false }
+        let guard = Guard::new(expiry, inner.is_end_stream());
+        Self { inner: Some(inner), guard }
     }
 
     /// Whether the deadline still guards the body (it is not complete).
     pub(crate) fn is_guarded(&self) -> bool {
-        self.expiry.is_some()
+        self.guard.is_guarded()
     }
 }
 
 impl<B: Default> Default for DeadlineBody<B> {
     fn default() -> Self {
-        Self { inner: Some(B::default()), expiry: None, overdue: false }
+        Self { inner: Some(B::default()), guard: Guard { expiry: None, overdue: false } }
     }
 }
 
@@ -218,43 +320,8 @@ where
     type Error = BoxError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let mut this = self.project();
-        let Some(inner) = this.inner.as_mut().as_pin_mut() else {
-            return Poll::Ready(None);
-        };
-        // What is ready is delivered, as the response head is when it wins the race with the
-        // timer. But a body that always has a frame ready would never let the timer be polled:
-        // past the deadline (read on each frame), only the frame that ends the body still is.
-        if let Poll::Ready(frame) = inner.poll_frame(cx) {
-            let ended = match &frame {
-                Some(Ok(frame)) => {
-                    frame.is_trailers() || this.inner.as_ref().as_pin_ref().is_none_or(|b| b.is_end_stream())
-                }
-                Some(Err(_)) => !this.expiry.as_ref().is_some_and(Expiry::is_due_at_peer),
-                None => true,
-            };
-            if ended {
-                // Dropping the expiry also tells the request body the deadline no longer applies.
-                *this.expiry = None;
-                return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
-            }
-            let Some(expiry) = this.expiry.as_ref() else {
-                return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
-            };
-            // A data frame after the deadline, or a reset at the deadline the server was told.
-            if !*this.overdue && !matches!(frame, Some(Err(_))) {
-                *this.overdue = Instant::now() >= expiry.at;
-                return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
-            }
-        } else if !*this.overdue {
-            let Some(expiry) = this.expiry.as_mut() else {
-                return Poll::Pending;
-            };
-            ready!(expiry.poll_passed(cx));
-        }
-        let expiry = this.expiry.take().expect("only a guarded body expires");
-        this.inner.set(None);
-        Poll::Ready(Some(expiry.expire()))
+        let this = self.project();
+        this.guard.poll_frame(this.inner, cx, |_, _| ()).map(|(frame, _)| frame)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -270,7 +337,7 @@ impl<B> std::fmt::Debug for DeadlineBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DeadlineBody")
             .field("ended", &self.inner.is_none())
-            .field("limit", &self.expiry.as_ref().map(|e| e.limit))
+            .field("guard", &self.guard)
             .finish_non_exhaustive()
     }
 }

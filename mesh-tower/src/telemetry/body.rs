@@ -51,25 +51,8 @@ impl<B: Body> Body for TelemetryBody<B> {
         let mut this = self.project();
         let frame = ready!(this.inner.as_mut().poll_frame(cx));
         if let Some(exchange) = this.exchange {
-            let ended = match &frame {
-                Some(Ok(frame)) => {
-                    if exchange.reads_data()
-                        && let Some(data) = frame.data_ref()
-                    {
-                        feed(exchange, data);
-                    }
-                    if let Some(trailers) = frame.trailers_ref() {
-                        exchange.on_trailers(trailers);
-                    }
-                    // Readers stop at `is_end_stream` (hyper does, after the last byte of a
-                    // known length) without polling for the end: that is the end too.
-                    this.inner.is_end_stream().then_some(End::Complete)
-                }
-                Some(Err(_)) => Some(End::BodyError),
-                None => Some(End::Complete),
-            };
-            if let Some(end) = ended {
-                exchange.finish(end);
+            let at_end = !matches!(frame, Some(Ok(_))) || this.inner.is_end_stream();
+            if on_frame(exchange, &frame, at_end) {
                 *this.exchange = None;
             }
         }
@@ -89,6 +72,33 @@ impl<B> std::fmt::Debug for TelemetryBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TelemetryBody").finish_non_exhaustive()
     }
+}
+
+/// A frame of the response body (`at_end` when the body ended with it): what telemetry reads of
+/// it, and whether the exchange ended with it (it is finished then).
+pub(crate) fn on_frame<D: Buf, E>(exchange: &mut Exchange, frame: &Option<Result<Frame<D>, E>>, at_end: bool) -> bool {
+    let end = match frame {
+        Some(Ok(frame)) => {
+            if exchange.reads_data()
+                && let Some(data) = frame.data_ref()
+            {
+                feed(exchange, data);
+            }
+            if let Some(trailers) = frame.trailers_ref() {
+                exchange.on_trailers(trailers);
+            }
+            // Readers stop at `is_end_stream` (hyper does, after the last byte of a known
+            // length) without polling for the end: that is the end too.
+            if !at_end {
+                return false;
+            }
+            End::Complete
+        }
+        Some(Err(_)) => End::BodyError,
+        None => End::Complete,
+    };
+    exchange.finish(end);
+    true
 }
 
 /// Every chunk of a data frame (one, for the `Bytes` of hyper and tonic).

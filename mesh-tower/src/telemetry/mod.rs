@@ -65,7 +65,8 @@ use mesh_core::{ServiceName, SubsetName};
 use tower::Layer;
 
 pub use self::body::TelemetryBody;
-pub(crate) use self::exchange::Exchange;
+pub(crate) use self::body::on_frame as on_response_frame;
+pub(crate) use self::exchange::{End, Exchange};
 pub use self::istio::workload::WorkloadLabels;
 pub(crate) use self::service::{Inbound, Scope, settle};
 pub use self::service::{Telemetry, TelemetryError, TelemetryFuture};

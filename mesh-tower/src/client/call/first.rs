@@ -10,9 +10,10 @@ use std::{
 };
 
 use bytes::Bytes;
+use http::Response;
 use tokio::{sync::OwnedSemaphorePermit, time::Sleep};
 
-use super::{AttemptResponse, Boxed, CallBody, CallPath};
+use super::{AttemptResponse, Boxed, CallBody, CallPath, Settled};
 use crate::{
     BoxError,
     client::{
@@ -21,7 +22,7 @@ use crate::{
         resolution::Resolution,
         retry::RetryCopy,
     },
-    telemetry::grpc_otel::{self, MeasuredAttempt},
+    telemetry::grpc_otel::{self, AttemptBody, MeasuredAttempt},
 };
 
 /// A call's attempts, to the response head of the one that is returned.
@@ -71,12 +72,12 @@ where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    type Output = Result<AttemptResponse, BoxError>;
+    type Output = Result<Settled, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let first = match this {
-            Self::Boxed(inner) => return inner.as_mut().poll(cx),
+            Self::Boxed(inner) => return inner.as_mut().poll(cx).map(|result| result.map(unwrap)),
             Self::First(first) => first,
         };
         let Some(attempt) = first.as_mut() else {
@@ -95,27 +96,35 @@ where
         let Some(FirstAttempt { sending, measure, slot, per_try, retry, resolution, deadline }) = first.take() else {
             return Poll::Pending;
         };
-        let result = match sent {
-            Some(sent) => grpc_otel::settle_attempt(measure, sent),
+        let (sent, measure) = match sent {
+            Some(sent) => (sent, measure),
             None => {
                 // Timed out: the attempt is dropped unfinished, as a timer around it drops it
                 // (the endpoint records a timeout, the gRPC metrics a cancelled attempt).
                 drop(sending);
                 drop(measure);
-                Err(PerTryTimeout(per_try.map(|(_, limit)| limit).unwrap_or_default()).into())
+                (Err(PerTryTimeout(per_try.map(|(_, limit)| limit).unwrap_or_default()).into()), None)
             }
         };
+        let retrying = retry.filter(|(copy, _)| copy.retryable(&sent, 1));
+        let settled = grpc_otel::settle_attempt_head(measure, sent);
         // The slot frees as soon as the response head is back.
         drop(slot);
-        match retry {
-            Some((copy, path)) if copy.retryable(&result, 1) => {
-                let mut retries: Boxed<AttemptResponse> =
-                    Box::pin(async move { path.after(&copy, result, 1, &resolution, deadline).await });
-                let poll = retries.as_mut().poll(cx);
-                *this = Self::Boxed(retries);
-                poll
-            }
-            _ => Poll::Ready(result),
-        }
+        let Some((copy, path)) = retrying else {
+            return Poll::Ready(settled);
+        };
+        let result = settled.map(|(response, attempt)| response.map(|body| AttemptBody::new(body, attempt)));
+        let mut retries: Boxed<AttemptResponse> =
+            Box::pin(async move { path.after(&copy, result, 1, &resolution, deadline).await });
+        let poll = retries.as_mut().poll(cx);
+        *this = Self::Boxed(retries);
+        poll.map(|result| result.map(unwrap))
     }
+}
+
+/// A rare path's response: its head, and the attempt its body would have recorded.
+fn unwrap(response: AttemptResponse) -> Settled {
+    let (parts, body) = response.into_parts();
+    let (body, attempt) = body.into_parts();
+    (Response::from_parts(parts, body), attempt)
 }

@@ -24,6 +24,7 @@
 //! is read when the call is made, as a layer's `call` reads it, not when its future is first
 //! polled.
 
+mod body;
 mod first;
 
 use std::{
@@ -36,10 +37,12 @@ use std::{
 
 use bytes::Bytes;
 use http::{Request, Response};
+use http_body::Body as _;
 use hyper::body::Incoming;
 
+pub use self::body::ResponseBody;
 use super::{
-    deadline::{self, CancelOnDeadline, Deadline, DeadlineBody, DeadlineFuture, PerTryTimeout},
+    deadline::{self, CancelOnDeadline, Deadline, PerTryTimeout, RouteTimeout},
     endpoint::{EndpointBody, Endpoints},
     fault::{FaultLayer, Injection},
     resolution::Resolution,
@@ -49,19 +52,13 @@ use super::{
 };
 use crate::{
     BoxError,
-    deadline_body::Expiry,
+    deadline_body::{Expiry, Guard},
     failure::ClientError,
     telemetry::{
-        TelemetryBody, TelemetryFuture, TelemetryLayer,
-        grpc_otel::{self, AttemptBody, AttemptLayer, CountedBody},
+        Exchange, TelemetryError, TelemetryLayer,
+        grpc_otel::{self, AttemptBody, AttemptLayer, CountedBody, MeasuredAttempt},
     },
 };
-
-/// The response body of a [`MeshClient`](super::MeshClient): hyper's body, observed to its end
-/// by the attempt's accounting, its gRPC metrics and by telemetry (the gRPC status in the
-/// trailers counts everywhere a status does), and ended by the call's
-/// [deadline](super::deadline) if it passes first.
-pub type ResponseBody = TelemetryBody<DeadlineBody<AttemptBody<EndpointBody<Incoming>>>>;
 
 /// The response future of a [`MeshClient`](super::MeshClient): the call's one boxed future.
 pub type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, BoxError>> + Send>>;
@@ -72,11 +69,12 @@ type CallBody<B> = CancelOnDeadline<CountedBody<B>>;
 /// The request body as an attempt sends it: the original or a retry's copy, counted per attempt.
 pub(crate) type AttemptRequestBody<B> = CountedBody<RetryBody<CallBody<B>>>;
 
-/// An attempt's response.
+/// An attempt's response, as the retries see it: its body records the attempt at its end.
 type AttemptResponse = Response<AttemptBody<EndpointBody<Incoming>>>;
 
-/// The call's response, to its head, guarded by its deadline.
-type CallResponse = Response<DeadlineBody<AttemptBody<EndpointBody<Incoming>>>>;
+/// An attempt's response head, with its gRPC metrics still to settle at the end of its body:
+/// what the call's one [`ResponseBody`] is made from.
+type Settled = (Response<EndpointBody<Incoming>>, Option<MeasuredAttempt>);
 
 /// A rare path's future, boxed.
 type Boxed<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
@@ -101,14 +99,15 @@ where
     /// One call: its telemetry begun and everything decidable now decided, the rest in the one
     /// future returned.
     pub(crate) fn call(self: &Arc<Self>, mut request: Request<B>) -> ResponseFuture {
-        let (exchange, scope) = self.telemetry.begin(&mut request);
+        // Client side telemetry has no scope to poll in (see `telemetry::service::begin`).
+        let (exchange, _scope) = self.telemetry.begin(&mut request);
         let mut request = grpc_otel::counted(request);
-        let routed = match self.router.resolve(&mut request) {
-            Some(Ok(resolution)) => self.route(request, resolution),
-            Some(Err(error)) => Routed::Failed { error: Some(error) },
-            None => Routed::Boxed { inner: Box::pin(self.clone().route_when_ready(request)) },
+        let phase = match self.router.resolve(&mut request) {
+            Some(Ok(resolution)) => Phase::Routed(self.route(request, resolution)),
+            Some(Err(error)) => Phase::Failed(Some(error)),
+            None => Phase::Resolving(Box::pin(self.clone().route_when_ready(request))),
         };
-        Box::pin(TelemetryFuture::new(routed, scope, exchange))
+        Box::pin(CallFuture { phase, exchange: Some(exchange) })
     }
 
     /// The resolved call: its deadline armed, its fault decided, and (without one) its first
@@ -128,13 +127,13 @@ where
                 })
             }
         };
-        Routed::Sending { inner: DeadlineFuture::new(attempts, expiry), resolution }
+        Routed { attempts, expiry, resolution }
     }
 
     /// Before the destination's first snapshot: waits for it, then routes as usual.
-    async fn route_when_ready(self: Arc<Self>, mut request: Request<CountedBody<B>>) -> Result<CallResponse, BoxError> {
+    async fn route_when_ready(self: Arc<Self>, mut request: Request<CountedBody<B>>) -> Result<Routed<B>, BoxError> {
         let resolution = self.router.resolve_when_ready(&mut request).await?;
-        self.route(request, resolution).await
+        Ok(self.route(request, resolution))
     }
 
     /// The first attempt of `plan` on its way: sent now when the request's body is here and a
@@ -262,35 +261,111 @@ where
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A call from its resolution to its response head: every error named by the route, subset,
-    /// endpoint and attempts it went to, as the router's future names them.
-    #[project = RoutedProj]
-    enum Routed<B> {
-        Sending { #[pin] inner: DeadlineFuture<first::Attempts<B>>, resolution: Resolution },
-        Boxed { inner: Boxed<CallResponse> },
-        Failed { error: Option<ClientError> },
-    }
+/// A call, from the router's decision to its response.
+struct CallFuture<B> {
+    phase: Phase<B>,
+    /// Telemetry's record of the call (`None` once the call's response or error settled it).
+    exchange: Option<Exchange>,
 }
 
-impl<B> Future for Routed<B>
+/// Where the call is.
+// The routed call is the common path and lives inside the call's one boxed future.
+#[allow(clippy::large_enum_variant)]
+enum Phase<B> {
+    /// Waiting for the destination's first snapshot, to be routed then.
+    Resolving(Boxed<Routed<B>>),
+    Routed(Routed<B>),
+    /// Refused by the router (`None` once returned).
+    Failed(Option<ClientError>),
+}
+
+/// A call from its resolution to its response head: its attempts, bounded by its deadline, every
+/// error named by the route, subset, endpoint and attempts it went to, as the router's future
+/// names them.
+struct Routed<B> {
+    attempts: first::Attempts<B>,
+    expiry: Option<Expiry>,
+    resolution: Resolution,
+}
+
+impl<B> Routed<B>
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    type Output = Result<CallResponse, BoxError>;
+    /// The response head of the attempt returned (with the deadline still to bound its body),
+    /// or the call's error: what `DeadlineFuture` and the router's future do.
+    fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Result<(Settled, Option<Expiry>), BoxError>> {
+        let result = match Pin::new(&mut self.attempts).poll(cx) {
+            Poll::Ready(result) => result.map(|settled| (settled, self.expiry.take())),
+            Poll::Pending => {
+                let Some(expiry) = self.expiry.as_mut() else {
+                    return Poll::Pending;
+                };
+                ready!(expiry.poll_passed(cx));
+                // Dropping the attempts cancels each; each records itself as timed out (see
+                // `client::endpoint`). The request stream is cancelled with them.
+                expiry.cancel_request();
+                self.attempts = first::Attempts::First(None);
+                Err(RouteTimeout(expiry.limit()).into())
+            }
+        };
+        Poll::Ready(result.map_err(|error| {
+            let went = router::went(&self.resolution);
+            ClientError::new(error, self.resolution.service(), Some(went)).into()
+        }))
+    }
+}
+
+impl<B> Future for CallFuture<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<Response<ResponseBody>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            RoutedProj::Sending { inner, resolution } => Poll::Ready(ready!(inner.poll(cx)).map_err(|error| {
-                let went = router::went(resolution);
-                ClientError::new(error, resolution.service(), Some(went)).into()
-            })),
-            RoutedProj::Boxed { inner } => inner.as_mut().poll(cx),
-            RoutedProj::Failed { error } => Poll::Ready(Err(match error.take() {
-                Some(error) => error.into(),
-                None => "the call's future was polled after it completed".into(),
-            })),
+        let this = self.get_mut();
+        let result = loop {
+            match &mut this.phase {
+                Phase::Routed(routed) => break ready!(routed.poll_head(cx)),
+                Phase::Resolving(resolving) => match ready!(resolving.as_mut().poll(cx)) {
+                    Ok(routed) => this.phase = Phase::Routed(routed),
+                    Err(error) => break Err(error),
+                },
+                Phase::Failed(error) => match error.take() {
+                    Some(error) => break Err(error.into()),
+                    None => break Err("the call's future was polled after it completed".into()),
+                },
+            }
+        };
+        match this.exchange.take() {
+            Some(exchange) => Poll::Ready(settle(exchange, result)),
+            // Polled again after it completed: tower's contract says this does not happen.
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// The call's response head, its body made the one [`ResponseBody`] that settles the attempt,
+/// the deadline and the exchange at its end; or the call's error, recorded.
+fn settle(
+    mut exchange: Exchange,
+    result: Result<(Settled, Option<Expiry>), BoxError>,
+) -> Result<Response<ResponseBody>, BoxError> {
+    match result {
+        Ok(((mut response, attempt), expiry)) => {
+            let guard = Guard::new(expiry, response.body().is_end_stream());
+            // Telemetry reads it to count a body the deadline ended as timed out.
+            if let Some(deadline) = guard.deadline() {
+                response.extensions_mut().insert(deadline);
+            }
+            exchange.on_response(&mut response);
+            Ok(response.map(|inner| ResponseBody::new(inner, attempt, guard, exchange)))
+        }
+        Err(error) => {
+            exchange.finish_error(error.as_error());
+            Err(error)
         }
     }
 }

@@ -14,16 +14,37 @@ use tower::{Service, ServiceExt, util::BoxCloneSyncService};
 
 use crate::{
     BoxError, Upstream,
-    client::{ClientError, MeshClient, ResponseBody, deadline::DeadlineLayer},
+    client::{
+        ClientError, MeshClient,
+        deadline::{DeadlineLayer, RouteTimeout},
+    },
     golden::GoldenSignals,
     telemetry::grpc_otel::CountRequestBodyLayer,
 };
 
 type Body = Full<Bytes>;
 
+/// A response body that gives one chunk and then never ends.
+struct Stall(bool);
+
+impl http_body::Body for Stall {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        match std::mem::replace(&mut self.0, true) {
+            false => std::task::Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(b"partial"))))),
+            true => std::task::Poll::Pending,
+        }
+    }
+}
+
 /// An HTTP/1.1 server on loopback: `/flaky` answers 503 to a first attempt and 200 to a retry
-/// (which carries `x-mesh-attempt`), a path ending in `/hang` is never answered, any other path
-/// 200 with the path.
+/// (which carries `x-mesh-attempt`), a path ending in `/hang` is never answered, one ending in
+/// `/stall` is answered with a body that never ends, any other path 200 with the path.
 async fn upstream() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -36,7 +57,11 @@ async fn upstream() -> SocketAddr {
                 }
                 let first = !request.headers().contains_key(crate::client::endpoint::ATTEMPT_HEADER);
                 let status = if path == "/flaky" && first { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
-                let mut response = Response::new(Full::new(Bytes::from(path)));
+                let body = match path.ends_with("/stall") {
+                    true => http_body_util::Either::Right(Stall(false)),
+                    false => http_body_util::Either::Left(Full::new(Bytes::from(path))),
+                };
+                let mut response = Response::new(body);
                 *response.status_mut() = status;
                 Ok::<_, Infallible>(response)
             });
@@ -75,20 +100,23 @@ fn snapshot(addr: SocketAddr) -> ServiceSnapshot {
 /// How a call ended, as a caller sees it.
 #[derive(Debug, PartialEq)]
 enum Outcome {
-    Answered { status: StatusCode, body: Bytes, route: Option<String>, attempt: u32 },
+    /// The body, or how it failed (after the bytes it gave, dropped).
+    Answered { status: StatusCode, body: Result<Bytes, String>, route: Option<String>, attempt: u32 },
     Failed { kind: crate::client::ErrorKind, message: String },
 }
 
-async fn outcome<S>(client: &mut S, method: Method, path: &str) -> Outcome
+async fn outcome<S, RB>(client: &mut S, method: Method, path: &str) -> Outcome
 where
-    S: Service<Request<Body>, Response = Response<ResponseBody>, Error = BoxError>,
+    S: Service<Request<Body>, Response = Response<RB>, Error = BoxError>,
+    RB: http_body::Body<Data = Bytes>,
+    RB::Error: std::fmt::Display,
 {
     let request = Request::builder().method(method).uri(path).body(Body::default()).unwrap();
     match client.ready().await.unwrap().call(request).await {
         Ok(response) => {
             let upstream = response.extensions().get::<Upstream>().cloned().unwrap();
             let status = response.status();
-            let body = response.into_body().collect().await.unwrap().to_bytes();
+            let body = response.into_body().collect().await.map(|b| b.to_bytes()).map_err(|e| e.to_string());
             Outcome::Answered { status, body, route: upstream.route.map(|r| r.to_string()), attempt: upstream.attempt }
         }
         Err(error) => {
@@ -135,6 +163,8 @@ async fn the_call_path_does_what_the_layers_do() {
         (Method::POST, "/flaky"),
         (Method::GET, "/fault"),
         (Method::GET, "/hang"),
+        // The head in time, the body cut off by the route's deadline.
+        (Method::GET, "/hang/stall"),
         (Method::GET, "/try/hang"),
     ];
     for (method, path) in calls.clone() {
@@ -147,7 +177,10 @@ async fn the_call_path_does_what_the_layers_do() {
     let mut seen = Vec::new();
     for (method, path) in calls.clone() {
         seen.push(match outcome(&mut fused, method, path).await {
-            Outcome::Answered { status, route, attempt, .. } => format!("{:?}", (status, route, attempt)),
+            Outcome::Answered { status, route, attempt, body } => match body {
+                Ok(_) => format!("{:?}", (status, route, attempt)),
+                Err(error) => format!("{:?} cut off: {error}", (status, route, attempt)),
+            },
             Outcome::Failed { kind, .. } => format!("{kind:?}"),
         });
     }
@@ -157,6 +190,7 @@ async fn the_call_path_does_what_the_layers_do() {
         format!("{:?}", answered(StatusCode::SERVICE_UNAVAILABLE, "rest", 1)),
         format!("{:?}", crate::client::ErrorKind::InjectedFault),
         format!("{:?}", crate::client::ErrorKind::Timeout),
+        format!("{:?} cut off: {}", answered(StatusCode::OK, "hang", 1), RouteTimeout(Duration::from_millis(200))),
         format!("{:?}", crate::client::ErrorKind::Timeout),
     ];
     assert_eq!(seen, expected);
@@ -169,5 +203,5 @@ async fn the_call_path_does_what_the_layers_do() {
     );
     let by_layers = counters(&retries, faults.injected(), [&telemetry.golden_signals(), &telemetry.attempt_signals()]);
     assert_eq!(by_path, by_layers.iter().map(|n| n * 2).collect::<Vec<_>>());
-    assert_eq!(by_layers[..3], [5, 3, 1], "requests that reached the retry layer, retries, faults");
+    assert_eq!(by_layers[..3], [6, 3, 1], "requests that reached the retry layer, retries, faults");
 }

@@ -108,9 +108,19 @@ fn begin<B>(recorder: &Option<Arc<GrpcRecorder>>, request: Request<B>) -> (Reque
 /// The attempt's response head or error: recorded at once when it ends the attempt, else its
 /// body is wrapped to record it at its end.
 pub(crate) fn settle<RB: Body, E: TelemetryError>(
-    mut attempt: Option<Attempt>,
+    attempt: Option<Attempt>,
     result: Result<Response<RB>, E>,
 ) -> Result<Response<AttemptBody<RB>>, E> {
+    let (response, attempt) = settle_head(attempt, result)?;
+    Ok(response.map(|inner| AttemptBody { inner, attempt }))
+}
+
+/// [`settle`], the attempt not yet recorded handed back beside the response instead of wrapping
+/// its body: for a body that settles it with its other duties (the client's one response body).
+pub(crate) fn settle_head<RB: Body, E: TelemetryError>(
+    mut attempt: Option<Attempt>,
+    result: Result<Response<RB>, E>,
+) -> Result<(Response<RB>, Option<Attempt>), E> {
     match result {
         Ok(response) => {
             if let Some(attempt) = &mut attempt {
@@ -119,8 +129,7 @@ pub(crate) fn settle<RB: Body, E: TelemetryError>(
                     attempt.complete();
                 }
             }
-            let attempt = attempt.filter(|a| !a.done);
-            Ok(response.map(|inner| AttemptBody { inner, attempt }))
+            Ok((response, attempt.filter(|a| !a.done)))
         }
         Err(error) => {
             if let Some(attempt) = &mut attempt {
@@ -177,6 +186,29 @@ impl Attempt {
         self.recorder.finish(&self.start.method, &ending);
     }
 
+    /// A frame of the response body (`at_end` when the body ended with it): whether the attempt
+    /// is recorded now.
+    pub(crate) fn on_frame<D: bytes::Buf, E>(&mut self, frame: &Option<Result<Frame<D>, E>>, at_end: bool) -> bool {
+        match frame {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    feed(&mut self.received, data);
+                }
+                if let Some(trailers) = frame.trailers_ref() {
+                    self.on_metadata(trailers);
+                }
+                if !at_end {
+                    return false;
+                }
+            }
+            // The stream broke part way: as gRPC reports a lost stream.
+            Some(Err(_)) => self.finish(grpc::code::UNAVAILABLE),
+            None => {}
+        }
+        self.complete();
+        true
+    }
+
     /// The stream ended: with the status it carried, else as gRPC reads a status-less end.
     fn complete(&mut self) {
         let code = self.code.unwrap_or_else(|| code_of_response(self.status));
@@ -231,9 +263,19 @@ pin_project! {
 }
 
 impl<B> AttemptBody<B> {
+    /// `inner`, recording `attempt` at its end.
+    pub(crate) fn new(inner: B, attempt: Option<Attempt>) -> Self {
+        Self { inner, attempt }
+    }
+
     /// The inner body.
     pub fn into_inner(self) -> B {
         self.inner
+    }
+
+    /// The inner body and the attempt it has yet to record.
+    pub(crate) fn into_parts(self) -> (B, Option<Attempt>) {
+        (self.inner, self.attempt)
     }
 }
 
@@ -245,25 +287,8 @@ impl<B: Body> Body for AttemptBody<B> {
         let mut this = self.project();
         let frame = ready!(this.inner.as_mut().poll_frame(cx));
         if let Some(attempt) = this.attempt {
-            let ended = match &frame {
-                Some(Ok(frame)) => {
-                    if let Some(data) = frame.data_ref() {
-                        feed(&mut attempt.received, data);
-                    }
-                    if let Some(trailers) = frame.trailers_ref() {
-                        attempt.on_metadata(trailers);
-                    }
-                    this.inner.is_end_stream()
-                }
-                Some(Err(_)) => {
-                    // The stream broke part way: as gRPC reports a lost stream.
-                    attempt.finish(grpc::code::UNAVAILABLE);
-                    true
-                }
-                None => true,
-            };
-            if ended {
-                attempt.complete();
+            let at_end = !matches!(frame, Some(Ok(_))) || this.inner.is_end_stream();
+            if attempt.on_frame(&frame, at_end) {
                 *this.attempt = None;
             }
         }
