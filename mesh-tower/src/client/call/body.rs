@@ -39,7 +39,7 @@ pin_project! {
         // deadline, the exchange.
         #[pin]
         inner: Option<EndpointBody<Incoming>>,
-        attempt: Option<MeasuredAttempt>,
+        attempt: Option<Box<MeasuredAttempt>>,
         guard: Guard,
         exchange: Option<Exchange>,
     }
@@ -50,7 +50,7 @@ impl ResponseBody {
     /// is already complete ends now: a reader may drop an empty body without polling it.
     pub(crate) fn new(
         inner: EndpointBody<Incoming>,
-        attempt: Option<MeasuredAttempt>,
+        attempt: Option<Box<MeasuredAttempt>>,
         guard: Guard,
         mut exchange: Exchange,
     ) -> Self {

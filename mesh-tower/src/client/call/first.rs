@@ -42,7 +42,7 @@ pub(super) struct FirstAttempt<B> {
     /// The endpoint's send.
     pub(super) sending: ResponseFuture,
     /// Its gRPC metrics, when they are on and the call is gRPC.
-    pub(super) measure: Option<MeasuredAttempt>,
+    pub(super) measure: Option<Box<MeasuredAttempt>>,
     /// Its load shedder's slot, held until the response head.
     pub(super) slot: Option<OwnedSemaphorePermit>,
     /// Its per-try timeout, when that comes before the call's deadline.

@@ -74,7 +74,7 @@ type AttemptResponse = Response<AttemptBody<EndpointBody<Incoming>>>;
 
 /// An attempt's response head, with its gRPC metrics still to settle at the end of its body:
 /// what the call's one [`ResponseBody`] is made from.
-type Settled = (Response<EndpointBody<Incoming>>, Option<MeasuredAttempt>);
+type Settled = (Response<EndpointBody<Incoming>>, Option<Box<MeasuredAttempt>>);
 
 /// A rare path's future, boxed.
 type Boxed<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
@@ -146,7 +146,7 @@ where
     ) -> first::Attempts<B> {
         let (request, per_try, retry) = match plan {
             retry::Plan::Once(request, per_try) => (request, per_try, None),
-            retry::Plan::Retrying(copy, None) => (copy.request(1), copy.per_try_timeout(), Some(copy)),
+            retry::Plan::Retrying(copy, head, None) => (copy.first_request(head), copy.per_try_timeout(), Some(copy)),
             plan => {
                 let (path, resolution) = (self.clone(), resolution.clone());
                 return first::Attempts::boxed(async move { path.send(plan, &resolution, deadline).await });
@@ -186,20 +186,21 @@ where
         resolution: &Resolution,
         deadline: Option<Deadline>,
     ) -> Result<AttemptResponse, BoxError> {
-        let copy = match plan {
+        let (copy, head) = match plan {
             retry::Plan::Once(request, per_try) => {
                 let admission = self.shed.admit(resolution);
                 return self.attempt(request, resolution, deadline, per_try, admission).await;
             }
             retry::Plan::Failed(error) => return Err(error),
-            retry::Plan::Retrying(copy, None) => copy,
-            retry::Plan::Retrying(mut copy, Some(buffering)) => {
+            retry::Plan::Retrying(copy, head, None) => (copy, head),
+            retry::Plan::Retrying(mut copy, head, Some(buffering)) => {
                 copy.set_body(buffering.await?);
-                copy
+                (copy, head)
             }
         };
         let admission = self.shed.admit(resolution);
-        let result = self.attempt(copy.request(1), resolution, deadline, copy.per_try_timeout(), admission).await;
+        let first = copy.first_request(head);
+        let result = self.attempt(first, resolution, deadline, copy.per_try_timeout(), admission).await;
         self.after(&copy, result, 1, resolution, deadline).await
     }
 

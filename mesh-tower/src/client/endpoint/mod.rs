@@ -195,8 +195,7 @@ where
                 Box::pin(send) as Sending
             }),
             Transport::Http2(connections) => rewrite(request, &target, &self.shared).map(|request| {
-                let send = connections.clone().send(target.connection, request);
-                Box::pin(async move { send.await.map(|response| (response, None)) }) as Sending
+                connections.send(target.connection, request)
             }),
         };
         match sending {

@@ -189,7 +189,7 @@ where
                 RetryFuture::boxed(per_try(take_ready(&mut self.inner), request, Some(limit)))
             }
             Plan::Failed(error) => RetryFuture::boxed(std::future::ready(Err(error))),
-            Plan::Retrying(mut copy, buffering) => {
+            Plan::Retrying(mut copy, first_head, buffering) => {
                 if buffering.is_some() || copy.per_try_timeout().is_some() {
                     // The body still arriving, or attempts that race their own timer: the general
                     // loop.
@@ -199,13 +199,13 @@ where
                         if let Some(buffering) = buffering {
                             copy.set_body(buffering.await?);
                         }
-                        Retrying { copy, service }.run(first).await
+                        Retrying { copy, service }.run(first, first_head).await
                     });
                 }
                 // The first attempt: the ready inner service takes a copy of the request,
                 // unboxed; what a retry needs is kept aside (boxed, small) for the few requests
                 // that need one.
-                let request = copy.request(1);
+                let request = copy.first_request(first_head);
                 let retry = Retrying { copy, service: self.inner.clone() };
                 RetryFuture::first(self.inner.call(request), Box::new(retry))
             }
@@ -217,9 +217,11 @@ where
 pub(crate) enum Plan<B> {
     /// Sent once, bounded by this per-try timeout if any.
     Once(Request<RetryBody<B>>, Option<Duration>),
-    /// May be retried: the copy every attempt is made from, and the body's buffering when it is
-    /// still arriving (the copy's body is empty until it ends).
-    Retrying(RetryCopy<B>, Option<Attempt<Bytes, BoxError>>),
+    /// May be retried: the copy every retry is made from, the first attempt's head (the
+    /// request's own, so the headers the attempt adds fit in the map it already has; a clone's
+    /// map has no room to spare), and the body's buffering when it is still arriving (the copy's
+    /// body is empty until it ends).
+    Retrying(RetryCopy<B>, http::request::Parts, Option<Attempt<Bytes, BoxError>>),
     /// The body could not be read.
     Failed(BoxError),
 }
@@ -280,13 +282,13 @@ impl Shared {
         let copy = RetryCopy {
             budget,
             shared: self.clone(),
-            parts,
+            parts: parts.clone(),
             bytes,
             resolution: resolution.clone(),
             grpc,
             _body: std::marker::PhantomData,
         };
-        Plan::Retrying(copy, buffering)
+        Plan::Retrying(copy, parts, buffering)
     }
 }
 
@@ -372,9 +374,9 @@ where
     B::Error: Into<BoxError>,
     ResBody: Send + 'static,
 {
-    /// Every attempt, the first with `first` (a ready service).
-    async fn run(self, first: S) -> Result<Response<ResBody>, BoxError> {
-        let result = per_try(first, self.copy.request(1), self.copy.per_try_timeout()).await;
+    /// Every attempt, the first with `first` (a ready service) and `head`.
+    async fn run(self, first: S, head: http::request::Parts) -> Result<Response<ResBody>, BoxError> {
+        let result = per_try(first, self.copy.first_request(head), self.copy.per_try_timeout()).await;
         self.after(result, 1).await
     }
 
@@ -411,6 +413,11 @@ impl<B> RetryCopy<B> {
             number += 1;
             result = send(self.request(number)).await;
         }
+    }
+
+    /// The first attempt's request: `head` (the plan's), with the body a retry replays.
+    pub(crate) fn first_request(&self, head: http::request::Parts) -> Request<RetryBody<B>> {
+        Request::from_parts(head, RetryBody::replay(self.bytes.clone()))
     }
 
     /// Attempt `number`'s copy of the request.
