@@ -214,6 +214,9 @@ where
 }
 
 /// How a request's attempts go, decided once when it enters the retry layer.
+// A plan is returned and matched at once, never stored: boxing a variant would cost every call
+// an allocation.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Plan<B> {
     /// Sent once, bounded by this per-try timeout if any.
     Once(Request<RetryBody<B>>, Option<Duration>),
