@@ -101,8 +101,16 @@ fn snapshot(addr: SocketAddr) -> ServiceSnapshot {
 #[derive(Debug, PartialEq)]
 enum Outcome {
     /// The body, or how it failed (after the bytes it gave, dropped).
-    Answered { status: StatusCode, body: Result<Bytes, String>, route: Option<String>, attempt: u32 },
-    Failed { kind: crate::client::ErrorKind, message: String },
+    Answered {
+        status: StatusCode,
+        body: Result<Bytes, String>,
+        route: Option<String>,
+        attempt: u32,
+    },
+    Failed {
+        kind: crate::client::ErrorKind,
+        message: String,
+    },
 }
 
 async fn outcome<S, RB>(client: &mut S, method: Method, path: &str) -> Outcome

@@ -292,5 +292,3 @@ where
     send.ready().await.map_err(handshake)?;
     Ok(Open { send, peer, used: AtomicBool::new(true) })
 }
-
-

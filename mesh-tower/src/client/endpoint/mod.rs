@@ -194,9 +194,9 @@ where
                 let send = connections.clone().send(target.connection, target.authority.clone(), request);
                 Box::pin(send) as Sending
             }),
-            Transport::Http2(connections) => rewrite(request, &target, &self.shared).map(|request| {
-                connections.send(target.connection, request)
-            }),
+            Transport::Http2(connections) => {
+                rewrite(request, &target, &self.shared).map(|request| connections.send(target.connection, request))
+            }
         };
         match sending {
             Ok(sending) => ResponseFuture::sending(sending, upstream, record),

@@ -86,7 +86,10 @@ impl AttemptLayer {
     }
 }
 
-fn begin<B>(recorder: &Option<Arc<GrpcRecorder>>, request: Request<B>) -> (Request<CountedBody<B>>, Option<Box<Attempt>>) {
+fn begin<B>(
+    recorder: &Option<Arc<GrpcRecorder>>,
+    request: Request<B>,
+) -> (Request<CountedBody<B>>, Option<Box<Attempt>>) {
     let attempt = match recorder {
         Some(recorder) if grpc::is_grpc(request.headers()) => Some(Box::new(Attempt {
             start: recorder.start_attempt(request.uri().path()),

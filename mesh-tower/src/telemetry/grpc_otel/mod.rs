@@ -63,7 +63,9 @@ use opentelemetry::{
     metrics::{Counter, Histogram, MeterProvider},
 };
 
-pub(crate) use self::attempt::{Attempt as MeasuredAttempt, settle as settle_attempt, settle_head as settle_attempt_head};
+pub(crate) use self::attempt::{
+    Attempt as MeasuredAttempt, settle as settle_attempt, settle_head as settle_attempt_head,
+};
 pub use self::attempt::{AttemptBody, AttemptFuture, AttemptLayer, AttemptService};
 pub(crate) use self::body::BodyCounts;
 pub use self::body::CountedBody;
